@@ -1,0 +1,107 @@
+"""ONNX Runtime runner: CPU execution provider, or CUDA / TensorRT providers where installed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..contract import IOContract
+from ..errors import SparseDeployError, require
+from ..provenance import sha256_file
+from .base import ENGINE_FORMAT, Runner
+from .device import cuda_device
+
+__all__ = ["OrtRunner", "choose_providers"]
+
+log = logging.getLogger(__name__)
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _shapes(contract: IOContract, batch: int) -> str:
+    return ",".join(f"{t.name}:{'x'.join(str(d) for d in t.concrete(batch))}" for t in contract.inputs)
+
+
+def choose_providers(device: str, contract: IOContract, *, sparse: bool, cache_dir: Path | None = None) -> list[Any]:
+    """Execution providers for ``device`` (``auto`` | ``cpu`` | ``cuda``), best first.
+
+    With the TensorRT provider, 2:4 sparse kernels are enabled for sparse graphs
+    (``trt_sparsity_enable``) and the engine is built for the contract's batch profile.
+    """
+    ort = require("onnxruntime", "the ONNX Runtime backend", "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device not in ("auto", "cuda"):
+        raise SparseDeployError(f"unknown device '{device}' for ONNX Runtime; use auto, cpu or cuda")
+    available = ort.get_available_providers()
+    gpu = cuda_device() is not None
+    providers: list[Any] = []
+    if gpu and "TensorrtExecutionProvider" in available:
+        p = contract.profile
+        options = {
+            "trt_sparsity_enable": "True" if sparse else "False",
+            "trt_profile_min_shapes": _shapes(contract, p.min),
+            "trt_profile_opt_shapes": _shapes(contract, p.opt),
+            "trt_profile_max_shapes": _shapes(contract, p.max),
+        }
+        if cache_dir is not None:
+            options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(cache_dir))
+        providers.append(("TensorrtExecutionProvider", options))
+    if gpu and "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    if device == "cuda" and not providers:
+        raise SparseDeployError(
+            f"device 'cuda' needs onnxruntime-gpu and a CUDA GPU; this onnxruntime offers {available} "
+            f"and {'a' if gpu else 'no'} GPU is visible; use --device cpu"
+        )
+    return providers + ["CPUExecutionProvider"]
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session over an ``.ort.onnx`` engine or an exported ``.onnx`` graph."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, manifest: dict[str, Any], device: str = "auto"):
+        ort = require("onnxruntime", "the ONNX Runtime backend", "pip install onnxruntime")
+        super().__init__(path, manifest, IOContract.from_dict(manifest["contract"]))
+        cache = path.parent / f".{path.stem}.ort-trt-cache"
+        self.providers = choose_providers(device, self.contract, sparse=self.kind == "sparse", cache_dir=cache)
+        if self.providers[0][0] == "TensorrtExecutionProvider":
+            cache.mkdir(exist_ok=True)
+        model_path = path
+        if self.providers[0] != "CPUExecutionProvider" and manifest.get("format") == ENGINE_FORMAT:
+            # The engine was optimized offline for the CPU provider, and ONNX Runtime's offline
+            # optimizations are only valid for the provider they ran with: use the source graph.
+            model_path = self._source_graph(path, manifest) or path
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
+        except Exception as exc:
+            raise SparseDeployError(
+                f"ONNX Runtime cannot load '{model_path}' ({str(exc).splitlines()[0]}); rebuild the engine with make engine"
+            ) from exc
+        self.model_path = model_path
+        names = [i.name for i in self.session.get_inputs()]
+        if names != self.contract.input_names:
+            raise SparseDeployError(f"'{model_path}' has inputs {names}, but its manifest promises {self.contract.input_names}; rebuild it")
+        log.info("%s on %s", model_path.name, self.session.get_providers()[0])
+
+    @staticmethod
+    def _source_graph(path: Path, manifest: dict[str, Any]) -> Path | None:
+        source = manifest.get("source_onnx")
+        if not source:
+            return None
+        for candidate in (Path(source), path.parent / Path(source).name):
+            if candidate.is_file() and sha256_file(candidate) == manifest.get("source_onnx_sha256"):
+                return candidate
+        log.warning("source graph %s of %s is missing or changed; running the CPU-optimized engine on the GPU", source, path.name)
+        return None
+
+    def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        out = self.session.run([self.contract.output_names[0]], self.numpy_feeds(sample, timestep, class_labels))[0]
+        return torch.from_numpy(out.astype("float32", copy=False))

@@ -1,0 +1,51 @@
+"""PyTorch runner: a checkpoint folder run eagerly (CPU, or CUDA when asked and available)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..contract import BatchProfile, contract_for
+from ..errors import SparseDeployError
+from ..export import load_checkpoint_model
+from ..sparsify import bake_
+from .base import Runner
+
+__all__ = ["TorchRunner", "TORCH_PROFILE", "resolve_torch_device"]
+
+log = logging.getLogger(__name__)
+
+# Eager PyTorch has no build-time batch limit; this bound only guards against typos.
+TORCH_PROFILE = BatchProfile(min=1, opt=8, max=1024)
+
+
+def resolve_torch_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SparseDeployError(f"device '{device}' asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise SparseDeployError(f"unknown device '{device}'; use auto, cpu or cuda") from exc
+
+
+class TorchRunner(Runner):
+    """A checkpoint's model in fp32; sparse checkpoints run with their masks baked into the weights."""
+
+    backend = "torch"
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        model, manifest = load_checkpoint_model(path)
+        bake_(model)  # masks -> exact zeros in plain Linear/Conv2d (same numbers, no mask multiply)
+        self.device = resolve_torch_device(device)
+        self.model = model.to(self.device).eval()
+        super().__init__(Path(path), manifest, contract_for(model.preset, "fp32", TORCH_PROFILE))
+
+    @torch.no_grad()
+    def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        d = self.device
+        return self.model(sample.to(d, torch.float32), timestep.to(d), None if class_labels is None else class_labels.to(d))

@@ -1,0 +1,461 @@
+"""Engine builds: export (reusing up-to-date graphs) -> TensorRT or ONNX Runtime engines.
+
+Engines land in ``engines/<model>/``, named by what makes them differ::
+
+    <kind>-<precision>.trt.plan   + <kind>-<precision>.trt.json    TensorRT (GPU)
+    <kind>-<precision>.ort.onnx   + <kind>-<precision>.ort.json    ONNX Runtime (CPU-optimized)
+
+* TensorRT: Polygraphy's ``NetworkFromOnnxPath(strongly_typed=True)`` -> ``CreateConfig`` (the
+  contract's batch profile, ``sparse_weights`` for sparse graphs only, a timing cache, detailed
+  profiling verbosity) -> ``EngineFromNetwork`` -> ``SaveEngine``. TensorRT 11 networks are
+  strongly typed: an fp16 engine comes from the fp16 graph, not from a builder flag. Which layers
+  were eligible for and picked sparse kernels is read from the builder log and the engine inspector.
+* ONNX Runtime: the graph optimized offline (level ``extended``, CPU provider) and saved through
+  ``SessionOptions.optimized_model_filepath``; checked against the source graph before it is kept.
+
+With ``--backend auto`` and no GPU or TensorRT, ONNX Runtime engines are built instead and the
+reason is printed. Re-running reuses engines whose manifest still matches (source graph hash,
+precision, profile, library versions, GPU, builder settings) and rebuilds stale ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .backends.base import ENGINE_FORMAT, engine_manifest_path
+from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
+from .contract import IOContract, contract_for
+from .errors import SparseDeployError, cli_entry
+from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
+from .presets import get_preset
+from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
+
+__all__ = [
+    "BACKENDS",
+    "ORT_OPTIMIZATION_LEVEL",
+    "BuildConfig",
+    "BuiltEngine",
+    "BuildReport",
+    "engine_path",
+    "build_engines",
+    "build_ort_engine",
+    "build_trt_engine",
+    "parse_sparsity_log",
+    "parse_inspector",
+    "picked_modules",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+ORT_OPTIMIZATION_LEVEL = "extended"
+_SUFFIX = {"onnxruntime": ("ort", ".onnx"), "tensorrt": ("trt", ".plan")}
+
+
+@dataclass
+class BuildConfig:
+    """One build: the export it starts from, the backend, and where engines go.
+
+    Attributes:
+        export: the export settings (source weights, kinds, precisions, batch profile).
+        backend: ``auto`` (TensorRT when usable, else ONNX Runtime) | ``tensorrt`` | ``onnxruntime``.
+        engine_dir: default ``engines/<preset>``.
+        force: rebuild graphs and engines even when up to date.
+    """
+
+    export: ExportConfig
+    backend: str = "auto"
+    engine_dir: Path | None = None
+    force: bool = False
+
+    def validate(self) -> "BuildConfig":
+        if self.backend not in BACKENDS:
+            raise SparseDeployError(f"unknown --backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        self.export.validate()
+        return self
+
+
+def engine_path(engine_dir: str | Path, kind: str, precision: str, backend: str) -> Path:
+    """``engines/<model>/<kind>-<precision>.ort.onnx`` or ``.trt.plan``."""
+    tag, ext = _SUFFIX[backend]
+    return Path(engine_dir) / f"{kind}-{precision}.{tag}{ext}"
+
+
+@dataclass
+class BuiltEngine:
+    kind: str
+    precision: str
+    backend: str
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def manifest_path(self) -> Path:
+        return engine_manifest_path(self.path)
+
+
+@dataclass
+class BuildReport:
+    engines: list[BuiltEngine] = field(default_factory=list)
+    backend: str = "onnxruntime"
+    fallback_reason: str | None = None  # why no TensorRT engine was built under --backend auto
+    exports: list[ExportedGraph] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Staleness
+# --------------------------------------------------------------------------------------------
+
+
+def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entries an up-to-date engine must carry (as they read back from JSON)."""
+    expected = {
+        "format": ENGINE_FORMAT,
+        "backend": backend,
+        "kind": graph.kind,
+        "precision": graph.precision,
+        "preset": contract.preset,
+        "contract": contract.to_dict(),
+        "source_onnx_sha256": graph.manifest["onnx_sha256"],
+        "versions": library_versions(),
+        **settings,
+    }
+    return json.loads(json.dumps(expected, default=str))
+
+
+def _stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
+    manifest_path = engine_manifest_path(path)
+    if not path.is_file() or not manifest_path.is_file():
+        return "no engine yet"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "its manifest is corrupt"
+    changed = [k for k, v in expected.items() if manifest.get(k) != v]
+    if changed:
+        return f"changed: {', '.join(changed)}"
+    if manifest.get("engine_sha256") != sha256_file(path):
+        return "the engine does not match the sha256 in its manifest"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------
+
+
+def _ort_level(ort, level: str):
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    return levels[level]
+
+
+def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: str = ORT_OPTIMIZATION_LEVEL) -> dict[str, Any]:
+    """Optimize ``onnx_path`` offline for the CPU provider and save it to ``out`` (atomically).
+
+    The optimized graph is run against the source graph at the profile's opt batch before it is
+    kept (same tolerance as the export's parity check for this precision).
+
+    Returns:
+        Backend-specific manifest entries.
+    """
+    import onnxruntime as ort
+
+    with atomic_path(out) as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _ort_level(ort, level)
+        options.optimized_model_filepath = str(tmp)
+        options.add_session_config_entry("session.save_model_format", "ONNX")
+        options.log_severity_level = 3
+        try:
+            source = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            plain = ort.SessionOptions()
+            plain.log_severity_level = 3
+            optimized = ort.InferenceSession(str(tmp), plain, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise SparseDeployError(f"ONNX Runtime could not optimize '{onnx_path}' ({str(exc).splitlines()[0]})") from exc
+        feeds = contract.sample_inputs(contract.profile.opt, seed=7)
+        want = source.run(None, feeds)[0].astype(np.float32)
+        got = optimized.run(None, feeds)[0].astype(np.float32)
+        tol = PARITY_TOLERANCE[contract.precision]
+        err, bound = float(np.max(np.abs(got - want))), tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
+        if not err <= bound:
+            raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept")
+    return {
+        "ort_optimization_level": level,
+        "execution_providers": ["CPUExecutionProvider"],
+        "engine_check": {"batch": contract.profile.opt, "max_abs_err_vs_source": err, "bound": bound},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# TensorRT
+# --------------------------------------------------------------------------------------------
+
+_ELIGIBLE = "(Sparsity) Layers eligible for sparse math:"
+_PICKED = "(Sparsity) TRT inference plan picked sparse implementation for layers:"
+
+
+def parse_sparsity_log(lines: Sequence[str]) -> tuple[list[str] | None, list[str] | None]:
+    """Layer names from TensorRT's two ``(Sparsity)`` builder log lines (None where a line is absent)."""
+
+    def after(marker: str) -> list[str] | None:
+        found = None
+        for line in lines:
+            if marker in line:
+                rest = line.split(marker, 1)[1].strip()
+                found = (found or []) + [name.strip() for name in rest.split(", ") if name.strip()]
+        return found
+
+    return after(_ELIGIBLE), after(_PICKED)
+
+
+_SPARSE_TACTIC = re.compile(r"sptensor|sparse", re.IGNORECASE)
+
+
+def parse_inspector(info: str | dict[str, Any]) -> dict[str, Any]:
+    """Per-layer sparsity facts from the engine inspector's JSON (detailed profiling verbosity)."""
+    data = json.loads(info) if isinstance(info, str) else info
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    with_sparse_weights, sparse_tactics = [], []
+    for layer in layers:
+        if isinstance(layer, str):  # layer names only: the engine was built without detailed verbosity
+            continue
+        name = str(layer.get("Name", "?"))
+        if str(layer.get("HasSparseWeights", "0")) not in ("0", "False", "false", ""):
+            with_sparse_weights.append(name)
+        if _SPARSE_TACTIC.search(str(layer.get("TacticName", ""))):
+            sparse_tactics.append(name)
+    return {"layers": len(layers), "has_sparse_weights": with_sparse_weights, "sparse_tactics": sparse_tactics}
+
+
+def picked_modules(trt_layers: Sequence[str], layer_nodes: dict[str, list[str]]) -> list[str]:
+    """Model layer names whose ONNX nodes appear in any of the TensorRT layer names."""
+    return sorted(module for module, nodes in layer_nodes.items() if any(node and node in name for node in nodes for name in trt_layers))
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=1)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.lines.append(message)
+        if record.levelno >= logging.WARNING:
+            log.warning("TensorRT: %s", message)
+
+
+@contextlib.contextmanager
+def _capture_polygraphy_log() -> Iterator[list[str]]:
+    """Route Polygraphy's logger (which carries TensorRT's INFO lines at VERBOSE) into a list."""
+    from polygraphy.logger import G_LOGGER
+
+    handler = _ListHandler()
+    py_logger = logging.getLogger("Polygraphy")
+    saved = (G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, py_logger.level, py_logger.propagate)
+    G_LOGGER.use_python_logging_system = True
+    G_LOGGER.module_severity = G_LOGGER.VERBOSE
+    py_logger.addHandler(handler)
+    py_logger.setLevel(1)
+    py_logger.propagate = False
+    try:
+        yield handler.lines
+    finally:
+        py_logger.removeHandler(handler)
+        G_LOGGER.use_python_logging_system, G_LOGGER.module_severity = saved[0], saved[1]
+        py_logger.setLevel(saved[2])
+        py_logger.propagate = saved[3]
+
+
+def _trt_settings(sparse: bool) -> dict[str, Any]:
+    gpu = cuda_device() or {}
+    trt = import_tensorrt()
+    return {
+        "gpu": gpu.get("name"),
+        "compute_capability": gpu.get("compute_capability"),
+        "tensorrt_version": str(trt.__version__),
+        "builder_flags": ["SPARSE_WEIGHTS"] if sparse else [],
+        "strongly_typed": True,
+    }
+
+
+def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse: bool, timing_cache: Path) -> dict[str, Any]:
+    """Build a TensorRT plan from ``onnx_path`` with Polygraphy and save it to ``out`` (atomically).
+
+    Returns:
+        Backend-specific manifest entries, including which layers were eligible for and picked
+        sparse kernels (builder log, and the engine inspector's per-layer view).
+    """
+    trt = import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
+    p = contract.profile
+    profile = Profile()
+    for spec in contract.inputs:
+        profile.add(spec.name, min=spec.concrete(p.min), opt=spec.concrete(p.opt), max=spec.concrete(p.max))
+    config = CreateConfig(
+        sparse_weights=sparse,
+        profiles=[profile],
+        load_timing_cache=str(timing_cache),
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+    )
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _capture_polygraphy_log() as lines, atomic_path(out) as tmp:
+        try:
+            engine = EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
+            SaveEngine(engine, str(tmp))()
+            inspector = engine.create_engine_inspector()
+            info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+        except Exception as exc:  # Polygraphy turns TensorRT errors into PolygraphyException
+            errors = [line for line in lines if "[E]" in line or "ERROR" in line.upper()][-3:]
+            raise SparseDeployError(
+                f"TensorRT could not build '{out.name}' from '{onnx_path}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
+                + (f"; {' | '.join(errors)}" if errors else "") + ")"
+            ) from exc
+        del inspector, engine
+    eligible, picked = parse_sparsity_log(lines)
+    inspected = parse_inspector(info)
+    if picked is None and sparse:
+        picked_from, picked = "engine inspector (sparse tactic names)", inspected["sparse_tactics"]
+    else:
+        picked_from = "builder log"
+    return {
+        "builder_log_sparsity": {"eligible_line_found": eligible is not None, "picked_line_found": picked is not None},
+        "sparse_eligible_layers": eligible or [],
+        "sparse_picked_layers": picked or [],
+        "sparse_picked_source": picked_from,
+        "inspector": inspected,
+        "timing_cache": str(timing_cache),
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+
+def _choose_backend(requested: str) -> tuple[str, str | None]:
+    if requested == "onnxruntime":
+        return "onnxruntime", None
+    reason = tensorrt_unavailable_reason()
+    if requested == "tensorrt" and reason:
+        raise SparseDeployError(f"--backend tensorrt, but {reason}; use --backend onnxruntime (or auto) on this machine")
+    if reason:
+        log.warning("No TensorRT engine will be built: %s; building ONNX Runtime engines instead", reason)
+        return "onnxruntime", reason
+    return "tensorrt", None
+
+
+def build_engines(config: BuildConfig) -> BuildReport:
+    """Export (reusing up-to-date graphs) and build one engine per graph, reusing current engines."""
+    config.validate()
+    backend, fallback = _choose_backend(config.backend)
+    exports = export_all(config.export, reuse=not config.force)
+    preset = get_preset(exports[0].manifest["preset"])
+    engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
+    report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
+    timing_cache = None
+    for graph in exports:
+        contract = contract_for(preset, graph.precision, config.export.profile)
+        path = engine_path(engine_dir, graph.kind, graph.precision, backend)
+        sparse = graph.kind == "sparse"
+        if backend == "tensorrt":
+            settings = _trt_settings(sparse)
+            cc = (settings["compute_capability"] or "unknown").replace(".", "")
+            timing_cache = engine_dir / f"timing-sm{cc}-trt{settings['tensorrt_version']}.cache"
+        else:
+            settings = {"ort_optimization_level": ORT_OPTIMIZATION_LEVEL}
+        expected = _expected(graph, contract, backend, settings)
+        reason = "--force" if config.force else _stale_reason(path, expected)
+        if reason is None:
+            log.info("%s is up to date; reusing it", path)
+            manifest = json.loads(engine_manifest_path(path).read_text())
+            report.engines.append(BuiltEngine(graph.kind, graph.precision, backend, path, manifest, reused=True))
+            continue
+        log.info("building %s (%s)", path, reason)
+        start = time.perf_counter()
+        # Never leave a manifest that describes a file about to be replaced.
+        engine_manifest_path(path).unlink(missing_ok=True)
+        if backend == "tensorrt":
+            details = build_trt_engine(graph.path, path, contract, sparse=sparse, timing_cache=timing_cache)
+            layer_nodes = graph.manifest.get("sparsity_check", {}).get("layer_nodes", {})
+            details["sparse_picked_modules"] = picked_modules(details["sparse_picked_layers"], layer_nodes)
+            details["sparse_eligible_modules"] = picked_modules(details["sparse_eligible_layers"], layer_nodes)
+            if sparse:
+                log.info(
+                    "%s: %d layers eligible for sparse math, %d picked sparse kernels (%d of %d masked layers)",
+                    path.name, len(details["sparse_eligible_layers"]), len(details["sparse_picked_layers"]),
+                    len(details["sparse_picked_modules"]), len(graph.manifest["sparse_layers"]),
+                )
+        else:
+            details = build_ort_engine(graph.path, path, contract)
+        manifest = {
+            **expected,
+            **details,
+            "engine": path.name,
+            "engine_sha256": sha256_file(path),
+            "source_onnx": str(graph.path),
+            "source_manifest": str(graph.manifest_path),
+            "source": graph.manifest.get("source"),
+            "sparse_layers": graph.manifest.get("sparse_layers", []),
+            "seconds": round(time.perf_counter() - start, 1),
+            "created": timestamp(),
+        }
+        write_json_atomic(engine_manifest_path(path), manifest)
+        report.engines.append(BuiltEngine(graph.kind, graph.precision, backend, path, manifest))
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_deploy.build",
+        description="Export (reusing up-to-date ONNX graphs) and build dense/sparse engines: TensorRT on a GPU, "
+        "ONNX Runtime otherwise.",
+    )
+    add_source_arguments(parser)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: TensorRT when usable, else ONNX Runtime")
+    parser.add_argument("--export-dir", type=Path, help="where the ONNX graphs go (default export/<preset>)")
+    parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
+    parser.add_argument("--force", action="store_true", help="re-export and rebuild even when up to date")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = BuildConfig(
+        export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force
+    )
+    report = build_engines(config)
+    if report.fallback_reason:
+        print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines instead")
+    for e in report.engines:
+        extra = ""
+        if e.backend == "tensorrt" and e.kind == "sparse":
+            extra = f", sparse kernels picked for {len(e.manifest.get('sparse_picked_modules', []))}/{len(e.manifest['sparse_layers'])} masked layers"
+        print(f"{e.path}  ({'up to date' if e.reused else 'built'}{extra})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

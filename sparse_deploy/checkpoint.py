@@ -1,0 +1,118 @@
+"""Checkpoint I/O: one folder per checkpoint, written atomically.
+
+Layout of a checkpoint folder::
+
+    manifest.json         preset, sparsity config, masked layers, step, config, versions, hashes
+    model.safetensors     inference weights (the EMA model), masks as ``*.weight_mask`` buffers
+    training_state.pt     student weights, optimizer, scheduler, step, RNG (absent in exports)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SparseDeployError
+from .models import Denoiser, build_model
+from .presets import get_preset
+from .provenance import atomic_dir, library_versions, sha256_file, timestamp
+from .sparsify import SparsityConfig, masked_modules, sparsify_
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_manifest", "MANIFEST", "WEIGHTS", "TRAINING_STATE"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+TRAINING_STATE = "training_state.pt"
+
+
+def _state_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage; clone makes every tensor its own.
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Denoiser,
+    *,
+    sparsity: SparsityConfig | None,
+    info: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (and optionally the training state) to the folder ``path``, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_file(_state_for_safetensors(model), str(tmp / WEIGHTS))
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+        manifest = {
+            "format": "sparse-deploy-checkpoint/1",
+            "preset": model.preset.name,
+            "sparsity": sparsity.to_dict() if sparsity else None,
+            "masked_layers": sorted(masked_modules(model)),
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
+            "created": timestamp(),
+            "versions": library_versions(),
+            **(info or {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint's manifest, with errors that say how to fix a wrong path."""
+    path = Path(path)
+    if not path.exists():
+        raise SparseDeployError(f"checkpoint '{path}' does not exist; run 'make train' first or fix the path")
+    if path.is_file():
+        raise SparseDeployError(
+            f"'{path}' is a file; --checkpoint takes a checkpoint folder holding {MANIFEST} and {WEIGHTS} "
+            "(use --weights for a plain .safetensors file)"
+        )
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise SparseDeployError(f"'{path}' has no {MANIFEST}: it is not a sparse-deploy checkpoint folder") from None
+    except json.JSONDecodeError as exc:
+        raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' is corrupt ({exc}); re-create the checkpoint") from exc
+
+
+def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser, dict[str, Any]]:
+    """Build the checkpoint's preset model, re-apply its masks and load its inference weights.
+
+    Returns:
+        ``(model, manifest)``; the model is in eval mode and keeps its masks (see ``bake_``).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise SparseDeployError(f"checkpoint '{path}' has no {WEIGHTS}; re-create the checkpoint")
+    if verify and manifest.get("weights_sha256") and sha256_file(weights) != manifest["weights_sha256"]:
+        raise SparseDeployError(f"'{weights}' does not match the hash in its manifest (corrupt or edited); re-create the checkpoint")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SparseDeployError(f"'{weights}' is corrupt ({exc}); re-create the checkpoint") from exc
+    preset = get_preset(manifest["preset"])
+    model = build_model(preset, weights=None, announce_random=False)
+    if manifest.get("sparsity") and manifest.get("masked_layers"):
+        sparsify_(model, SparsityConfig.from_dict(manifest["sparsity"]), layers=manifest["masked_layers"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SparseDeployError(
+            f"checkpoint '{path}' does not fit preset '{preset.name}' ({str(exc).splitlines()[0]}); re-create it"
+        ) from exc
+    model.eval()
+    return model, manifest

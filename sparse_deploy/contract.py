@@ -1,0 +1,137 @@
+"""One I/O contract per exportable model, shared by the exporter, the engine builders, the
+runtimes and the Triton config generator.
+
+The denoiser's contract::
+
+    sample        [B, C, H, W]  float32 | float16   noisy sample (pixels or latents)
+    timestep      [B]           int64               diffusion step in [0, 1000)
+    class_labels  [B]           int64               class id; num_classes is the null label (CFG)
+                                                    (present only for class-conditional models)
+    out           [B, C', H, W] float32 | float16   epsilon (C' = 2C when the model learns sigma)
+
+``B`` is the one dynamic axis; its min/opt/max profile bounds what engines accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SparseDeployError
+from .presets import Preset
+
+__all__ = ["PRECISIONS", "TensorSpec", "BatchProfile", "IOContract", "contract_for"]
+
+PRECISIONS = ("fp32", "fp16")
+_FLOAT = {"fp32": "float32", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor; ``-1`` in ``shape`` marks the dynamic batch axis."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == -1 else d for d in self.shape)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """Batch sizes an engine is built for (TensorRT optimization profile)."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 64
+
+    def validate(self) -> "BatchProfile":
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise SparseDeployError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+        return self
+
+    def check(self, batch: int, where: str = "engine") -> None:
+        """Refuse a batch the profile does not cover, saying how to fix it."""
+        if not self.min <= batch <= self.max:
+            raise SparseDeployError(
+                f"batch {batch} is outside the {where}'s profile [{self.min}, {self.max}] "
+                f"(classifier-free guidance doubles the batch); lower --batch or rebuild with --max-batch {batch}"
+            )
+
+
+@dataclass(frozen=True)
+class IOContract:
+    """Names, dtypes, dynamic axis and batch profile of one exported model."""
+
+    preset: str
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profile: BatchProfile
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export``'s dynamic_axes: axis 0 of every tensor is the batch."""
+        return {t.name: {0: "batch"} for t in (*self.inputs, *self.outputs)}
+
+    def sample_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random valid inputs as numpy arrays, keyed by input name."""
+        rng = np.random.default_rng(seed)
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            shape = spec.concrete(batch)
+            if spec.name == "sample":
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif spec.name == "timestep":
+                feeds[spec.name] = rng.integers(0, 1000, shape).astype(spec.dtype)
+            else:
+                feeds[spec.name] = rng.integers(0, self._num_classes, shape).astype(spec.dtype)
+        return feeds
+
+    @property
+    def _num_classes(self) -> int:
+        from .presets import get_preset
+
+        return max(get_preset(self.preset).num_classes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IOContract":
+        return cls(
+            preset=data["preset"],
+            precision=data["precision"],
+            inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["inputs"]),
+            outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),
+            profile=BatchProfile(**data["profile"]),
+        )
+
+
+def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile | None = None) -> IOContract:
+    """The denoiser contract of ``preset`` at ``precision`` (``fp32`` or ``fp16``)."""
+    if precision not in PRECISIONS:
+        raise SparseDeployError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    fdt = _FLOAT[precision]
+    c, s = preset.in_channels, preset.sample_size
+    inputs = [TensorSpec("sample", fdt, (-1, c, s, s)), TensorSpec("timestep", "int64", (-1,))]
+    if preset.num_classes:
+        inputs.append(TensorSpec("class_labels", "int64", (-1,)))
+    outputs = (TensorSpec("out", fdt, (-1, preset.out_channels, s, s)),)
+    return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate())

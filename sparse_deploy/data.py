@@ -1,0 +1,186 @@
+"""Datasets: Fashion-MNIST from idx files, image folders, and cached VAE latents.
+
+All datasets yield ``(image, label)`` with images as float tensors in [-1, 1] (or latents)
+of the preset's shape, so the training loop never special-cases a source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import SparseDeployError
+from .presets import Preset
+
+__all__ = ["read_idx", "find_fashion_mnist", "fashion_mnist", "image_folder", "latent_dataset", "make_dataset", "FMNIST_DIRS"]
+
+log = logging.getLogger(__name__)
+
+FMNIST_DIRS = (os.environ.get("SPARSE_DEPLOY_FMNIST", ""), "/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (optionally .gz) into a numpy array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise SparseDeployError(f"cannot read idx file '{path}' ({exc}); reinstall the dataset") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise SparseDeployError(f"'{path}' is not an unsigned-byte idx file; reinstall the dataset")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise SparseDeployError(f"idx file '{path}' is truncated ({arr.size} of {int(np.prod(shape))} values)")
+    return arr.reshape(shape)
+
+
+def find_fashion_mnist(root: str | Path | None = None) -> Path:
+    """The folder holding the Fashion-MNIST idx files, or an error saying how to get them."""
+    candidates = [Path(root)] if root else [Path(d) for d in FMNIST_DIRS if d]
+    for folder in candidates:
+        for stem in FMNIST_FILES["train"]:
+            if not ((folder / stem).exists() or (folder / f"{stem}.gz").exists()):
+                break
+        else:
+            return folder
+    raise SparseDeployError(
+        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install them with "
+        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does this) or pass "
+        "--data DIR holding train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz"
+    )
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    return folder / stem if (folder / stem).exists() else folder / f"{stem}.gz"
+
+
+def fashion_mnist_arrays(split: str = "train", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [N, 28, 28], labels uint8 [N])`` of a Fashion-MNIST split."""
+    if split not in FMNIST_FILES:
+        raise SparseDeployError(f"unknown Fashion-MNIST split '{split}'; use 'train' or 'test'")
+    folder = find_fashion_mnist(root)
+    img_stem, lab_stem = FMNIST_FILES[split]
+    return read_idx(_idx_file(folder, img_stem)), read_idx(_idx_file(folder, lab_stem))
+
+
+def _to_model_space(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float in [-1, 1], resized (antialiased) to ``size``."""
+    x = images.float() / 127.5 - 1.0
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1)
+
+
+def fashion_mnist(preset: Preset, split: str = "train", root: str | Path | None = None) -> TensorDataset:
+    """Fashion-MNIST as ``(image [1, S, S] in [-1, 1], label)`` at the preset's size."""
+    if preset.in_channels != 1 or preset.latent:
+        raise SparseDeployError(f"Fashion-MNIST is 1-channel pixels; preset '{preset.name}' wants {preset.in_channels}-channel {'latents' if preset.latent else 'images'}")
+    images, labels = fashion_mnist_arrays(split, root)
+    x = _to_model_space(torch.from_numpy(images.copy()).unsqueeze(1), preset.sample_size)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files: list[Path] = []
+    labels: list[int] = []
+    if classes:
+        for idx, cls in enumerate(classes):
+            found = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [idx] * len(found)
+    else:
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        labels = [0] * len(files)
+    return files, labels, classes
+
+
+def image_folder(preset: Preset, root: str | Path) -> TensorDataset:
+    """Images from ``root`` (one subfolder per class, or a flat folder = one class), loaded into memory."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise SparseDeployError(f"dataset folder '{root}' does not exist; pass --data DIR with your images")
+    files, labels, classes = _list_images(root)
+    if not files:
+        raise SparseDeployError(
+            f"dataset folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "put images in it, one subfolder per class for class-conditional models"
+        )
+    if preset.num_classes and classes and len(classes) > preset.num_classes:
+        raise SparseDeployError(f"'{root}' has {len(classes)} class folders but preset '{preset.name}' has {preset.num_classes} classes")
+    mode = "L" if preset.in_channels == 1 else "RGB"
+    arrays = [np.asarray(Image.open(p).convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)) for p in files]
+    x = torch.from_numpy(np.stack(arrays))
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    log.info("loaded %d images in %d classes from %s", len(files), max(len(classes), 1), root)
+    return TensorDataset(_to_model_space(x, preset.sample_size), torch.tensor(labels, dtype=torch.int64))
+
+
+@torch.no_grad()
+def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir: str | Path = ".cache/latents", batch: int = 16) -> TensorDataset:
+    """Images from ``root`` encoded once by a local diffusers AutoencoderKL, cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from .provenance import atomic_path
+
+    vae = Path(vae)
+    if not (vae / "config.json").is_file():
+        raise SparseDeployError(f"VAE folder '{vae}' has no config.json; pass a local diffusers AutoencoderKL folder with --vae")
+    pixel_size = preset.sample_size * 8
+    files, labels, _ = _list_images(Path(root)) if Path(root).is_dir() else ([], [], [])
+    if not files:
+        raise SparseDeployError(f"dataset folder '{root}' holds no images; pass --data DIR with your images")
+    key = hashlib.sha256("|".join([str(vae.resolve()), str(pixel_size), *map(str, files)]).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{preset.name}-{key}.safetensors"
+    if cache.exists():
+        data = load_file(str(cache))
+        return TensorDataset(data["latents"], data["labels"])
+    from diffusers import AutoencoderKL
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    model = AutoencoderKL.from_pretrained(str(vae), local_files_only=True).eval()
+    scale = float(getattr(model.config, "scaling_factor", 0.18215))
+    latents = []
+    for i in tqdm(range(0, len(files), batch), desc="encoding latents"):
+        arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC)) for p in files[i: i + batch]])
+        x = _to_model_space(torch.from_numpy(arr).permute(0, 3, 1, 2), pixel_size)
+        latents.append(model.encode(x).latent_dist.sample() * scale)
+    out = {"latents": torch.cat(latents).contiguous(), "labels": torch.tensor(labels, dtype=torch.int64)}
+    with atomic_path(cache) as tmp:
+        save_file(out, str(tmp))
+    return TensorDataset(out["latents"], out["labels"])
+
+
+def make_dataset(preset: Preset, data: str | None = None, vae: str | None = None) -> Dataset:
+    """The training set: ``data`` is a folder of images, ``fashion-mnist[:DIR]``, or None for the preset's default."""
+    if data is None:
+        data = preset.dataset
+    if data is None:
+        raise SparseDeployError(f"preset '{preset.name}' has no built-in dataset; pass --data DIR with your images (and --vae for latent models)")
+    if data == "fashion-mnist" or data.startswith("fashion-mnist:"):
+        return fashion_mnist(preset, "train", data.partition(":")[2] or None)
+    if preset.latent:
+        if vae is None:
+            raise SparseDeployError(f"preset '{preset.name}' trains on VAE latents; pass --vae DIR (a local diffusers AutoencoderKL)")
+        return latent_dataset(preset, data, vae)
+    return image_folder(preset, data)

@@ -1,0 +1,45 @@
+"""User-facing errors and the one place CLI entry points turn them into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Callable
+
+__all__ = ["SparseDeployError", "cli_entry", "require"]
+
+
+class SparseDeployError(Exception):
+    """A problem with the user's input or environment; the message says what and how to fix it."""
+
+
+def require(module: str, purpose: str, install: str):
+    """Import an optional dependency, or raise one sentence saying what is missing and how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken native library behind it
+        raise SparseDeployError(
+            f"{purpose} needs the Python module '{module}', which could not be imported ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); install it with: {install}"
+        ) from exc
+
+
+def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Wrap a CLI ``main`` so that a SparseDeployError prints ``error: ...`` and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return int(main(argv) or 0)
+        except SparseDeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

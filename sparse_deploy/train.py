@@ -1,0 +1,408 @@
+"""One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe).
+
+Sparse fine-tuning = masks (``sparsify``) + improved STE + output distillation from the frozen
+dense model::
+
+    L = mean||eps - eps_S(x_t, t)||^2 + kd_weight * mean||eps_T(x_t, t) - eps_S(x_t, t)||^2
+
+The teacher runs under ``no_grad``. Every step draws its batch, labels-to-drop, timesteps and
+noise from a generator seeded by ``(seed, step)``, so a resumed run continues exactly where the
+killed one stopped. ``python -m sparse_deploy.train --help`` lists the flags.
+Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`` (PyTorch DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import TRAINING_STATE, load_checkpoint, read_manifest, save_checkpoint
+from .errors import SparseDeployError, cli_entry
+from .models import build_model, example_inputs
+from .presets import PRESETS, Preset, get_preset
+from .sampling import sample, save_grid, to_uint8, training_scheduler
+from .sparsify import MODES, CoverageReport, SparsityConfig, coverage_report, masked_modules, refresh_masks_, select_layers, sparsify_
+
+__all__ = ["TrainConfig", "TrainingRun", "prepare_run", "train_step", "train", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (dense when ``sparsity`` is None)."""
+
+    preset: str
+    out: str
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.03
+    betas: tuple[float, float] = (0.99, 0.999)
+    warmup_steps: int | None = None
+    ema_decay: float | None = None
+    grad_clip: float = 1.0
+    checkpoint_every: int | None = None
+    seed: int = 0
+    cfg_drop: float = 0.1
+    init: str | None = None  # dense checkpoint to start from (and to distil from)
+    weights: str | None = None  # or diffusers weights to start from
+    sparsity: SparsityConfig | None = None
+    kd_weight: float = 0.0
+    data: str | None = None
+    vae: str | None = None
+    device: str = "auto"
+    preview: int = 8  # images per class in the preview grid (0: none)
+    preview_steps: int = 50
+
+    def validate(self) -> "TrainConfig":
+        preset = get_preset(self.preset)
+        d = preset.train
+        for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
+                              ("batch_size", d.batch_size), ("lr", d.lr), ("warmup_steps", d.warmup_steps),
+                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every)):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise SparseDeployError("--steps must be >= 0, --batch-size and --checkpoint-every >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
+        if self.kd_weight and self.init is None and self.weights is None:
+            raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
+        if self.kd_weight < 0:
+            raise SparseDeployError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if self.sparsity is not None:
+            self.sparsity.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
+        return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SparseDeployError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+class _DDP:
+    """torchrun-launched data parallelism (PyTorch DDP); a no-op in a single process."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+@torch.no_grad()
+def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _inference_copy(ema: torch.nn.Module, sparsity: SparsityConfig | None) -> torch.nn.Module:
+    """The EMA model with masks recomputed from its own dense weights (SR-STE / STE)."""
+    model = copy.deepcopy(ema).cpu().eval()
+    if sparsity is not None and sparsity.learns_masks:
+        refresh_masks_(model, sparsity.n, sparsity.m)
+    return model
+
+
+def preview_grid(model: torch.nn.Module, path: Path, per_class: int, steps: int, seed: int = 0) -> Path:
+    """A grid of samples, one row per class (or one block if unconditional), DDIM, fixed seed."""
+    preset = model.preset
+    classes = preset.num_classes or 1
+    labels = [c for c in range(classes) for _ in range(per_class)] if preset.num_classes else None
+    images, _ = sample(model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels)
+    return save_grid(to_uint8(images), path, nrow=per_class)
+
+
+@dataclass
+class TrainingRun:
+    """Everything one optimisation step touches: built by :func:`prepare_run`, advanced by :func:`train_step`.
+
+    :func:`train` wraps these two with resume, checkpoints and logs; the training-cost benchmark
+    (``sparse_deploy.bench train-cost``) times :func:`train_step` alone.
+    """
+
+    config: TrainConfig
+    preset: Preset
+    device: torch.device
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    teacher: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    images: torch.Tensor
+    labels: torch.Tensor
+    alphas: torch.Tensor
+    coverage: CoverageReport | None = None
+    train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper
+    rank: int = 0
+
+    @property
+    def learns_masks(self) -> bool:
+        return self.config.sparsity is not None and self.config.sparsity.learns_masks
+
+    @property
+    def train_steps(self) -> int:
+        """Optimisation steps of the run: ``config.steps``, or 0 for one-shot pruning."""
+        sparsity = self.config.sparsity
+        return self.config.steps if (sparsity is None or sparsity.mode != "oneshot") else 0
+
+
+def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> TrainingRun:
+    """Build the model (dense start, then masks), teacher, EMA, optimizer, schedule and data; writes nothing.
+
+    ``config`` must be validated; the global torch seed should be set first (random init).
+    """
+    from .data import make_dataset
+
+    preset = get_preset(config.preset)
+    # Model: dense start (random, diffusers weights or a dense checkpoint), then masks.
+    teacher = None
+    if config.init is not None:
+        manifest = read_manifest(config.init)
+        if manifest.get("masked_layers"):
+            raise SparseDeployError(f"--init '{config.init}' is a sparse checkpoint; start fine-tuning from the dense one")
+        model, _ = load_checkpoint(config.init)
+        if manifest["preset"] != preset.name:
+            raise SparseDeployError(f"--init checkpoint is preset '{manifest['preset']}', not '{preset.name}'")
+    else:
+        model = build_model(preset, config.weights)
+    if config.kd_weight:
+        teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+
+    coverage = None
+    if config.sparsity is not None:
+        choice = select_layers(model, config.sparsity)
+        sparsify_(model, config.sparsity, choice.selected)
+        coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped, config.sparsity.n, config.sparsity.m)
+        log.info("coverage: %s", coverage.summary())
+    model.to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps))
+    images, labels = make_dataset(preset, config.data, config.vae).tensors
+    alphas = training_scheduler().alphas_cumprod.to(device)
+    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, rank)
+
+
+def train_step(run: TrainingRun, step: int) -> dict[str, float]:
+    """One optimisation step (mask refresh, batch, loss, backward, AdamW, schedule, EMA).
+
+    The batch, labels-to-drop, timesteps and noise come from a generator seeded by
+    ``(seed, step, rank)``. Returns the step's metrics row (``step`` counts from 1).
+    """
+    config, preset, device, model = run.config, run.preset, run.device, run.model
+    train_model = run.train_model if run.train_model is not None else model
+    c = preset.in_channels
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + run.rank)
+    flipped = refresh_masks_(model, config.sparsity.n, config.sparsity.m) if run.learns_masks and step % config.sparsity.mask_every == 0 else 0.0
+    idx = torch.randint(0, len(run.images), (config.batch_size,), generator=gen)
+    x0, y = run.images[idx].to(device), run.labels[idx].to(device)
+    if preset.num_classes:
+        drop = torch.rand(len(y), generator=gen).to(device) < config.cfg_drop
+        y = torch.where(drop, torch.full_like(y, preset.null_class), y)
+    else:
+        y = None
+    t = torch.randint(0, len(run.alphas), (len(x0),), generator=gen).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    a = run.alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        pred = train_model(x_t, t, y)[:, :c].float()
+        loss_eps = torch.nn.functional.mse_loss(pred, noise)
+        loss = loss_eps
+        loss_kd = torch.zeros(())
+        if run.teacher is not None:
+            with torch.no_grad():
+                target = run.teacher(x_t, t, y)[:, :c].float()
+            loss_kd = torch.nn.functional.mse_loss(pred, target)
+            loss = loss + config.kd_weight * loss_kd
+    if not math.isfinite(loss.item()):
+        raise SparseDeployError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    _ema_update_(run.ema, model, config.ema_decay)
+    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": float(loss_kd), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
+
+
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) training; returns the checkpoint folder ``<out>/checkpoint``."""
+    from tqdm.auto import tqdm
+
+    config.validate()
+    preset = get_preset(config.preset)
+    out = Path(config.out)
+    ckpt_dir = out / "checkpoint"
+    device = _device(config.device)
+    ddp = _DDP(device)
+    torch.manual_seed(config.seed)
+
+    run = prepare_run(config, device, ddp.rank)
+    model, ema, opt, sched, coverage = run.model, run.ema, run.opt, run.sched, run.coverage
+    if coverage is not None and ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "coverage.json").write_text(json.dumps(coverage.to_dict(), indent=2) + "\n")
+
+    start = 0
+    state_file = ckpt_dir / TRAINING_STATE
+    if state_file.exists():
+        prior = read_manifest(ckpt_dir)
+        # The manifest is JSON (tuples came back as lists): compare as configs, not raw dicts.
+        prior_sparsity = SparsityConfig.from_dict(prior["sparsity"]) if prior.get("sparsity") else None
+        if prior.get("train_config", {}).get("preset") != preset.name or prior_sparsity != config.sparsity:
+            raise SparseDeployError(f"'{ckpt_dir}' holds a different run (preset or sparsity differ); pass another --out or delete it")
+        try:
+            state = torch.load(state_file, map_location=device, weights_only=False)
+        except Exception as exc:
+            raise SparseDeployError(f"training state '{state_file}' is corrupt ({exc}); delete '{ckpt_dir}' to restart") from exc
+        ema_model, _ = load_checkpoint(ckpt_dir)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(ema_model.state_dict())
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("resuming %s from step %d of %d", ckpt_dir, start, config.steps)
+
+    run.train_model = ddp.wrap(model, device)
+    train_steps = run.train_steps
+
+    def save(step: int) -> None:
+        if not ddp.main:
+            return
+        info = {
+            "step": step,
+            "complete": step >= train_steps,
+            "train_config": config.to_dict(),
+            "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
+            "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
+        }
+        save_checkpoint(
+            ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info,
+            training_state={"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+        )
+
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+    metrics = (out / "metrics.jsonl").open("a") if ddp.main else None
+    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not ddp.main)
+    model.train()
+    t0 = time.perf_counter()
+    for step in bar:
+        row = train_step(run, step)
+        if metrics is not None:
+            metrics.write(json.dumps(row) + "\n")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", flips=f"{row['mask_flips']:.1e}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < train_steps:
+            save(step + 1)
+    if metrics is not None:
+        metrics.close()
+    elapsed = time.perf_counter() - t0
+    save(train_steps)
+    ddp.barrier()
+    if ddp.main:
+        if train_steps > start:
+            log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
+        if config.preview:
+            final, _ = load_checkpoint(ckpt_dir)
+            grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)
+            log.info("wrote preview grid %s", grid)
+        if coverage is not None:
+            log.info("coverage: %s", coverage.summary())
+    return ckpt_dir
+
+
+def _parse_patterns(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="fmnist-dit", help=f"preset: {', '.join(PRESETS)}")
+    p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
+    p.add_argument("--sparsity", choices=("none", *MODES), default="none",
+                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training)")
+    p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
+    p.add_argument("--weights", help="diffusers folder or .safetensors to start from")
+    p.add_argument("--kd-weight", type=float, default=None, help="distillation weight (default 0.1 when sparse with --init, else 0)")
+    p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
+    p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste)")
+    p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
+    p.add_argument("--exclude", help="comma-separated module globs to keep dense")
+    p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--ema", type=float, dest="ema_decay")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="image folder, or fashion-mnist[:DIR] (default: the preset's dataset)")
+    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent presets)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
+    p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = get_preset(args.model)
+    sparsity = None
+    if args.sparsity != "none":
+        sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
+                                  include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln)
+    kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and args.init else 0.0)
+    out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
+    config = TrainConfig(
+        preset=preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, init=args.init, weights=args.weights, sparsity=sparsity, kd_weight=kd,
+        data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
+    )
+    ckpt = train(config)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
