@@ -261,7 +261,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     run.opt.step()
     run.sched.step()
     _ema_update_(run.ema, model, config.ema_decay)
-    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": float(loss_kd), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
+    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
 
 
 def train(config: TrainConfig) -> Path:
@@ -320,9 +320,13 @@ def train(config: TrainConfig) -> Path:
             training_state={"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
         )
 
+    metrics_path = out / "metrics.jsonl"
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-    metrics = (out / "metrics.jsonl").open("a") if ddp.main else None
+        if metrics_path.exists():  # drop rows of steps a killed run did past its last checkpoint
+            rows = [r for r in metrics_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= start]
+            metrics_path.write_text("".join(r + "\n" for r in rows))
+    metrics = metrics_path.open("a") if ddp.main else None
     bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not ddp.main)
     model.train()
     t0 = time.perf_counter()

@@ -1,0 +1,125 @@
+"""Datasets: idx files, Fashion-MNIST lookup, image folders, the make_dataset dispatcher."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparse_deploy.data import find_fashion_mnist, image_folder, make_dataset, read_idx
+from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.presets import get_preset
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_read_idx_round_trip(tmp_path, idx_writer, name):
+    array = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    path = idx_writer(tmp_path / name, array)
+    if name.endswith(".gz"):
+        assert path.read_bytes()[:2] == b"\x1f\x8b"  # really gzip
+    out = read_idx(path)
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, array)
+
+
+def test_read_idx_labels_1d(tmp_path, idx_writer):
+    labels = np.arange(10, dtype=np.uint8)
+    np.testing.assert_array_equal(read_idx(idx_writer(tmp_path / "labels-idx1-ubyte.gz", labels)), labels)
+
+
+def test_read_idx_truncated(tmp_path, idx_writer):
+    path = idx_writer(tmp_path / "x-idx3-ubyte", np.zeros((4, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(SparseDeployError, match="truncated"):
+        read_idx(path)
+
+
+def test_read_idx_truncated_gzip_stream(tmp_path, idx_writer):
+    path = idx_writer(tmp_path / "x-idx3-ubyte.gz", np.ones((64, 28, 28), dtype=np.uint8) * 7)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SparseDeployError, match="cannot read idx file"):
+        read_idx(path)
+
+
+def test_read_idx_not_an_idx_file(tmp_path):
+    path = tmp_path / "junk.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"PK\x03\x04 definitely not idx")
+    with pytest.raises(SparseDeployError, match="not an unsigned-byte idx file"):
+        read_idx(path)
+
+
+def test_find_fashion_mnist_missing_says_how_to_install(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SparseDeployError) as info:
+        find_fashion_mnist(missing)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and str(missing) in message
+
+
+def test_find_fashion_mnist_needs_both_train_files(tmp_path, idx_writer):
+    idx_writer(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28), dtype=np.uint8))
+    with pytest.raises(SparseDeployError):
+        find_fashion_mnist(tmp_path)
+    idx_writer(tmp_path / "train-labels-idx1-ubyte", np.zeros(1, dtype=np.uint8))  # raw is fine too
+    assert find_fashion_mnist(tmp_path) == tmp_path
+
+
+def test_fashion_mnist_dataset_from_fixture(fmnist_dir, fmnist_data):
+    preset = get_preset("tiny-dit")
+    dataset = make_dataset(preset, fmnist_data)
+    images, labels = dataset.tensors
+    assert images.shape == (64, 1, 16, 16) and images.dtype == torch.float32  # resized 28 -> 16
+    assert images.min() >= -1 and images.max() <= 1
+    assert labels.dtype == torch.int64 and labels.tolist() == [i % 10 for i in range(64)]
+
+
+def test_fashion_mnist_refuses_rgb_presets(fmnist_data):
+    with pytest.raises(SparseDeployError, match="1-channel"):
+        make_dataset(get_preset("ddpm-cifar10"), fmnist_data)
+
+
+def _png(path, value: int, size: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8), mode="L").save(path)
+
+
+def test_image_folder_class_subfolders(tmp_path):
+    _png(tmp_path / "cat" / "a.png", 0)
+    _png(tmp_path / "cat" / "b.png", 0)
+    _png(tmp_path / "dog" / "c.png", 255)
+    _png(tmp_path / "emu" / "sub" / "d.png", 255)  # nested files count for their class
+    (tmp_path / "dog" / "readme.txt").write_text("ignored")
+    dataset = image_folder(get_preset("tiny-dit"), tmp_path)
+    images, labels = dataset.tensors
+    assert images.shape == (4, 1, 16, 16)
+    assert labels.tolist() == [0, 0, 1, 2]  # sorted class folders
+    assert torch.all(images[:2] == -1) and torch.all(images[2:] == 1)
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_image_folder_flat_folder_is_one_class(tmp_path):
+    _png(tmp_path / "x.png", 128)
+    _png(tmp_path / "y.png", 64)
+    images, labels = image_folder(get_preset("tiny-dit"), tmp_path).tensors
+    assert labels.tolist() == [0, 0]
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_image_folder_empty_and_missing(tmp_path):
+    (tmp_path / "empty" / "class0").mkdir(parents=True)
+    with pytest.raises(SparseDeployError, match="holds no images"):
+        image_folder(get_preset("tiny-dit"), tmp_path / "empty")
+    with pytest.raises(SparseDeployError, match="does not exist"):
+        image_folder(get_preset("tiny-dit"), tmp_path / "missing")
+
+
+def test_image_folder_too_many_classes(tmp_path):
+    for c in range(11):
+        _png(tmp_path / f"c{c:02d}" / "x.png", 0)
+    with pytest.raises(SparseDeployError, match="11 class folders"):
+        image_folder(get_preset("tiny-dit"), tmp_path)
