@@ -123,6 +123,15 @@ class _DDP:
             torch.distributed.barrier()
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay with the usual warm-up ``(1 + step) / (10 + step)``.
+
+    Without it, a from-scratch run's EMA keeps ``decay ** steps`` of the random init
+    (0.999 ** 2000 = 13%), which is enough to turn samples into noise.
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -260,7 +269,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     run.opt.step()
     run.sched.step()
-    _ema_update_(run.ema, model, config.ema_decay)
+    _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step))
     return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
 
 

@@ -249,3 +249,12 @@ def test_cli_data_folder_without_images(capsys, tmp_path):
 def test_cli_kd_weight_without_init(capsys, tmp_path, fmnist_data):
     line = _cli_error(capsys, _base(tmp_path, fmnist_data) + ["--sparsity", "srste", "--kd-weight", "0.1"])
     assert "--kd-weight" in line and "--init" in line
+
+
+def test_ema_warmup_forgets_random_init():
+    # A from-scratch run must not keep a visible share of the random init in its EMA weights.
+    keep = 1.0
+    for step in range(2000):
+        keep *= train_mod.ema_decay_at(0.999, step)
+    assert keep < 1e-3
+    assert train_mod.ema_decay_at(0.999, 10**6) == 0.999
