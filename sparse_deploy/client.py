@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import SparseDeployError, cli_entry, require
+from .sampling import parse_labels
 
 __all__ = [
     "PROTOCOLS",
@@ -272,15 +273,6 @@ def load_test(config: LoadTestConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _labels(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparse_deploy.client",
@@ -308,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     from .provenance import timestamp, write_json_atomic
 
     args = build_parser().parse_args(argv)
-    labels = _labels(args.labels)
+    labels = parse_labels(args.labels)
     if args.num < 1:
         raise SparseDeployError(f"--num must be at least 1, got {args.num}")
     if args.duration is not None:

@@ -26,7 +26,7 @@ from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
 from .presets import Preset
 from .provenance import library_versions, timestamp, write_json_atomic
-from .sampling import make_scheduler, sample, save_grid, save_pngs, to_uint8
+from .sampling import make_scheduler, parse_labels, sample, save_grid, save_pngs, to_uint8
 
 __all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]
 
@@ -167,15 +167,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     return record
 
 
-def _labels(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sparse_deploy.run", description="Sample images from an engine or checkpoint.")
     parser.add_argument("--engine", type=Path, required=True, help="engine file (.ort.onnx/.trt.plan), exported .onnx, or checkpoint folder")
@@ -199,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     record = run(
         RunConfig(
             engine=args.engine, out=args.out, num=args.num, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
-            seed=args.seed, labels=_labels(args.labels), guidance=args.guidance, vae=args.vae, device=args.device, backend=args.backend,
+            seed=args.seed, labels=parse_labels(args.labels), guidance=args.guidance, vae=args.vae, device=args.device, backend=args.backend,
         )
     )
     print(

@@ -27,6 +27,7 @@ __all__ = [
     "to_uint8",
     "save_grid",
     "save_pngs",
+    "parse_labels",
 ]
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -181,3 +182,13 @@ def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") ->
         _pil(img).save(p)
         paths.append(p)
     return paths
+
+
+def parse_labels(text: str | None) -> tuple[int, ...] | None:
+    """``--labels`` text (``"0,1,2"``) -> class ids; None when empty."""
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
