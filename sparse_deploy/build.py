@@ -127,6 +127,7 @@ def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings
         "kind": graph.kind,
         "precision": graph.precision,
         "preset": contract.preset,
+        "num_classes": get_preset(contract.preset).num_classes,  # 0: unconditional; read by cpp/ and Triton
         "contract": contract.to_dict(),
         "source_onnx_sha256": graph.manifest["onnx_sha256"],
         "versions": library_versions(),
