@@ -145,7 +145,11 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
     vae = Path(vae)
     if not (vae / "config.json").is_file():
         raise SparseDeployError(f"VAE folder '{vae}' has no config.json; pass a local diffusers AutoencoderKL folder with --vae")
-    pixel_size = preset.sample_size * 8
+    import json
+
+    # Each encoder block but the last halves the resolution (8x for the SD VAE's 4 blocks).
+    blocks = json.loads((vae / "config.json").read_text()).get("block_out_channels", [0, 0, 0, 0])
+    pixel_size = preset.sample_size * 2 ** (len(blocks) - 1)
     files, labels, _ = _list_images(Path(root)) if Path(root).is_dir() else ([], [], [])
     if not files:
         raise SparseDeployError(f"dataset folder '{root}' holds no images; pass --data DIR with your images")

@@ -123,3 +123,32 @@ def test_image_folder_too_many_classes(tmp_path):
         _png(tmp_path / f"c{c:02d}" / "x.png", 0)
     with pytest.raises(SparseDeployError, match="11 class folders"):
         image_folder(get_preset("tiny-dit"), tmp_path)
+
+
+def test_latent_dataset_encodes_once_and_caches(tmp_path):
+    # A tiny random AutoencoderKL stands in for a user's VAE (nothing is downloaded).
+    import dataclasses
+
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from sparse_deploy import data as data_mod
+    from sparse_deploy.presets import get_preset
+
+    vae_dir = tmp_path / "vae"
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4, sample_size=32,
+    ).save_pretrained(vae_dir)
+    preset = dataclasses.replace(get_preset("dit-s"), sample_size=4)  # 4x4 latents = 32 px images (8x VAE)
+    images = tmp_path / "imgs" / "cat"
+    images.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(images / f"{i}.png")
+    cache = tmp_path / "cache"
+    first = data_mod.latent_dataset(preset, tmp_path / "imgs", vae_dir, cache_dir=cache)
+    latents, labels = first.tensors
+    assert latents.shape == (3, 4, 4, 4) and labels.tolist() == [0, 0, 0]
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    second = data_mod.latent_dataset(preset, tmp_path / "imgs", vae_dir, cache_dir=cache)
+    torch.testing.assert_close(second.tensors[0], latents)  # read back from the cache
