@@ -55,6 +55,12 @@ engine: setup
 run: setup
 	$(PY) -m sparse_deploy.run --engine $(ENGINE) --out samples/$(MODEL)
 
+# Benchmarks and the report (reports/<model>/): latency, training cost, MACs, method comparison
+# (FID), sample grids, from runs/<model>/srste/checkpoint (make demo makes it for the default).
+# The method comparison takes hours on 2 CPU cores; it resumes where it stopped.
+bench: setup
+	$(PY) -m sparse_deploy.bench all --model $(MODEL)
+
 # Triton model repository from an engine (CPU flavour for ONNX engines), then a local server.
 triton: setup
 	$(PY) -m sparse_deploy.triton --engine $(ENGINE) --out triton-repo/$(MODEL)

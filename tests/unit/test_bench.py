@@ -1,0 +1,299 @@
+"""Benchmarks on tiny presets: interleaving, statistics, ratios, ONNX MAC counts, the report, methods.
+
+Nothing here asserts a timing: only structure, order and exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_deploy import bench
+from sparse_deploy.build import BuildConfig, build_engines
+from sparse_deploy.checkpoint import save_checkpoint
+from sparse_deploy.contract import contract_for
+from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.export import ExportConfig, export_graph
+from sparse_deploy.macs import _einsum_macs, onnx_macs
+from sparse_deploy.models import build_model
+from sparse_deploy.presets import get_preset
+from sparse_deploy.report import write_report
+from sparse_deploy.sampling import save_grid
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_interleaved_order_alternates():
+    assert bench.interleaved_order(["A", "B"], 3) == ["A", "B", "A", "B", "A", "B"]
+    assert bench.interleaved_order(["A", "B", "C"], 2) == ["A", "B", "C", "A", "B", "C"]
+    assert bench.interleaved_order(["A"], 0) == []
+
+
+def test_run_interleaved_calls_a_b_a_b_and_drops_warmup():
+    calls: list[str] = []
+    tasks = {"A": lambda: calls.append("A"), "B": lambda: calls.append("B")}
+    times = bench.run_interleaved(tasks, repeats=3, warmup=2)
+    assert calls == ["A", "B"] * 5
+    assert sorted(times) == ["A", "B"]
+    assert len(times["A"]) == len(times["B"]) == 3
+    assert all(t >= 0 for t in times["A"] + times["B"])
+    with pytest.raises(SparseDeployError):
+        bench.run_interleaved(tasks, repeats=0)
+
+
+def test_time_call_returns_the_result():
+    result, seconds = bench.time_call(lambda: 41 + 1)
+    assert result == 42 and seconds >= 0
+    assert bench.clock_name("cpu") == "time.perf_counter"
+
+
+def test_summarize_is_exact():
+    s = bench.summarize([float(v) for v in range(1, 12)])  # 1..11
+    assert s["n"] == 11 and s["median"] == 6 and s["mean"] == 6
+    assert s["min"] == 1 and s["max"] == 11
+    assert s["p25"] == 3.5 and s["p75"] == 8.5 and s["iqr"] == 5
+    assert s["p10"] == 2 and s["p90"] == 10
+    assert s["std"] == pytest.approx(np.std(np.arange(1, 12), ddof=1))
+    assert bench.summarize([2.0])["std"] == 0.0
+    with pytest.raises(SparseDeployError):
+        bench.summarize([])
+
+
+def test_ratio_of_medians_and_paired_rounds():
+    r = bench.ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    assert r["median"] == 2.0  # median 4 / median 2
+    assert r["paired_median"] == 2.0  # per round: 2, 2, 3
+    assert r["paired_p10"] == pytest.approx(2.0) and r["paired_p90"] == pytest.approx(2.8)
+    assert "paired_median" not in bench.ratio([1.0, 2.0], [1.0])  # unequal lengths: no pairing
+    assert bench.ratio([1.0], [2.0])["median"] == 0.5  # < 1: the candidate is slower
+
+
+def test_einsum_macs():
+    assert _einsum_macs("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]]) == 2 * 3 * 4 * 5
+    assert _einsum_macs("nhwpqc->nchpwq", [[1, 4, 4, 4, 4, 1]]) == 0  # a permutation
+
+
+def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
+    assert bench.METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")
+    assert set(bench.METHOD_LABELS) == set(bench.METHODS)
+    assert set(bench.TRAIN_COST_METHODS) == set(bench.METHODS) - {"oneshot"}
+    want = {"dense": (None, 0.0), "oneshot": ("oneshot", 0.0), "fixed": ("fixed", 0.0), "ste": ("ste", 0.0),
+            "srste": ("srste", 0.0), "srste+kd": ("srste", 0.1)}
+    for method, (mode, kd) in want.items():
+        config = bench.method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
+        assert (config.sparsity.mode if config.sparsity else None) == mode, method
+        assert config.kd_weight == kd and config.steps == 7 and config.init == str(tmp_path / "dense")
+    with pytest.raises(SparseDeployError, match="unknown method"):
+        bench.method_train_config("magic", "tiny-dit", tmp_path, steps=1, init=None)
+
+
+# ----------------------------------------------------------------------------- MACs
+
+
+@pytest.mark.parametrize("name", ["tiny-dit", "tiny-unet"])
+def test_onnx_macs_match_the_model(tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(get_preset(name), announce_random=False).eval()
+    graph = tmp_path / "dense-fp32.onnx"
+    export_graph(model, [], contract_for(model.preset, "fp32"), graph, kind="dense")
+    check = bench.macs_crosscheck(model, graph)
+    # Exactly the model's MACs once repeated layer calls are counted once (the exporter computes
+    # diffusers DiT's second call of block 0's timestep embedder only once) ...
+    assert check["onnx_total"] == check["model_single_call"]
+    # ... and within 2% of the PyTorch FLOP counter's total.
+    assert abs(check["relative_difference"]) < 0.02
+    if name == "tiny-unet":
+        assert check["onnx_total"] == check["model_total"] and not check["repeated_layers"]
+    else:
+        assert check["repeated_layers"] == [
+            "transformer_blocks.0.norm1.emb.timestep_embedder.linear_1", "transformer_blocks.0.norm1.emb.timestep_embedder.linear_2",
+        ]
+    assert not check["disagreeing_layers"] and not check["unmatched_layers"]
+    assert onnx_macs(graph, batch=3).total == 3 * check["onnx_total"]
+
+
+# ----------------------------------------------------------------------------- latency, train cost, methods
+
+
+@pytest.fixture(scope="module")
+def tiny_engines(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench-engines")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp / "ckpt", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
+    config = BuildConfig(export=ExportConfig(checkpoint=ckpt, out=tmp / "export", precisions=("fp32",), max_batch=2),
+                         backend="onnxruntime", engine_dir=tmp / "engines")
+    return {e.kind: e.path for e in build_engines(config).engines}
+
+
+def test_latency_interleaves_dense_and_sparse(tiny_engines):
+    config = bench.LatencyConfig(engines=(str(tiny_engines["dense"]), str(tiny_engines["sparse"])), batches=(1, 2, 4),
+                                 repeats=2, warmup=1, e2e_repeats=1, e2e_warmup=0, steps=2, memory=False)
+    record = bench.run_latency(config, command="test")
+    assert record["kind"] == "latency" and record["command"] == "test" and record["model"] == "tiny-dit"
+    assert (record["reference"], record["candidate"]) == ("dense", "sparse")
+    assert record["machine"]["cpus_usable"] >= 1 and "torch" in record["versions"]
+    b1, b2, b4 = record["batches"]
+    assert "outside" in b4["skipped"]  # the engines' profile ends at 2
+    for entry in (b1, b2):
+        assert set(entry["per_call"]) == {"dense", "sparse"}
+        assert entry["per_call"]["dense"]["n"] == 2 and len(entry["per_call"]["sparse"]["samples"]) == 2
+        assert entry["per_call_ratio"]["median"] == pytest.approx(
+            entry["per_call"]["dense"]["median"] / entry["per_call"]["sparse"]["median"])
+        assert entry["end_to_end"]["dense"]["n"] == 1 and "end_to_end_ratio" in entry
+    engines = record["engines"]
+    assert engines["sparse"]["sparse_layers"] == 12 and engines["dense"]["sparse_layers"] == 0
+    assert engines["dense"]["size_bytes"] == tiny_engines["dense"].stat().st_size
+    assert bench.latency_filename(record) == "latency-onnxruntime-fp32.json"
+
+
+def test_engine_memory_reports_rss(tiny_engines):
+    mem = bench.engine_memory(tiny_engines["sparse"], batch=2, calls=1)
+    assert mem["rss_before_load"] > 0 and mem["peak_rss"] >= mem["rss_after_load"] > 0
+    assert mem["peak_delta"] >= 0 and mem["batch"] == 2
+
+
+def test_grids_use_the_same_seed(tiny_engines, tmp_path):
+    record = bench.sample_grids([tiny_engines["dense"], tiny_engines["sparse"]], tmp_path, per_class=1, steps=1)
+    assert set(record["grids"]) == {"dense", "sparse"}
+    assert all((tmp_path / g["path"]).is_file() for g in record["grids"].values())
+
+
+def test_train_cost_times_every_method(fmnist_data):
+    record = bench.run_train_cost("tiny-dit", steps=1, warmup=0, batch_size=4, data=fmnist_data, device="cpu")
+    assert list(record["methods"]) == list(bench.TRAIN_COST_METHODS)
+    for name, stats in record["methods"].items():
+        assert stats["n"] == 1 and stats["images_per_second"] > 0
+    assert record["methods"]["dense"]["relative_to_dense"] == 1.0
+    assert record["methods"]["srste+kd"]["kd_weight"] == 0.1 and record["methods"]["dense"]["sparsity"] is None
+
+
+class _Reference:
+    def __init__(self, features: np.ndarray):
+        self.features = features
+        self.mu = features.mean(0)
+        self.sigma = np.cov(features, rowvar=False)
+
+
+def _fake_features(images: np.ndarray) -> np.ndarray:
+    flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    projection = np.random.default_rng(0).standard_normal((flat.shape[1], 6))
+    return flat @ projection
+
+
+def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch):
+    torch.manual_seed(0)
+    dense = save_checkpoint(tmp_path / "dense", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
+    config = bench.MethodsConfig(model="tiny-dit", dense_checkpoint=str(dense), steps=1, num_samples=8, seeds=(0,), sample_steps=1,
+                                 sample_batch=8, work=str(tmp_path / "work"), batch_size=4, data=fmnist_data, device="cpu", label="test")
+    reference = _Reference(np.random.default_rng(1).standard_normal((40, 6)))
+    record = bench.run_methods(config, features=_fake_features, reference=reference)
+    assert [r["method"] for r in record["runs"]] == list(bench.METHODS)
+    runs = {r["method"]: r for r in record["runs"]}
+    assert "vs_dense" not in runs["dense"]
+    for method in bench.METHODS[1:]:
+        assert runs[method]["masked_layers"] == 12 and np.isfinite(runs[method]["vs_dense"]["fid"])
+    assert runs["oneshot"]["train_steps"] == 0 and runs["srste"]["train_steps"] == 1
+    assert record["summary"]["dense"]["macs"] > record["summary"]["srste+kd"]["macs"]
+    # Same seed, same noise and labels: the dense and one-shot runs' labels agree.
+    with np.load(runs["dense"]["samples"]) as d, np.load(runs["oneshot"]["samples"]) as o:
+        assert np.array_equal(d["labels"], o["labels"]) and d["images"].shape == (8, 16, 16, 1)
+
+    import sparse_deploy.train as train_mod
+
+    def no_training(*_a, **_k):
+        raise AssertionError("a stored result should have been reused")
+
+    monkeypatch.setattr(train_mod, "train", no_training)
+    again = bench.run_methods(config, features=_fake_features, reference=reference)
+    assert [r["fid"] for r in again["runs"]] == [r["fid"] for r in record["runs"]]
+    config.num_samples = 6
+    with pytest.raises(SparseDeployError, match="num_samples"):
+        bench.run_methods(config, features=_fake_features, reference=reference)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _synthetic_results(folder: Path) -> None:
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    batches = []
+    for b in (1, 2, 4):
+        dense, sparse = list(rng.uniform(1, 2, 5) * b), list(rng.uniform(0.9, 1.8, 5) * b)
+        batches.append({
+            "batch": b,
+            "per_call": {"dense": bench.summarize(dense), "sparse": bench.summarize(sparse)},
+            "per_call_ratio": bench.ratio(dense, sparse),
+            "end_to_end": {"dense": bench.summarize([x * 25 for x in dense]), "sparse": bench.summarize([x * 25 for x in sparse])},
+            "end_to_end_ratio": bench.ratio([x * 25 for x in dense], [x * 25 for x in sparse]),
+        })
+    batches.append({"batch": 8, "skipped": "outside the profile"})
+    engine = {"path": "engines/m/dense-fp32.ort.onnx", "kind": "dense", "backend": "onnxruntime", "precision": "fp32",
+              "size_bytes": 2**20, "sparse_layers": 0, "memory": {"batch": 4, "load_delta": 2**20, "peak_delta": 2**21}}
+    latency = bench._record("latency", "cmd latency", {"repeats": 5, "warmup": 1, "e2e_repeats": 5, "e2e_warmup": 1, "steps": 25,
+                                                       "scheduler": "ddim"}, {
+        "model": "m", "reference": "dense", "candidate": "sparse", "ratio_definition": "dense / sparse",
+        "clock": {"dense": "time.perf_counter", "sparse": "time.perf_counter"},
+        "engines": {"dense": engine, "sparse": {**engine, "kind": "sparse", "sparse_layers": 36}}, "batches": batches}, started)
+    (folder / "latency-onnxruntime-fp32.json").write_text(json.dumps(latency))
+    cost = {m: {**bench.summarize(list(rng.uniform(1, 2, 4))), "images_per_second": 64.0, "relative_to_dense": 1.1}
+            for m in bench.TRAIN_COST_METHODS}
+    (folder / "train_cost.json").write_text(json.dumps(bench._record(
+        "train-cost", "cmd cost", {"steps": 4, "warmup": 1, "batch_size": 128, "device": "cpu", "methods": list(bench.TRAIN_COST_METHODS)},
+        {"model": "m", "clock": "time.perf_counter", "note": "one step", "methods": cost}, started)))
+    layers = [{"layer": "a", "model_macs": 10, "calls": 1, "onnx_macs": 10, "agrees": True}]
+    (folder / "macs.json").write_text(json.dumps(bench._record("macs", "cmd macs", {}, {
+        "model": "m", "source": "random init", "dense_macs": 1000, "sparse_layer_macs": 800, "effective_sparse_macs": 600,
+        "sparse_share": 0.8, "effective_over_dense": 0.6, "sparse_layers": ["a"], "onnx_dense_macs": 1000,
+        "onnx_effective_sparse_macs": 600, "onnx_check": {"onnx_total": 1000, "model_total": 1000, "model_single_call": 1000,
+        "relative_difference": 0.0, "relative_difference_single_call": 0.0, "layers": layers, "unmatched_layers": [],
+        "disagreeing_layers": [], "repeated_layers": []}}, started)))
+    grids = {}
+    for i, method in enumerate(("dense", "srste+kd")):
+        save_grid(rng.integers(0, 255, (4, 8, 8, 1), dtype=np.uint8), folder / f"grid-{method}.png")
+        grids[method] = folder / f"grid-{method}.png"
+    runs, summary = [], {}
+    for method in bench.METHODS:
+        fids = [30.0 + len(method), 31.0 + len(method)]
+        for seed, value in enumerate(fids):
+            runs.append({"method": method, "seed": seed, "label": bench.METHOD_LABELS[method], "fid": value, "kid": {"mean": 0.01},
+                         "grid": str(grids.get(method, grids["dense"]))})
+        summary[method] = {"label": bench.METHOD_LABELS[method], "fid": bench._spread(fids), "kid": bench._spread([0.01, 0.02]),
+                           "fid_vs_dense": bench._spread([] if method == "dense" else [5.0, 6.0]),
+                           "kid_vs_dense": bench._spread([]), "paired_pixel_rmse_vs_dense": bench._spread([0.1, 0.2]),
+                           "macs": 1000 if method == "dense" else 600}
+    (folder / "methods.json").write_text(json.dumps(bench._record("methods", "cmd methods", {
+        "seeds": [0, 1], "methods": list(bench.METHODS), "kd_weight": 0.1, "warmup_steps": 20, "scheduler": "ddim", "sample_steps": 25},
+        {"model": "m", "label": "small-budget run", "budget": "100 steps", "dense_checkpoint": {"path": "d", "step": 10},
+         "reference": {"source": "fashion-mnist:test", "num": 2000}, "preprocessing": "pp", "fid_note": "note", "runs": runs,
+         "summary": summary}, started)))
+
+
+def test_report_writes_json_markdown_and_plots(tmp_path):
+    _synthetic_results(tmp_path)
+    written = write_report(tmp_path, command="python -m sparse_deploy.bench report --out x")
+    expected = {"latency-onnxruntime-fp32.png", "train_cost.png", "fid_methods.png", "fid_vs_macs.png",
+                "samples_dense_vs_sparse.png", "report.md", "report.json"}
+    assert expected <= {p.name for p in tmp_path.iterdir()}
+    assert {p.name for p in written.values()} == expected
+    for png in (p for p in written.values() if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["command"].endswith("report --out x") and len(report["results"]["latency"]) == 1
+    assert report["results"]["methods"]["summary"]["srste+kd"]["fid"]["mean"] == 38.5
+    md = (tmp_path / "report.md").read_text()
+    assert "small-budget run" in md and "| SR-STE + distillation (SparseDM) | 38.50 ± 0.71 |" in md
+    assert "| 8 | skipped |" in md and "cmd latency" in md
+    cost_section = md.split("## Fine-tuning cost")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0].strip("| ") for line in cost_section.splitlines() if line.startswith("| ")]
+    assert rows[2:] == list(bench.TRAIN_COST_METHODS)  # the run's order, not the JSON's sorted keys
+
+
+def test_report_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(SparseDeployError, match="no benchmark results"):
+        write_report(tmp_path)
