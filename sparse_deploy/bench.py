@@ -839,7 +839,8 @@ class MethodsConfig:
         sample_steps / scheduler: the sampler.
         sample_batch: images per sampling batch.
         reference / ref_num: the FID reference set (``fid.reference_stats``, cached).
-        work: folder for the runs (checkpoints, samples, features, per-run results).
+        work: folder for the runs (checkpoints, samples, features, per-run results); default
+            ``runs/<model>/bench-methods/steps<N>-n<S>-ref<R>``.
         methods: subset of :data:`METHODS`.
         lr / warmup_steps / batch_size: fine-tuning overrides (None: preset defaults; warm-up
             defaults to ``min(preset warm-up, steps // 5)`` so short budgets reach the full LR).
@@ -882,8 +883,8 @@ class MethodsConfig:
             raise SparseDeployError(f"--seeds lists a seed twice: {list(self.seeds)}")
         if self.warmup_steps is None:
             self.warmup_steps = min(preset.train.warmup_steps, max(self.steps // 5, 1))
-        if self.work is None:
-            self.work = f"runs/{self.model}/bench-methods"
+        if self.work is None:  # one folder per budget: a different budget never meets stored runs of another
+            self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{self.ref_num or 'all'}"
         return self
 
     def run_key(self, method: str, seed: int, dense_sha: str | None) -> dict[str, Any]:
@@ -1226,7 +1227,7 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--batch-size", type=int)
     p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT)
     p.add_argument("--sample-batch", type=int, default=100)
-    p.add_argument("--work", help="run folder (default runs/<model>/bench-methods)")
+    p.add_argument("--work", help="run folder (default runs/<model>/bench-methods/steps<N>-n<S>-ref<R>)")
     p.add_argument("--label", help="free-text label stored with the results, e.g. 'small-budget run'")
     p.add_argument("--data", help="training data (default: the preset's dataset)")
 
