@@ -22,33 +22,14 @@ try:  # only importable inside Triton's Python backend
 except ImportError:  # pragma: no cover - imported outside Triton (docs, import checks)
     pb_utils = None
 
+from sparse_deploy.triton.dlpack_io import from_triton as _array, to_triton  # noqa: E402
 
-def _tensor(name: str, array: np.ndarray):
-    """A pb_utils.Tensor built through DLPack.
-
-    ``pb_utils.Tensor(name, ndarray)`` reads numpy's array structs directly; with NumPy 2 and a
-    stub built for NumPy 1 (the nvidia-pytriton wheel's) it sent 0-byte or zero-filled tensors
-    here. DLPack does not depend on numpy's ABI.
-    """
-    import torch
-    from torch.utils.dlpack import to_dlpack
-
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.array(array, copy=True, order="C"))))
 
 _FLOAT = {"fp32": np.float32, "fp16": np.float16}
 
 
-def _array(tensor) -> np.ndarray:
-    """A request tensor as numpy, read through DLPack (``as_numpy`` suffers the same NumPy-ABI
-    problem as above: multi-element int64 inputs came back with a zero stride). BYTES tensors
-    have no DLPack form (and crash that stub: the pipeline declares none)."""
-    from torch.utils.dlpack import from_dlpack
-
-    try:
-        capsule = tensor.to_dlpack()
-    except Exception:
-        return tensor.as_numpy()
-    return from_dlpack(capsule).numpy().copy()
+def _tensor(name: str, array: np.ndarray):
+    return to_triton(pb_utils, name, array)
 
 
 class DenoiserFailed(RuntimeError):
