@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
     ckpt = train(config)
-    print(f"checkpoint: {ckpt}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 wrote it
+        print(f"checkpoint: {ckpt}")
     return 0
 
 
