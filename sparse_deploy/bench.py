@@ -374,11 +374,13 @@ def _engine_memory_isolated(path: str | Path, batch: int, device: str) -> dict[s
 
 
 def artifact_size(path: str | Path) -> int:
-    """Bytes on disk: an engine file, or a checkpoint folder's weights."""
+    """Bytes on disk: an engine file (with its external-data file), or a checkpoint folder's weights."""
+    from .onnx_files import artifact_files
+
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    return path.stat().st_size
+    return sum(p.stat().st_size for p in artifact_files(path))
 
 
 def _write(path: Path, record: dict[str, Any]) -> Path:

@@ -37,6 +37,7 @@ from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_
 from .contract import IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
+from .onnx_files import data_path, data_problem, describe_data
 from .presets import get_preset
 from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
 
@@ -149,7 +150,7 @@ def _stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
         return f"changed: {', '.join(changed)}"
     if manifest.get("engine_sha256") != sha256_file(path):
         return "the engine does not match the sha256 in its manifest"
-    return None
+    return data_problem(path, manifest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,11 +174,16 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
     """
     import onnxruntime as ort
 
+    external = data_path(onnx_path).is_file()
+    data_path(out).unlink(missing_ok=True)  # never let an old engine's weights sit beside a new graph
     with atomic_path(out) as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = _ort_level(ort, level)
         options.optimized_model_filepath = str(tmp)
         options.add_session_config_entry("session.save_model_format", "ONNX")
+        if external:  # over 2 GiB the optimized graph cannot be one protobuf either
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_path(out).name)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         options.log_severity_level = 3
         try:
             source = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -410,6 +416,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
             **details,
             "engine": path.name,
             "engine_sha256": sha256_file(path),
+            "external_data": describe_data(path) if backend == "onnxruntime" else None,
             "source_onnx": str(graph.path),
             "source_manifest": str(graph.manifest_path),
             "source": graph.manifest.get("source"),

@@ -10,7 +10,11 @@ with a manifest ``<stem>.json`` beside it. Where the two graphs come from:
   graph a one-shot magnitude 2:4 prune of it with **no fine-tuning** (a baseline, said loudly), or
   an error with ``--require-masks``.
 
-Every graph is verified on a temporary name and only then renamed into place:
+Graphs whose weights exceed protobuf's 2 GiB limit (DiT-XL in fp32), or any graph with
+``--external-data``, keep their weights in ``<stem>.onnx.data`` beside the graph (see
+:mod:`sparse_deploy.onnx_files`).
+
+Every graph is verified in a staging folder and only then renamed into place:
 
 1. parity - ONNX Runtime (CPU) against the PyTorch fp32 model on fresh random inputs at batch
    1 and 3, within :data:`PARITY_TOLERANCE`;
@@ -29,6 +33,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +51,8 @@ from .contract import PRECISIONS, BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .models import Denoiser
 from .presets import Preset, get_preset
-from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
+from .onnx_files import data_path, data_problem, describe_data, save_with_external_data
+from .provenance import library_versions, sha256_file, timestamp, write_json_atomic
 from .sparsify import SparsityConfig, bake_, select_layers, sparsify_
 
 __all__ = [
@@ -113,6 +121,8 @@ class ExportConfig:
         require_masks: refuse a sparse export of a model without masks instead of pruning it
             one-shot.
         seed: seed of the random initialisation when there is neither checkpoint nor weights.
+        external_data: write every graph's weights to ``<graph>.onnx.data`` (ONNX external
+            data); graphs over 2 GiB of weights get it regardless.
     """
 
     model: str | None = None
@@ -126,6 +136,7 @@ class ExportConfig:
     opt_batch: int | None = None
     require_masks: bool = False
     seed: int = 0
+    external_data: bool = False
 
     def validate(self) -> "ExportConfig":
         if self.model is not None:
@@ -579,7 +590,7 @@ def read_onnx_manifest(onnx_path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: GraphSource) -> dict[str, Any]:
+def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: GraphSource, external_data: bool = False) -> dict[str, Any]:
     versions = library_versions()
     return {
         "format": ONNX_FORMAT,
@@ -589,6 +600,7 @@ def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: Graph
         "opset": OPSET,
         "exporter": EXPORTER,
         "source": source.identity,
+        "external_data": external_data,
         "parity": {"batches": list(PARITY_BATCHES), "tolerance": PARITY_TOLERANCE[precision]},
         "versions": {lib: versions.get(lib) for lib in _ONNX_LIBS},
     }
@@ -612,6 +624,9 @@ def _stale_reason(onnx_path: Path, inputs: dict[str, Any]) -> str | None:
         return f"changed: {', '.join(changed) or 'fingerprint'}"
     if sha256_file(onnx_path) != manifest.get("onnx_sha256"):
         return "the graph does not match the sha256 in its manifest"
+    problem = data_problem(onnx_path, manifest)
+    if problem:
+        return problem
     if not (manifest.get("parity", {}).get("passed") and manifest.get("sparsity_check", {}).get("passed")):
         return "its verification did not pass"
     return None
@@ -640,12 +655,14 @@ def export_graph(
     *,
     kind: str,
     manifest_extra: dict[str, Any] | None = None,
+    external_data: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (fp32, eval, masks baked) at ``contract.precision``, verify it, keep it.
 
-    The graph is written under a temporary name, checked for parity and sparsity, and only then
+    The graph is written in a staging folder, checked for parity and sparsity, and only then
     renamed to ``path``; its manifest follows. Any failure leaves nothing under ``path`` (an
-    older graph there is left as it was).
+    older graph there is left as it was). Weights go to ``<path>.data`` (ONNX external data)
+    when ``external_data`` is set or when they would not fit ONNX's 2 GiB single-file limit.
 
     Returns:
         The manifest written beside the graph.
@@ -654,37 +671,55 @@ def export_graph(
 
     path = Path(path)
     weight_bytes = sum(p.numel() for p in model.parameters()) * (4 if contract.precision == "fp32" else 2)
-    if weight_bytes > _ONNX_SINGLE_FILE_LIMIT:
-        raise SparseDeployError(
-            f"the {contract.precision} graph of '{contract.preset}' would hold {weight_bytes / 2**30:.1f} GiB of weights, over "
-            "ONNX's 2 GiB single-file limit (external-data export is not implemented); export --precision fp16"
-        )
+    external = external_data or weight_bytes > _ONNX_SINGLE_FILE_LIMIT
     export_model = model if contract.precision == "fp32" else copy.deepcopy(model).half()
     example = tuple(_torch_inputs(contract.sample_inputs(2, seed=0)))
     if contract.precision == "fp16":
         example = (example[0].half(), *example[1:])
     manifest_path = onnx_manifest_path(path)
-    with atomic_path(path) as tmp:
-        log.info("exporting %s (%s) ...", path.name, EXPORTER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written and verified in a staging folder beside the target, under the final
+    # file names (an external-data graph refers to its data file by name), then renamed into place.
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
+    try:
+        raw = stage / "raw" / path.name  # over 2 GiB, torch writes one file per initializer here
+        raw.parent.mkdir()
+        log.info("exporting %s (%s%s) ...", path.name, EXPORTER, f", external data: {weight_bytes / 2**30:.2f} GiB of weights" if external else "")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about python-side shape math
             try:
                 torch.onnx.export(
-                    export_model, example, str(tmp), input_names=contract.input_names, output_names=contract.output_names,
+                    export_model, example, str(raw), input_names=contract.input_names, output_names=contract.output_names,
                     dynamic_axes=contract.dynamic_axes(), opset_version=OPSET, do_constant_folding=True, dynamo=False,
                 )
             except Exception as exc:
                 raise SparseDeployError(f"ONNX export of {path.name} failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
-        parity = check_parity(tmp, model, contract)
-        onnx_model = onnx.load(str(tmp))
+        staged = stage / path.name
+        if external or len(list(raw.parent.iterdir())) > 1:
+            save_with_external_data(onnx.load(str(raw)), staged)
+        else:
+            os.replace(raw, staged)
+        shutil.rmtree(raw.parent)
+        parity = check_parity(staged, model, contract)
+        onnx_model = onnx.load(str(staged))
         sparsity = check_sparsity(onnx_model, export_model, contract.precision, sparse_layers, kind)
-        digest = sha256_file(tmp)
+        del onnx_model
+        digest = sha256_file(staged)
+        data_entry = describe_data(staged)
         # An older manifest must never describe the new graph, not even for a moment.
         manifest_path.unlink(missing_ok=True)
+        if data_entry:
+            os.replace(data_path(staged), data_path(path))
+        else:
+            data_path(path).unlink(missing_ok=True)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     manifest = {
         "format": ONNX_FORMAT,
         "file": path.name,
         "onnx_sha256": digest,
+        "external_data": data_entry,
         "kind": kind,
         "precision": contract.precision,
         "preset": contract.preset,
@@ -714,7 +749,7 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
         source = sources[kind]
         contract = contract_for(preset, precision, config.profile)
         path = out / f"{kind}-{precision}.onnx"
-        inputs = _fingerprint_inputs(preset, kind, precision, source)
+        inputs = _fingerprint_inputs(preset, kind, precision, source, config.external_data)
         reason = _stale_reason(path, inputs)
         if reuse and reason is None:
             manifest = read_onnx_manifest(path)
@@ -734,6 +769,7 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
         manifest = export_graph(
             model, sparse_layers, contract, path, kind=kind,
             manifest_extra={"source": source.identity, "fingerprint": _fingerprint(inputs), "fingerprint_inputs": inputs},
+            external_data=config.external_data,
         )
         results.append(ExportedGraph(kind, precision, path, manifest))
     return results
@@ -759,13 +795,17 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse a sparse export of a model without masks instead of pruning it one-shot (no fine-tuning)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init when no weights are given")
+    parser.add_argument(
+        "--external-data", action="store_true",
+        help="write weights to <graph>.onnx.data (ONNX external data); automatic for graphs over 2 GiB (DiT-XL fp32)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, out: Path | None) -> ExportConfig:
     return ExportConfig(
         model=args.model, checkpoint=args.checkpoint, dense_checkpoint=args.dense_checkpoint, weights=args.weights,
         out=out, precisions=_csv(args.precision), kinds=_csv(args.kinds), max_batch=args.max_batch,
-        opt_batch=args.opt_batch, require_masks=args.require_masks, seed=args.seed,
+        opt_batch=args.opt_batch, require_masks=args.require_masks, seed=args.seed, external_data=args.external_data,
     ).validate()
 
 

@@ -19,6 +19,7 @@ import torch
 from ..contract import IOContract
 from ..errors import SparseDeployError
 from ..export import ONNX_FORMAT  # an exported graph; ONNX Runtime runs it directly
+from ..onnx_files import data_problem
 from ..presets import Preset, get_preset
 from ..provenance import sha256_file
 
@@ -95,6 +96,9 @@ def read_engine_manifest(path: str | Path, *, verify: bool = True) -> tuple[Path
             raise SparseDeployError(
                 f"'{path}' does not match the sha256 in its manifest (edited, truncated or replaced); rebuild with {rebuild_hint(path)}"
             )
+        problem = data_problem(path, manifest)
+        if problem:
+            raise SparseDeployError(f"'{path}': {problem}; rebuild with {rebuild_hint(path)}")
     return path, manifest
 
 

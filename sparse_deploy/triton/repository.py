@@ -29,6 +29,7 @@ from typing import Any
 from ..backends.base import engine_manifest_path, read_engine_manifest
 from ..contract import IOContract
 from ..errors import SparseDeployError
+from ..onnx_files import data_path
 from ..presets import get_preset
 from ..provenance import atomic_dir, sha256_file, timestamp
 from .pbtxt import Enum, to_pbtxt
@@ -351,6 +352,8 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
             source, source_manifest = found, found.with_suffix(".json")
             notes.append(f"python flavour of a TensorRT engine: serving its source graph {found.name} with ONNX Runtime on CPU")
         copies += [(source, source.name), (source_manifest, source_manifest.name), (_HERE / "model_denoiser.py", "model.py")]
+    # An external-data graph refers to its weights file by name: it goes along under that name.
+    copies += [(data, data.name) for src, _ in list(copies) if (data := data_path(src)).is_file()]
 
     denoiser = denoiser_config(
         contract, flavour, name=config.name, max_batch=config.max_batch, instances=config.instances, kind=kind,
