@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import SparseDeployError
 
 __all__ = ["RESULT_FILES", "load_results", "write_report", "markdown"]
@@ -175,11 +177,15 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
                 f"(n={methods['reference']['num']}). {methods['fid_note']}", "", f"Preprocessing: {methods['preprocessing']}", ""]
         rows = []
         for m, v in _ordered(methods["summary"], s.get("methods")):
+            step = v.get("train_seconds_per_step") or {}
             rows.append([v["label"], _pm(v["fid"]), _pm(v["kid"], 4), _pm(v["fid_vs_dense"]), _pm(v["paired_pixel_rmse_vs_dense"], 3),
-                         _m(v["macs"]), str(v["fid"].get("n", 0))])
-        out += _table(["method", "FID ± std", "KID ± std", "FID vs dense samples", "paired pixel RMSE vs dense", "MACs/sample", "seeds"], rows)
+                         _m(v["macs"]), f"{step['mean']:.3f}" if step.get("n") else "-", str(v["fid"].get("n", 0))])
+        out += _table(["method", "FID ± std", "KID ± std", "FID vs dense samples", "paired pixel RMSE vs dense", "MACs/sample",
+                       "fine-tune s/step", "seeds"], rows)
         out += ["", f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
-                f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps."]
+                f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
+                "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features)."]
+        out += ["", *methods_spread_lines(methods), "", methods_time_line(methods)]
         for key, title in (("fid_methods", "FID per method"), ("fid_vs_macs", "FID against effective MACs")):
             if plots.get(key):
                 out += ["", f"![{title}]({plots[key]})"]
@@ -193,6 +199,41 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
+
+
+def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
+    """The run-to-run spread against the gaps between methods, in words computed from the record."""
+    summary = methods["summary"]
+    stds = {m: v["fid"]["std"] for m, v in summary.items() if v["fid"].get("n", 0) > 1}
+    if not stds:
+        return ["One seed per method: no run-to-run spread was measured, so no gap between methods can be called real."]
+    lines = [f"Run-to-run spread: the FID standard deviation over seeds is {min(stds.values()):.2f}-{max(stds.values()):.2f} "
+             f"(median {float(np.median(list(stds.values()))):.2f})."]
+    sparse = {m: v for m, v in summary.items() if m != "dense" and v["fid"].get("n")}
+    if len(sparse) >= 2:
+        best = min(sparse, key=lambda m: sparse[m]["fid"]["mean"])
+        for m, v in _ordered(sparse, methods["settings"].get("methods")):
+            if m == best:
+                continue
+            gap = v["fid"]["mean"] - sparse[best]["fid"]["mean"]
+            # Standard error of a difference of two means over n seeds each.
+            se = float(np.hypot(v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]), sparse[best]["fid"].get("std", 0.0) / np.sqrt(sparse[best]["fid"]["n"])))
+            verdict = "larger than 2 standard errors" if se > 0 and gap > 2 * se else "within 2 standard errors: not resolved by this run"
+            lines.append(f"- {v['label']}: FID {gap:+.2f} against the best sparse method ({sparse[best]['label']}), "
+                         f"standard error of the gap {se:.2f}, {verdict}.")
+    return lines
+
+
+def methods_time_line(methods: dict[str, Any]) -> str:
+    """How long the comparison took, from the per-run times stored in the record."""
+    runs = methods.get("runs", [])
+    total = {k: sum(r.get(k) or 0.0 for r in runs) for k in ("train_seconds", "sample_seconds", "feature_seconds")}
+    resumed = sum(1 for r in runs if r.get("train_resumed"))
+    note = f" ({resumed} runs resumed from a checkpoint: their training time is the resumed part only)" if resumed else ""
+    return (f"Time on this machine, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
+            f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
+            f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
+            "the reference statistics are cached).")
 
 
 def _plt():

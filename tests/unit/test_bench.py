@@ -22,7 +22,7 @@ from sparse_deploy.export import ExportConfig, export_graph
 from sparse_deploy.macs import _einsum_macs, onnx_macs
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
-from sparse_deploy.report import write_report
+from sparse_deploy.report import methods_spread_lines, methods_time_line, write_report
 from sparse_deploy.sampling import save_grid
 
 # ----------------------------------------------------------------------------- pure parts
@@ -297,3 +297,24 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
 def test_report_refuses_an_empty_folder(tmp_path):
     with pytest.raises(SparseDeployError, match="no benchmark results"):
         write_report(tmp_path)
+
+
+def test_method_spread_says_which_gaps_the_seeds_resolve():
+    def entry(label, fids):
+        return {"label": label, "fid": bench._spread(fids)}
+
+    record = {"settings": {"methods": ["dense", "oneshot", "ste", "srste+kd"]}, "summary": {
+        "dense": entry("dense", [10.0, 11.0]),
+        "oneshot": entry("one-shot", [40.0, 41.0]),  # 20 worse, spread ~0.7: resolved
+        "ste": entry("STE", [19.0, 23.0]),  # 0.5 worse, spread ~2.8: not resolved
+        "srste+kd": entry("SparseDM", [20.0, 21.0]),
+    }, "runs": [{"train_seconds": 60.0, "sample_seconds": 30.0, "feature_seconds": 120.0}] * 2, "seconds": 600.0}
+    lines = methods_spread_lines(record)
+    assert lines[0].startswith("Run-to-run spread: the FID standard deviation over seeds is 0.71-2.83")
+    by_label = {line.split(":")[0][2:]: line for line in lines[1:]}
+    assert set(by_label) == {"one-shot", "STE"}  # each against the best sparse method, SparseDM
+    assert "+20.00" in by_label["one-shot"] and "larger than 2 standard errors" in by_label["one-shot"]
+    assert "+0.50" in by_label["STE"] and "not resolved" in by_label["STE"]
+    one_seed = {"settings": {}, "summary": {"dense": entry("dense", [10.0])}}
+    assert "no run-to-run spread" in methods_spread_lines(one_seed)[0]
+    assert "fine-tuning 2.0 min, sampling 1.0 min, Inception features 4.0 min" in methods_time_line(record)
