@@ -771,6 +771,7 @@ def mac_report(
             raise SparseDeployError(f"checkpoint '{checkpoint}' holds preset '{manifest['preset']}', not '{model_name}'")
         model, manifest = load_checkpoint(checkpoint)
         sparse_layers = list(manifest.get("masked_layers") or [])
+        masked = list(sparse_layers)  # baked below: the graph's weights of these layers are 2:4
         skipped: dict[str, str] = {}
         source = f"checkpoint {checkpoint}"
     else:
@@ -781,6 +782,7 @@ def mac_report(
         torch.manual_seed(0)
         model = build_model(get_preset(model_name), announce_random=False)
         sparse_layers, skipped, source = [], {}, "random init (MACs do not depend on weights)"
+        masked = []
     preset = model.preset
     if not sparse_layers:
         choice = select_layers(model, SparsityConfig())
@@ -789,8 +791,8 @@ def mac_report(
     model.eval()
     coverage = coverage_report(model, example_inputs(preset, 1), sparse_layers, skipped)
     with tempfile.TemporaryDirectory(prefix="bench-macs-") as tmp:
-        graph = Path(tmp) / "dense-fp32.onnx"
-        export_graph(model, [], contract_for(preset, "fp32"), graph, kind="dense")
+        graph = Path(tmp) / "model-fp32.onnx"
+        export_graph(model, masked, contract_for(preset, "fp32"), graph, kind="sparse" if masked else "dense")
         check = macs_crosscheck(model, graph)
         check["onnx_graph"] = "fresh fp32 export of this model (temporary)"
         sparse_onnx = sum(l["onnx_macs"] or 0 for l in check["layers"] if l["layer"] in set(sparse_layers))

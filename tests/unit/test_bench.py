@@ -318,3 +318,19 @@ def test_method_spread_says_which_gaps_the_seeds_resolve():
     one_seed = {"settings": {}, "summary": {"dense": entry("dense", [10.0])}}
     assert "no run-to-run spread" in methods_spread_lines(one_seed)[0]
     assert "fine-tuning 2.0 min, sampling 1.0 min, Inception features 4.0 min" in methods_time_line(record)
+
+
+def test_mac_report_of_a_sparse_checkpoint_checks_its_masks_in_the_graph(tmp_path, caplog):
+    from sparse_deploy.sparsify import SparsityConfig, sparsify_
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny-dit"), announce_random=False)
+    cfg = SparsityConfig(mode="srste")
+    masked = sparsify_(model, cfg)
+    ckpt = save_checkpoint(tmp_path / "sparse", model, sparsity=cfg)
+    with caplog.at_level("WARNING"):
+        record = bench.mac_report(checkpoint=ckpt)
+    r = record
+    assert r["sparse_layers"] == sorted(masked) and r["effective_sparse_macs"] < r["dense_macs"]
+    assert r["onnx_check"]["disagreeing_layers"] == []
+    assert not [m for m in caplog.messages if "already 2:4-sparse" in m]  # the baked masks are expected, not a surprise
