@@ -6,6 +6,7 @@ Nothing here asserts a timing: only structure, order and exact arithmetic.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -334,3 +335,33 @@ def test_mac_report_of_a_sparse_checkpoint_checks_its_masks_in_the_graph(tmp_pat
     assert r["sparse_layers"] == sorted(masked) and r["effective_sparse_macs"] < r["dense_macs"]
     assert r["onnx_check"]["disagreeing_layers"] == []
     assert not [m for m in caplog.messages if "already 2:4-sparse" in m]  # the baked masks are expected, not a surprise
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tmp_path):
+    publish = _load_script("publish_report")
+    (tmp_path / "report").mkdir()
+    _synthetic_results(tmp_path / "report")
+    write_report(tmp_path / "report")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text("# Results\n\n## Earlier\n\ntext\n")
+    args = [str(tmp_path / "report"), "--results", str(docs / "RESULTS.md"), "--images", str(docs / "images" / "r"), "--intro", "Context."]
+    assert publish.main(args) == 0
+    assert publish.main(args) == 0  # a second run replaces the section, it does not add one
+    page = (docs / "RESULTS.md").read_text()
+    assert page.startswith("# Results\n\n## Earlier\n\ntext\n") and page.count("<!-- report:report begin") == 1
+    section = page.split("<!-- report:report begin")[1]
+    assert "## Benchmark report: " in section and "\nContext.\n" in section and "\n### Method comparison" in section
+    assert "| SR-STE + distillation (SparseDM) | 38.50 ± 0.71 |" in section  # the report's own table, verbatim
+    linked = re.findall(r"\]\((images/r/[^)]+)\)", section)
+    assert linked and all((docs / link).is_file() for link in linked)
+    assert publish.main([str(tmp_path / "nothing"), "--images", str(docs / "images")]) == 2  # one error line, no traceback
