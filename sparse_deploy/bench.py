@@ -608,11 +608,14 @@ def run_train_cost(
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
     import torch
 
+    from .presets import get_preset
     from .train import _device, prepare_run, train_step
 
     unknown = [m for m in methods if m not in METHODS or m == "oneshot"]
     if unknown:
         raise SparseDeployError(f"train-cost methods must be among {', '.join(TRAIN_COST_METHODS)}; got {unknown}")
+    if data is None and get_preset(model).dataset is None:
+        data = "synthetic"  # a step costs the same on random tensors of the right shape
     started = time.perf_counter()
     dev = _device(device)
     runs = {}
@@ -829,6 +832,17 @@ def mac_report(
 # --------------------------------------------------------------------------------------------
 
 
+def methods_unsupported(preset, reference: str | None, data: str | None) -> str | None:
+    """Why the method comparison cannot run for ``preset`` with these sources (None: it can)."""
+    if preset.latent:
+        return (f"the method comparison scores images with Inception, and '{preset.name}' samples VAE latents (decoding "
+                "them is not part of the comparison): run it on a pixel-space preset, e.g. fmnist-dit")
+    if preset.dataset != "fashion-mnist" and (reference is None or data is None):
+        return (f"preset '{preset.name}' has no built-in dataset: pass --data (its training images) and --reference "
+                "(real images to score against: a folder, an .npz, or fashion-mnist:test)")
+    return None
+
+
 @dataclass
 class MethodsConfig:
     """The method comparison at an equal fine-tuning budget.
@@ -842,7 +856,8 @@ class MethodsConfig:
             draw their samples from the same noise and labels.
         sample_steps / scheduler: the sampler.
         sample_batch: images per sampling batch.
-        reference / ref_num: the FID reference set (``fid.reference_stats``, cached).
+        reference / ref_num: the FID reference set (``fid.reference_stats``, cached); default
+            ``fashion-mnist:test`` for presets trained on Fashion-MNIST, required otherwise.
         work: folder for the runs (checkpoints, samples, features, per-run results); default
             ``runs/<model>/bench-methods/steps<N>-n<S>-ref<R>``.
         methods: subset of :data:`METHODS`.
@@ -861,7 +876,7 @@ class MethodsConfig:
     sample_steps: int = 25
     scheduler: str = "ddim"
     sample_batch: int = 100
-    reference: str = "fashion-mnist:test"
+    reference: str | None = None
     ref_num: int | None = None
     work: str | None = None
     methods: tuple[str, ...] = METHODS
@@ -885,6 +900,11 @@ class MethodsConfig:
             raise SparseDeployError("--steps >= 0, --num-samples >= 2, --sample-steps >= 1 and at least one seed are needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise SparseDeployError(f"--seeds lists a seed twice: {list(self.seeds)}")
+        problem = methods_unsupported(preset, self.reference, self.data)
+        if problem:
+            raise SparseDeployError(problem)
+        if self.reference is None:
+            self.reference = "fashion-mnist:test"
         if self.warmup_steps is None:
             self.warmup_steps = min(preset.train.warmup_steps, max(self.steps // 5, 1))
         if self.work is None:  # one folder per budget: a different budget never meets stored runs of another
@@ -1107,11 +1127,18 @@ def _method_macs(preset) -> dict[str, Any]:
 
 def sample_grids(
     engines: Sequence[str | Path], out: str | Path, *, per_class: int = 8, steps: int = 25, seed: int = 0,
-    device: str = "auto", command: str | None = None,
+    max_rows: int = 10, device: str = "auto", command: str | None = None,
 ) -> dict[str, Any]:
-    """One grid per engine, from the same seed and labels (a row per class); ``grids.json`` lists them."""
+    """One grid per engine, from the same seed and labels; ``grids.json`` lists them.
+
+    A row per class (the first ``max_rows`` classes; one row for unconditional models), ``per_class``
+    images each. Latent models' grids show their first latent channels (nothing here decodes them).
+    """
+    import torch
+
     from .backends import load_runner
-    from .sampling import save_grid
+    from .run import decode
+    from .sampling import sample, save_grid
 
     started = time.perf_counter()
     out = Path(out)
@@ -1120,13 +1147,23 @@ def sample_grids(
         runners = [stack.enter_context(load_runner(p, device=device)) for p in engines]
         for name, runner in zip(_names(runners), runners):
             preset = runner.preset
-            classes = max(preset.num_classes, 1)
-            images, _ = draw_samples(runner, preset, classes * per_class, seed, steps, "ddim", classes * per_class)
-            # draw_samples cycles labels over the batch; reorder into one row per class.
-            order = np.argsort(np.arange(len(images)) % classes, kind="stable")
-            path = save_grid(images[order], out / f"grid-{name.replace(':', '-')}.png", nrow=per_class)
-            grids[name] = {"path": path.name, "engine": str(runner.path), "kind": runner.kind, "precision": runner.contract.precision}
-    settings = {"engines": [str(e) for e in engines], "per_class": per_class, "steps": steps, "seed": seed, "scheduler": "ddim"}
+            rows = min(max(preset.num_classes, 1), max_rows)
+            labels = [c for c in range(rows) for _ in range(per_class)] if preset.num_classes else None
+            batch = min(rows * per_class, runner.contract.profile.max)
+            parts, how = [], "pixels"
+            for start in range(0, rows * per_class, batch):
+                n = min(batch, rows * per_class - start)
+                x, _ = sample(runner, preset, batch=n, steps=steps, scheduler="ddim", seed=_sampling_seed(seed, start),
+                              labels=labels[start:start + n] if labels else None)
+                images, how = decode(x, preset)
+                parts.append(images)
+                del x
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            path = save_grid(np.concatenate(parts), out / f"grid-{name.replace(':', '-')}.png", nrow=per_class)
+            grids[name] = {"path": path.name, "engine": str(runner.path), "kind": runner.kind, "precision": runner.contract.precision,
+                           "rows": rows, "rendering": how}
+    settings = {"engines": [str(e) for e in engines], "per_class": per_class, "max_rows": max_rows, "steps": steps, "seed": seed,
+                "scheduler": "ddim"}
     return _record("grids", command, settings, {"grids": grids}, started)
 
 
@@ -1182,7 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_strs, default=TRAIN_COST_METHODS, help=f"default {','.join(TRAIN_COST_METHODS)}")
     p.add_argument("--dense-checkpoint", help="dense checkpoint to start from (default: random init; same cost)")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
-    p.add_argument("--data", help="training data (default: the preset's dataset)")
+    p.add_argument("--data", help="training data (default: the preset's dataset, else synthetic: random tensors, same cost)")
     p.add_argument("--out", type=Path)
 
     p = sub.add_parser("macs", help="per-layer and total MACs, cross-checked against the ONNX graph")
@@ -1225,6 +1262,7 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--seeds", type=_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
     p.add_argument("--methods", dest="method_list", type=_strs, default=METHODS, help=f"default {','.join(METHODS)}")
+    p.add_argument("--reference", help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)")
     p.add_argument("--ref-num", type=int, help="reference images from the test set (default all)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int, help="LR warm-up (default min(preset warm-up, steps/5))")
@@ -1239,7 +1277,7 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
 def _methods_config(args: argparse.Namespace, steps: int) -> MethodsConfig:
     return MethodsConfig(
         model=args.model, dense_checkpoint=args.dense_checkpoint, steps=steps, num_samples=args.num_samples,
-        seeds=args.seeds, sample_steps=args.sample_steps, sample_batch=args.sample_batch, ref_num=args.ref_num,
+        seeds=args.seeds, sample_steps=args.sample_steps, sample_batch=args.sample_batch, reference=args.reference, ref_num=args.ref_num,
         work=args.work, methods=args.method_list, lr=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
         kd_weight=args.kd_weight, data=args.data, device=args.device, label=args.label,
     )
@@ -1288,6 +1326,7 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
     """Every benchmark into ``args.out``, then the report; steps named in ``--skip`` are left out."""
     from .build import BuildConfig, build_engines
     from .export import ExportConfig
+    from .presets import get_preset
     from .report import write_report
 
     out = args.out or _default_out(args.model)
@@ -1318,7 +1357,10 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
         graphs = [Path(e.manifest["source_onnx"]) for e in built if e.manifest.get("source_onnx")]
         _write(out / "macs.json", mac_report(args.model, sparse_ckpt, [g for g in graphs if g.is_file()], command))
     if "methods" not in skip:
-        if dense_ckpt is None:
+        unsupported = methods_unsupported(get_preset(args.model), args.reference, args.data)
+        if unsupported:
+            log.warning("skipping the method comparison: %s", unsupported)
+        elif dense_ckpt is None:
             log.warning("no dense checkpoint: skipping the method comparison (pass --dense-checkpoint)")
         else:
             args.dense_checkpoint = str(dense_ckpt)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["read_idx", "find_fashion_mnist", "fashion_mnist", "image_folder", "latent_dataset", "make_dataset", "FMNIST_DIRS"]
+__all__ = ["read_idx", "find_fashion_mnist", "fashion_mnist", "image_folder", "latent_dataset", "synthetic", "make_dataset", "FMNIST_DIRS"]
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,31 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
     return TensorDataset(out["latents"], out["labels"])
 
 
+def synthetic(preset: Preset, num: int = 1024, seed: int = 0) -> TensorDataset:
+    """``num`` random samples of the preset's shape with random labels: for timing and smoke tests only."""
+    if num < 1:
+        raise SparseDeployError(f"synthetic:N needs N >= 1, got {num}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
+    if not preset.latent:
+        x = x.clamp_(-1, 1)
+    y = torch.randint(0, max(preset.num_classes, 1), (num,), generator=gen)
+    log.warning("SYNTHETIC data for '%s' (%d random tensors): fine for step timing, meaningless for image quality", preset.name, num)
+    return TensorDataset(x, y)
+
+
 def make_dataset(preset: Preset, data: str | None = None, vae: str | None = None) -> Dataset:
-    """The training set: ``data`` is a folder of images, ``fashion-mnist[:DIR]``, or None for the preset's default."""
+    """The training set: a folder of images, ``fashion-mnist[:DIR]``, ``synthetic[:N]`` (random
+    tensors, for timing), or None for the preset's default."""
     if data is None:
         data = preset.dataset
     if data is None:
         raise SparseDeployError(f"preset '{preset.name}' has no built-in dataset; pass --data DIR with your images (and --vae for latent models)")
+    if data == "synthetic" or data.startswith("synthetic:"):
+        count = data.partition(":")[2]
+        if count and not count.isdigit():
+            raise SparseDeployError(f"--data '{data}': write synthetic or synthetic:N with N a number of samples")
+        return synthetic(preset, int(count or 1024))
     if data == "fashion-mnist" or data.startswith("fashion-mnist:"):
         return fashion_mnist(preset, "train", data.partition(":")[2] or None)
     if preset.latent:

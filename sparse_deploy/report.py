@@ -140,7 +140,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         s = cost["settings"]
         out += ["## Fine-tuning cost", "", f"Measured {_machine_line(cost)}. Command: `{cost.get('command')}`.", "",
                 f"{s['steps']} timed steps per method after {s['warmup']} warm-up steps, interleaved method by method; batch "
-                f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}. {cost['note']}.", ""]
+                f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}, data {s.get('data') or 'the preset dataset'}"
+                f"{' (random tensors of the model input shape: a step costs the same)' if str(s.get('data')).startswith('synthetic') else ''}. "
+                f"{cost['note']}.", ""]
         ref_key = next((k for k in next(iter(cost["methods"].values())) if k.startswith("relative_to_")), None)
         rows = [[m, f"{v['median']:.3f}", f"{v['iqr']:.3f}", f"{v['p10']:.3f}-{v['p90']:.3f}", f"{v['images_per_second']:.1f}",
                  f"{v[ref_key]:.2f}x" if ref_key else "-"] for m, v in _ordered(cost["methods"], s.get("methods"))]
@@ -340,8 +342,10 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
     if grids:
         pairs = [(f"{name} engine ({g['precision']})", folder / g["path"]) for name, g in grids["grids"].items()]
         s = grids["settings"]
+        rendering = {g.get("rendering", "pixels") for g in grids["grids"].values()}
         caption = (f"The deployed engines from the same seed ({s['seed']}) and labels (one row per class), "
-                   f"{s['scheduler'].upper()} {s['steps']} steps.")
+                   f"{s['scheduler'].upper()} {s['steps']} steps."
+                   + "".join(f" Shown: {r}." for r in sorted(rendering) if r != "pixels"))
         if all(p.is_file() for _, p in pairs):
             return pairs, caption
     methods = results.get("methods")

@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, dest="ema_decay")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="image folder, or fashion-mnist[:DIR] (default: the preset's dataset)")
+    p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
     p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent presets)")
     p.add_argument("--device", default="auto")
     p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")

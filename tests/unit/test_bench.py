@@ -365,3 +365,37 @@ def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tm
     linked = re.findall(r"\]\((images/r/[^)]+)\)", section)
     assert linked and all((docs / link).is_file() for link in linked)
     assert publish.main([str(tmp_path / "nothing"), "--images", str(docs / "images")]) == 2  # one error line, no traceback
+
+
+def test_bench_all_on_a_latent_preset_without_data(tmp_path, monkeypatch, caplog):
+    """``make bench MODEL=dit-s`` in miniature: a latent, 1000-class preset with no dataset."""
+    from sparse_deploy import presets
+
+    tiny = presets._dit("tiny-latent", heads=2, head_dim=16, layers=2, in_channels=4, sample_size=16, patch_size=4,
+                        num_classes=1000, latent=True, train=get_preset("tiny-dit").train)
+    monkeypatch.setitem(presets.PRESETS, "tiny-latent", tiny)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        rc = bench.main(["--device", "cpu", "all", "--model", "tiny-latent", "--batches", "1", "--repeats", "2", "--warmup", "1",
+                         "--e2e-repeats", "0", "--no-memory", "--cost-steps", "1", "--sample-steps", "1", "--batch-size", "2",
+                         "--out", "report"])
+    assert rc == 0
+    assert any("skipping the method comparison" in m and "VAE latents" in m for m in caplog.messages)
+    cost = json.loads((tmp_path / "report" / "train_cost.json").read_text())
+    assert cost["settings"]["data"] == "synthetic"  # no dataset: timed on random tensors of the right shape
+    grids = json.loads((tmp_path / "report" / "grids.json").read_text())
+    for g in grids["grids"].values():
+        assert g["rows"] == 10 and g["rendering"].startswith("latent channels")  # 10 of 1000 classes, latents shown as such
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Method comparison" not in md and "random tensors" in md and "Shown: latent channels" in md
+
+
+def test_method_comparison_says_what_it_needs_for_other_presets():
+    assert bench.methods_unsupported(get_preset("fmnist-dit"), None, None) is None
+    assert "VAE latents" in bench.methods_unsupported(get_preset("dit-s"), "ref", "data")
+    assert "--reference" in bench.methods_unsupported(get_preset("ddpm-cifar10"), None, "images/")
+    assert bench.methods_unsupported(get_preset("ddpm-cifar10"), "ref/", "images/") is None
+    config = bench.MethodsConfig(model="tiny-dit", dense_checkpoint="d", steps=1).validate()
+    assert config.reference == "fashion-mnist:test"
+    with pytest.raises(SparseDeployError, match="--data .* and --reference"):
+        bench.MethodsConfig(model="ddpm-cifar10", dense_checkpoint="d", steps=1).validate()

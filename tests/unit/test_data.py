@@ -152,3 +152,15 @@ def test_latent_dataset_encodes_once_and_caches(tmp_path):
     assert len(list(cache.glob("*.safetensors"))) == 1
     second = data_mod.latent_dataset(preset, tmp_path / "imgs", vae_dir, cache_dir=cache)
     torch.testing.assert_close(second.tensors[0], latents)  # read back from the cache
+
+
+def test_synthetic_data_has_the_preset_shape_and_says_what_it_is(caplog):
+    with caplog.at_level("WARNING"):
+        ds = make_dataset(get_preset("dit-s"), "synthetic:6")
+    x, y = ds.tensors
+    assert x.shape == (6, 4, 32, 32) and y.shape == (6,) and int(y.max()) < 1000
+    assert any("SYNTHETIC" in m for m in caplog.messages)
+    pixels = make_dataset(get_preset("tiny-dit"), "synthetic").tensors[0]
+    assert pixels.shape[0] == 1024 and pixels.abs().max() <= 1
+    with pytest.raises(SparseDeployError, match="synthetic:N"):
+        make_dataset(get_preset("tiny-dit"), "synthetic:many")
