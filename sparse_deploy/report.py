@@ -212,17 +212,23 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
     lines = [f"Run-to-run spread: the FID standard deviation over seeds is {min(stds.values()):.2f}-{max(stds.values()):.2f} "
              f"(median {float(np.median(list(stds.values()))):.2f})."]
     sparse = {m: v for m, v in summary.items() if m != "dense" and v["fid"].get("n")}
-    if len(sparse) >= 2:
-        best = min(sparse, key=lambda m: sparse[m]["fid"]["mean"])
-        for m, v in _ordered(sparse, methods["settings"].get("methods")):
-            if m == best:
-                continue
-            gap = v["fid"]["mean"] - sparse[best]["fid"]["mean"]
-            # Standard error of a difference of two means over n seeds each.
-            se = float(np.hypot(v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]), sparse[best]["fid"].get("std", 0.0) / np.sqrt(sparse[best]["fid"]["n"])))
-            verdict = "larger than 2 standard errors" if se > 0 and gap > 2 * se else "within 2 standard errors: not resolved by this run"
-            lines.append(f"- {v['label']}: FID {gap:+.2f} against the best sparse method ({sparse[best]['label']}), "
-                         f"standard error of the gap {se:.2f}, {verdict}.")
+    if not sparse:
+        return lines
+    best = min(sparse, key=lambda m: sparse[m]["fid"]["mean"])
+
+    def gap_line(v: dict[str, Any], against: dict[str, Any], what: str) -> str:
+        gap = v["fid"]["mean"] - against["fid"]["mean"]
+        # Standard error of a difference of two means over n seeds each.
+        se = float(np.hypot(v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]), against["fid"].get("std", 0.0) / np.sqrt(against["fid"]["n"])))
+        verdict = "larger than 2 standard errors" if se > 0 and abs(gap) > 2 * se else "within 2 standard errors: not resolved by this run"
+        return f"- {v['label']}: FID {gap:+.2f} against {what}, standard error of the gap {se:.2f}, {verdict}."
+
+    dense = summary.get("dense")
+    if dense and dense["fid"].get("n"):
+        lines.append(gap_line(sparse[best], dense, "the dense model (the price of 2:4 sparsity at this budget)"))
+    for m, v in _ordered(sparse, methods["settings"].get("methods")):
+        if m != best:
+            lines.append(gap_line(v, sparse[best], f"the best sparse method ({sparse[best]['label']})"))
     return lines
 
 

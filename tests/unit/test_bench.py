@@ -312,7 +312,8 @@ def test_method_spread_says_which_gaps_the_seeds_resolve():
     }, "runs": [{"train_seconds": 60.0, "sample_seconds": 30.0, "feature_seconds": 120.0}] * 2, "seconds": 600.0}
     lines = methods_spread_lines(record)
     assert lines[0].startswith("Run-to-run spread: the FID standard deviation over seeds is 0.71-2.83")
-    by_label = {line.split(":")[0][2:]: line for line in lines[1:]}
+    assert lines[1].startswith("- SparseDM: FID +10.00 against the dense model") and "larger than 2 standard errors" in lines[1]
+    by_label = {line.split(":")[0][2:]: line for line in lines[2:]}
     assert set(by_label) == {"one-shot", "STE"}  # each against the best sparse method, SparseDM
     assert "+20.00" in by_label["one-shot"] and "larger than 2 standard errors" in by_label["one-shot"]
     assert "+0.50" in by_label["STE"] and "not resolved" in by_label["STE"]
