@@ -27,6 +27,8 @@ def section(report_md: str, image_prefix: str, title: str, intro: str | None) ->
     lines = report_md.strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]  # replaced by ``title``
+    while lines and not lines[0].strip():
+        lines = lines[1:]
     out, images = [f"## {title}", ""], []
     if intro:
         out += [intro, ""]
