@@ -37,7 +37,7 @@ from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_
 from .contract import IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
-from .onnx_files import data_path, data_problem, describe_data
+from .onnx_files import data_path, data_problem, describe_data, share_mode
 from .presets import get_preset
 from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
 
@@ -199,6 +199,7 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
         err, bound = float(np.max(np.abs(got - want))), tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
         if not err <= bound:
             raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept")
+    share_mode(out)
     return {
         "ort_optimization_level": level,
         "execution_providers": ["CPUExecutionProvider"],

@@ -10,12 +10,13 @@ manifests record the data file's size and sha256 and every reader checks them.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .provenance import sha256_file
 
-__all__ = ["DATA_SUFFIX", "data_path", "describe_data", "data_problem", "artifact_files", "save_with_external_data"]
+__all__ = ["DATA_SUFFIX", "data_path", "describe_data", "data_problem", "artifact_files", "save_with_external_data", "share_mode"]
 
 DATA_SUFFIX = ".data"
 # Initializers at least this large go to the data file; smaller ones (scalars, shapes) stay inline.
@@ -72,3 +73,11 @@ def save_with_external_data(model, graph: str | Path) -> None:
         model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
         size_threshold=_SIZE_THRESHOLD, convert_attribute=False,
     )
+    shutil.copymode(graph, data)  # onnx creates the data file private (0600); readers need what the graph has
+
+
+def share_mode(graph: str | Path) -> None:
+    """Give ``graph``'s data file (if any) the graph's permissions (ONNX Runtime writes it 0600)."""
+    data = data_path(graph)
+    if data.is_file():
+        shutil.copymode(graph, data)

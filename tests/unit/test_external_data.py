@@ -52,6 +52,8 @@ def test_graph_and_weights_are_two_files_recorded_in_the_manifest(built):
         assert locations == {data.name}  # one file, referred to by its bare name
         assert manifest["parity"]["passed"] and manifest["sparsity_check"]["passed"]
     assert not [p.name for p in config.export.out.iterdir() if p.name.startswith(".")]  # no staging litter
+    for graph in [*config.export.out.glob("*.onnx"), *(e.path for e in engines.values())]:
+        assert data_path(graph).stat().st_mode == graph.stat().st_mode  # as readable as the graph (onnx/ORT write 0600)
 
 
 def test_masked_layers_are_2to4_in_the_external_weights(built):
