@@ -73,11 +73,11 @@ def save_with_external_data(model, graph: str | Path) -> None:
         model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
         size_threshold=_SIZE_THRESHOLD, convert_attribute=False,
     )
-    shutil.copymode(graph, data)  # onnx creates the data file private (0600); readers need what the graph has
+    share_mode(graph)
 
 
 def share_mode(graph: str | Path) -> None:
-    """Give ``graph``'s data file (if any) the graph's permissions (ONNX Runtime writes it 0600)."""
+    """Give ``graph``'s data file (if any) the graph's permissions: onnx creates it private (0600)."""
     data = data_path(graph)
     if data.is_file():
         shutil.copymode(graph, data)

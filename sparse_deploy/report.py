@@ -258,6 +258,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_latency(record: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     ref, cand = record["reference"], record["candidate"]
@@ -282,10 +290,7 @@ def _plot_latency(record: dict[str, Any], path: Path) -> Path:
     engines = record["engines"]
     fig.suptitle(f"{record['model']}: {', '.join(sorted({e['backend'] for e in engines.values()}))} "
                  f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - {record['machine'].get('description', '')}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_train_cost(record: dict[str, Any], path: Path) -> Path:
@@ -299,10 +304,7 @@ def _plot_train_cost(record: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("seconds per step (median, p10-p90)")
     ax.set_title(f"{record['model']}: fine-tuning cost, batch {record['settings']['batch_size']}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
@@ -323,10 +325,7 @@ def _plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
     ax.set_title(title if not record.get("label") else f"{record['label']}\n{title}", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
@@ -343,10 +342,7 @@ def _plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{record['model']}: FID against effective MACs", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, Path]], str] | None:
@@ -383,10 +379,7 @@ def _plot_samples(pairs: list[tuple[str, Path]], path: Path) -> Path:
             ax.imshow(np.asarray(im.convert("L")), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- entry
