@@ -17,6 +17,10 @@ __all__ = [
     "nm_mask",
     "nm_violations",
     "is_nm_sparse",
+    "nm_patterns",
+    "to_groups",
+    "from_groups",
+    "pattern_index",
 ]
 
 # Practical eligibility used by ASP and Model Optimizer: out % 8 == 0 and in % 16 == 0.
@@ -24,7 +28,7 @@ OUT_MULTIPLE = 8
 IN_MULTIPLE = 16
 
 
-def _to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
+def to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
     """View ``weight`` as ``[..., m]`` groups along its reduction axis."""
     if weight.dim() == 2:
         return weight.reshape(weight.shape[0], weight.shape[1] // m, m)
@@ -35,7 +39,7 @@ def _to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
     raise ValueError(f"N:M masks support 2-D (Linear) and 4-D (Conv2d) weights, got shape {tuple(weight.shape)}")
 
 
-def _from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if len(shape) == 2:
         return groups.reshape(shape)
     k, c, r, s = shape
@@ -81,22 +85,45 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
             f"cannot build a {n}:{m} mask for weight of shape {tuple(weight.shape)}: "
             f"need a 2-D or 4-D weight whose dim 1 is a multiple of {m}"
         )
-    groups = _to_groups(weight.detach().abs(), m)
+    groups = to_groups(weight.detach().abs(), m)
     # A stable sort on -|w| keeps the lower index first among equal magnitudes.
     order = torch.sort(-groups.float(), dim=-1, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(-1, order[..., :n], True)
-    return _from_groups(keep, weight.shape)
+    return from_groups(keep, weight.shape)
 
 
 def nm_violations(weight: torch.Tensor, n: int = 2, m: int = 4) -> int:
     """Number of groups of ``m`` along the reduction axis with more than ``n`` non-zeros."""
     if weight.dim() not in (2, 4) or weight.shape[1] % m:
         raise ValueError(f"weight of shape {tuple(weight.shape)} has no {n}:{m} grouping along its reduction axis")
-    nonzero = (_to_groups(weight.detach(), m) != 0).sum(dim=-1)
+    nonzero = (to_groups(weight.detach(), m) != 0).sum(dim=-1)
     return int((nonzero > n).sum().item())
 
 
 def is_nm_sparse(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     """True if every group of ``m`` along the reduction axis holds at most ``n`` non-zeros."""
     return nm_violations(weight, n, m) == 0
+
+
+def nm_patterns(n: int = 2, m: int = 4) -> torch.Tensor:
+    """Every way to keep ``n`` of ``m`` weights, as a ``[C(m, n), m]`` float 0/1 matrix (2:4: six rows).
+
+    Rows are in lexicographic order of the kept indices: for 2:4, ``(0,1), (0,2), (0,3), (1,2), (1,3), (2,3)``.
+    """
+    from itertools import combinations
+
+    rows = [[1.0 if i in keep else 0.0 for i in range(m)] for keep in combinations(range(m), n)]
+    return torch.tensor(rows)
+
+
+def pattern_index(mask: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Index into :func:`nm_patterns` of every group of an exact N:M bool ``mask`` (shape ``[..., groups]``)."""
+    groups = to_groups(mask, m).to(torch.float32)
+    patterns = nm_patterns(n, m)
+    # A group matches exactly one pattern: the one whose kept positions all agree.
+    hits = groups @ patterns.T  # [..., P] count of kept positions shared with each pattern
+    index = hits.argmax(dim=-1)
+    if not bool((groups.sum(dim=-1) == n).all()):
+        raise ValueError(f"mask is not exact {n}:{m}: some group keeps a number of weights other than {n}")
+    return index

@@ -42,6 +42,7 @@ class TrainDefaults:
     warmup_steps: int = 2_500
     ema_decay: float = 0.9999
     checkpoint_every: int = 500
+    lr_schedule: str = "constant"  # or "cosine": decay to LR_FLOOR x lr after warm-up
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,16 @@ How gradients reach the dense weight depends on the mode:
 * ``fixed`` - masks computed once; pruned weights get no gradient (NVIDIA ASP / Model
   Optimizer style).
 * ``oneshot`` - masks computed once, no training at all (magnitude pruning baseline).
+* ``maskllm`` - learnable masks in the manner of MaskLLM (NeurIPS 2024): every group of 4 holds
+  logits over its six 2:4 patterns, initialised to favour the magnitude pattern; training
+  multiplies the weight by a Gumbel-softmax mixture of patterns (temperature annealed down,
+  logit scale annealed up, so the sampled mask hardens), and the deployed mask is the argmax
+  pattern. Weights and logits are learned together.
+
+Independently of the mode, ``pruned_decay`` applies a decoupled decay to the currently pruned
+weights after every optimizer step (``w <- w * (1 - lr * pruned_decay)``, as AdamW decays, so
+Adam's normalisation cannot swallow it as it does SR-STE's gradient term): pruned weights
+shrink steadily unless their gradient keeps them alive, which lets masks settle (CAST-style).
 
 :func:`bake_` writes the masks into the weights and removes all mask machinery, leaving
 plain diffusers modules whose weights hold exact zeros.
@@ -28,7 +38,7 @@ from torch import nn
 
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
-from .masks import eligibility, is_nm_sparse, nm_mask
+from .masks import eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
 from .presets import Preset
 
 __all__ = [
@@ -43,11 +53,15 @@ __all__ = [
     "bake_",
     "coverage_report",
     "SRSTE",
+    "set_mask_temperature_",
+    "decay_pruned_",
+    "mask_logit_parameters",
 ]
 
 log = logging.getLogger(__name__)
 
-MODES = ("srste", "ste", "fixed", "oneshot")
+MODES = ("srste", "ste", "fixed", "oneshot", "maskllm")
+LEARNED_MASK_MODES = ("srste", "ste", "maskllm")
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
 
@@ -64,6 +78,12 @@ class SparsityConfig:
         exclude: patterns removed from the selection.
         adaln: also sparsify DiT adaLN modulation layers.
         types: module types considered.
+        pruned_decay: decoupled decay rate of pruned weights after each optimizer step
+            (srste/ste/maskllm; 0 = off, the paper's recipe).
+        mask_prior: ``maskllm``: initial logit of each group's magnitude pattern (others 0).
+        mask_lr: ``maskllm``: AdamW learning rate of the mask logits (no weight decay).
+        tau: ``maskllm``: Gumbel-softmax temperature at the first and last step (annealed geometrically).
+        logit_scale: ``maskllm``: logit multiplier at the first and last step (annealed linearly).
     """
 
     mode: str = "srste"
@@ -75,6 +95,11 @@ class SparsityConfig:
     exclude: tuple[str, ...] = ()
     adaln: bool = False
     types: tuple[str, ...] = ("Linear", "Conv2d")
+    pruned_decay: float = 0.0
+    mask_prior: float = 3.0
+    mask_lr: float = 0.02
+    tau: tuple[float, float] = (1.0, 0.1)
+    logit_scale: tuple[float, float] = (1.0, 10.0)
 
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
@@ -85,6 +110,15 @@ class SparsityConfig:
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
         if self.mask_every < 1:
             raise SparseDeployError(f"--mask-every must be >= 1, got {self.mask_every}")
+        if self.pruned_decay < 0 or (self.pruned_decay and self.mode not in LEARNED_MASK_MODES):
+            raise SparseDeployError(
+                f"--pruned-decay must be >= 0 and needs a mode that learns masks ({', '.join(LEARNED_MASK_MODES)}); "
+                f"got {self.pruned_decay} with mode {self.mode}"
+            )
+        if len(self.tau) != 2 or min(self.tau) <= 0 or len(self.logit_scale) != 2 or min(self.logit_scale) <= 0:
+            raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}")
+        if self.mask_lr <= 0 or self.mask_prior < 0:
+            raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
         unknown = [t for t in self.types if t not in _TYPES]
         if unknown:
             raise SparseDeployError(f"unknown layer types {unknown}; choose from {list(_TYPES)}")
@@ -97,7 +131,14 @@ class SparsityConfig:
     @property
     def learns_masks(self) -> bool:
         """Whether masks are recomputed from the dense weights during training."""
-        return self.mode in ("srste", "ste")
+        return self.mode in LEARNED_MASK_MODES
+
+    def schedule_at(self, step: int, total: int) -> tuple[float, float]:
+        """``maskllm``: the Gumbel temperature and logit scale at ``step`` of ``total``."""
+        progress = min(1.0, step / max(total - 1, 1))
+        tau = self.tau[0] * (self.tau[1] / self.tau[0]) ** progress
+        scale = self.logit_scale[0] + (self.logit_scale[1] - self.logit_scale[0]) * progress
+        return tau, scale
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,7 +179,18 @@ class _MaskedMixin:
         mask = self.weight_mask
         if self.sparsity_mode in ("srste", "ste") and torch.is_grad_enabled():
             return SRSTE.apply(self.weight, mask, self.sparsity_decay)
-        return self.weight * mask  # fixed/oneshot: pruned weights get no gradient
+        if self.sparsity_mode == "maskllm" and self.training and torch.is_grad_enabled():
+            return self.weight * self.soft_mask()
+        return self.weight * mask  # fixed/oneshot, and every mode at inference: the hard mask
+
+    def soft_mask(self) -> torch.Tensor:
+        """``maskllm``: a Gumbel-softmax mixture of the 2:4 patterns per group (differentiable in the logits)."""
+        tau, scale = getattr(self, "mask_tau", 1.0), getattr(self, "mask_scale", 1.0)
+        logits = self.mask_logits * scale
+        uniform = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
+        probs = torch.softmax((logits - torch.log(-torch.log(uniform))) / tau, dim=-1)
+        groups = probs @ nm_patterns(2, 4).to(probs)
+        return from_groups(groups, self.weight.shape).to(self.weight.dtype)
 
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
@@ -232,6 +284,9 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
         module.register_buffer("weight_mask", nm_mask(module.weight, config.n, config.m))
         module.sparsity_mode = config.mode
         module.sparsity_decay = config.effective_decay
+        if config.mode == "maskllm":
+            prior = nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
+            module.mask_logits = nn.Parameter(prior.reshape(-1, 6).to(module.weight.device))
     log.info("masked %d layers with %d:%d %s masks", len(layers), config.n, config.m, config.mode)
     return list(layers)
 
@@ -241,16 +296,50 @@ def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {_short(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
 
 
+def _hard_mask(module: nn.Module, n: int, m: int) -> torch.Tensor:
+    logits = getattr(module, "mask_logits", None)
+    if logits is None:
+        return nm_mask(module.weight, n, m)  # SR-STE / STE: magnitude of the dense weight
+    chosen = nm_patterns(n, m).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
+    shape = module.weight.shape
+    return from_groups(chosen.reshape(to_groups(module.weight, m).shape), shape)
+
+
 @torch.no_grad()
-def refresh_masks_(model: nn.Module, n: int = 2, m: int = 4) -> float:
-    """Recompute every mask from its dense weight; return the share of mask entries that flipped."""
+def refresh_masks_(model: nn.Module, n: int = 2, m: int = 4, layer_flips: dict[str, float] | None = None) -> float:
+    """Recompute every mask (magnitude of the dense weight, or the argmax pattern of learned logits).
+
+    Returns the share of all mask entries that flipped; ``layer_flips``, when given, receives each
+    layer's own share.
+    """
     flipped = total = 0
-    for module in masked_modules(model).values():
-        new = nm_mask(module.weight, n, m)
-        flipped += int((new != module.weight_mask).sum())
+    for name, module in masked_modules(model).items():
+        new = _hard_mask(module, n, m)
+        changed = int((new != module.weight_mask).sum())
+        flipped += changed
         total += new.numel()
+        if layer_flips is not None:
+            layer_flips[name] = changed / new.numel()
         module.weight_mask.copy_(new)
     return flipped / max(total, 1)
+
+
+def set_mask_temperature_(model: nn.Module, tau: float, scale: float) -> None:
+    """``maskllm``: set the Gumbel temperature and logit scale every masked layer samples with."""
+    for module in masked_modules(model).values():
+        module.mask_tau, module.mask_scale = tau, scale
+
+
+def mask_logit_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learnable mask logits of ``maskllm`` layers (their own optimizer group: no weight decay)."""
+    return [module.mask_logits for module in masked_modules(model).values() if hasattr(module, "mask_logits")]
+
+
+@torch.no_grad()
+def decay_pruned_(model: nn.Module, factor: float) -> None:
+    """Multiply the currently pruned weights of every masked layer by ``factor`` (decoupled decay)."""
+    for module in masked_modules(model).values():
+        module.weight.mul_(torch.where(module.weight_mask, 1.0, factor).to(module.weight.dtype))
 
 
 @torch.no_grad()
@@ -264,7 +353,9 @@ def bake_(model: nn.Module, n: int = 2, m: int = 4) -> list[str]:
     for name, module in masked_modules(model).items():
         module.weight.mul_(module.weight_mask.to(module.weight.dtype))
         del module.weight_mask
-        for attr in ("sparsity_mode", "sparsity_decay"):
+        if "mask_logits" in module._parameters:
+            del module.mask_logits
+        for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale"):
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, n, m):  # pragma: no cover - guards the mask math

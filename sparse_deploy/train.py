@@ -31,7 +31,10 @@ from .errors import SparseDeployError, cli_entry
 from .models import build_model, example_inputs
 from .presets import PRESETS, Preset, get_preset
 from .sampling import sample, save_grid, to_uint8, training_scheduler
-from .sparsify import MODES, CoverageReport, SparsityConfig, coverage_report, masked_modules, refresh_masks_, select_layers, sparsify_
+from .sparsify import (
+    MODES, CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
+    set_mask_temperature_, sparsify_,
+)
 
 __all__ = ["TrainConfig", "TrainingRun", "prepare_run", "train_step", "train", "main"]
 
@@ -51,6 +54,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.99, 0.999)
     warmup_steps: int | None = None
     ema_decay: float | None = None
+    lr_schedule: str | None = None  # constant | cosine (default: the preset's)
     grad_clip: float = 1.0
     checkpoint_every: int | None = None
     seed: int = 0
@@ -59,6 +63,7 @@ class TrainConfig:
     weights: str | None = None  # or diffusers weights to start from
     sparsity: SparsityConfig | None = None
     kd_weight: float = 0.0
+    kd_features: float = 0.0  # weight of block-output distillation from the teacher
     data: str | None = None
     vae: str | None = None
     device: str = "auto"
@@ -70,17 +75,22 @@ class TrainConfig:
         d = preset.train
         for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
                               ("batch_size", d.batch_size), ("lr", d.lr), ("warmup_steps", d.warmup_steps),
-                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every)):
+                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every),
+                              ("lr_schedule", d.lr_schedule)):
             if getattr(self, name) is None:
                 setattr(self, name, default)
         if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise SparseDeployError("--steps must be >= 0, --batch-size and --checkpoint-every >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SparseDeployError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if not 0 <= self.ema_decay < 1:
             raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
         if self.kd_weight and self.init is None and self.weights is None:
             raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
-        if self.kd_weight < 0:
-            raise SparseDeployError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if self.kd_weight < 0 or self.kd_features < 0:
+            raise SparseDeployError(f"--kd-weight and --kd-features must be >= 0, got {self.kd_weight}, {self.kd_features}")
+        if self.kd_features and self.init is None and self.weights is None:
+            raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
         if self.sparsity is not None:
             self.sparsity.validate()
         return self
@@ -138,8 +148,18 @@ def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> 
         e.lerp_(p.detach(), 1.0 - decay)
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+LR_SCHEDULES = ("constant", "cosine")
+LR_FLOOR = 0.01  # cosine decays to this share of the peak learning rate
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant or cosine decay to LR_FLOOR."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step + 1 - warmup) / (total - warmup))
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _inference_copy(ema: torch.nn.Module, sparsity: SparsityConfig | None) -> torch.nn.Module:
@@ -157,6 +177,43 @@ def preview_grid(model: torch.nn.Module, path: Path, per_class: int, steps: int,
     labels = [c for c in range(classes) for _ in range(per_class)] if preset.num_classes else None
     images, _ = sample(model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels)
     return save_grid(to_uint8(images), path, nrow=per_class)
+
+
+_BLOCK_PREFIXES = ("transformer_blocks.", "down_blocks.", "mid_block", "up_blocks.")
+
+
+class FeatureTaps:
+    """Forward hooks that keep the output of every block (DiT transformer block, UNet down/mid/up block).
+
+    Student and teacher get one each; :meth:`loss` is the mean over blocks of
+    ``||f_S - f_T||^2 / ||f_T||^2`` (normalised so every block counts alike).
+    """
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
+        self.outputs: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+        self.handles = []
+        for role, model in (("student", student), ("teacher", teacher)):
+            for name, module in model.named_modules():
+                short = name[4:] if name.startswith("net.") else name
+                depth = short.count(".")
+                if any(short.startswith(p) for p in _BLOCK_PREFIXES) and depth == (0 if short == "mid_block" else 1):
+                    self.handles.append(module.register_forward_hook(self._keep(role)))
+        if not self.handles:
+            raise SparseDeployError("--kd-features found no transformer/UNet blocks to distil in this model")
+
+    def _keep(self, role: str):
+        def hook(_module, _inputs, output):
+            self.outputs[role].append(output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    def clear(self) -> None:
+        self.outputs = {"student": [], "teacher": []}
+
+    def loss(self) -> torch.Tensor:
+        pairs = list(zip(self.outputs["student"], self.outputs["teacher"]))
+        terms = [(s.float() - t.float()).pow(2).mean() / t.float().pow(2).mean().clamp_min(1e-8) for s, t in pairs]
+        self.clear()
+        return torch.stack(terms).mean()
 
 
 @dataclass
@@ -181,6 +238,8 @@ class TrainingRun:
     coverage: CoverageReport | None = None
     train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper
     rank: int = 0
+    features: "FeatureTaps | None" = None
+    layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
 
     @property
     def learns_masks(self) -> bool:
@@ -223,11 +282,18 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
         log.info("coverage: %s", coverage.summary())
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps))
+    logits = mask_logit_parameters(model)
+    logit_ids = {id(p) for p in logits}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in logit_ids]}]
+    if logits:  # maskllm: the mask logits learn at their own rate, without weight decay
+        groups.append({"params": logits, "lr": config.sparsity.mask_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    total = config.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule))
     images, labels = make_dataset(preset, config.data, config.vae).tensors
     alphas = training_scheduler().alphas_cumprod.to(device)
-    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, rank)
+    features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
+    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, rank, features)
 
 
 def train_step(run: TrainingRun, step: int) -> dict[str, float]:
@@ -240,7 +306,16 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     train_model = run.train_model if run.train_model is not None else model
     c = preset.in_channels
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + run.rank)
-    flipped = refresh_masks_(model, config.sparsity.n, config.sparsity.m) if run.learns_masks and step % config.sparsity.mask_every == 0 else 0.0
+    sparsity = config.sparsity
+    flipped = 0.0
+    if run.learns_masks and step % sparsity.mask_every == 0:
+        layers: dict[str, float] = {}
+        flipped = refresh_masks_(model, sparsity.n, sparsity.m, layers)
+        for name, share in layers.items():
+            run.layer_flips.setdefault(name, []).append(share)
+    if sparsity is not None and sparsity.mode == "maskllm":
+        set_mask_temperature_(model, *sparsity.schedule_at(step, run.train_steps))
+        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + run.rank + 1)  # the Gumbel noise of this step
     idx = torch.randint(0, len(run.images), (config.batch_size,), generator=gen)
     x0, y = run.images[idx].to(device), run.labels[idx].to(device)
     if preset.num_classes:
@@ -262,15 +337,21 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
                 target = run.teacher(x_t, t, y)[:, :c].float()
             loss_kd = torch.nn.functional.mse_loss(pred, target)
             loss = loss + config.kd_weight * loss_kd
+        loss_feat = torch.zeros(())
+        if run.features is not None:
+            loss_feat = run.features.loss()
+            loss = loss + config.kd_features * loss_feat
     if not math.isfinite(loss.item()):
         raise SparseDeployError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     run.opt.step()
+    if sparsity is not None and sparsity.pruned_decay:
+        decay_pruned_(model, 1.0 - run.sched.get_last_lr()[0] * sparsity.pruned_decay)
     run.sched.step()
     _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step))
-    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
+    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "loss_feat": loss_feat.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
 
 
 def train(config: TrainConfig) -> Path:
@@ -317,6 +398,12 @@ def train(config: TrainConfig) -> Path:
     def save(step: int) -> None:
         if not ddp.main:
             return
+        if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
+            row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
+                   "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
+            with (out / "mask_flips.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            run.layer_flips.clear()
         info = {
             "step": step,
             "complete": step >= train_steps,
@@ -363,6 +450,14 @@ def train(config: TrainConfig) -> Path:
     return ckpt_dir
 
 
+def _parse_pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers START,END, got '{text}'") from None
+    return a, b
+
+
 def _parse_patterns(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
 
@@ -372,12 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="fmnist-dit", help=f"preset: {', '.join(PRESETS)}")
     p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
     p.add_argument("--sparsity", choices=("none", *MODES), default="none",
-                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training)")
+                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
+                        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
     p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
     p.add_argument("--weights", help="diffusers folder or .safetensors to start from")
     p.add_argument("--kd-weight", type=float, default=None, help="distillation weight (default 0.1 when sparse with --init, else 0)")
     p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
-    p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste)")
+    p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
+    p.add_argument("--pruned-decay", type=float, default=0.0,
+                   help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)")
+    p.add_argument("--mask-prior", type=float, default=3.0, help="maskllm: initial logit of the magnitude pattern")
+    p.add_argument("--mask-lr", type=float, default=0.02, help="maskllm: learning rate of the mask logits")
+    p.add_argument("--tau", type=_parse_pair, default=(1.0, 0.1), help="maskllm: Gumbel temperature START,END (default 1,0.1)")
+    p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
+    p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
     p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
@@ -385,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)")
     p.add_argument("--ema", type=float, dest="ema_decay")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -403,13 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     sparsity = None
     if args.sparsity != "none":
         sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
-                                  include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln)
-    kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and args.init else 0.0)
+                                  include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln,
+                                  pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
+                                  tau=args.tau, logit_scale=args.logit_scale)
+    teacher = args.init or args.weights
+    kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and teacher else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
     config = TrainConfig(
         preset=preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=args.weights, sparsity=sparsity, kd_weight=kd,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, init=args.init, weights=args.weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
     ckpt = train(config)
