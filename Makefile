@@ -9,8 +9,10 @@ MODEL  ?= fmnist-dit
 RUNS   := runs/$(MODEL)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WEIGHTS := weights/$(MODEL)
+DENSE  := $(RUNS)/dense/checkpoint
 
-.PHONY: setup data demo test test-gpu train-dense train-sparse export engine run bench triton triton-serve triton-load clean
+.PHONY: setup data demo test test-gpu pretrain dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
@@ -26,18 +28,30 @@ data: $(FMNIST)
 $(FMNIST):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist
 
-train-dense: setup data
-	$(PY) -m sparse_deploy.train --model $(MODEL) --out $(RUNS)/dense
+# Reproduce the shipped dense weights (weights/$(MODEL)/): the preset's dense recipe from scratch,
+# packed as a diffusers folder (fp16) with MANIFEST.json, then scored (FID, 1,000 samples). Hours on 2 cores.
+pretrain: setup data
+	$(PY) -m sparse_deploy.train --model $(MODEL) --out $(RUNS)/pretrain --preview 0
+	$(PY) -m sparse_deploy.shipped pack --checkpoint $(RUNS)/pretrain/checkpoint --out $(WEIGHTS)
+	$(PY) -m sparse_deploy.shipped score $(WEIGHTS)
 
-train-sparse: train-dense
-	$(PY) -m sparse_deploy.train --model $(MODEL) --sparsity srste --init $(RUNS)/dense/checkpoint --out $(RUNS)/srste
+# The dense starting point, as a user starts from a downloaded model: the shipped weights (checked
+# against their manifest) as a dense checkpoint.
+dense: $(DENSE)/manifest.json
 
-# The main job: dense pretraining, SparseDM fine-tuning, engines, and samples from the sparse engine.
+$(DENSE)/manifest.json: $(WEIGHTS)/MANIFEST.json | setup
+	$(PY) -m sparse_deploy.shipped checkpoint $(WEIGHTS) --out $(DENSE)
+
+train-sparse: setup data dense
+	$(PY) -m sparse_deploy.train --model $(MODEL) --sparsity srste --init $(DENSE) --out $(RUNS)/srste
+
+# The main job: SparseDM fine-tuning from the shipped dense weights, engines, samples, summary.
 demo: train-sparse
 	$(PY) -m sparse_deploy.build --model $(MODEL) --checkpoint $(RUNS)/srste/checkpoint --precision fp32
-	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/sparse-fp32.ort.onnx --out samples/$(MODEL)/sparse --num 40 --labels 0,1,2,3,4,5,6,7,8,9 --steps 50
-	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/dense-fp32.ort.onnx --out samples/$(MODEL)/dense --num 40 --labels 0,1,2,3,4,5,6,7,8,9 --steps 50
-	@echo "dense and sparse sample grids: $(RUNS)/dense/samples.png $(RUNS)/srste/samples.png samples/$(MODEL)/*/grid.png"
+	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/sparse-fp32.ort.onnx --out samples/$(MODEL)/sparse --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
+	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/dense-fp32.ort.onnx --out samples/$(MODEL)/dense --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
+	$(PY) -m sparse_deploy.summary --run $(RUNS)/srste --engines engines/$(MODEL)
+	@echo "sample grids (one row per class): samples/$(MODEL)/dense/grid.png samples/$(MODEL)/sparse/grid.png"
 
 test: setup data
 	$(PY) -m pytest tests -q

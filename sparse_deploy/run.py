@@ -26,7 +26,7 @@ from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
 from .presets import Preset
 from .provenance import library_versions, timestamp, write_json_atomic
-from .sampling import make_scheduler, parse_labels, sample, save_grid, save_pngs, to_uint8
+from .sampling import make_scheduler, parse_labels, sample, class_rows, save_grid, save_pngs, to_uint8
 
 __all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]
 
@@ -144,7 +144,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         log.warning("preset '%s' samples VAE latents and no --vae was given: writing %s", preset.name, how)
     out = Path(config.out)
     paths = save_pngs(images, out)
-    save_grid(images, out / "grid.png")
+    order, nrow = class_rows(labels)  # one row per class when the labels cover classes evenly
+    save_grid(images[order] if nrow else images, out / "grid.png", nrow=nrow)
     record = {
         "engine": str(config.engine),
         **info,

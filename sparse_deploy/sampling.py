@@ -28,6 +28,7 @@ __all__ = [
     "save_grid",
     "save_pngs",
     "parse_labels",
+    "class_rows",
 ]
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -170,6 +171,23 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, pad
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
+
+
+def class_rows(labels: Sequence[int] | None) -> tuple[list[int], int | None]:
+    """Image order and row length that give a grid one row per class.
+
+    With labels that cover each of their classes equally often the order groups images by class
+    (stable) and the row length is the count per class; otherwise the order is unchanged and the
+    row length None (square grid).
+    """
+    if not labels:
+        return [], None
+    labels = [int(v) for v in labels]
+    counts = {c: labels.count(c) for c in set(labels)}
+    per_class = next(iter(counts.values()))
+    if len(counts) < 2 or any(n != per_class for n in counts.values()):
+        return list(range(len(labels))), None
+    return sorted(range(len(labels)), key=lambda i: (labels[i], i)), per_class
 
 
 def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") -> list[Path]:

@@ -74,7 +74,7 @@ class TrainConfig:
         preset = get_preset(self.preset)
         d = preset.train
         for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
-                              ("batch_size", d.batch_size), ("lr", d.lr), ("warmup_steps", d.warmup_steps),
+                              ("batch_size", d.batch_size), ("lr", d.lr if self.sparsity is None else d.sparse_lr or d.lr), ("warmup_steps", d.warmup_steps),
                               ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every),
                               ("lr_schedule", d.lr_schedule)):
             if getattr(self, name) is None:

@@ -1,0 +1,228 @@
+"""Pretrained dense weights shipped in ``weights/<preset>/``: pack, score, and start from them.
+
+A shipped model is a plain diffusers model folder, as a user would download one::
+
+    weights/fmnist-dit/
+        config.json                          diffusers config (DiTTransformer2DModel)
+        diffusion_pytorch_model.safetensors  weights (fp16 to stay under 8 MiB)
+        MANIFEST.json                        how it was made: training command and config, data hash,
+                                             steps, file hashes, the FID it scores (with protocol)
+        samples.png                          one row per class, from the shipped (fp16) weights
+
+``python -m sparse_deploy.shipped pack --checkpoint DIR --out weights/<preset>`` writes it from a
+dense training checkpoint; ``score`` measures its FID (1,000 DDIM-25 samples against the
+Fashion-MNIST test set by default) and records it in the manifest; ``checkpoint`` turns the
+folder into a dense checkpoint (``--init`` of a fine-tuning run, the dense engine's source),
+after checking every file against the manifest. ``make pretrain`` chains training, pack and score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SparseDeployError, cli_entry
+
+__all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "training_command", "main"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+FORMAT = "sparse-deploy-weights/1"
+_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def training_command(train_config: dict[str, Any]) -> str:
+    """The ``python -m sparse_deploy.train`` command that reproduces a dense run's config."""
+    flags = [("--model", train_config["preset"]), ("--steps", train_config["steps"]), ("--batch-size", train_config["batch_size"]),
+             ("--lr", train_config["lr"]), ("--warmup-steps", train_config["warmup_steps"]),
+             ("--lr-schedule", train_config.get("lr_schedule", "constant")), ("--ema", train_config["ema_decay"]),
+             ("--seed", train_config["seed"])]
+    if train_config.get("data"):
+        flags.append(("--data", train_config["data"]))
+    return "python -m sparse_deploy.train " + " ".join(f"{k} {shlex.quote(str(v))}" for k, v in flags)
+
+
+def _data_identity(train_config: dict[str, Any]) -> dict[str, Any]:
+    from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
+    from .provenance import sha256_file
+
+    data = train_config.get("data")
+    if data and not str(data).startswith("fashion-mnist"):
+        return {"source": data}
+    root = str(data).split(":", 1)[1] if data and ":" in str(data) else None
+    folder = find_fashion_mnist(root)
+    files = {stem: sha256_file(_idx_file(folder, stem)) for stem in FMNIST_FILES["train"]}
+    return {"source": "Fashion-MNIST train split (Debian package dataset-fashion-mnist)", "folder": str(folder), "sha256": files}
+
+
+def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16") -> Path:
+    """Write a dense checkpoint's (EMA) model as a diffusers folder with its manifest, atomically."""
+    from .checkpoint import load_checkpoint
+    from .provenance import atomic_dir, library_versions, sha256_file, timestamp
+
+    if precision not in _DTYPES:
+        raise SparseDeployError(f"--precision must be one of {', '.join(_DTYPES)}, got '{precision}'")
+    model, manifest = load_checkpoint(checkpoint)
+    if manifest.get("masked_layers"):
+        raise SparseDeployError(f"'{checkpoint}' is a sparse checkpoint; ship the dense model it was fine-tuned from")
+    if not manifest.get("complete", False):
+        raise SparseDeployError(f"'{checkpoint}' is not complete (step {manifest.get('step')}); finish or resume its training first")
+    config = manifest.get("train_config") or {}
+    metrics = Path(checkpoint).parent / "metrics.jsonl"
+    with atomic_dir(out) as tmp:
+        model.net.to(_DTYPES[precision]).save_pretrained(str(tmp), safe_serialization=True)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        info = {
+            "format": FORMAT,
+            "preset": manifest["preset"],
+            "precision": precision,
+            "files": files,
+            "steps": manifest.get("step"),
+            "training_command": training_command(config) if config else None,
+            "train_config": config,
+            "data": _data_identity(config) if config else None,
+            "source_checkpoint": {"weights_sha256": manifest.get("weights_sha256"), "created": manifest.get("created")},
+            "final_loss": _last_loss(metrics),
+            "fid": None,
+            "created": timestamp(),
+            "versions": library_versions(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    log.info("packed %s (%s) into %s", checkpoint, precision, out)
+    return Path(out)
+
+
+def _last_loss(metrics: Path) -> float | None:
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(r) for r in metrics.read_text().splitlines()[-200:] if r.strip()]
+    return sum(r["loss"] for r in rows) / len(rows) if rows else None
+
+
+def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise SparseDeployError(f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make pretrain')")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SparseDeployError(f"'{path}' is corrupt ({exc}); restore it with 'git checkout {folder}' or 'make pretrain'") from exc
+
+
+def verify_weights(folder: str | Path) -> dict[str, Any]:
+    """Check every file of a shipped weights folder against its manifest; return the manifest."""
+    from .provenance import sha256_file
+
+    folder = Path(folder)
+    manifest = read_weights_manifest(folder)
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise SparseDeployError(
+                f"'{path}' is missing or does not match {MANIFEST} (corrupt, edited, or a Git LFS pointer); "
+                f"restore it with 'git checkout {folder}' or rebuild it with 'make pretrain'"
+            )
+    return manifest
+
+
+def weights_to_checkpoint(folder: str | Path, out: str | Path) -> Path:
+    """A dense checkpoint (fp32 model) from a verified shipped weights folder; its manifest names the source."""
+    from .checkpoint import save_checkpoint
+    from .models import build_model
+    from .presets import get_preset
+
+    manifest = verify_weights(folder)
+    model = build_model(get_preset(manifest["preset"]), folder).float().eval()
+    info = {
+        "step": manifest.get("steps"),
+        "complete": True,
+        "train_config": manifest.get("train_config"),
+        "source_weights": {"path": str(Path(folder)), "files": manifest.get("files"), "fid": manifest.get("fid")},
+    }
+    return save_checkpoint(out, model, sparsity=None, info=info)
+
+
+def score_weights(
+    folder: str | Path, num: int = 1000, steps: int = 25, reference: str = "fashion-mnist:test", ref_num: int | None = None,
+    seed: int = 0, batch: int = 100, cache_dir: str | Path = ".cache/fid",
+) -> dict[str, Any]:
+    """FID of ``num`` DDIM samples of the shipped model (as shipped: its fp16 weights) against ``reference``.
+
+    Records the result (with its protocol) in the folder's manifest and writes ``samples.png``.
+    """
+    from . import fid
+    from .backends import load_runner
+    from .bench import draw_samples
+    from .provenance import timestamp, write_json_atomic
+    from .sampling import class_rows, save_grid
+
+    manifest = verify_weights(folder)
+    with tempfile.TemporaryDirectory(prefix="shipped-") as tmp:
+        ckpt = weights_to_checkpoint(folder, Path(tmp) / "dense")
+        with load_runner(ckpt, device="cpu") as runner:
+            preset = runner.preset
+            images, _ = draw_samples(runner, preset, num, seed, steps, "ddim", batch)
+            grid, grid_labels = draw_samples(runner, preset, 10 * max(preset.num_classes, 1), seed + 1, steps, "ddim", batch)
+    order, nrow = class_rows(grid_labels.tolist() if preset.num_classes else None)
+    save_grid(grid[order] if nrow else grid, Path(folder) / "samples.png", nrow=nrow)
+    ref = fid.reference_stats(reference, ref_num, cache_dir=cache_dir)
+    feats = fid.features_from_images(images)
+    mu, sigma = fid.stats_from_features(feats)
+    value = fid.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+    result = {
+        "value": value, "samples": num, "sampler": "ddim", "steps": steps, "seed": seed, "labels": "cycled over the classes",
+        "reference": reference, "reference_num": ref.num, "preprocessing": fid.PREPROCESSING, "measured": timestamp(),
+        "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --steps {steps}",
+    }
+    manifest["fid"] = result
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    log.info("FID %.2f (%d samples vs %s n=%d)", value, num, reference, ref.num)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sparse_deploy.shipped", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("pack", help="a dense checkpoint -> weights/<preset>/ (diffusers folder + MANIFEST.json)")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--precision", default="fp16", choices=tuple(_DTYPES))
+    q = sub.add_parser("score", help="FID of the shipped model, recorded in its manifest (+ samples.png)")
+    q.add_argument("folder")
+    q.add_argument("--num", type=int, default=1000)
+    q.add_argument("--steps", type=int, default=25)
+    q.add_argument("--reference", default="fashion-mnist:test")
+    q.add_argument("--cache-dir", default=".cache/fid")
+    q = sub.add_parser("checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)")
+    q.add_argument("folder")
+    q.add_argument("--out", required=True)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "pack":
+        print(f"weights: {pack_weights(args.checkpoint, args.out, args.precision)}")
+    elif args.command == "score":
+        if args.num < 2 or args.steps < 1:
+            raise SparseDeployError("--num must be at least 2 and --steps at least 1")
+        result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
+        print(f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs {result['reference']} "
+              f"n={result['reference_num']}; {result['preprocessing']})")
+    else:
+        print(f"checkpoint: {weights_to_checkpoint(args.folder, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Shipped dense weights (pack, verify, back to a checkpoint, score), class-per-row grids, the demo summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparse_deploy import shipped
+from sparse_deploy import train as train_mod
+from sparse_deploy.checkpoint import load_checkpoint
+from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.sampling import class_rows
+from sparse_deploy.summary import format_summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dense_ckpt(tmp_path_factory, fmnist_data) -> Path:
+    out = tmp_path_factory.mktemp("dense")
+    return train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=3, preview=0, data=fmnist_data,
+                                                 lr_schedule="cosine"))
+
+
+@pytest.fixture()
+def packed(tmp_path, dense_ckpt) -> Path:
+    return shipped.pack_weights(dense_ckpt, tmp_path / "weights" / "tiny-dit")
+
+
+def test_pack_writes_a_diffusers_folder_with_its_manifest(packed, dense_ckpt):
+    names = sorted(p.name for p in packed.iterdir())
+    assert names == ["MANIFEST.json", "config.json", "diffusion_pytorch_model.safetensors"]
+    manifest = json.loads((packed / "MANIFEST.json").read_text())
+    assert manifest["preset"] == "tiny-dit" and manifest["steps"] == 3 and manifest["precision"] == "fp16"
+    assert set(manifest["files"]) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert manifest["training_command"].startswith("python -m sparse_deploy.train --model tiny-dit --steps 3")
+    assert "--lr-schedule cosine" in manifest["training_command"]
+    assert manifest["data"]["source"]  # the data it was trained on is named
+    from diffusers import DiTTransformer2DModel
+
+    from safetensors.torch import load_file
+
+    DiTTransformer2DModel.from_pretrained(str(packed))  # plain diffusers loads it
+    stored = load_file(str(packed / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+
+
+def test_checkpoint_from_shipped_weights_equals_the_rounded_model(tmp_path, packed, dense_ckpt):
+    ckpt = shipped.weights_to_checkpoint(packed, tmp_path / "dense")
+    got, manifest = load_checkpoint(ckpt)
+    want, _ = load_checkpoint(dense_ckpt)
+    assert manifest["complete"] and manifest["source_weights"]["files"]
+    for (name, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items()):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b.half().float(), rtol=0, atol=0, msg=name)
+
+
+def test_tampered_or_missing_files_are_refused(tmp_path, packed):
+    weights = packed / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(SparseDeployError, match="does not match MANIFEST.json"):
+        shipped.weights_to_checkpoint(packed, tmp_path / "dense")
+    with pytest.raises(SparseDeployError, match="no MANIFEST.json"):
+        shipped.verify_weights(tmp_path)
+
+
+def test_pack_refuses_sparse_or_unfinished_checkpoints(tmp_path, dense_ckpt, fmnist_data):
+    from sparse_deploy.sparsify import SparsityConfig
+
+    sparse = train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "s"), steps=2, preview=0, data=fmnist_data,
+                                                   init=str(dense_ckpt), sparsity=SparsityConfig(mode="fixed")))
+    with pytest.raises(SparseDeployError, match="sparse checkpoint"):
+        shipped.pack_weights(sparse, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_score_records_fid_and_a_class_per_row_grid(monkeypatch, tmp_path, packed):
+    from sparse_deploy import fid
+
+    class Ref:
+        num = 20
+        mu = np.zeros(4)
+        sigma = np.eye(4)
+
+    monkeypatch.setattr(fid, "reference_stats", lambda *a, **k: Ref())
+    monkeypatch.setattr(fid, "features_from_images", lambda images, **k: images.reshape(len(images), -1)[:, :4].astype(np.float64) / 255)
+    from sparse_deploy import sampling
+
+    grids = []
+    real_save_grid = sampling.save_grid
+    monkeypatch.setattr(sampling, "save_grid", lambda images, path, nrow=None: grids.append(nrow) or real_save_grid(images, path, nrow))
+    result = shipped.score_weights(packed, num=12, steps=2, batch=6)
+    manifest = json.loads((packed / "MANIFEST.json").read_text())
+    assert manifest["fid"]["value"] == pytest.approx(result["value"]) and manifest["fid"]["samples"] == 12
+    assert grids == [10] and Image.open(packed / "samples.png").size == (546, 546)  # 10 classes, rows of 10
+    shipped.verify_weights(packed)  # the manifest update kept the file hashes valid
+
+
+def test_class_rows():
+    order, nrow = class_rows([0, 1, 2, 0, 1, 2])
+    assert order == [0, 3, 1, 4, 2, 5] and nrow == 2
+    assert class_rows([0, 1, 1]) == ([0, 1, 2], None)
+    assert class_rows(None) == ([], None)
+
+
+def test_format_summary_fits_one_screen():
+    text = format_summary({
+        "preset": "fmnist-dit", "dense_source": "runs/fmnist-dit/dense/checkpoint",
+        "recipe": {"mode": "srste", "kd_weight": 0.1, "kd_features": 0.0, "pruned_decay": 0.0, "steps": 600, "lr": 3e-4},
+        "coverage": {"pattern": "2:4", "sparse_layers": ["a"] * 36, "sparse_share": 0.7, "model_macs": 20e6, "effective_macs": 13e6},
+        "engines": {"dense": {"path": "d.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"},
+                    "sparse": {"path": "s.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"}},
+        "fid": {"num": 300, "reference": "fashion-mnist:test", "reference_num": 1000, "sampler": "ddim 25",
+                "dense": 50.0, "sparse": 52.0, "gap": 0.04, "sparse_vs_dense_samples": 10.0},
+    })
+    lines = text.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 140
+    assert "+4.0%" in text and "no TensorRT engine was built" in text and "36 layers 2:4" in text
+
+
+def test_the_shipped_default_weights_verify_and_load():
+    from sparse_deploy.presets import DEFAULT_PRESET
+
+    folder = REPO / "weights" / DEFAULT_PRESET
+    if not (folder / "MANIFEST.json").is_file():
+        pytest.skip(f"no shipped weights in {folder} (make pretrain writes them)")
+    manifest = shipped.verify_weights(folder)
+    assert manifest["preset"] == DEFAULT_PRESET
+    assert all((folder / name).stat().st_size <= 8 * 2**20 for name in manifest["files"])
+    assert manifest["fid"] is not None and manifest["fid"]["samples"] >= 1000
