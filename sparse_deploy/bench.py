@@ -65,9 +65,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The comparison of issue "measurement": dense reference, one-shot baseline, three fine-tuning
-# estimators, and the full SparseDM recipe (SR-STE + output distillation).
-METHODS = ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")
+# The comparison: dense reference, one-shot baseline, three fine-tuning estimators, the full
+# SparseDM recipe (SR-STE + output distillation), and the recipes beyond it (learned masks,
+# block-output distillation, decoupled decay of pruned weights).
+DEFAULT_KD_WEIGHT = 0.1
+DEFAULT_KD_FEATURES = 0.5
+DEFAULT_PRUNED_DECAY = 5.0
+# method -> (sparsity mode, output distillation, block distillation weight, pruned-weight decay)
+METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float]] = {
+    "dense": (None, False, 0.0, 0.0),
+    "oneshot": ("oneshot", False, 0.0, 0.0),
+    "fixed": ("fixed", False, 0.0, 0.0),
+    "ste": ("ste", False, 0.0, 0.0),
+    "srste": ("srste", False, 0.0, 0.0),
+    "srste+kd": ("srste", True, 0.0, 0.0),
+    "srste+kd+feat": ("srste", True, DEFAULT_KD_FEATURES, 0.0),
+    "srste+kd+dd": ("srste", True, 0.0, DEFAULT_PRUNED_DECAY),
+    "maskllm+kd": ("maskllm", True, 0.0, 0.0),
+}
+METHODS = tuple(METHOD_RECIPES)
 METHOD_LABELS = {
     "dense": "dense (continued training)",
     "oneshot": "one-shot magnitude 2:4 (no training)",
@@ -75,9 +91,12 @@ METHOD_LABELS = {
     "ste": "plain STE",
     "srste": "SR-STE",
     "srste+kd": "SR-STE + distillation (SparseDM)",
+    "srste+kd+feat": "SR-STE + output and block distillation",
+    "srste+kd+dd": "SR-STE + distillation + decoupled pruned-weight decay",
+    "maskllm+kd": "learned masks (MaskLLM-style) + distillation",
 }
-TRAIN_COST_METHODS = ("dense", "fixed", "ste", "srste", "srste+kd")
-DEFAULT_KD_WEIGHT = 0.1
+_FIRST_METHODS = ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")  # their stored run keys predate recipes
+TRAIN_COST_METHODS = tuple(m for m in METHODS if m != "oneshot")
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,11 +585,11 @@ def method_train_config(
 
     if method not in METHODS:
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
-    mode = {"dense": None, "srste+kd": "srste"}.get(method, method)
+    mode, kd, kd_features, pruned_decay = METHOD_RECIPES[method]
     return TrainConfig(
         preset=preset, out=str(out), steps=steps, init=None if init is None else str(init), seed=seed,
-        sparsity=SparsityConfig(mode=mode) if mode else None, kd_weight=kd_weight if method == "srste+kd" else 0.0,
-        preview=0, **overrides,
+        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay) if mode else None, kd_weight=kd_weight if kd else 0.0,
+        kd_features=kd_features, preview=0, **overrides,
     ).validate()
 
 
@@ -863,7 +882,7 @@ class MethodsConfig:
         methods: subset of :data:`METHODS`.
         lr / warmup_steps / batch_size: fine-tuning overrides (None: preset defaults; warm-up
             defaults to ``min(preset warm-up, steps // 5)`` so short budgets reach the full LR).
-        kd_weight: distillation weight of ``srste+kd``.
+        kd_weight: output-distillation weight of the methods that distil (``+kd``).
         kid_subsets: KID subset pairs.
         label: a free-text label stored with the results (e.g. "small-budget run").
     """
@@ -917,7 +936,8 @@ class MethodsConfig:
             "model": self.model, "method": method, "seed": seed, "dense_weights_sha256": dense_sha, "steps": self.steps,
             "num_samples": self.num_samples, "sample_steps": self.sample_steps, "scheduler": self.scheduler,
             "reference": self.reference, "ref_num": self.ref_num, "lr": self.lr, "warmup_steps": self.warmup_steps,
-            "batch_size": self.batch_size, "kd_weight": self.kd_weight if method == "srste+kd" else 0.0,
+            "batch_size": self.batch_size, "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
+            **({"recipe": list(METHOD_RECIPES[method])} if method not in _FIRST_METHODS else {}),
         }
 
 

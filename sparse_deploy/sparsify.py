@@ -84,6 +84,8 @@ class SparsityConfig:
         mask_lr: ``maskllm``: AdamW learning rate of the mask logits (no weight decay).
         tau: ``maskllm``: Gumbel-softmax temperature at the first and last step (annealed geometrically).
         logit_scale: ``maskllm``: logit multiplier at the first and last step (annealed linearly).
+        macs_budget: effective MACs as a share of the dense model's; only the least sensitive
+            selected layers go 2:4 until it is met (``sparse_deploy.sensitivity``). None: all.
     """
 
     mode: str = "srste"
@@ -100,6 +102,7 @@ class SparsityConfig:
     mask_lr: float = 0.02
     tau: tuple[float, float] = (1.0, 0.1)
     logit_scale: tuple[float, float] = (1.0, 10.0)
+    macs_budget: float | None = None
 
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
@@ -119,6 +122,8 @@ class SparsityConfig:
             raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}")
         if self.mask_lr <= 0 or self.mask_prior < 0:
             raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
+        if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
+            raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         unknown = [t for t in self.types if t not in _TYPES]
         if unknown:
             raise SparseDeployError(f"unknown layer types {unknown}; choose from {list(_TYPES)}")

@@ -274,9 +274,13 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
     if config.kd_weight:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
 
+    images, labels = make_dataset(preset, config.data, config.vae).tensors
+    alphas = training_scheduler().alphas_cumprod
     coverage = None
     if config.sparsity is not None:
         choice = select_layers(model, config.sparsity)
+        if config.sparsity.macs_budget is not None:
+            _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
         sparsify_(model, config.sparsity, choice.selected)
         coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped, config.sparsity.n, config.sparsity.m)
         log.info("coverage: %s", coverage.summary())
@@ -290,10 +294,24 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
     total = config.steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule))
-    images, labels = make_dataset(preset, config.data, config.vae).tensors
-    alphas = training_scheduler().alphas_cumprod.to(device)
+    alphas = alphas.to(device)
     features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
     return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, rank, features)
+
+
+def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, config: TrainConfig) -> None:
+    """Keep dense the most loss-sensitive selected layers so that effective MACs meet ``--macs-budget``."""
+    from .macs import layer_macs, total_macs
+    from .sensitivity import choose_for_budget, layer_sensitivity
+
+    inputs = example_inputs(preset, 1)
+    per_layer = {(k[4:] if k.startswith("net.") else k): v for k, v in layer_macs(model, inputs).items()}
+    sens = layer_sensitivity(model, choice.selected, images, labels, alphas, seed=config.seed, conditional=bool(preset.num_classes))
+    budget = choose_for_budget(per_layer, total_macs(model, inputs), sens, config.sparsity.macs_budget)
+    for name in budget.kept_dense:
+        choice.skipped[name] = f"kept dense by --macs-budget {config.sparsity.macs_budget} (sensitivity {sens[name]:.2e})"
+    choice.selected[:] = budget.selected
+    model.train()
 
 
 def train_step(run: TrainingRun, step: int) -> dict[str, float]:
@@ -480,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-lr", type=float, default=0.02, help="maskllm: learning rate of the mask logits")
     p.add_argument("--tau", type=_parse_pair, default=(1.0, 0.1), help="maskllm: Gumbel temperature START,END (default 1,0.1)")
     p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
+    p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
+                   "loss-sensitive selected layers go 2:4 (default: all selected layers)")
     p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
@@ -509,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
                                   include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln,
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
-                                  tau=args.tau, logit_scale=args.logit_scale)
+                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget)
     teacher = args.init or args.weights
     kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and teacher else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"

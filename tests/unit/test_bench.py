@@ -80,15 +80,17 @@ def test_einsum_macs():
 
 
 def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
-    assert bench.METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")
+    assert bench.METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd", "srste+kd+feat", "srste+kd+dd", "maskllm+kd")
     assert set(bench.METHOD_LABELS) == set(bench.METHODS)
     assert set(bench.TRAIN_COST_METHODS) == set(bench.METHODS) - {"oneshot"}
-    want = {"dense": (None, 0.0), "oneshot": ("oneshot", 0.0), "fixed": ("fixed", 0.0), "ste": ("ste", 0.0),
-            "srste": ("srste", 0.0), "srste+kd": ("srste", 0.1)}
-    for method, (mode, kd) in want.items():
+    want = {"dense": (None, 0.0, 0.0, 0.0), "oneshot": ("oneshot", 0.0, 0.0, 0.0), "fixed": ("fixed", 0.0, 0.0, 0.0),
+            "ste": ("ste", 0.0, 0.0, 0.0), "srste": ("srste", 0.0, 0.0, 0.0), "srste+kd": ("srste", 0.1, 0.0, 0.0),
+            "srste+kd+feat": ("srste", 0.1, 0.5, 0.0), "srste+kd+dd": ("srste", 0.1, 0.0, 5.0), "maskllm+kd": ("maskllm", 0.1, 0.0, 0.0)}
+    for method, (mode, kd, feat, dd) in want.items():
         config = bench.method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
         assert (config.sparsity.mode if config.sparsity else None) == mode, method
         assert config.kd_weight == kd and config.steps == 7 and config.init == str(tmp_path / "dense")
+        assert config.kd_features == feat and (config.sparsity.pruned_decay if config.sparsity else 0.0) == dd
     with pytest.raises(SparseDeployError, match="unknown method"):
         bench.method_train_config("magic", "tiny-dit", tmp_path, steps=1, init=None)
 

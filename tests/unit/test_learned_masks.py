@@ -187,6 +187,7 @@ def test_run_logs_feature_loss_and_per_layer_flips(learned_run):
     assert len(flips[0]["layers"]) == 12 and all(0.0 <= v <= 1.0 for v in flips[0]["layers"].values())
 
 
+@torch.no_grad()
 def test_feature_distillation_is_zero_for_an_identical_student(dense_ckpt):
     teacher, _ = load_checkpoint(dense_ckpt)
     student, _ = load_checkpoint(dense_ckpt)
@@ -198,8 +199,7 @@ def test_feature_distillation_is_zero_for_an_identical_student(dense_ckpt):
     student(x, t, y)
     teacher(x, t, y)
     assert float(taps.loss()) == 0.0
-    with torch.no_grad():
-        next(student.parameters()).add_(0.1)
+    next(student.parameters()).add_(0.1)
     student(x, t, y)
     teacher(x, t, y)
     assert float(taps.loss()) > 0.0
@@ -228,3 +228,32 @@ def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypat
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (learned_run["out"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- MACs budget
+
+
+def test_choose_for_budget_takes_the_cheapest_loss_per_mac_first():
+    from sparse_deploy.errors import SparseDeployError
+    from sparse_deploy.sensitivity import choose_for_budget
+
+    macs = {"a": 400, "b": 400, "c": 200}
+    sens = {"a": 4.0, "b": 1.0, "c": 1.0}  # per MAC saved: c 0.01, b 0.005, a 0.02
+    got = choose_for_budget(macs, 1000, sens, 0.8)  # need 200 saved: b alone (saves 200)
+    assert got.selected == ["b"] and got.kept_dense == ["a", "c"] and got.effective_macs == 800
+    assert choose_for_budget(macs, 1000, sens, 1.0).selected == []
+    assert choose_for_budget(macs, 1000, sens, 0.5).selected == ["a", "b", "c"]
+    with pytest.raises(SparseDeployError, match="out of reach"):
+        choose_for_budget(macs, 1000, sens, 0.3)
+
+
+def test_macs_budget_run_keeps_the_most_sensitive_layers_dense(tmp_path, dense_ckpt, fmnist_data):
+    config = train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "b"), steps=2, preview=0, data=fmnist_data,
+                                   init=str(dense_ckpt), sparsity=SparsityConfig(mode="srste", macs_budget=0.9))
+    ckpt = train_mod.train(config)
+    coverage = json.loads((tmp_path / "b" / "coverage.json").read_text())
+    kept = [k for k, why in coverage["skipped"].items() if "macs-budget" in why]
+    assert kept and 0 < len(coverage["sparse_layers"]) < 12
+    assert coverage["effective_macs"] <= 0.9 * coverage["model_macs"]
+    model, manifest = load_checkpoint(ckpt)
+    assert sorted(manifest["masked_layers"]) == sorted(coverage["sparse_layers"])
