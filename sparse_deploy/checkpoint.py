@@ -4,7 +4,8 @@ Layout of a checkpoint folder::
 
     manifest.json         preset, sparsity config, masked layers, step, config, versions, hashes
     model.safetensors     inference weights (the EMA model), masks as ``*.weight_mask`` buffers
-    training_state.pt     student weights, optimizer, scheduler, step, RNG (absent in exports)
+    training_state.safetensors  student weights, optimizer, scheduler, step (absent in exports);
+                          tensors plus JSON metadata, never a pickle (``statefile``)
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from .models import Denoiser, build_model
 from .presets import get_preset
 from .provenance import atomic_dir, library_versions, sha256_file, timestamp
 from .sparsify import SparsityConfig, masked_modules, sparsify_
+from .statefile import load_state, save_state
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_manifest", "MANIFEST", "WEIGHTS", "TRAINING_STATE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_training_state", "read_manifest", "MANIFEST", "WEIGHTS", "TRAINING_STATE", "LEGACY_TRAINING_STATE"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state.safetensors"
+LEGACY_TRAINING_STATE = "training_state.pt"  # pickled; never loaded (it could run code)
 
 
 def _state_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -51,13 +54,14 @@ def save_checkpoint(
     with atomic_dir(path) as tmp:
         save_file(_state_for_safetensors(model), str(tmp / WEIGHTS))
         if training_state is not None:
-            torch.save(training_state, tmp / TRAINING_STATE)
+            save_state(training_state, tmp / TRAINING_STATE)
         manifest = {
             "format": "sparse-deploy-checkpoint/1",
             "preset": model.preset.name,
             "sparsity": sparsity.to_dict() if sparsity else None,
             "masked_layers": sorted(masked_modules(model)),
             "weights_sha256": sha256_file(tmp / WEIGHTS),
+            "training_state_sha256": sha256_file(tmp / TRAINING_STATE) if training_state is not None else None,
             "created": timestamp(),
             "versions": library_versions(),
             **(info or {}),
@@ -70,18 +74,31 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint's manifest, with errors that say how to fix a wrong path."""
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"checkpoint '{path}' does not exist; run 'make train' first or fix the path")
+        raise SparseDeployError(f"checkpoint '{path}' does not exist; train one first ('make train-dense', 'make train-sparse') or fix the path")
     if path.is_file():
         raise SparseDeployError(
             f"'{path}' is a file; --checkpoint takes a checkpoint folder holding {MANIFEST} and {WEIGHTS} "
             "(use --weights for a plain .safetensors file)"
         )
     try:
-        return json.loads((path / MANIFEST).read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise SparseDeployError(f"'{path}' has no {MANIFEST}: it is not a sparse-deploy checkpoint folder") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' is corrupt ({exc}); re-create the checkpoint") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("preset"), str):
+        raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' has no 'preset' entry (edited or truncated); re-create the checkpoint")
+    return manifest
+
+
+def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The training state of the checkpoint folder ``path``, checked against its manifest's hash."""
+    path = Path(path)
+    state_file = path / TRAINING_STATE
+    expected = read_manifest(path).get("training_state_sha256")
+    if expected and sha256_file(state_file) != expected:
+        raise SparseDeployError(f"'{state_file}' does not match the hash in its manifest (corrupt or edited); delete '{path}' to restart")
+    return load_state(state_file, device)
 
 
 def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser, dict[str, Any]]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "write_json_atomic", "timestamp"]
+__all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "recover_dir", "write_json_atomic", "write_text_atomic", "timestamp"]
 
 _LIBS = ("sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "numpy", "safetensors")
 
@@ -59,28 +59,96 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def recover_dir(final: str | Path) -> bool:
+    """Put back ``final`` from the ``.<name>.old-*`` copy a swap killed half-way left; True if it did."""
+    final = Path(final)
+    if final.exists() or not final.parent.is_dir():
+        return False
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.replace(olds[-1], final)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a directory: fill the yielded folder, then it replaces ``final``."""
+    """Like :func:`atomic_path` for a directory: fill the yielded folder, then it replaces ``final``.
+
+    The swap is one atomic exchange where the filesystem supports it, so ``final`` always names a
+    complete folder; elsewhere a kill between the two renames leaves ``.<name>.old-<pid>``, which
+    :func:`recover_dir` puts back.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
+        _fsync_tree(tmp)
+        if final.exists() and _exchange(tmp, final):
+            shutil.rmtree(tmp)  # now the old version
+        else:
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old.exists():
+                shutil.rmtree(old)
+        _fsync_dir(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a freshly written folder's files to disk before it is renamed into place."""
+    for item in folder.rglob("*"):
+        if item.is_file():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling, flushed to disk before the rename."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

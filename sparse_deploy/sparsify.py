@@ -109,7 +109,7 @@ class SparsityConfig:
             raise SparseDeployError(f"unknown sparsity mode '{self.mode}'; choose one of: {', '.join(MODES)}")
         if not 0 < self.n < self.m:
             raise SparseDeployError(f"invalid N:M pattern {self.n}:{self.m}; need 0 < N < M (2:4 for sparse tensor cores)")
-        if self.decay < 0:
+        if not 0 <= self.decay < float("inf"):  # also refuses nan
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
         if self.mask_every < 1:
             raise SparseDeployError(f"--mask-every must be >= 1, got {self.mask_every}")

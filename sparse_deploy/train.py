@@ -26,10 +26,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TRAINING_STATE, load_checkpoint, read_manifest, save_checkpoint
+from .checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
 from .errors import SparseDeployError, cli_entry
+from .guards import check_device, check_finite, check_output_dir, check_positive
 from .models import build_model, example_inputs
 from .presets import PRESETS, Preset, get_preset
+from .provenance import recover_dir, write_json_atomic
+from .resume import check_resumable, rewrite_metrics, sync_file
 from .sampling import sample, save_grid, to_uint8, training_scheduler
 from .sparsify import (
     MODES, CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
@@ -79,16 +82,24 @@ class TrainConfig:
                               ("lr_schedule", d.lr_schedule)):
             if getattr(self, name) is None:
                 setattr(self, name, default)
-        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise SparseDeployError("--steps must be >= 0, --batch-size and --checkpoint-every >= 1")
+        oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
+        check_positive("--steps", self.steps, 0 if oneshot else 1)
+        check_positive("--batch-size", self.batch_size)
+        check_positive("--checkpoint-every", self.checkpoint_every)
+        check_positive("--warmup-steps", self.warmup_steps, 0)
+        check_positive("--preview", self.preview, 0)
+        check_positive("--preview-steps", self.preview_steps)
+        check_finite("--lr", self.lr, 0, strict=True)
+        check_finite("--weight-decay", self.weight_decay, 0)
+        check_device(self.device)
         if self.lr_schedule not in LR_SCHEDULES:
             raise SparseDeployError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
-        if not 0 <= self.ema_decay < 1:
+        if not 0 <= self.ema_decay < 1:  # also refuses nan
             raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
         if self.kd_weight and self.init is None and self.weights is None:
             raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
-        if self.kd_weight < 0 or self.kd_features < 0:
-            raise SparseDeployError(f"--kd-weight and --kd-features must be >= 0, got {self.kd_weight}, {self.kd_features}")
+        if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
+            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}")
         if self.kd_features and self.init is None and self.weights is None:
             raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
         if self.sparsity is not None:
@@ -380,28 +391,22 @@ def train(config: TrainConfig) -> Path:
     preset = get_preset(config.preset)
     out = Path(config.out)
     ckpt_dir = out / "checkpoint"
+    check_output_dir(out, "--out")
     device = _device(config.device)
+    # Nothing is written into the run folder before this check: another run's folder is refused whole.
+    recover_dir(ckpt_dir)
+    prior = check_resumable(out, ckpt_dir, config)
     ddp = _DDP(device)
     torch.manual_seed(config.seed)
 
     run = prepare_run(config, device, ddp.rank)
     model, ema, opt, sched, coverage = run.model, run.ema, run.opt, run.sched, run.coverage
     if coverage is not None and ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "coverage.json").write_text(json.dumps(coverage.to_dict(), indent=2) + "\n")
+        write_json_atomic(out / "coverage.json", coverage.to_dict())
 
     start = 0
-    state_file = ckpt_dir / TRAINING_STATE
-    if state_file.exists():
-        prior = read_manifest(ckpt_dir)
-        # The manifest is JSON (tuples came back as lists): compare as configs, not raw dicts.
-        prior_sparsity = SparsityConfig.from_dict(prior["sparsity"]) if prior.get("sparsity") else None
-        if prior.get("train_config", {}).get("preset") != preset.name or prior_sparsity != config.sparsity:
-            raise SparseDeployError(f"'{ckpt_dir}' holds a different run (preset or sparsity differ); pass another --out or delete it")
-        try:
-            state = torch.load(state_file, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise SparseDeployError(f"training state '{state_file}' is corrupt ({exc}); delete '{ckpt_dir}' to restart") from exc
+    if prior is not None:
+        state = load_training_state(ckpt_dir, device)
         ema_model, _ = load_checkpoint(ckpt_dir)
         model.load_state_dict(state["model"])
         ema.load_state_dict(ema_model.state_dict())
@@ -437,10 +442,9 @@ def train(config: TrainConfig) -> Path:
     metrics_path = out / "metrics.jsonl"
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-        if metrics_path.exists():  # drop rows of steps a killed run did past its last checkpoint
-            rows = [r for r in metrics_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= start]
-            metrics_path.write_text("".join(r + "\n" for r in rows))
+        rewrite_metrics(metrics_path, start)  # drop rows a killed run did past its last checkpoint
     metrics = metrics_path.open("a") if ddp.main else None
+    finished = prior is not None and prior.get("complete") and start >= train_steps
     bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not ddp.main)
     model.train()
     t0 = time.perf_counter()
@@ -450,16 +454,22 @@ def train(config: TrainConfig) -> Path:
             metrics.write(json.dumps(row) + "\n")
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", flips=f"{row['mask_flips']:.1e}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < train_steps:
+            if metrics is not None:
+                sync_file(metrics)
             save(step + 1)
     if metrics is not None:
+        sync_file(metrics)
         metrics.close()
     elapsed = time.perf_counter() - t0
-    save(train_steps)
+    if finished:
+        log.info("%s is already complete at step %d with this config; nothing to train", ckpt_dir, start)
+    else:
+        save(train_steps)
     ddp.barrier()
     if ddp.main:
         if train_steps > start:
             log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
-        if config.preview:
+        if config.preview and not (finished and (out / "samples.png").exists()):
             final, _ = load_checkpoint(ckpt_dir)
             grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)
             log.info("wrote preview grid %s", grid)

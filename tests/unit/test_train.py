@@ -18,6 +18,7 @@ from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.models import Denoiser
 from sparse_deploy.provenance import sha256_file
 from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules
+from sparse_deploy.statefile import load_state
 
 STEPS = 4
 DIT_SELECTED = sorted(
@@ -145,8 +146,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, spar
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # steps 3-4 done once, by the resumed run
 
     reference = sparse_run["ckpt"]
-    got_state = torch.load(resumed / TRAINING_STATE, weights_only=False)
-    want_state = torch.load(reference / TRAINING_STATE, weights_only=False)
+    got_state = load_state(resumed / TRAINING_STATE)
+    want_state = load_state(reference / TRAINING_STATE)
     assert got_state["step"] == want_state["step"] == STEPS
     for name, want in want_state["model"].items():
         assert_close(got_state["model"][name], want, rtol=0, atol=1e-6, msg=lambda m, name=name: f"student {name}: {m}")
@@ -167,7 +168,7 @@ def test_resume_refuses_a_different_run(tmp_path, sparse_run, dense_ckpt, fmnist
     shutil.copytree(sparse_run["out"], out)
     config = _sparse_config(out, dense_ckpt, fmnist_data)
     config.sparsity = SparsityConfig(mode="fixed")
-    with pytest.raises(train_mod.SparseDeployError, match="different run"):
+    with pytest.raises(train_mod.SparseDeployError, match=r"different run \(differs in sparsity.mode \('srste' -> 'fixed'\)\)"):
         train_mod.train(config)
 
 
