@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import SparseDeployError, cli_entry
+from .guards import check_device, check_output_dir
 
 __all__ = [
     "METHODS",
@@ -447,6 +448,8 @@ class LatencyConfig:
             raise SparseDeployError(f"--batches must be positive integers, got {list(self.batches)}")
         if self.repeats < 1 or self.e2e_repeats < 0 or self.warmup < 0 or self.e2e_warmup < 0 or self.steps < 1:
             raise SparseDeployError("--repeats and --steps must be >= 1; --warmup and --e2e-repeats >= 0")
+        if Path(self.engines[0]).resolve() == Path(self.engines[1]).resolve():
+            raise SparseDeployError(f"--engines names '{self.engines[0]}' twice; compare two different engines (dense and sparse)")
         return self
 
 
@@ -460,6 +463,11 @@ def runner_device(runner) -> str:
     return "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
 
 
+def _engine_info_sha(runner) -> str | None:
+    manifest = runner.manifest
+    return manifest.get("engine_sha256") or manifest.get("onnx_sha256") or manifest.get("weights_sha256")
+
+
 def _engine_info(runner) -> dict[str, Any]:
     manifest = runner.manifest
     info = {
@@ -469,7 +477,7 @@ def _engine_info(runner) -> dict[str, Any]:
         "precision": runner.contract.precision,
         "preset": runner.preset.name,
         "size_bytes": artifact_size(runner.path),
-        "sha256": manifest.get("engine_sha256") or manifest.get("onnx_sha256") or manifest.get("weights_sha256"),
+        "sha256": _engine_info_sha(runner),
         "profile": asdict(runner.contract.profile),
         "sparse_layers": len(manifest.get("sparse_layers") or manifest.get("masked_layers") or []),
         "device": runner_device(runner),
@@ -505,6 +513,9 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
         presets = {r.preset.name for r in runners}
         if len(presets) != 1:
             raise SparseDeployError(f"--engines are of different models {sorted(presets)}; compare two engines of one model")
+        hashes = [_engine_info_sha(r) for r in runners]
+        if hashes[0] is not None and hashes[0] == hashes[1]:
+            raise SparseDeployError(f"--engines '{config.engines[0]}' and '{config.engines[1]}' are the same engine (same hash); compare dense against sparse")
         preset = runners[0].preset
         names = _names(runners)
         by_name = dict(zip(names, runners))
@@ -547,6 +558,8 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
                 entry["per_call_ratio"]["median"],
             )
         engines = {n: _engine_info(r) for n, r in by_name.items()}
+    if all("skipped" in b for b in per_batch):
+        raise SparseDeployError(f"no batch of --batches {list(config.batches)} fits both engines ({per_batch[0]['skipped']}); pick batches inside the profiles")
     if config.memory:
         batch = max(b["batch"] for b in per_batch if "skipped" not in b) if any("skipped" not in b for b in per_batch) else 1
         for name, path in zip(names, config.engines):
@@ -1399,6 +1412,9 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = command_line(argv)
+    check_device(args.device)
+    if getattr(args, "out", None) is not None and args.command != "report":
+        check_output_dir(args.out, "--out")
     if args.command == "latency":
         record = run_latency(_latency_config(args, args.engines), command)
         out = args.out or _default_out(record["model"])

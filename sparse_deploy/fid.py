@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .errors import SparseDeployError, cli_entry
+from .guards import check_output_dir, check_output_file
 
 __all__ = [
     "PREPROCESSING",
@@ -351,7 +352,26 @@ def _fashion_mnist_file(split: str) -> Path:
     return path
 
 
+def _run_images(folder: Path) -> list[Path] | None:
+    """The sample files a ``sparse_deploy.run`` folder's ``run.json`` lists (not its grid), or None."""
+    record_path = folder / "run.json"
+    if not record_path.is_file():
+        return None
+    try:
+        names = json.loads(record_path.read_text())["images"]
+        files = [folder / str(name) for name in names]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SparseDeployError(f"'{record_path}' is not a sampling record ({exc.__class__.__name__}); re-run sampling or remove it") from exc
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SparseDeployError(f"{len(missing)} images listed in '{record_path}' are missing (first: {missing[0]}); re-run sampling")
+    return files
+
+
 def _image_files(folder: Path) -> list[Path]:
+    listed = _run_images(folder)
+    if listed is not None:
+        return listed
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise SparseDeployError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in {folder}")
@@ -379,8 +399,13 @@ def _npz_key(path: Path, keys: list[str]) -> str:
 
 
 def _npz_images(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        return _as_nhwc(data[_npz_key(path, list(data.keys()))])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return _as_nhwc(data[_npz_key(path, list(data.keys()))])
+    except SparseDeployError:
+        raise
+    except Exception as exc:  # not a zip, pickled objects, wrong dtype: one sentence
+        raise SparseDeployError(f"'{path}' is not an .npz of uint8 images ({exc.__class__.__name__}: {exc})") from exc
 
 
 def _check_num(num: int | None, available: int, source: str) -> int:
@@ -411,8 +436,11 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
     files = files[: _check_num(num, len(files), str(source))]
     images = []
     for f in files:
-        with Image.open(f) as im:
-            images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
+        except (OSError, ValueError) as exc:
+            raise SparseDeployError(f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder") from exc
     images = [im[..., None] if im.ndim == 2 else im for im in images]
     if len({im.shape for im in images}) == 1:
         return np.stack(images)
@@ -430,8 +458,7 @@ def source_identity(source: str | Path, num: int | None = None) -> dict:
             n_total = struct.unpack(">I", fh.read(8)[4:8])[0]
         return {"kind": kind, "split": where, "sha256": sha256_file(path), "num": _check_num(num, n_total, str(source))}
     if kind == "npz":
-        with np.load(where, allow_pickle=False) as data:
-            n_total = data[_npz_key(Path(where), list(data.keys()))].shape[0]
+        n_total = len(_npz_images(Path(where)))
         return {"kind": kind, "name": Path(where).name, "sha256": sha256_file(where), "num": _check_num(num, n_total, str(source))}
     files = _image_files(Path(where))
     files = files[: _check_num(num, len(files), str(source))]
@@ -514,8 +541,8 @@ def reference_stats(
                     log.info("FID statistics of %s (n=%d) from cache %s", source, identity["num"], path)
                     return FidStats(str(source), identity, data["features"], data["mu"], data["sigma"], key, path, True)
             log.warning("ignoring %s: its key does not match", path)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable FID cache %s (%s)", path, exc)
+        except Exception as exc:  # a damaged cache is recomputed (and rewritten), never fatal
+            log.warning("ignoring unreadable FID cache %s (%s: %s); recomputing", path, exc.__class__.__name__, exc)
     log.info("computing Inception features of %s (n=%d)", source, identity["num"])
     features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress)
     mu, sigma = stats_from_features(features)
@@ -563,7 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.batch < 1 or (args.num is not None and args.num < 2):
         raise SparseDeployError("--batch must be at least 1 and --num at least 2")
+    if args.kid and (args.kid_subsets < 1 or args.kid_subset_size < 2):
+        raise SparseDeployError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
     cache_dir = None if args.no_cache else args.cache_dir
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache-dir")
+    if args.json:
+        check_output_file(args.json, "--json")
     stats = [
         reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet)
         for src in (args.a, args.b)

@@ -33,20 +33,24 @@ def load_results(folder: str | Path) -> dict[str, Any]:
         raise SparseDeployError(f"report folder '{folder}' does not exist; run a benchmark into it first")
     results: dict[str, Any] = {"latency": []}
     for path in sorted(folder.glob("latency-*.json")):
-        results["latency"].append({**_read(path), "file": path.name})
+        results["latency"].append({**_read(path, "latency"), "file": path.name})
     for key, name in RESULT_FILES.items():
         if (folder / name).is_file():
-            results[key] = {**_read(folder / name), "file": name}
+            results[key] = {**_read(folder / name, key.replace("_", "-")), "file": name}
     if not results["latency"] and len(results) == 1:
         raise SparseDeployError(f"'{folder}' holds no benchmark results (latency-*.json, {', '.join(RESULT_FILES.values())})")
     return results
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, kind: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparseDeployError(f"'{path}' is not valid JSON ({exc}); re-run the benchmark that wrote it") from exc
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        found = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise SparseDeployError(f"'{path}' is not a {kind} result (kind {found!r}); re-run the benchmark that wrote it or remove the file")
+    return data
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -260,8 +264,11 @@ def _plt():
 
 def _save(plt, fig, path: Path) -> Path:
     """Lay out, write and close one figure."""
+    from .provenance import atomic_path
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -391,10 +398,20 @@ def write_report(folder: str | Path, command: str | None = None) -> dict[str, Pa
     Returns:
         The written files by role (``json``, ``markdown`` and one entry per plot).
     """
-    from .provenance import library_versions, timestamp, write_json_atomic
-
     folder = Path(folder)
     results = load_results(folder)
+    try:
+        return _write_report(folder, results, command)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise SparseDeployError(
+            f"a result file in '{folder}' does not have the shape this version writes ({exc.__class__.__name__}: {exc}); "
+            "re-run the benchmark that wrote it"
+        ) from exc
+
+
+def _write_report(folder: Path, results: dict[str, Any], command: str | None) -> dict[str, Path]:
+    from .provenance import library_versions, timestamp, write_json_atomic, write_text_atomic
+
     plots: dict[str, str] = {}
     written: dict[str, Path] = {}
     for record in results["latency"]:
@@ -415,7 +432,7 @@ def write_report(folder: str | Path, command: str | None = None) -> dict[str, Pa
         plots.update(samples="samples_dense_vs_sparse.png", samples_caption=pair[1])
     text = markdown(results, plots, folder)
     md = folder / "report.md"
-    md.write_text(text + "\n")
+    write_text_atomic(md, text + "\n")
     written["markdown"] = md
     report = {
         "created": timestamp(),

@@ -26,7 +26,8 @@ from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
 from .presets import Preset
 from .provenance import library_versions, timestamp, write_json_atomic
-from .sampling import make_scheduler, parse_labels, sample, class_rows, save_grid, save_pngs, to_uint8
+from .guards import check_finite, check_output_dir
+from .sampling import TRAIN_TIMESTEPS, class_rows, make_scheduler, parse_labels, sample, save_grid, save_pngs, to_uint8
 
 __all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]
 
@@ -64,11 +65,13 @@ class RunConfig:
         for flag, value in (("--num", self.num), ("--batch", self.batch), ("--steps", self.steps)):
             if value < 1:
                 raise SparseDeployError(f"{flag} must be at least 1, got {value}")
-        if self.guidance < 0:
-            raise SparseDeployError(f"--guidance must be >= 0, got {self.guidance}")
+        check_finite("--guidance", self.guidance, 0)
+        if self.steps > TRAIN_TIMESTEPS:
+            raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {self.steps}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SparseDeployError(f"unknown --device '{self.device}'; use auto, cpu or cuda")
         make_scheduler(self.scheduler)  # the one place that knows the scheduler names
+        check_output_dir(self.out, "--out")
         return self
 
 
@@ -143,6 +146,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     if preset.latent and vae is None:
         log.warning("preset '%s' samples VAE latents and no --vae was given: writing %s", preset.name, how)
     out = Path(config.out)
+    # A stale run.json must never describe a half-replaced folder: it goes first, the new one comes last.
+    (out / "run.json").unlink(missing_ok=True)
     paths = save_pngs(images, out)
     order, nrow = class_rows(labels)  # one row per class when the labels cover classes evenly
     save_grid(images[order] if nrow else images, out / "grid.png", nrow=nrow)
@@ -165,6 +170,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         "created": timestamp(),
     }
     write_json_atomic(out / "run.json", record)
+    stale = sorted(set(out.glob("sample-*.png")) - set(paths))
+    for path in stale:  # an earlier, larger run's images: no record describes them any more
+        path.unlink()
+    if stale:
+        log.warning("removed %d sample PNGs of an earlier run in %s", len(stale), out)
     return record
 
 

@@ -101,8 +101,10 @@ def sample(
     Returns:
         ``(samples, labels)``: samples in the model's space (pixels in [-1, 1] or latents).
     """
-    if steps < 1:
-        raise SparseDeployError(f"--steps must be at least 1, got {steps}")
+    if not 1 <= steps <= TRAIN_TIMESTEPS:
+        raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {steps}")
+    if not math.isfinite(guidance):
+        raise SparseDeployError(f"--guidance must be a finite number, got {guidance}")
     if batch < 1:
         raise SparseDeployError(f"--batch must be at least 1, got {batch}")
     use_cfg = guidance != 1.0
@@ -191,22 +193,28 @@ def class_rows(labels: Sequence[int] | None) -> tuple[list[int], int | None]:
 
 
 def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") -> list[Path]:
-    """Write one PNG per image into ``folder``."""
+    """Write one PNG per image into ``folder``, each through a temporary name (never half-written)."""
+    from .provenance import atomic_path
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(images):
         p = folder / f"{prefix}-{i:04d}.png"
-        _pil(img).save(p)
+        with atomic_path(p) as tmp:
+            _pil(img).save(tmp, format="PNG")
         paths.append(p)
     return paths
 
 
 def parse_labels(text: str | None) -> tuple[int, ...] | None:
     """``--labels`` text (``"0,1,2"``) -> class ids; None when empty."""
-    if not text:
+    if text is None:
         return None
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        labels = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
+    if not labels:
+        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it for random labels")
+    return labels
