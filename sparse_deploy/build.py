@@ -39,7 +39,7 @@ from .errors import SparseDeployError, cli_entry
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
 from .onnx_files import data_path, data_problem, describe_data, share_mode
 from .presets import get_preset
-from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
+from .provenance import atomic_path, library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
 
 __all__ = [
     "BACKENDS",
@@ -145,6 +145,11 @@ def _stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "its manifest is corrupt"
+    if not isinstance(manifest, dict):
+        return "its manifest is not a manifest"
+    problem = seal_problem(manifest)
+    if problem:
+        return f"its manifest: {problem}"
     changed = [k for k, v in expected.items() if manifest.get(k) != v]
     if changed:
         return f"changed: {', '.join(changed)}"
@@ -425,7 +430,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
             "seconds": round(time.perf_counter() - start, 1),
             "created": timestamp(),
         }
-        write_json_atomic(engine_manifest_path(path), manifest)
+        manifest = write_manifest(engine_manifest_path(path), manifest)
         report.engines.append(BuiltEngine(graph.kind, graph.precision, backend, path, manifest))
     return report
 

@@ -20,7 +20,7 @@ import torch
 from .errors import SparseDeployError
 from .models import Denoiser, build_model
 from .presets import get_preset
-from .provenance import atomic_dir, library_versions, sha256_file, timestamp
+from .provenance import atomic_dir, library_versions, seal, seal_problem, sha256_file, timestamp
 from .sparsify import SparsityConfig, masked_modules, sparsify_
 from .statefile import load_state, save_state
 
@@ -66,7 +66,7 @@ def save_checkpoint(
             "versions": library_versions(),
             **(info or {}),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(seal(manifest), indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
@@ -86,6 +86,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise SparseDeployError(f"'{path}' has no {MANIFEST}: it is not a sparse-deploy checkpoint folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' is corrupt ({exc}); re-create the checkpoint") from exc
+    problem = seal_problem(manifest) if isinstance(manifest, dict) else None
+    if problem:
+        raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}': {problem}; re-create the checkpoint")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("preset"), str):
         raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' has no 'preset' entry (edited or truncated); re-create the checkpoint")
     return manifest

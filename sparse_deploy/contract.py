@@ -24,7 +24,7 @@ import torch
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["PRECISIONS", "TensorSpec", "BatchProfile", "IOContract", "contract_for"]
+__all__ = ["PRECISIONS", "TensorSpec", "BatchProfile", "IOContract", "contract_for", "contract_problem"]
 
 PRECISIONS = ("fp32", "fp16")
 _FLOAT = {"fp32": "float32", "fp16": "float16"}
@@ -135,3 +135,29 @@ def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile 
         inputs.append(TensorSpec("class_labels", "int64", (-1,)))
     outputs = (TensorSpec("out", fdt, (-1, preset.out_channels, s, s)),)
     return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate())
+
+
+def contract_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a manifest's preset, precision and contract disagree (field by field); None when they agree.
+
+    The contract must be exactly the one the named preset and precision give (I/O names, dtypes,
+    shapes), with a valid batch profile.
+    """
+    from .presets import PRESETS, get_preset
+
+    preset, precision = manifest.get("preset"), manifest.get("precision")
+    if preset not in PRESETS:
+        return f"its preset {preset!r} is not one of {', '.join(PRESETS)}"
+    if precision not in PRECISIONS:
+        return f"its precision {precision!r} is not one of {', '.join(PRECISIONS)}"
+    try:
+        contract = IOContract.from_dict(manifest["contract"])
+        contract.profile.validate()
+    except (KeyError, TypeError, ValueError, SparseDeployError) as exc:
+        return f"its contract is incomplete or malformed ({exc.__class__.__name__}: {exc})"
+    if contract.preset != preset or contract.precision != precision:
+        return f"its contract is for {contract.preset}/{contract.precision} but it says {preset}/{precision}"
+    expected = contract_for(get_preset(preset), precision, contract.profile)
+    if contract != expected:
+        return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at {precision} has"
+    return None

@@ -52,7 +52,7 @@ from .errors import SparseDeployError, cli_entry
 from .models import Denoiser
 from .presets import Preset, get_preset
 from .onnx_files import data_path, data_problem, describe_data, save_with_external_data
-from .provenance import library_versions, sha256_file, timestamp, write_json_atomic
+from .provenance import library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
 from .sparsify import SparsityConfig, bake_, select_layers, sparsify_
 
 __all__ = [
@@ -587,6 +587,9 @@ def read_onnx_manifest(onnx_path: str | Path) -> dict[str, Any]:
         raise SparseDeployError(f"manifest '{path}' is corrupt ({exc}); re-export the graph") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != ONNX_FORMAT:
         raise SparseDeployError(f"'{path}' is not a sparse-deploy ONNX manifest (format {ONNX_FORMAT} expected)")
+    problem = seal_problem(manifest)
+    if problem:
+        raise SparseDeployError(f"manifest '{path}': {problem}; re-export the graph")
     return manifest
 
 
@@ -733,8 +736,7 @@ def export_graph(
         "created": timestamp(),
         **(manifest_extra or {}),
     }
-    write_json_atomic(manifest_path, manifest)
-    return manifest
+    return write_manifest(manifest_path, manifest)
 
 
 def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGraph]:
@@ -757,7 +759,7 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
             if manifest.get("contract") != wanted:
                 # The graph's batch axis is dynamic; only the recorded profile changes.
                 manifest["contract"] = wanted
-                write_json_atomic(onnx_manifest_path(path), manifest)
+                manifest = write_manifest(onnx_manifest_path(path), manifest)
             log.info("%s is up to date; reusing it", path)
             results.append(ExportedGraph(kind, precision, path, manifest, reused=True))
             continue

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "recover_dir", "write_json_atomic", "write_text_atomic", "timestamp"]
+__all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "recover_dir", "write_json_atomic", "write_text_atomic", "timestamp",
+           "MANIFEST_SEAL", "seal", "seal_problem", "write_manifest"]
 
 _LIBS = ("sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "numpy", "safetensors")
 
@@ -148,6 +149,38 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+MANIFEST_SEAL = "manifest_sha256"
+
+
+def _content_sha256(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SEAL}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with ``manifest_sha256``: the hash of its own content, so an edit is caught."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_SEAL}, default=str))
+    return {**body, MANIFEST_SEAL: _content_sha256(body)}
+
+
+def seal_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a manifest's content does not match its own hash; None when it does or has none (older files)."""
+    want = manifest.get(MANIFEST_SEAL)
+    if want is None:
+        return None
+    if want != _content_sha256(manifest):
+        return "its content does not match its own hash (edited by hand or damaged)"
+    return None
+
+
+def write_manifest(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal ``manifest`` (:func:`seal`) and write it atomically; returns what was written."""
+    sealed = seal(manifest)
+    write_json_atomic(path, sealed)
+    return sealed
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..contract import IOContract
+from ..contract import IOContract, contract_problem
 from ..errors import SparseDeployError
 from ..export import ONNX_FORMAT  # an exported graph; ONNX Runtime runs it directly
 from ..onnx_files import data_problem
 from ..presets import Preset, get_preset
-from ..provenance import sha256_file
+from ..provenance import seal_problem, sha256_file
 
 __all__ = ["ENGINE_FORMAT", "ONNX_FORMAT", "Runner", "engine_manifest_path", "read_engine_manifest", "rebuild_hint"]
 
@@ -31,9 +31,13 @@ ENGINE_FORMAT = "sparse-deploy-engine/1"
 _KNOWN = (ENGINE_FORMAT, ONNX_FORMAT)
 
 
-def rebuild_hint(path: Path) -> str:
-    """How to (re)build the engine at ``path``, naming its preset when the folder does."""
-    model = path.parent.name or "MODEL"
+def rebuild_hint(path: Path, preset: str | None = None) -> str:
+    """How to (re)build the engine at ``path``: for ``preset``, else the preset its folder is named after."""
+    from ..presets import PRESETS
+
+    model = next((m for m in (preset, Path(path).parent.name) if m in PRESETS), None)
+    if model is None:
+        return "make engine MODEL=<preset> (python -m sparse_deploy.build --model <preset>; presets: " + ", ".join(PRESETS) + ")"
     return f"make engine MODEL={model} (python -m sparse_deploy.build --model {model})"
 
 
@@ -79,26 +83,33 @@ def read_engine_manifest(path: str | Path, *, verify: bool = True) -> tuple[Path
             f"build one with {rebuild_hint(path)}"
         )
     manifest = _load_json(manifest_path, path)
+    problem = seal_problem(manifest)
+    if problem:
+        raise SparseDeployError(f"engine manifest '{manifest_path}': {problem}; rebuild with {rebuild_hint(path)}")
     if manifest.get("format") not in _KNOWN:
         raise SparseDeployError(
             f"'{manifest_path}' is not a sparse-deploy engine manifest (format {ENGINE_FORMAT} expected); "
             f"'{path}' is a foreign file"
         )
+    hint = rebuild_hint(path, manifest.get("preset") if isinstance(manifest.get("preset"), str) else None)
     named = manifest.get("engine") if manifest["format"] == ENGINE_FORMAT else manifest.get("file")
     if named != path.name:
-        raise SparseDeployError(f"manifest '{manifest_path}' describes '{named}', not '{path.name}'; rebuild with {rebuild_hint(path)}")
+        raise SparseDeployError(f"manifest '{manifest_path}' describes '{named}', not '{path.name}'; rebuild with {hint}")
     for key in ("preset", "precision", "contract"):
         if key not in manifest:
-            raise SparseDeployError(f"engine manifest '{manifest_path}' lacks '{key}'; rebuild with {rebuild_hint(path)}")
+            raise SparseDeployError(f"engine manifest '{manifest_path}' lacks '{key}'; rebuild with {hint}")
+    problem = contract_problem(manifest)
+    if problem:
+        raise SparseDeployError(f"engine manifest '{manifest_path}': {problem}; rebuild with {hint}")
     if verify:
         want = manifest.get("engine_sha256") if manifest["format"] == ENGINE_FORMAT else manifest.get("onnx_sha256")
         if want != sha256_file(path):
             raise SparseDeployError(
-                f"'{path}' does not match the sha256 in its manifest (edited, truncated or replaced); rebuild with {rebuild_hint(path)}"
+                f"'{path}' does not match the sha256 in its manifest (edited, truncated or replaced); rebuild with {hint}"
             )
         problem = data_problem(path, manifest)
         if problem:
-            raise SparseDeployError(f"'{path}': {problem}; rebuild with {rebuild_hint(path)}")
+            raise SparseDeployError(f"'{path}': {problem}; rebuild with {hint}")
     return path, manifest
 
 

@@ -11,7 +11,7 @@ import torch
 from ..contract import IOContract
 from ..errors import SparseDeployError, require
 from ..provenance import sha256_file
-from .base import ENGINE_FORMAT, Runner
+from .base import ENGINE_FORMAT, Runner, rebuild_hint
 from .device import cuda_device
 
 __all__ = ["OrtRunner", "choose_providers"]
@@ -86,9 +86,9 @@ class OrtRunner(Runner):
                 f"ONNX Runtime cannot load '{model_path}' ({str(exc).splitlines()[0]}); rebuild the engine with make engine"
             ) from exc
         self.model_path = model_path
-        names = [i.name for i in self.session.get_inputs()]
-        if names != self.contract.input_names:
-            raise SparseDeployError(f"'{model_path}' has inputs {names}, but its manifest promises {self.contract.input_names}; rebuild it")
+        problem = session_problem(self.session, self.contract)
+        if problem:
+            raise SparseDeployError(f"'{model_path}' {problem}; rebuild it with {rebuild_hint(path, self.preset.name)}")
         log.info("%s on %s", model_path.name, self.session.get_providers()[0])
 
     @staticmethod
@@ -105,3 +105,24 @@ class OrtRunner(Runner):
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         out = self.session.run([self.contract.output_names[0]], self.numpy_feeds(sample, timestep, class_labels))[0]
         return torch.from_numpy(out.astype("float32", copy=False))
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def session_problem(session, contract: IOContract) -> str | None:
+    """How an ONNX Runtime session's inputs/outputs differ from the manifest's contract; None if they match.
+
+    Names, dtypes and ranks must match; a fixed dimension of the graph must equal the contract's
+    (symbolic dimensions are taken as matching).
+    """
+    for what, args, specs in (("inputs", session.get_inputs(), contract.inputs), ("outputs", session.get_outputs(), contract.outputs)):
+        got = [(a.name, _ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+        want = [(s.name, s.dtype, list(s.shape)) for s in specs]
+        fits = len(got) == len(want) and all(
+            gn == wn and gt == wt and len(gs) == len(ws) and all(not isinstance(g, int) or w == -1 or g == w for g, w in zip(gs, ws))
+            for (gn, gt, gs), (wn, wt, ws) in zip(got, want)
+        )
+        if not fits:
+            return f"has {what} {got}, but its manifest promises {want}"
+    return None

@@ -15,6 +15,7 @@ import torch
 
 from sparse_deploy import train as train_mod
 from sparse_deploy.checkpoint import LEGACY_TRAINING_STATE, MANIFEST, TRAINING_STATE
+from sparse_deploy.provenance import seal
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -121,7 +122,7 @@ def test_a_pickle_under_the_state_name_is_refused(capsys, tmp_path, finished_run
     assert TRAINING_STATE in line and "hash" in line
     manifest = json.loads((out / "checkpoint" / MANIFEST).read_text())  # even with a matching hash: unreadable, not run
     manifest["training_state_sha256"] = hashlib.sha256(state.read_bytes()).hexdigest()
-    (out / "checkpoint" / MANIFEST).write_text(json.dumps(manifest))
+    (out / "checkpoint" / MANIFEST).write_text(json.dumps(seal(manifest)))
     line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
     assert "unreadable" in line
     assert not marker.exists()

@@ -16,6 +16,7 @@ from sparse_deploy.checkpoint import save_checkpoint
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
+from sparse_deploy.provenance import seal
 from sparse_deploy.sparsify import SparsityConfig, sparsify_
 
 
@@ -142,7 +143,7 @@ def test_reuse_keeps_current_graphs_and_redoes_stale_ones(tmp_path):
     manifest = json.loads(redone.manifest_path.read_text())
     manifest["fingerprint_inputs"]["versions"]["torch"] = "0.0"
     manifest["fingerprint"] = "0" * 64  # as written by another torch version
-    redone.manifest_path.write_text(json.dumps(manifest))
+    redone.manifest_path.write_text(json.dumps(seal(manifest)))
     assert not ex.export_all(config, reuse=True)[0].reused
 
 

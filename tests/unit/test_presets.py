@@ -13,7 +13,7 @@ from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.masks import nm_mask
 from sparse_deploy.models import build_model, example_inputs
 from sparse_deploy.presets import DEFAULT_PRESET, PRESETS, get_preset
-from sparse_deploy.provenance import atomic_dir, atomic_path, sha256_file
+from sparse_deploy.provenance import atomic_dir, atomic_path, seal, sha256_file
 from sparse_deploy.sparsify import SparsityConfig, masked_modules, sparsify_
 
 SMALL = ("tiny-dit", "tiny-unet", "fmnist-dit")
@@ -127,6 +127,9 @@ def test_load_checkpoint_errors(tmp_path):
     manifest["preset"] = "tiny-unet"
     manifest["weights_sha256"] = sha256_file(path / WEIGHTS)
     (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SparseDeployError, match="does not match its own hash"):
+        load_checkpoint(path)
+    (path / MANIFEST).write_text(json.dumps(seal(manifest)))
     with pytest.raises(SparseDeployError, match="does not fit preset 'tiny-unet'"):
         load_checkpoint(path)
 

@@ -19,7 +19,7 @@ from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.export import ExportConfig
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
-from sparse_deploy.provenance import sha256_file
+from sparse_deploy.provenance import seal, sha256_file
 from sparse_deploy.sampling import sample
 
 
@@ -91,8 +91,11 @@ def test_batch_outside_the_profile_is_refused(artifacts, tmp_path):
 
 
 def test_missing_engine(tmp_path, capsys):
-    with pytest.raises(SparseDeployError, match="does not exist; build it with make engine MODEL=m"):
-        load_runner(tmp_path / "m" / "dense-fp32.ort.onnx")
+    with pytest.raises(SparseDeployError, match="does not exist; build it with make engine MODEL=tiny-dit"):
+        load_runner(tmp_path / "tiny-dit" / "dense-fp32.ort.onnx")
+    # A folder that is not a preset (a Triton version folder) is never offered as MODEL=.
+    with pytest.raises(SparseDeployError, match=r"make engine MODEL=<preset> .*presets: fmnist-dit"):
+        load_runner(tmp_path / "1" / "model.onnx")
     assert rn.main(["--engine", str(tmp_path / "nope.trt.plan"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
@@ -130,13 +133,16 @@ def test_tampered_engine_or_manifest_is_refused(artifacts, tmp_path):
     manifest = json.loads(sparse.with_suffix(".json").read_text())
     manifest["engine_sha256"] = "0" * 64
     sparse.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(SparseDeployError, match="does not match its own hash.*MODEL=tiny-dit"):
+        load_runner(sparse)
+    sparse.with_suffix(".json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(SparseDeployError, match="does not match the sha256"):
         load_runner(sparse)
     # A valid-looking manifest over a file that is not a model: ONNX Runtime refuses it, clearly.
     junk = folder / "junk-fp32.ort.onnx"
     junk.write_bytes(b"garbage")
     manifest.update(engine=junk.name, engine_sha256=sha256_file(junk))
-    junk.with_suffix(".json").write_text(json.dumps(manifest))
+    junk.with_suffix(".json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(SparseDeployError, match="ONNX Runtime cannot load"):
         load_runner(junk)
 
@@ -169,7 +175,7 @@ def test_tensorrt_engine_without_tensorrt_is_refused_clearly(artifacts, tmp_path
     plan.write_bytes(b"plan bytes")
     manifest = json.loads(artifacts["dense"].with_suffix(".json").read_text())
     manifest.update(backend="tensorrt", engine=plan.name, engine_sha256=sha256_file(plan), tensorrt_version="11.1.0", compute_capability="9.0")
-    plan.with_suffix(".json").write_text(json.dumps(manifest))
+    plan.with_suffix(".json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(SparseDeployError, match="TensorRT|CUDA GPU"):
         load_runner(plan)
     with pytest.raises(SparseDeployError, match="runs on a CUDA GPU only"):

@@ -16,7 +16,7 @@ from sparse_deploy import train as train_mod
 from sparse_deploy.checkpoint import MANIFEST, TRAINING_STATE, WEIGHTS, load_checkpoint, read_manifest
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.models import Denoiser
-from sparse_deploy.provenance import sha256_file
+from sparse_deploy.provenance import seal, sha256_file
 from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules
 from sparse_deploy.statefile import load_state
 
@@ -217,7 +217,7 @@ def test_cli_corrupt_weights_with_matching_hash(capsys, tmp_path, fmnist_data, d
     (bad / WEIGHTS).write_bytes(b"\x00garbage" * 100)
     manifest = json.loads((bad / MANIFEST).read_text())
     manifest["weights_sha256"] = sha256_file(bad / WEIGHTS)
-    (bad / MANIFEST).write_text(json.dumps(manifest))
+    (bad / MANIFEST).write_text(json.dumps(seal(manifest)))
     line = _cli_error(capsys, _base(tmp_path, fmnist_data) + ["--sparsity", "srste", "--init", str(bad)])
     assert "is corrupt" in line and WEIGHTS in line
 
