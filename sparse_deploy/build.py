@@ -36,6 +36,7 @@ from .backends.base import ENGINE_FORMAT, engine_manifest_path
 from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
 from .contract import IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
+from .guards import check_output_dir
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
 from .onnx_files import data_path, data_problem, describe_data, share_mode
 from .presets import get_preset
@@ -460,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     config = BuildConfig(
         export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force
     )
+    if args.engine_dir is not None:
+        check_output_dir(args.engine_dir, "--engine-dir")
     report = build_engines(config)
     if report.fallback_reason:
         print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines instead")

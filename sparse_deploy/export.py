@@ -49,6 +49,7 @@ from . import checkpoint as ckpt
 from . import models
 from .contract import PRECISIONS, BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
+from .guards import check_output_dir
 from .models import Denoiser
 from .presets import Preset, get_preset
 from .onnx_files import data_path, data_problem, describe_data, save_with_external_data
@@ -103,6 +104,9 @@ _ONNX_LIBS = ("python", "sparse_deploy", "torch", "diffusers", "onnx", "onnxrunt
 # --------------------------------------------------------------------------------------------
 
 
+MAX_BATCH = 4096  # largest batch profile accepted; far beyond what one GPU holds for these models
+
+
 @dataclass
 class ExportConfig:
     """What to export, from which weights, and where.
@@ -148,12 +152,14 @@ class ExportConfig:
         _check_choices("--precision", self.precisions, PRECISIONS)
         _check_choices("--kinds", self.kinds, KINDS)
         self.profile.validate()
+        if self.out is not None:
+            check_output_dir(self.out, "--out")
         return self
 
     @property
     def profile(self) -> BatchProfile:
-        if self.max_batch < 1:
-            raise SparseDeployError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise SparseDeployError(f"--max-batch must be between 1 and {MAX_BATCH}, got {self.max_batch}")
         opt = self.opt_batch if self.opt_batch is not None else min(8, self.max_batch)
         if not 1 <= opt <= self.max_batch:
             raise SparseDeployError(f"--opt-batch must be between 1 and --max-batch {self.max_batch}, got {opt}")

@@ -402,8 +402,8 @@ def _npz_images(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
             return _as_nhwc(data[_npz_key(path, list(data.keys()))])
-    except SparseDeployError:
-        raise
+    except SparseDeployError as exc:
+        raise SparseDeployError(f"'{path}': {exc}") from exc
     except Exception as exc:  # not a zip, pickled objects, wrong dtype: one sentence
         raise SparseDeployError(f"'{path}' is not an .npz of uint8 images ({exc.__class__.__name__}: {exc})") from exc
 

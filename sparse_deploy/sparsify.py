@@ -363,8 +363,8 @@ def bake_(model: nn.Module, n: int = 2, m: int = 4) -> list[str]:
         for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale"):
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
-        if not is_nm_sparse(module.weight, n, m):  # pragma: no cover - guards the mask math
-            raise RuntimeError(f"layer {name} is not {n}:{m} sparse after baking")
+        if not is_nm_sparse(module.weight, n, m):  # a saved mask that is not N:M (edited or damaged)
+            raise SparseDeployError(f"layer {name} is not {n}:{m} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint")
         baked.append(name)
     return baked
 

@@ -41,6 +41,15 @@ def rebuild_hint(path: Path, preset: str | None = None) -> str:
     return f"make engine MODEL={model} (python -m sparse_deploy.build --model {model})"
 
 
+def _hint_preset(manifest: dict[str, Any]) -> str | None:
+    """The preset to rebuild for: the contract's (written from the graph) before the top-level field."""
+    contract = manifest.get("contract")
+    for value in (contract.get("preset") if isinstance(contract, dict) else None, manifest.get("preset")):
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def engine_manifest_path(engine: str | Path) -> Path:
     """``x.trt.plan`` -> ``x.trt.json``; ``x.ort.onnx`` -> ``x.ort.json``; ``x.onnx`` -> ``x.json``."""
     return Path(engine).with_suffix(".json")
@@ -85,13 +94,13 @@ def read_engine_manifest(path: str | Path, *, verify: bool = True) -> tuple[Path
     manifest = _load_json(manifest_path, path)
     problem = seal_problem(manifest)
     if problem:
-        raise SparseDeployError(f"engine manifest '{manifest_path}': {problem}; rebuild with {rebuild_hint(path)}")
+        raise SparseDeployError(f"engine manifest '{manifest_path}': {problem}; rebuild with {rebuild_hint(path, _hint_preset(manifest))}")
     if manifest.get("format") not in _KNOWN:
         raise SparseDeployError(
             f"'{manifest_path}' is not a sparse-deploy engine manifest (format {ENGINE_FORMAT} expected); "
             f"'{path}' is a foreign file"
         )
-    hint = rebuild_hint(path, manifest.get("preset") if isinstance(manifest.get("preset"), str) else None)
+    hint = rebuild_hint(path, _hint_preset(manifest))
     named = manifest.get("engine") if manifest["format"] == ENGINE_FORMAT else manifest.get("file")
     if named != path.name:
         raise SparseDeployError(f"manifest '{manifest_path}' describes '{named}', not '{path.name}'; rebuild with {hint}")

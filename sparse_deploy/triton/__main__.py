@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import cli_entry
+from ..guards import check_output_dir
 from .repository import FLAVOURS, ORT_ACCELERATORS, RepositoryConfig, generate_repository
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_dir(args.out, "--out")
     report = generate_repository(
         RepositoryConfig(
             engine=args.engine, out=args.out, flavour=args.flavour, max_batch=args.max_batch, instances=args.instances,

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SparseDeployError, cli_entry
+from ..guards import check_output_file
 
 __all__ = ["PYTRITON_INSTALL", "TritonDistribution", "find_tritonserver", "free_port", "server_environment", "TritonServer", "main"]
 
@@ -66,6 +67,22 @@ class TritonDistribution:
     stub: Path  # triton_python_backend_stub for the running Python
     libs: Path  # the wheel's bundled shared libraries
     caches: Path | None
+
+
+def repository_models(repository: Path) -> list[str]:
+    """The model folders (those holding a ``config.pbtxt``) of a Triton model repository."""
+    return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file())
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port`` (a bind with SO_REUSEADDR fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def find_tritonserver(python_version: str | None = None) -> TritonDistribution:
@@ -242,6 +259,13 @@ class TritonServer:
         """Start the server and wait until it is ready; retries with new ports if one was taken."""
         if not self.repository.is_dir():
             raise SparseDeployError(f"model repository '{self.repository}' does not exist; write one with python -m sparse_deploy.triton")
+        if not repository_models(self.repository):
+            raise SparseDeployError(
+                f"model repository '{self.repository}' holds no models (no <model>/config.pbtxt); write one with python -m sparse_deploy.triton"
+            )
+        for flag, port in zip(("--http-port", "--grpc-port"), self._fixed_ports):
+            if port is not None and port_in_use(self.host, port):
+                raise SparseDeployError(f"port {port} on {self.host} is already in use (another server?); pass another {flag}, or 0 for any free port")
         dist = find_tritonserver()
         atexit.register(self.stop)  # an interpreter exiting without __exit__ still stops it
         self._workdir = self._prepare(dist)
@@ -262,6 +286,8 @@ class TritonServer:
             log.info("tritonserver pid %d on http %s, grpc %s (log %s)", self.process.pid, self.http_url, self.grpc_url, self.log_path)
             try:
                 self.wait_ready(self.startup_timeout)
+                if self.process.poll() is not None:  # "ready" came from someone else on these ports
+                    raise SparseDeployError(f"tritonserver exited (status {self.process.returncode}) while another server answered on its ports")
                 return self
             except SparseDeployError as exc:
                 exited = self.process.poll() is not None
@@ -370,6 +396,15 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, port in (("--http-port", args.http_port), ("--grpc-port", args.grpc_port)):
+        if not 0 <= port <= 65535:
+            raise SparseDeployError(f"{flag} must be between 0 and 65535, got {port}")
+    if args.http_port and args.http_port == args.grpc_port:
+        raise SparseDeployError(f"--http-port and --grpc-port are both {args.http_port}; give two ports")
+    if args.startup_timeout <= 0 or (args.duration is not None and args.duration <= 0):
+        raise SparseDeployError("--startup-timeout and --duration must be positive")
+    if args.log is not None:
+        check_output_file(args.log, "--log")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     server = TritonServer(
         args.repository, host=args.host, http_port=args.http_port or None, grpc_port=args.grpc_port or None,

@@ -212,3 +212,259 @@ def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoin
     assert snapshot(out / "checkpoint") == ckpt_before
     assert not (tmp_path / "fresh" / "checkpoint").exists()
     assert not [p for p in (tmp_path / "fresh").glob(".checkpoint.*")]
+
+
+# --- sampling, manifests, FID, bench, report, export, Triton ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory) -> dict[str, Path]:
+    """Dense and sparse fp32 ONNX Runtime engines of a random tiny-dit (batch profile 1..2), plus its checkpoint."""
+    from sparse_deploy.build import BuildConfig, build_engines
+    from sparse_deploy.checkpoint import save_checkpoint
+    from sparse_deploy.export import ExportConfig
+    from sparse_deploy.models import build_model
+    from sparse_deploy.presets import get_preset
+
+    tmp = tmp_path_factory.mktemp("cat-engines")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp / "ckpt", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
+    config = BuildConfig(export=ExportConfig(checkpoint=ckpt, out=tmp / "export", precisions=("fp32",), max_batch=2),
+                         backend="onnxruntime", engine_dir=tmp / "tiny-dit")
+    return {**{e.kind: e.path for e in build_engines(config).engines}, "checkpoint": ckpt}
+
+
+BAD_RUN_FLAGS = {
+    "--guidance nan": (["--guidance", "nan"], "--guidance"),
+    "--guidance -1": (["--guidance", "-1"], "--guidance"),
+    "--steps 5000": (["--steps", "5000"], "--steps"),
+    "--steps 0": (["--steps", "0"], "--steps"),
+    "--labels ,": (["--labels", ","], "--labels"),
+    "--labels 42": (["--labels", "42"], "outside"),
+    "--num 0": (["--num", "0"], "--num"),
+    "--batch 4 (outside the profile)": (["--num", "4", "--batch", "4"], "profile"),
+    "--device tpu": (["--device", "tpu"], "--device"),
+    "--scheduler euler": (["--scheduler", "euler"], "scheduler"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RUN_FLAGS))
+def test_bad_run_flags_write_nothing(capsys, tmp_path, engines, name):
+    from sparse_deploy import run as rn
+
+    extra, expected = BAD_RUN_FLAGS[name]
+    line = refused(capsys, rn.main, ["--engine", str(engines["dense"]), "--out", str(tmp_path / "s"), "--num", "2", "--steps", "2", *extra],
+                   tmp_path, engines["dense"].parent)
+    assert expected in line
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_run_out_that_is_a_file(capsys, tmp_path, engines):
+    from sparse_deploy import run as rn
+
+    target = tmp_path / "file"
+    target.write_text("keep")
+    line = refused(capsys, rn.main, ["--engine", str(engines["dense"]), "--out", str(target), "--num", "1", "--steps", "1"], tmp_path)
+    assert "--out" in line and "is a file" in line
+
+
+def test_a_reused_out_keeps_no_stale_images_and_fid_reads_only_the_run(tmp_path, engines):
+    from sparse_deploy import fid
+    from sparse_deploy import run as rn
+
+    out = tmp_path / "s"
+    base = ["--engine", str(engines["dense"]), "--out", str(out), "--steps", "1", "--batch", "2"]
+    assert rn.main(base + ["--num", "4"]) == 0
+    assert rn.main(base + ["--num", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "sample-0000.png", "sample-0001.png"]
+    assert json.loads((out / "run.json").read_text())["images"] == ["sample-0000.png", "sample-0001.png"]
+    assert fid.source_identity(out)["num"] == 2  # grid.png is not a sample
+    assert len(fid.load_images(out)) == 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary litter
+
+
+def _edit_manifest(src: Path, dst_dir: Path, change, reseal: bool) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    engine = dst_dir / src.name
+    shutil.copy(src, engine)
+    manifest = json.loads(src.with_suffix(".json").read_text())
+    change(manifest)
+    engine.with_suffix(".json").write_text(json.dumps(seal(manifest) if reseal else manifest))
+    return engine
+
+
+MANIFEST_EDITS = {
+    "precision, unsealed": (lambda m: m.update(precision="fp16"), False, "does not match its own hash"),
+    "preset, resealed": (lambda m: m.update(preset="tiny-unet"), True, "contract is for tiny-dit"),
+    "precision, resealed": (lambda m: m.update(precision="fp16"), True, "contract is for tiny-dit/fp32"),
+    "profile, unsealed": (lambda m: m["contract"]["profile"].update(max=9), False, "does not match its own hash"),
+    "dtype, resealed": (lambda m: m["contract"]["inputs"][0].update(dtype="float16"), True, "not the one preset 'tiny-dit'"),
+    "I/O name, resealed": (lambda m: m["contract"]["inputs"][1].update(name="t"), True, "not the one preset 'tiny-dit'"),
+    "missing contract, resealed": (lambda m: m.pop("contract"), True, "lacks 'contract'"),
+    "missing preset, resealed": (lambda m: m.pop("preset"), True, "lacks 'preset'"),
+}
+
+
+@pytest.mark.parametrize("name", list(MANIFEST_EDITS))
+def test_edited_engine_manifests_are_refused_with_the_right_rebuild_command(capsys, tmp_path, engines, name):
+    from sparse_deploy import run as rn
+
+    change, reseal, expected = MANIFEST_EDITS[name]
+    engine = _edit_manifest(engines["dense"], tmp_path / "1", change, reseal)  # a Triton-style version folder
+    line = refused(capsys, rn.main, ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2", "--steps", "1"], tmp_path)
+    assert expected in line
+    assert "MODEL=1" not in line and "MODEL=tiny-dit" in line  # the engine's real preset, not its folder
+
+
+def test_a_profile_edited_to_a_larger_batch_is_refused_by_the_session_or_the_contract(capsys, tmp_path, engines):
+    from sparse_deploy import run as rn
+
+    engine = _edit_manifest(engines["dense"], tmp_path / "tiny-dit", lambda m: m["contract"]["outputs"][0].update(shape=[-1, 2, 16, 16]), True)
+    line = refused(capsys, rn.main, ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path)
+    assert "MODEL=tiny-dit" in line
+
+
+def test_an_edited_checkpoint_manifest_is_refused(capsys, tmp_path, engines):
+    from sparse_deploy import run as rn
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(engines["checkpoint"], ckpt)
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest["preset"] = "tiny-unet"
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    line = refused(capsys, rn.main, ["--engine", str(ckpt), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path)
+    assert "does not match its own hash" in line
+
+
+def test_fid_bad_sources(capsys, tmp_path):
+    import numpy as np
+
+    from sparse_deploy import fid
+
+    good = tmp_path / "good"
+    good.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(good / f"{i}.png")
+    garbage = tmp_path / "garbage"
+    shutil.copytree(good, garbage)
+    (garbage / "3.png").write_bytes(b"not a png at all")
+    line = refused(capsys, fid.main, [str(garbage), str(good), "--no-cache", "--quiet"], tmp_path)
+    assert "3.png" in line and "not a readable image" in line
+    np.savez(tmp_path / "feats.npz", features=np.zeros((4, 2048), np.float32))
+    line = refused(capsys, fid.main, [str(tmp_path / "feats.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
+    assert "feats.npz" in line
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    line = refused(capsys, fid.main, [str(tmp_path / "objects.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
+    assert "objects.npz" in line
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"images": ["sample-0000.png"]}))
+    line = refused(capsys, fid.main, [str(tmp_path / "run"), str(good), "--no-cache", "--quiet"], tmp_path)
+    assert "missing" in line
+    line = refused(capsys, fid.main, [str(good), str(good), "--json", str(good), "--no-cache", "--quiet"], tmp_path)
+    assert "--json" in line and "is a folder" in line
+    line = refused(capsys, fid.main, [str(good), str(good), "--json", str(good / "0.png" / "r.json"), "--no-cache", "--quiet"], tmp_path)
+    assert "--json" in line
+    line = refused(capsys, fid.main, [str(good), str(good), "--cache-dir", str(good / "0.png")], tmp_path)
+    assert "--cache-dir" in line
+
+
+def test_a_truncated_fid_cache_is_recomputed_with_a_warning(tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    from sparse_deploy import fid
+
+    net = tmp_path / "net.pt"
+    net.write_bytes(b"w")
+    monkeypatch.setattr(fid, "inception_path", lambda: net)
+    monkeypatch.setattr(fid, "features_from_images", lambda images, **_: np.random.default_rng(0).standard_normal((len(images), 4)).astype(np.float32))
+    src = tmp_path / "s.npz"
+    np.savez(src, images=np.zeros((3, 4, 4), np.uint8))
+    first = fid.reference_stats(src, cache_dir=tmp_path / "c", progress=False)
+    first.cache_path.write_bytes(first.cache_path.read_bytes()[:100])  # a torn zip
+    again = fid.reference_stats(src, cache_dir=tmp_path / "c", progress=False)
+    assert not again.cached and "recomputing" in caplog.text
+    assert fid.reference_stats(src, cache_dir=tmp_path / "c", progress=False).cached
+
+
+def test_bench_latency_refusals(capsys, tmp_path, engines):
+    from sparse_deploy import bench
+
+    out = tmp_path / "report"
+    base = ["latency", "--repeats", "1", "--warmup", "0", "--e2e-repeats", "0", "--no-memory", "--out", str(out)]
+    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(engines["dense"])], tmp_path)
+    assert "twice" in line
+    copy = tmp_path / "copy" / engines["dense"].name
+    copy.parent.mkdir()
+    shutil.copy(engines["dense"], copy)
+    shutil.copy(engines["dense"].with_suffix(".json"), copy.with_suffix(".json"))
+    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(copy)], tmp_path)
+    assert "same engine" in line
+    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--batches", "16,32", "--engines", str(engines["dense"]), str(engines["sparse"])], tmp_path)
+    assert "no batch" in line
+    line = refused(capsys, bench.main, ["--device", "tpu", *base, "--engines", str(engines["dense"]), str(engines["sparse"])], tmp_path)
+    assert "--device" in line
+    assert not out.exists()
+
+
+def test_report_refuses_results_of_the_wrong_shape(capsys, tmp_path):
+    from sparse_deploy import bench
+
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "latency-x.json").write_text(json.dumps([1, 2, 3]))
+    line = refused(capsys, bench.main, ["report", "--out", str(folder)], folder)
+    assert "latency-x.json" in line and "not a latency result" in line
+    (folder / "latency-x.json").write_text(json.dumps({"kind": "latency", "batches": "nope"}))
+    line = refused(capsys, bench.main, ["report", "--out", str(folder)], folder)
+    assert "shape" in line
+
+
+def test_export_refusals(capsys, tmp_path, engines):
+    from sparse_deploy import export as ex
+    from sparse_deploy.checkpoint import save_checkpoint
+    from sparse_deploy.models import build_model
+    from sparse_deploy.presets import get_preset
+    from sparse_deploy.sparsify import SparsityConfig, masked_modules, sparsify_
+
+    line = refused(capsys, ex.main, ["--model", "tiny-dit", "--max-batch", "1000000000", "--out", str(tmp_path / "e")], tmp_path)
+    assert "--max-batch" in line
+    target = tmp_path / "file"
+    target.write_text("x")
+    line = refused(capsys, ex.main, ["--model", "tiny-dit", "--out", str(target)], tmp_path)
+    assert "--out" in line
+    model = build_model(get_preset("tiny-dit"), announce_random=False)
+    config = SparsityConfig(mode="fixed")
+    sparsify_(model, config)
+    for module in masked_modules(model).values():
+        module.weight_mask.fill_(True)  # damaged masks: nothing pruned
+    ckpt = save_checkpoint(tmp_path / "bad-masks", model, sparsity=config)
+    line = refused(capsys, ex.main, ["--checkpoint", str(ckpt), "--kinds", "sparse", "--precision", "fp32", "--out", str(tmp_path / "e")], tmp_path)
+    assert "not 2:4 sparse" in line
+
+
+def test_triton_refusals(capsys, tmp_path, engines):
+    import socket
+
+    from sparse_deploy.triton import __main__ as generate
+    from sparse_deploy.triton import server
+
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    line = refused(capsys, server.main, ["--repository", str(empty), "--http-port", "0", "--grpc-port", "0"], tmp_path)
+    assert "holds no models" in line
+    (empty / "m").mkdir()
+    (empty / "m" / "config.pbtxt").write_text('name: "m"\n')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = refused(capsys, server.main, ["--repository", str(empty), "--http-port", str(port), "--grpc-port", "0"], tmp_path)
+    assert f"port {port}" in line and "already in use" in line
+    line = refused(capsys, server.main, ["--repository", str(empty), "--http-port", "70000"], tmp_path)
+    assert "--http-port" in line
+    target = tmp_path / "file"
+    target.write_text("x")
+    line = refused(capsys, generate.main, ["--engine", str(engines["dense"]), "--out", str(target)], tmp_path)
+    assert "--out" in line
