@@ -156,13 +156,17 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
     key = hashlib.sha256("|".join([str(vae.resolve()), str(pixel_size), *map(str, files)]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{preset.name}-{key}.safetensors"
     if cache.exists():
-        data = load_file(str(cache))
-        return TensorDataset(data["latents"], data["labels"])
-    from diffusers import AutoencoderKL
+        try:
+            data = load_file(str(cache))
+            return TensorDataset(data["latents"], data["labels"])
+        except Exception as exc:  # a damaged cache is recomputed, never fatal
+            log.warning("ignoring unreadable latent cache %s (%s: %s); re-encoding", cache, exc.__class__.__name__, exc)
     from PIL import Image
     from tqdm.auto import tqdm
 
-    model = AutoencoderKL.from_pretrained(str(vae), local_files_only=True).eval()
+    from .run import load_vae
+
+    model = load_vae(vae)
     scale = float(getattr(model.config, "scaling_factor", 0.18215))
     latents = []
     for i in tqdm(range(0, len(files), batch), desc="encoding latents"):

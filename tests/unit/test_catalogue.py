@@ -468,3 +468,23 @@ def test_triton_refusals(capsys, tmp_path, engines):
     target.write_text("x")
     line = refused(capsys, generate.main, ["--engine", str(engines["dense"]), "--out", str(target)], tmp_path)
     assert "--out" in line
+
+
+def test_a_pickled_diffusers_folder_is_never_loaded(capsys, tmp_path, fmnist_data):
+    from sparse_deploy.models import build_model
+    from sparse_deploy.presets import get_preset
+
+    folder = tmp_path / "weights"
+    build_model(get_preset("tiny-dit"), announce_random=False).net.save_pretrained(str(folder))
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    (folder / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path)
+    assert "could not load diffusers weights" in line
+    assert not marker.exists()
