@@ -45,6 +45,16 @@ def refused(capsys, main, argv: list[str], *watch: Path) -> str:
     return lines[0]
 
 
+def planted_pickle(marker: Path) -> bytes:
+    """A pickle that creates ``marker`` when unpickled: proof that a loader ran foreign code."""
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Payload())
+
+
 # --- train: run identity, no pickle, flags ----------------------------------------------------------
 
 
@@ -96,12 +106,8 @@ def test_a_planted_pickle_is_never_loaded(capsys, tmp_path, finished_run, fmnist
     shutil.copytree(finished_run, out)
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     (out / "checkpoint" / TRAINING_STATE).unlink()
-    (out / "checkpoint" / LEGACY_TRAINING_STATE).write_bytes(pickle.dumps(Payload()))
+    (out / "checkpoint" / LEGACY_TRAINING_STATE).write_bytes(planted_pickle(marker))
     line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
     assert "pickled training state" in line
     assert not marker.exists()
@@ -112,12 +118,8 @@ def test_a_pickle_under_the_state_name_is_refused(capsys, tmp_path, finished_run
     shutil.copytree(finished_run, out)
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     state = out / "checkpoint" / TRAINING_STATE
-    state.write_bytes(pickle.dumps(Payload()))
+    state.write_bytes(planted_pickle(marker))
     line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
     assert TRAINING_STATE in line and "hash" in line
     manifest = json.loads((out / "checkpoint" / MANIFEST).read_text())  # even with a matching hash: unreadable, not run
@@ -478,13 +480,9 @@ def test_a_pickled_diffusers_folder_is_never_loaded(capsys, tmp_path, fmnist_dat
     build_model(get_preset("tiny-dit"), announce_random=False).net.save_pretrained(str(folder))
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     for f in folder.glob("*.safetensors"):
         f.unlink()
-    (folder / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    (folder / "diffusion_pytorch_model.bin").write_bytes(planted_pickle(marker))
     line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path)
     assert "could not load diffusers weights" in line
     assert not marker.exists()
