@@ -38,7 +38,7 @@ def check_engine_compatible(path: Path, manifest: dict[str, Any], trt_version: s
     if problems:
         raise SparseDeployError(
             f"engine '{path}' was built for {' and '.join(problems)}; TensorRT engines only run where they were built: "
-            f"rebuild it here with {rebuild_hint(path)}"
+            f"rebuild it here with {rebuild_hint(path, manifest.get('preset'))}"
         )
 
 
@@ -59,9 +59,9 @@ class TrtRunner(Runner):
         try:
             self.engine = EngineFromBytes(path.read_bytes())()
         except Exception as exc:  # Polygraphy raises PolygraphyException on a bad plan
-            raise SparseDeployError(f"TensorRT cannot deserialize '{path}' ({str(exc).splitlines()[0]}); rebuild with {rebuild_hint(path)}") from exc
+            raise SparseDeployError(f"TensorRT cannot deserialize '{path}' ({str(exc).splitlines()[0]}); rebuild with {rebuild_hint(path, manifest.get('preset'))}") from exc
         if self.engine is None:
-            raise SparseDeployError(f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path)}")
+            raise SparseDeployError(f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path, manifest.get('preset'))}")
         self._runner = PolygraphyTrtRunner(self.engine)
 
     def activate(self) -> None:

@@ -19,6 +19,7 @@ from sparse_deploy.backends.device import tensorrt_unavailable_reason
 from sparse_deploy.build import BuildConfig, build_engines
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.export import PARITY_TOLERANCE, ExportConfig
+from sparse_deploy.provenance import seal
 
 REASON = tensorrt_unavailable_reason()
 pytestmark = pytest.mark.gpu
@@ -84,7 +85,7 @@ def test_rerun_reuses_and_foreign_gpu_is_refused(trt_build, tmp_path):
     manifest_path = folder / "dense-fp16.trt.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["compute_capability"] = "0.0"
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(seal(manifest)))  # a consistent manifest of another GPU
     with pytest.raises(SparseDeployError, match="rebuild it here with make engine MODEL=dit-s"):
         load_runner(folder / "dense-fp16.trt.plan")
 
