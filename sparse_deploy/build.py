@@ -39,8 +39,9 @@ from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
 from .onnx_files import data_path, data_problem, describe_data, share_mode
-from .presets import get_preset
+from .presets import PRESET_SPEC, Preset, preset_from_manifest
 from .provenance import atomic_path, library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
+from .schedule import schedule_record
 
 __all__ = [
     "BACKENDS",
@@ -121,7 +122,7 @@ class BuildReport:
 # --------------------------------------------------------------------------------------------
 
 
-def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any], preset: Preset) -> dict[str, Any]:
     """The manifest entries an up-to-date engine must carry (as they read back from JSON)."""
     expected = {
         "format": ENGINE_FORMAT,
@@ -129,7 +130,9 @@ def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings
         "kind": graph.kind,
         "precision": graph.precision,
         "preset": contract.preset,
-        "num_classes": get_preset(contract.preset).num_classes,  # 0: unconditional; read by cpp/ and Triton
+        PRESET_SPEC: preset.to_dict(),  # the model's config: runners rebuild the preset from it
+        "num_classes": preset.num_classes,  # 0: unconditional; read by cpp/ and Triton
+        "schedule": schedule_record(preset.schedule),  # read by the runner, Triton and cpp/
         "contract": contract.to_dict(),
         "source_onnx_sha256": graph.manifest["onnx_sha256"],
         "versions": library_versions(),
@@ -380,7 +383,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
     config.validate()
     backend, fallback = _choose_backend(config.backend)
     exports = export_all(config.export, reuse=not config.force)
-    preset = get_preset(exports[0].manifest["preset"])
+    preset = preset_from_manifest(exports[0].manifest)
     engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
     report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
     timing_cache = None
@@ -394,7 +397,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
             timing_cache = engine_dir / f"timing-sm{cc}-trt{settings['tensorrt_version']}.cache"
         else:
             settings = {"ort_optimization_level": ORT_OPTIMIZATION_LEVEL}
-        expected = _expected(graph, contract, backend, settings)
+        expected = _expected(graph, contract, backend, settings, preset)
         reason = "--force" if config.force else _stale_reason(path, expected)
         if reason is None:
             log.info("%s is up to date; reusing it", path)

@@ -2,7 +2,7 @@
 
 Layout of a checkpoint folder::
 
-    manifest.json         preset, sparsity config, masked layers, step, config, versions, hashes
+    manifest.json         preset (name + full spec: model config, schedule), sparsity config, masked layers, step, config, versions, hashes
     model.safetensors     inference weights (the EMA model), masks as ``*.weight_mask`` buffers
     training_state.safetensors  student weights, optimizer, scheduler, step (absent in exports);
                           tensors plus JSON metadata, never a pickle (``statefile``)
@@ -19,7 +19,7 @@ import torch
 
 from .errors import SparseDeployError
 from .models import Denoiser, build_model
-from .presets import get_preset
+from .presets import PRESET_SPEC, preset_from_manifest
 from .provenance import atomic_dir, library_versions, seal, seal_problem, sha256_file, timestamp
 from .sparsify import SparsityConfig, masked_modules, sparsify_
 from .statefile import load_state, save_state
@@ -58,6 +58,7 @@ def save_checkpoint(
         manifest = {
             "format": "sparse-deploy-checkpoint/1",
             "preset": model.preset.name,
+            PRESET_SPEC: model.preset.to_dict(),  # the model's config and schedule: no --model needed later
             "sparsity": sparsity.to_dict() if sparsity else None,
             "masked_layers": sorted(masked_modules(model)),
             "weights_sha256": sha256_file(tmp / WEIGHTS),
@@ -124,7 +125,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser,
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SparseDeployError(f"'{weights}' is corrupt ({exc}); re-create the checkpoint") from exc
-    preset = get_preset(manifest["preset"])
+    preset = preset_from_manifest(manifest)
     model = build_model(preset, weights=None, announce_random=False)
     if manifest.get("sparsity") and manifest.get("masked_layers"):
         sparsify_(model, SparsityConfig.from_dict(manifest["sparsity"]), layers=manifest["masked_layers"])

@@ -77,6 +77,7 @@ class IOContract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profile: BatchProfile
+    num_classes: int | None = None  # None in contracts written before it was recorded
 
     @property
     def input_names(self) -> list[str]:
@@ -106,6 +107,8 @@ class IOContract:
 
     @property
     def _num_classes(self) -> int:
+        if self.num_classes is not None:
+            return max(self.num_classes, 1)
         from .presets import get_preset
 
         return max(get_preset(self.preset).num_classes, 1)
@@ -121,6 +124,7 @@ class IOContract:
             inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["inputs"]),
             outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),
             profile=BatchProfile(**data["profile"]),
+            num_classes=data.get("num_classes"),
         )
 
 
@@ -134,30 +138,36 @@ def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile 
     if preset.num_classes:
         inputs.append(TensorSpec("class_labels", "int64", (-1,)))
     outputs = (TensorSpec("out", fdt, (-1, preset.out_channels, s, s)),)
-    return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate())
+    return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate(), preset.num_classes)
 
 
 def contract_problem(manifest: dict[str, Any]) -> str | None:
     """Why a manifest's preset, precision and contract disagree (field by field); None when they agree.
 
-    The contract must be exactly the one the named preset and precision give (I/O names, dtypes,
-    shapes), with a valid batch profile.
+    The contract must be exactly the one the manifest's preset (its recorded ``preset_spec``, else
+    the built-in preset it names) and precision give (I/O names, dtypes, shapes), with a valid
+    batch profile.
     """
-    from .presets import PRESETS, get_preset
+    import dataclasses
+
+    from .presets import PRESET_SPEC, PRESETS, preset_from_manifest
 
     preset, precision = manifest.get("preset"), manifest.get("precision")
-    if preset not in PRESETS:
-        return f"its preset {preset!r} is not one of {', '.join(PRESETS)}"
+    if preset not in PRESETS and not isinstance(manifest.get(PRESET_SPEC), dict):
+        return f"its preset {preset!r} is not one of {', '.join(PRESETS)} and it records no {PRESET_SPEC}"
     if precision not in PRECISIONS:
         return f"its precision {precision!r} is not one of {', '.join(PRECISIONS)}"
     try:
+        spec = preset_from_manifest(manifest)
         contract = IOContract.from_dict(manifest["contract"])
         contract.profile.validate()
     except (KeyError, TypeError, ValueError, SparseDeployError) as exc:
-        return f"its contract is incomplete or malformed ({exc.__class__.__name__}: {exc})"
-    if contract.preset != preset or contract.precision != precision:
+        return f"its contract or preset is incomplete or malformed ({exc.__class__.__name__}: {exc})"
+    if spec.name != preset or contract.preset != preset or contract.precision != precision:
         return f"its contract is for {contract.preset}/{contract.precision} but it says {preset}/{precision}"
-    expected = contract_for(get_preset(preset), precision, contract.profile)
+    expected = contract_for(spec, precision, contract.profile)
+    if contract.num_classes is None:  # written before contracts recorded num_classes
+        contract = dataclasses.replace(contract, num_classes=expected.num_classes)
     if contract != expected:
         return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at {precision} has"
     return None

@@ -51,7 +51,9 @@ from .contract import PRECISIONS, BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
 from .models import Denoiser
-from .presets import Preset, get_preset
+from .presets import PRESET_SPEC, Preset, get_preset, preset_from_manifest
+from .schedule import schedule_record
+from .sources import is_path, run_preset
 from .onnx_files import data_path, data_problem, describe_data, save_with_external_data
 from .provenance import library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
 from .sparsify import SparsityConfig, bake_, select_layers, sparsify_
@@ -143,12 +145,18 @@ class ExportConfig:
     external_data: bool = False
 
     def validate(self) -> "ExportConfig":
+        if is_path(self.model):  # a pipeline/model folder or file given as --model: it is the weights
+            if self.weights is not None:
+                raise SparseDeployError(f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once")
+            self.model, self.weights = None, Path(self.model)
         if self.model is not None:
             get_preset(self.model)
         if self.checkpoint is not None and self.weights is not None:
             raise SparseDeployError("pass either --checkpoint or --weights, not both")
-        if self.model is None and self.checkpoint is None:
-            raise SparseDeployError("--model is required unless --checkpoint names a checkpoint (whose manifest names the preset)")
+        if self.model is None and self.checkpoint is None and self.weights is None:
+            raise SparseDeployError(
+                "--model is required unless --checkpoint names a checkpoint or --weights a diffusers pipeline/model folder (whose config names the layout)"
+            )
         _check_choices("--precision", self.precisions, PRECISIONS)
         _check_choices("--kinds", self.kinds, KINDS)
         self.profile.validate()
@@ -209,6 +217,13 @@ def _hash_weights_path(path: Path) -> str:
     for p in files:
         digest.update(f"{p.name}:{sha256_file(p)}\n".encode())
     return digest.hexdigest()
+
+
+def _weights_file_or_dir(path: Path) -> Path:
+    """The file or model folder holding the weights of a pipeline, model folder or file."""
+    from .sources import resolve_source
+
+    return resolve_source(path).weights
 
 
 def _resolve_relative(value: str, base: Path) -> Path:
@@ -303,7 +318,7 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
             raise SparseDeployError(
                 f"checkpoint '{path}' holds preset '{preset_name}', not '{config.model}'; drop --model or pick the matching one"
             )
-        preset = get_preset(preset_name)
+        preset = preset_from_manifest(manifest)
         identity = _checkpoint_identity(path, manifest)
         masked = list(manifest.get("masked_layers") or [])
         if masked:
@@ -321,6 +336,19 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
             if "dense" in config.kinds:
                 dense_path = config.dense_checkpoint
                 named = manifest.get("dense_checkpoint")
+                dense_weights = manifest.get("dense_weights")
+                if dense_path is None and not named and dense_weights:
+                    # Fine-tuned from diffusers weights: the dense graph is those weights.
+                    weights = Path(dense_weights)
+                    if not weights.exists():
+                        raise SparseDeployError(
+                            f"checkpoint '{path}' was fine-tuned from '{weights}', which no longer exists; pass --dense-checkpoint or --kinds sparse"
+                        )
+                    sources["dense"] = GraphSource(
+                        "dense", {"type": "weights", "path": str(weights.resolve()), "weights_sha256": _hash_weights_path(_weights_file_or_dir(weights))},
+                        _Once(lambda: (models.build_model(preset, weights).eval(), [])), [f"dense graph: weights {weights}"],
+                    )
+                    return preset, sources
                 if dense_path is None and named:
                     dense_path = _resolve_relative(str(named), path)
                 elif dense_path is not None and named and Path(dense_path).resolve() != _resolve_relative(str(named), path).resolve():
@@ -346,11 +374,11 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
         base = _Once(lambda: _load_dense_checkpoint(path))
         base_note = f"checkpoint {path} (dense: no masks)"
     elif config.weights is not None:
-        preset = get_preset(config.model)
         weights = Path(config.weights)
         if not weights.exists():
             raise SparseDeployError(f"weights '{weights}' do not exist; check the path")
-        base_identity = {"type": "weights", "path": str(weights.resolve()), "weights_sha256": _hash_weights_path(weights)}
+        preset = run_preset(config.model, weights)
+        base_identity = {"type": "weights", "path": str(weights.resolve()), "weights_sha256": _hash_weights_path(_weights_file_or_dir(weights))}
         base = _Once(lambda: (models.build_model(preset, weights).eval(), []))
         base_note = f"weights {weights}"
     else:
@@ -776,7 +804,10 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
         model, sparse_layers = source.load()
         manifest = export_graph(
             model, sparse_layers, contract, path, kind=kind,
-            manifest_extra={"source": source.identity, "fingerprint": _fingerprint(inputs), "fingerprint_inputs": inputs},
+            manifest_extra={
+                "source": source.identity, "fingerprint": _fingerprint(inputs), "fingerprint_inputs": inputs,
+                PRESET_SPEC: preset.to_dict(), "schedule": schedule_record(preset.schedule),
+            },
             external_data=config.external_data,
         )
         results.append(ExportedGraph(kind, precision, path, manifest))

@@ -17,7 +17,7 @@ from torch import nn
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["Denoiser", "build_model", "load_pretrained_weights", "example_inputs"]
+__all__ = ["Denoiser", "build_model", "diffusers_class", "load_pretrained_weights", "example_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ class Denoiser(nn.Module):
         return self.net(sample, timestep, class_labels=class_labels, return_dict=False)[0]
 
 
-def _diffusers_class(preset: Preset):
+def diffusers_class(family: str):
+    """The diffusers class of a model family: ``dit`` or ``unet``."""
     try:
-        if preset.family == "dit":
+        if family == "dit":
             from diffusers import DiTTransformer2DModel as cls
         else:
             from diffusers import UNet2DModel as cls
@@ -61,13 +62,17 @@ def _disable_internal_label_dropout(net: nn.Module) -> None:
 
 
 def build_model(preset: Preset, weights: str | Path | None = None, *, announce_random: bool = True) -> Denoiser:
-    """Build the preset's model, with weights from a diffusers folder or a .safetensors file.
+    """Build the preset's model, with weights from a diffusers pipeline or model folder or a .safetensors file.
 
     With no weights the model is randomly initialised, and a warning says so: fine for latency
     work, meaningless for image quality.
     """
-    cls = _diffusers_class(preset)
-    if weights is not None and Path(weights).is_dir() and (Path(weights) / "config.json").is_file():
+    from .sources import resolve_source
+
+    cls = diffusers_class(preset.family)
+    if weights is not None:
+        weights = resolve_source(weights).weights
+    if weights is not None and Path(weights).is_dir():
         path = Path(weights)
         try:
             net = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
@@ -81,7 +86,7 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
         _disable_internal_label_dropout(net)
         return Denoiser(preset, net)
 
-    net = cls(**preset.model_kwargs)
+    net = cls.from_config(dict(preset.model_kwargs))
     _disable_internal_label_dropout(net)
     model = Denoiser(preset, net)
     if weights is None and announce_random:

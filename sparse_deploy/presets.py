@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import SparseDeployError
 
-__all__ = ["Preset", "PRESETS", "get_preset", "DEFAULT_PRESET"]
+__all__ = ["Preset", "PRESETS", "get_preset", "DEFAULT_PRESET", "preset_from_config", "preset_from_manifest", "PRESET_SPEC"]
 
 # Layer selection rules follow SparseDM: in a transformer, the attention q/k/v/out projections
 # and both MLP layers of every block; embeddings, adaLN modulation and the final projection
@@ -66,6 +66,8 @@ class Preset:
         dataset: the built-in dataset the preset trains on, if any.
         train: training defaults.
         description: one line for ``--help`` and reports.
+        schedule: the model's diffusers scheduler config (``scheduler_config.json``); None
+            means the default linear 1,000-step schedule (see ``sparse_deploy.schedule``).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Preset:
     dataset: str | None = None
     train: TrainDefaults = field(default_factory=TrainDefaults)
     description: str = ""
+    schedule: dict[str, Any] | None = None
 
     @property
     def out_channels(self) -> int:
@@ -94,6 +97,16 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preset":
+        """The inverse of :meth:`to_dict` (as read back from a JSON manifest)."""
+        data = dict(data)
+        for key in ("include", "exclude", "adaln"):
+            data[key] = tuple(data.get(key) or ())
+        data["train"] = TrainDefaults(**(data.get("train") or {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _dit(name: str, heads: int, head_dim: int, layers: int, **kw: Any) -> Preset:
@@ -237,3 +250,74 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise SparseDeployError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from None
+
+
+# Manifests (checkpoint, ONNX, engine) record the whole preset under this key, so a model built
+# from any diffusers config is rebuilt later without a registry entry or --model.
+PRESET_SPEC = "preset_spec"
+_FAMILIES = {"DiTTransformer2DModel": "dit", "UNet2DModel": "unet"}
+
+
+def family_of(class_name: str | None) -> str:
+    """``dit`` or ``unet`` for a diffusers class name, or an error naming the supported ones."""
+    if class_name not in _FAMILIES:
+        raise SparseDeployError(
+            f"diffusers class '{class_name}' is not supported; the toolchain takes {' or '.join(_FAMILIES)}"
+        )
+    return _FAMILIES[class_name]
+
+
+def _square(value: Any, what: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise SparseDeployError(f"{what} {list(value)} is not square; only square samples are supported")
+        value = value[0]
+    return int(value)
+
+
+def preset_from_config(
+    family: str, config: dict[str, Any], *, name: str, latent: bool, schedule: dict[str, Any] | None = None, description: str = ""
+) -> Preset:
+    """A preset for any DiTTransformer2DModel (``dit``) or UNet2DModel (``unet``) config.
+
+    The layout is the config itself; sample geometry, class conditioning and learned sigma are
+    read from it; layer selection follows the family's rules (DiT: attention and MLP Linears;
+    UNet: every eligible conv/linear but the embeddings and the first and last conv).
+    A UNet's ``num_class_embeds`` counts the null label too (as the built-in presets write it).
+    """
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    in_channels = int(kwargs.get("in_channels", 4 if family == "dit" else 3))
+    out_channels = int(kwargs.get("out_channels") or in_channels)
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise SparseDeployError(
+            f"model '{name}' outputs {out_channels} channels for {in_channels} in: only epsilon (C) or epsilon + sigma (2C) are supported"
+        )
+    sample_size = _square(kwargs.get("sample_size", 32), f"model '{name}' sample_size")
+    if family == "dit":
+        if kwargs.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+            raise SparseDeployError(f"DiT '{name}' uses norm_type '{kwargs['norm_type']}'; only ada_norm_zero (class-conditional DiT) is supported")
+        num_classes = int(kwargs.get("num_embeds_ada_norm") or 1000)
+        rules: dict[str, Any] = dict(include=DIT_INCLUDE, adaln=DIT_ADALN)
+    elif family == "unet":
+        if kwargs.get("class_embed_type") is not None:
+            raise SparseDeployError(f"UNet '{name}' uses class_embed_type '{kwargs['class_embed_type']}'; only a plain class table (num_class_embeds) is supported")
+        embeds = int(kwargs.get("num_class_embeds") or 0)
+        num_classes = embeds - 1 if embeds > 1 else 0
+        rules = dict(include=UNET_INCLUDE, exclude=UNET_EXCLUDE)
+    else:
+        raise SparseDeployError(f"unknown model family '{family}'; use dit or unet")
+    return Preset(
+        name=name, family=family, model_kwargs=kwargs, in_channels=in_channels, sample_size=sample_size,
+        num_classes=num_classes, latent=latent, learned_sigma=out_channels == 2 * in_channels,
+        schedule=schedule, description=description or f"{config.get('_class_name', family)} from a diffusers config", **rules,
+    )
+
+
+def preset_from_manifest(manifest: dict[str, Any]) -> Preset:
+    """The preset a manifest was made with: its recorded spec, else the built-in preset it names."""
+    spec = manifest.get(PRESET_SPEC) or (manifest.get("fingerprint_inputs") or {}).get("preset")
+    if isinstance(spec, dict):
+        return Preset.from_dict(spec)
+    if "preset" not in manifest:
+        raise SparseDeployError("the manifest names no preset; re-create the artifact")
+    return get_preset(manifest["preset"])

@@ -76,12 +76,10 @@ class RunConfig:
 
 
 def load_vae(path: str | Path):
-    """A diffusers AutoencoderKL from a local folder (never downloads)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SparseDeployError(
-            f"--vae '{path}' is not a local diffusers AutoencoderKL folder (config.json + weights); nothing is downloaded here"
-        )
+    """A diffusers AutoencoderKL from a local pipeline or VAE folder (never downloads)."""
+    from .sources import resolve_vae
+
+    path = resolve_vae(path)
     from diffusers import AutoencoderKL
 
     try:

@@ -34,29 +34,25 @@ __all__ = [
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
-# The noise schedule every model here is trained with (DiT's: linear betas, 1000 steps).
+# The default noise schedule (DiT's: linear betas, 1000 steps); a model's own scheduler config
+# replaces it (``Preset.schedule``, see sparse_deploy.schedule).
 TRAIN_TIMESTEPS = 1000
 BETA_SCHEDULE = "linear"
 
 
-def training_scheduler():
-    from diffusers import DDPMScheduler
+def training_scheduler(schedule: dict | None = None):
+    """The training noise schedule as a diffusers scheduler (default: linear, 1000 steps)."""
+    from .schedule import training_scheduler as _training
 
-    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+    return _training(schedule)
 
 
-def make_scheduler(name: str):
-    """A diffusers scheduler for sampling: ``ddpm``, ``ddim`` or ``dpm`` (DPM-Solver++ multistep)."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+def make_scheduler(name: str, schedule: dict | None = None):
+    """A diffusers scheduler for sampling: ``ddpm``, ``ddim`` or ``dpm`` (DPM-Solver++ multistep),
+    with the model's schedule when it has one (``Preset.schedule``)."""
+    from .schedule import sampling_scheduler
 
-    common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
-    if name == "ddpm":
-        return DDPMScheduler(**common)
-    if name == "ddim":
-        return DDIMScheduler(**common, set_alpha_to_one=False, clip_sample=False)
-    if name == "dpm":
-        return DPMSolverMultistepScheduler(**common)
-    raise SparseDeployError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
+    return sampling_scheduler(name, schedule)
 
 
 def _labels_tensor(preset: Preset, labels: Sequence[int] | None, batch: int, gen: torch.Generator) -> torch.Tensor | None:
@@ -112,8 +108,10 @@ def sample(
         raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional")
     gen = torch.Generator().manual_seed(seed)
     y = _labels_tensor(preset, labels, batch, gen)
-    sched = make_scheduler(scheduler)
+    sched = make_scheduler(scheduler, preset.schedule)
     sched.set_timesteps(steps)
+    # A DDPM sampler with a learned-range variance reads the model's variance channels too.
+    keep = preset.out_channels if getattr(sched.config, "variance_type", None) in ("learned", "learned_range") else preset.in_channels
     x = torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
     x = x * sched.init_noise_sigma
     if use_cfg:
@@ -130,10 +128,10 @@ def sample(
         if use_cfg:
             x_in = torch.cat([x_in, x_in])
         t_in = torch.full((x_in.shape[0],), int(t), dtype=torch.int64)
-        out = denoise(x_in, t_in, y_in if use_cfg else y).float()[:, :c]
-        if use_cfg:
+        out = denoise(x_in, t_in, y_in if use_cfg else y).float()[:, :keep]
+        if use_cfg:  # guidance on epsilon; the variance (if kept) is the conditional one
             cond, uncond = out.chunk(2)
-            out = uncond + guidance * (cond - uncond)
+            out = torch.cat([uncond[:, :c] + guidance * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], dim=1)
         x = sched.step(out, t, x, generator=gen, return_dict=False)[0]
     return x, y
 

@@ -30,10 +30,13 @@ from .checkpoint import load_checkpoint, load_training_state, read_manifest, sav
 from .errors import SparseDeployError, cli_entry
 from .guards import check_device, check_finite, check_output_dir, check_positive
 from .models import build_model, example_inputs
-from .presets import PRESETS, Preset, get_preset
+from .diffusers_out import write_run_diffusers
+from .presets import DEFAULT_PRESET, PRESETS, Preset
 from .provenance import recover_dir, write_json_atomic
 from .resume import check_resumable, rewrite_metrics, sync_file
 from .sampling import sample, save_grid, to_uint8, training_scheduler
+from .schedule import training_target
+from .sources import is_path, run_preset, run_vae
 from .sparsify import (
     MODES, CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
     set_mask_temperature_, sparsify_,
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Settings of one training run (dense when ``sparsity`` is None)."""
 
-    preset: str
+    preset: str | None  # preset name; None: from --weights' config or --init's manifest
     out: str
     steps: int | None = None
     batch_size: int | None = None
@@ -73,8 +76,13 @@ class TrainConfig:
     preview: int = 8  # images per class in the preview grid (0: none)
     preview_steps: int = 50
 
+    def model_preset(self) -> Preset:
+        """The run's preset: from --init's manifest or --weights' config when they carry one, else by name."""
+        return run_preset(self.preset, self.weights, self.init)
+
     def validate(self) -> "TrainConfig":
-        preset = get_preset(self.preset)
+        preset = self.model_preset()
+        self.preset = preset.name
         d = preset.train
         for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
                               ("batch_size", d.batch_size), ("lr", d.lr if self.sparsity is None else d.sparse_lr or d.lr), ("warmup_steps", d.warmup_steps),
@@ -270,7 +278,7 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
     """
     from .data import make_dataset
 
-    preset = get_preset(config.preset)
+    preset = config.model_preset()
     # Model: dense start (random, diffusers weights or a dense checkpoint), then masks.
     teacher = None
     if config.init is not None:
@@ -285,8 +293,8 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
     if config.kd_weight:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
 
-    images, labels = make_dataset(preset, config.data, config.vae).tensors
-    alphas = training_scheduler().alphas_cumprod
+    images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
+    alphas = training_scheduler(preset.schedule).alphas_cumprod
     coverage = None
     if config.sparsity is not None:
         choice = select_layers(model, config.sparsity)
@@ -357,15 +365,19 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     a = run.alphas[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        pred = train_model(x_t, t, y)[:, :c].float()
-        loss_eps = torch.nn.functional.mse_loss(pred, noise)
+        full = train_model(x_t, t, y).float()
+        pred = full[:, :c]
+        loss_eps = torch.nn.functional.mse_loss(pred, training_target(preset.schedule, x0, noise, a))
         loss = loss_eps
-        loss_kd = torch.zeros(())
+        loss_kd = loss_sigma = torch.zeros(())
         if run.teacher is not None:
             with torch.no_grad():
-                target = run.teacher(x_t, t, y)[:, :c].float()
-            loss_kd = torch.nn.functional.mse_loss(pred, target)
+                teacher = run.teacher(x_t, t, y).float()
+            loss_kd = torch.nn.functional.mse_loss(pred, teacher[:, :c])
             loss = loss + config.kd_weight * loss_kd
+            if preset.learned_sigma:  # the variance channels have no other target: match the teacher's
+                loss_sigma = torch.nn.functional.mse_loss(full[:, c:], teacher[:, c:])
+                loss = loss + loss_sigma
         loss_feat = torch.zeros(())
         if run.features is not None:
             loss_feat = run.features.loss()
@@ -380,7 +392,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         decay_pruned_(model, 1.0 - run.sched.get_last_lr()[0] * sparsity.pruned_decay)
     run.sched.step()
     _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step))
-    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "loss_feat": loss_feat.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
+    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "loss_sigma": loss_sigma.item(), "loss_feat": loss_feat.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
 
 
 def train(config: TrainConfig) -> Path:
@@ -388,7 +400,7 @@ def train(config: TrainConfig) -> Path:
     from tqdm.auto import tqdm
 
     config.validate()
-    preset = get_preset(config.preset)
+    preset = config.model_preset()
     out = Path(config.out)
     ckpt_dir = out / "checkpoint"
     check_output_dir(out, "--out")
@@ -432,6 +444,7 @@ def train(config: TrainConfig) -> Path:
             "complete": step >= train_steps,
             "train_config": config.to_dict(),
             "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
+            "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
             "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
         }
         save_checkpoint(
@@ -475,6 +488,7 @@ def train(config: TrainConfig) -> Path:
             log.info("wrote preview grid %s", grid)
         if coverage is not None:
             log.info("coverage: %s", coverage.summary())
+        log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
     return ckpt_dir
 
 
@@ -492,14 +506,14 @@ def _parse_patterns(text: str | None) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="fmnist-dit", help=f"preset: {', '.join(PRESETS)}")
+    p.add_argument("--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder")
     p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
     p.add_argument("--sparsity", choices=("none", *MODES), default="none",
                    help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
                         "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
     p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
-    p.add_argument("--weights", help="diffusers folder or .safetensors to start from")
-    p.add_argument("--kd-weight", type=float, default=None, help="distillation weight (default 0.1 when sparse with --init, else 0)")
+    p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
+    p.add_argument("--kd-weight", type=float, default=None, help="distillation weight (default 0.1 when sparse from --init or --weights, else 0)")
     p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
     p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
     p.add_argument("--pruned-decay", type=float, default=0.0,
@@ -523,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
-    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent presets)")
+    p.add_argument("--vae", help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)")
     p.add_argument("--device", default="auto")
     p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
     p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
@@ -533,20 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    preset = get_preset(args.model)
+    preset = run_preset(args.model, args.weights, args.init)
+    model, weights = (None, args.model) if is_path(args.model) else (args.model, args.weights)
     sparsity = None
     if args.sparsity != "none":
         sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
                                   include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln,
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
                                   tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget)
-    teacher = args.init or args.weights
+    teacher = args.init or weights
     kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and teacher else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
     config = TrainConfig(
-        preset=preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=args.weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
+        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
     ckpt = train(config)

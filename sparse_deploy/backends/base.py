@@ -20,7 +20,7 @@ from ..contract import IOContract, contract_problem
 from ..errors import SparseDeployError
 from ..export import ONNX_FORMAT  # an exported graph; ONNX Runtime runs it directly
 from ..onnx_files import data_problem
-from ..presets import Preset, get_preset
+from ..presets import Preset, preset_from_manifest
 from ..provenance import seal_problem, sha256_file
 
 __all__ = ["ENGINE_FORMAT", "ONNX_FORMAT", "Runner", "engine_manifest_path", "read_engine_manifest", "rebuild_hint"]
@@ -140,11 +140,11 @@ class Runner:
 
     backend = "?"
 
-    def __init__(self, path: Path, manifest: dict[str, Any], contract: IOContract):
+    def __init__(self, path: Path, manifest: dict[str, Any], contract: IOContract, preset: Preset | None = None):
         self.path = Path(path)
         self.manifest = manifest
         self.contract = contract
-        self.preset: Preset = get_preset(contract.preset)
+        self.preset: Preset = preset or preset_from_manifest({"preset": contract.preset, **manifest})
         self._active = False
 
     # -- lifecycle --------------------------------------------------------------------------

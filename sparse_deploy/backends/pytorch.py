@@ -43,7 +43,7 @@ class TorchRunner(Runner):
         bake_(model)  # masks -> exact zeros in plain Linear/Conv2d (same numbers, no mask multiply)
         self.device = resolve_torch_device(device)
         self.model = model.to(self.device).eval()
-        super().__init__(Path(path), manifest, contract_for(model.preset, "fp32", TORCH_PROFILE))
+        super().__init__(Path(path), manifest, contract_for(model.preset, "fp32", TORCH_PROFILE), model.preset)
 
     @torch.no_grad()
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:

@@ -67,7 +67,7 @@ class Torch24Runner(Runner):
             raise SparseDeployError(f"no masked Linear of '{path}' could be converted to a semi-structured tensor: {dict(list(self.skipped.items())[:2])}")
         log.info("torch24: %d Linear layers on 2:4 kernels, %d left dense", len(self.converted), len(self.skipped))
         self.model = model
-        super().__init__(Path(path), manifest, contract_for(model.preset, "fp16", TORCH_PROFILE))
+        super().__init__(Path(path), manifest, contract_for(model.preset, "fp16", TORCH_PROFILE), model.preset)
 
     @torch.no_grad()
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:

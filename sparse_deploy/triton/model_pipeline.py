@@ -51,7 +51,6 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
-        from sparse_deploy.presets import get_preset
         from sparse_deploy.triton.pipeline import PIPELINE_INPUTS, PipelineSettings
 
         # The loop's own tensor work is tiny; leave the cores to the denoiser.
@@ -59,7 +58,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.settings = PipelineSettings.from_parameters(params)
-        self.preset = get_preset(self.settings.preset)
+        self.preset = self.settings.model_preset()
         self.input_names = [t.name for t in PIPELINE_INPUTS]
         self.float_dtype = _FLOAT[self.settings.precision]
         # Import the schedulers and the decoder now, not on the first request.

@@ -27,6 +27,7 @@ both call :func:`sparse_deploy.sampling.sample` once with the same seed.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -100,6 +101,13 @@ class PipelineSettings:
     max_steps: int = TRAIN_TIMESTEPS
     default_scheduler: str = "ddim"
     vae: str = ""
+    preset_spec: str = ""  # JSON of the whole preset (model config and schedule); "" for a built-in preset
+
+    def model_preset(self) -> Preset:
+        """The denoiser's preset (with its noise schedule): the recorded spec, else the built-in one."""
+        if self.preset_spec:
+            return Preset.from_dict(json.loads(self.preset_spec))
+        return get_preset(self.preset)
 
     def to_parameters(self) -> dict[str, str]:
         """Model-config parameters (all strings)."""
@@ -117,6 +125,7 @@ class PipelineSettings:
                 max_steps=int(params.get("max_steps", TRAIN_TIMESTEPS)),
                 default_scheduler=params.get("default_scheduler", "ddim"),
                 vae=params.get("vae", ""),
+                preset_spec=params.get("preset_spec", ""),
             )
         except (KeyError, ValueError) as exc:
             raise SparseDeployError(f"pipeline config parameters are incomplete or malformed ({exc}); regenerate the repository") from exc
@@ -159,7 +168,7 @@ def parse_request(
     Raises:
         SparseDeployError: one sentence naming the input, what was wrong and what is accepted.
     """
-    preset = get_preset(settings.preset)
+    preset = settings.model_preset()
     unknown = sorted(set(values) - {t.name for t in PIPELINE_INPUTS})
     if unknown:
         raise SparseDeployError(f"unknown input(s) {unknown}; the pipeline takes {[t.name for t in PIPELINE_INPUTS]}")

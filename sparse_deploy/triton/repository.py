@@ -30,7 +30,9 @@ from ..backends.base import engine_manifest_path, read_engine_manifest
 from ..contract import IOContract
 from ..errors import SparseDeployError
 from ..onnx_files import data_path
-from ..presets import get_preset
+from ..presets import preset_from_manifest
+from ..sampling import training_scheduler
+from ..sources import resolve_vae
 from ..provenance import atomic_dir, sha256_file, timestamp
 from .pbtxt import Enum, to_pbtxt
 from .pipeline import PIPELINE_INPUTS, PipelineSettings, pipeline_outputs
@@ -251,7 +253,7 @@ def denoiser_config(
 
 def pipeline_config(settings: PipelineSettings, *, name: str = "pipeline", instances: int = 1) -> dict[str, Any]:
     """The pipeline's model configuration: Python backend, one request = one batch of images."""
-    preset = get_preset(settings.preset)
+    preset = settings.model_preset()
     inputs = [_tensor(t.name, t.dtype, t.dims, optional=True) for t in PIPELINE_INPUTS]
     if not preset.num_classes:
         inputs = [t for t in inputs if t["name"] != "class_labels"]
@@ -308,7 +310,7 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     config.validate()
     engine, manifest = read_engine_manifest(config.engine)
     contract = IOContract.from_dict(manifest["contract"])
-    preset = get_preset(contract.preset)
+    preset = preset_from_manifest(manifest)
     flavour, note = resolve_flavour(config.flavour, manifest)
     notes = [note] if note else []
     kind = str(manifest.get("kind", "dense"))
@@ -365,7 +367,9 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         notes.append(f"--ort-accelerator applies to the onnxruntime flavour only; ignored for '{flavour}'")
     settings = PipelineSettings(
         preset=preset.name, precision=contract.precision, max_batch=denoiser["max_batch_size"], denoiser=config.name,
-        default_steps=config.default_steps, vae=str(Path(config.vae).resolve()) if config.vae else "",
+        default_steps=config.default_steps, vae=str(resolve_vae(config.vae).resolve()) if config.vae else "",
+        max_steps=training_scheduler(preset.schedule).config.num_train_timesteps,
+        preset_spec=json.dumps(preset.to_dict(), sort_keys=True, default=list),
     )
     pipeline = pipeline_config(settings, name=config.pipeline_name, instances=config.pipeline_instances)
 
