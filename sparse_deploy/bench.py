@@ -41,6 +41,7 @@ import numpy as np
 
 from .errors import SparseDeployError, cli_entry
 from .guards import check_device, check_output_dir
+from .sources import run_preset
 
 __all__ = [
     "METHODS",
@@ -616,11 +617,10 @@ def _dense_init(preset_name: str, dense_checkpoint: str | Path | None) -> Iterat
 
     from .checkpoint import save_checkpoint
     from .models import build_model
-    from .presets import get_preset
 
     with tempfile.TemporaryDirectory(prefix="bench-init-") as tmp:
         torch.manual_seed(0)
-        model = build_model(get_preset(preset_name), announce_random=False)
+        model = build_model(run_preset(preset_name), announce_random=False)
         log.info("no --dense-checkpoint: timing from a random-init dense model (same cost per step)")
         yield save_checkpoint(Path(tmp) / "dense", model, sparsity=None)
 
@@ -640,13 +640,12 @@ def run_train_cost(
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
     import torch
 
-    from .presets import get_preset
     from .train import _device, prepare_run, train_step
 
     unknown = [m for m in methods if m not in METHODS or m == "oneshot"]
     if unknown:
         raise SparseDeployError(f"train-cost methods must be among {', '.join(TRAIN_COST_METHODS)}; got {unknown}")
-    if data is None and get_preset(model).dataset is None:
+    if data is None and run_preset(model).dataset is None:
         data = "synthetic"  # a step costs the same on random tensors of the right shape
     started = time.perf_counter()
     dev = _device(device)
@@ -796,7 +795,6 @@ def mac_report(
     from .export import export_graph
     from .macs import onnx_macs
     from .models import build_model, example_inputs
-    from .presets import get_preset
     from .sparsify import SparsityConfig, bake_, coverage_report, select_layers
 
     started = time.perf_counter()
@@ -815,7 +813,7 @@ def mac_report(
         import torch
 
         torch.manual_seed(0)
-        model = build_model(get_preset(model_name), announce_random=False)
+        model = build_model(run_preset(model_name), announce_random=False)
         sparse_layers, skipped, source = [], {}, "random init (MACs do not depend on weights)"
         masked = []
     preset = model.preset
@@ -922,9 +920,8 @@ class MethodsConfig:
     label: str | None = None
 
     def validate(self) -> "MethodsConfig":
-        from .presets import get_preset
-
-        preset = get_preset(self.model)
+    
+        preset = run_preset(self.model)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise SparseDeployError(f"unknown method(s) {bad}; choose from: {', '.join(METHODS)}")
@@ -1006,14 +1003,13 @@ def run_methods(
     from . import fid
     from .backends import load_runner
     from .checkpoint import read_manifest
-    from .presets import get_preset
     from .provenance import atomic_path, write_json_atomic
     from .sampling import save_grid
     from .train import train
 
     config.validate()
     started = time.perf_counter()
-    preset = get_preset(config.model)
+    preset = run_preset(config.model)
     dense_manifest = read_manifest(config.dense_checkpoint)
     if dense_manifest.get("masked_layers"):
         raise SparseDeployError(f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the methods start from")
@@ -1359,7 +1355,6 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
     """Every benchmark into ``args.out``, then the report; steps named in ``--skip`` are left out."""
     from .build import BuildConfig, build_engines
     from .export import ExportConfig
-    from .presets import get_preset
     from .report import write_report
 
     out = args.out or _default_out(args.model)
@@ -1390,7 +1385,7 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
         graphs = [Path(e.manifest["source_onnx"]) for e in built if e.manifest.get("source_onnx")]
         _write(out / "macs.json", mac_report(args.model, sparse_ckpt, [g for g in graphs if g.is_file()], command))
     if "methods" not in skip:
-        unsupported = methods_unsupported(get_preset(args.model), args.reference, args.data)
+        unsupported = methods_unsupported(run_preset(args.model), args.reference, args.data)
         if unsupported:
             log.warning("skipping the method comparison: %s", unsupported)
         elif dense_ckpt is None:

@@ -146,6 +146,7 @@ def schedule_record(config: dict[str, Any] | None) -> dict[str, Any]:
         "timestep_spacing": ddim.config.timestep_spacing,
         "steps_offset": int(ddim.config.steps_offset),
         "clip_sample": bool(ddim.config.clip_sample),
+        "clip_sample_range": float(ddim.config.clip_sample_range),
         "final_alpha_cumprod": float(ddim.final_alpha_cumprod),
         "alphas_cumprod": [float(a) for a in ddim.alphas_cumprod.float()],
     }

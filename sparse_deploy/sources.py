@@ -263,6 +263,8 @@ def run_preset(model: str | None, weights: str | Path | None = None, init: str |
         if weights is not None:
             raise SparseDeployError(f"--model '{model}' is a path and --weights '{weights}' too; pass the model once")
         model, weights = None, model
+    if init is not None and model in PRESETS:
+        return get_preset(model)  # the init checkpoint's preset is checked where it is loaded
     if init is not None:
         from .checkpoint import read_manifest
 

@@ -288,6 +288,7 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
         model, _ = load_checkpoint(config.init)
         if manifest["preset"] != preset.name:
             raise SparseDeployError(f"--init checkpoint is preset '{manifest['preset']}', not '{preset.name}'")
+        preset = model.preset  # as recorded: its model config and schedule
     else:
         model = build_model(preset, config.weights)
     if config.kd_weight:

@@ -1,7 +1,9 @@
 // DDIM sampling for a class-conditional denoiser, matching sparse_deploy.sampling.sample with
-// scheduler "ddim": diffusers' DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-// set_alpha_to_one=False, clip_sample=False), eta 0, "leading" timestep spacing, steps_offset 0,
-// init_noise_sigma 1, classifier-free guidance on the first C output channels.
+// scheduler "ddim": diffusers' DDIMScheduler over the model's schedule as the engine manifest
+// records it (alphas_cumprod, timestep spacing, steps offset, prediction type, clipping), eta 0,
+// init_noise_sigma 1, classifier-free guidance on the first C output channels. Without a recorded
+// schedule: DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", set_alpha_to_one=False,
+// clip_sample=False), "leading" spacing, steps_offset 0.
 // Pure C++ (no TensorRT, no CUDA): the denoiser is a callback.
 #pragma once
 
@@ -20,16 +22,63 @@ struct DdimSchedule {
   std::vector<float> alphas_cumprod;  // [num_train_timesteps]
   std::vector<int64_t> timesteps;     // descending, one per sampling step
   float final_alpha_cumprod = 1.0f;   // alphas_cumprod[0] with set_alpha_to_one=False
-  int step_ratio = 1;
+  int step_ratio = 1;                 // t_prev = t - step_ratio (diffusers: T // steps)
+  std::string prediction_type = "epsilon";  // epsilon | v_prediction | sample
+  bool clip_sample = false;
+  float clip_sample_range = 1.0f;
 };
 
+// The model's noise schedule as an engine manifest records it ("schedule", written by
+// sparse_deploy.schedule.schedule_record): alphas_cumprod spelled out, so any beta schedule works.
+struct ScheduleSpec {
+  std::vector<float> alphas_cumprod;
+  float final_alpha_cumprod = 1.0f;
+  int steps_offset = 0;
+  std::string timestep_spacing = "leading";  // leading | trailing | linspace
+  std::string prediction_type = "epsilon";
+  bool clip_sample = false;
+  float clip_sample_range = 1.0f;
+};
+
+// DDIM timesteps for `steps` steps over spec.alphas_cumprod, as diffusers' DDIMScheduler.set_timesteps.
+inline DdimSchedule make_ddim_schedule(const ScheduleSpec& spec, int steps) {
+  const int train_timesteps = static_cast<int>(spec.alphas_cumprod.size());
+  if (train_timesteps < 1) throw std::invalid_argument("the schedule has no alphas_cumprod");
+  if (steps < 1 || steps > train_timesteps)
+    throw std::invalid_argument("steps must be between 1 and " + std::to_string(train_timesteps));
+  if (spec.prediction_type != "epsilon" && spec.prediction_type != "v_prediction" && spec.prediction_type != "sample")
+    throw std::invalid_argument("prediction_type '" + spec.prediction_type + "' is not supported");
+  DdimSchedule s;
+  s.alphas_cumprod = spec.alphas_cumprod;
+  s.final_alpha_cumprod = spec.final_alpha_cumprod;
+  s.prediction_type = spec.prediction_type;
+  s.clip_sample = spec.clip_sample;
+  s.clip_sample_range = spec.clip_sample_range;
+  s.step_ratio = train_timesteps / steps;
+  if (spec.timestep_spacing == "leading") {
+    for (int i = steps - 1; i >= 0; --i) s.timesteps.push_back(static_cast<int64_t>(i) * s.step_ratio + spec.steps_offset);
+  } else if (spec.timestep_spacing == "trailing") {
+    const double ratio = static_cast<double>(train_timesteps) / steps;
+    for (double t = train_timesteps; t > 0; t -= ratio) s.timesteps.push_back(static_cast<int64_t>(std::nearbyint(t)) - 1);
+  } else if (spec.timestep_spacing == "linspace") {
+    for (int i = steps - 1; i >= 0; --i) {
+      const double t = steps == 1 ? 0.0 : static_cast<double>(i) * (train_timesteps - 1) / (steps - 1);
+      s.timesteps.push_back(static_cast<int64_t>(std::nearbyint(t)));
+    }
+  } else {
+    throw std::invalid_argument("timestep_spacing '" + spec.timestep_spacing + "' is not supported");
+  }
+  return s;
+}
+
 // Linear betas from beta_start to beta_end (float32, like torch.linspace), their cumulative
-// product of (1 - beta), and the "leading" timesteps t_i = i * (T / steps), descending.
+// product of (1 - beta), and the "leading" timesteps t_i = i * (T / steps), descending: the
+// default schedule, for manifests that record none.
 inline DdimSchedule make_ddim_schedule(int steps, int train_timesteps = 1000, float beta_start = 1e-4f, float beta_end = 0.02f) {
   if (steps < 1 || steps > train_timesteps)
     throw std::invalid_argument("steps must be between 1 and " + std::to_string(train_timesteps));
-  DdimSchedule s;
-  s.alphas_cumprod.resize(train_timesteps);
+  ScheduleSpec spec;
+  spec.alphas_cumprod.resize(train_timesteps);
   const float step = (beta_end - beta_start) / static_cast<float>(train_timesteps - 1);
   const int half = train_timesteps / 2;
   double acc = 1.0;  // torch.cumprod accumulates float32 in double on the CPU
@@ -38,24 +87,35 @@ inline DdimSchedule make_ddim_schedule(int steps, int train_timesteps = 1000, fl
     const float beta = i < half ? beta_start + step * static_cast<float>(i)
                                 : beta_end - step * static_cast<float>(train_timesteps - 1 - i);
     acc *= static_cast<double>(1.0f - beta);
-    s.alphas_cumprod[i] = static_cast<float>(acc);
+    spec.alphas_cumprod[i] = static_cast<float>(acc);
   }
-  s.final_alpha_cumprod = s.alphas_cumprod[0];
-  s.step_ratio = train_timesteps / steps;
-  for (int i = steps - 1; i >= 0; --i) s.timesteps.push_back(static_cast<int64_t>(i) * s.step_ratio);
-  return s;
+  spec.final_alpha_cumprod = spec.alphas_cumprod[0];
+  return make_ddim_schedule(spec, steps);
 }
 
 // One deterministic DDIM step (eta = 0) on a whole batch, in place: x <- x_{t-ratio}.
-inline void ddim_step(const DdimSchedule& s, int64_t t, const std::vector<float>& eps, std::vector<float>& x) {
+// `out` is the model's prediction (epsilon, v or x0, as the schedule's prediction_type says).
+inline void ddim_step(const DdimSchedule& s, int64_t t, const std::vector<float>& out, std::vector<float>& x) {
   const int64_t prev = t - s.step_ratio;
   const float a_t = s.alphas_cumprod.at(static_cast<size_t>(t));
   const float a_prev = prev >= 0 ? s.alphas_cumprod.at(static_cast<size_t>(prev)) : s.final_alpha_cumprod;
   const float sqrt_a_t = std::sqrt(a_t), sqrt_b_t = std::sqrt(1.0f - a_t);
   const float sqrt_a_prev = std::sqrt(a_prev), sqrt_b_prev = std::sqrt(1.0f - a_prev);
+  const int kind = s.prediction_type == "epsilon" ? 0 : s.prediction_type == "sample" ? 1 : 2;
   for (size_t i = 0; i < x.size(); ++i) {
-    const float x0 = (x[i] - sqrt_b_t * eps[i]) / sqrt_a_t;
-    x[i] = sqrt_a_prev * x0 + sqrt_b_prev * eps[i];
+    float x0, eps;
+    if (kind == 0) {
+      x0 = (x[i] - sqrt_b_t * out[i]) / sqrt_a_t;
+      eps = out[i];
+    } else if (kind == 1) {
+      x0 = out[i];
+      eps = (x[i] - sqrt_a_t * x0) / sqrt_b_t;
+    } else {
+      x0 = sqrt_a_t * x[i] - sqrt_b_t * out[i];
+      eps = sqrt_a_t * out[i] + sqrt_b_t * x[i];
+    }
+    if (s.clip_sample) x0 = std::min(std::max(x0, -s.clip_sample_range), s.clip_sample_range);
+    x[i] = sqrt_a_prev * x0 + sqrt_b_prev * eps;
   }
 }
 

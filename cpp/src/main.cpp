@@ -309,7 +309,8 @@ int main(int argc, char** argv) {
     }
 
     TrtDenoiser denoiser(args.engine, m);
-    const sd::DdimSchedule sched = sd::make_ddim_schedule(args.steps);
+    // The model's own schedule when the manifest records it, else the default linear one.
+    const sd::DdimSchedule sched = m.has_schedule ? sd::make_ddim_schedule(m.schedule, args.steps) : sd::make_ddim_schedule(args.steps);
     const int rows_per_image = args.guidance != 1.0f ? 2 : 1;
     const int chunk = m.profile_max / rows_per_image;
     if (chunk < 1) throw std::runtime_error("the engine's max batch is too small for guidance; rebuild with a larger --max-batch");

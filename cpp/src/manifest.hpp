@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "ddim.hpp"
 #include "json.hpp"
 
 namespace sd {
@@ -26,6 +27,8 @@ struct Manifest {
   std::vector<TensorSpec> inputs, outputs;
   int profile_min = 1, profile_opt = 1, profile_max = 1;
   long long num_classes = -1;  // from the manifest when present (-1: unknown)
+  bool has_schedule = false;    // the manifest records the model's noise schedule
+  ScheduleSpec schedule;
 
   const TensorSpec* input(const std::string& name) const {
     for (const auto& t : inputs)
@@ -73,6 +76,18 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   m.tensorrt_version = j.get_string("tensorrt_version");
   m.gpu = j.get_string("gpu");
   if (j.contains("num_classes") && j["num_classes"].is_number()) m.num_classes = j["num_classes"].integer();
+  if (j.contains("schedule") && j["schedule"].is_object() && j["schedule"].contains("alphas_cumprod")) {
+    const Json& s = j["schedule"];
+    for (const Json& a : s["alphas_cumprod"].items()) m.schedule.alphas_cumprod.push_back(static_cast<float>(a.num()));
+    m.schedule.final_alpha_cumprod = static_cast<float>(s["final_alpha_cumprod"].num());
+    m.schedule.steps_offset = s.contains("steps_offset") ? static_cast<int>(s["steps_offset"].integer()) : 0;
+    m.schedule.timestep_spacing = s.get_string("timestep_spacing", "leading");
+    m.schedule.prediction_type = s.get_string("prediction_type", "epsilon");
+    m.schedule.clip_sample = s.contains("clip_sample") && s["clip_sample"].boolean();
+    if (s.contains("clip_sample_range") && s["clip_sample_range"].is_number())
+      m.schedule.clip_sample_range = static_cast<float>(s["clip_sample_range"].num());
+    m.has_schedule = true;
+  }
   if (!j.contains("contract")) throw std::runtime_error("manifest '" + where + "' has no contract; rebuild the engine");
   const Json& c = j["contract"];
   m.inputs = read_specs(c["inputs"]);

@@ -4,7 +4,8 @@
 //
 //   ddim_selftest manifest PATH
 //   ddim_selftest sample --noise FILE.f32 --labels 1,7 --steps 10 --guidance 2 --channels 1 --size 16
-//                        --null-label 10 --out FILE.f32   (all on one line)
+//                        --null-label 10 --out FILE.f32 [--manifest ENGINE.json]   (all on one line;
+//                        with --manifest, the schedule that manifest records)
 //   ddim_selftest half
 #include <cmath>
 #include <cstring>
@@ -43,7 +44,7 @@ int half_mode() {
 }
 
 int sample_mode(int argc, char** argv) {
-  std::string noise_path, out_path;
+  std::string noise_path, out_path, manifest_path;
   std::vector<int64_t> labels;
   int steps = 10, channels = 1, size = 16;
   float guidance = 1.0f;
@@ -52,6 +53,7 @@ int sample_mode(int argc, char** argv) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--noise") noise_path = v;
     else if (k == "--out") out_path = v;
+    else if (k == "--manifest") manifest_path = v;
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--channels") channels = std::stoi(v);
     else if (k == "--size") size = std::stoi(v);
@@ -74,13 +76,20 @@ int sample_mode(int argc, char** argv) {
         out[b * per + j] = 0.1f * x[b * per + j] + 0.01f * static_cast<float>(y[b] - 5) + 1e-4f * static_cast<float>(t[b]);
     return out;
   };
-  const sd::DdimSchedule sched = sd::make_ddim_schedule(steps);
+  sd::DdimSchedule sched;
+  if (!manifest_path.empty()) {  // the schedule an engine manifest records
+    const sd::Manifest m = sd::parse_manifest(sd::read_file(manifest_path), manifest_path);
+    if (!m.has_schedule) throw std::runtime_error("manifest '" + manifest_path + "' records no schedule");
+    sched = sd::make_ddim_schedule(m.schedule, steps);
+  } else {
+    sched = sd::make_ddim_schedule(steps);
+  }
   const std::vector<float> x = sd::ddim_sample(fake, shape, sched, noise, labels, guidance);
   std::ofstream out(out_path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(x.data()), static_cast<std::streamsize>(x.size() * sizeof(float)));
   std::cout << "timesteps";
   for (auto t : sched.timesteps) std::cout << " " << t;
-  std::cout << "\nalphas_cumprod_0 " << sched.alphas_cumprod[0] << "\nalphas_cumprod_999 " << sched.alphas_cumprod[999] << "\n";
+  std::cout << "\nalphas_cumprod_0 " << sched.alphas_cumprod[0] << "\nalphas_cumprod_last " << sched.alphas_cumprod.back() << "\n";
   return 0;
 }
 

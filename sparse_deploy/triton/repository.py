@@ -30,7 +30,7 @@ from ..backends.base import engine_manifest_path, read_engine_manifest
 from ..contract import IOContract
 from ..errors import SparseDeployError
 from ..onnx_files import data_path
-from ..presets import preset_from_manifest
+from ..presets import PRESETS, Preset, preset_from_manifest
 from ..sampling import training_scheduler
 from ..sources import resolve_vae
 from ..provenance import atomic_dir, sha256_file, timestamp
@@ -301,6 +301,13 @@ def _header(engine: Path, manifest: dict[str, Any], what: str) -> str:
     return "\n".join(lines)
 
 
+def _spec_unless_builtin(preset: Preset) -> str:
+    """The preset as JSON for the pipeline's parameters, or "" when it is exactly a built-in one."""
+    spec = json.dumps(preset.to_dict(), sort_keys=True, default=list)
+    builtin = PRESETS.get(preset.name)
+    return "" if builtin is not None and json.dumps(builtin.to_dict(), sort_keys=True, default=list) == spec else spec
+
+
 def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     """Write the denoiser and pipeline models for ``config.engine`` into ``config.out``.
 
@@ -369,7 +376,7 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         preset=preset.name, precision=contract.precision, max_batch=denoiser["max_batch_size"], denoiser=config.name,
         default_steps=config.default_steps, vae=str(resolve_vae(config.vae).resolve()) if config.vae else "",
         max_steps=training_scheduler(preset.schedule).config.num_train_timesteps,
-        preset_spec=json.dumps(preset.to_dict(), sort_keys=True, default=list),
+        preset_spec=_spec_unless_builtin(preset),
     )
     pipeline = pipeline_config(settings, name=config.pipeline_name, instances=config.pipeline_instances)
 

@@ -99,3 +99,40 @@ def test_ddim_loop_matches_sampling_sample(selftest, tmp_path, steps, guidance, 
     sched = make_scheduler("ddim")
     sched.set_timesteps(steps)
     assert out.splitlines()[0].split()[1:] == [str(int(t)) for t in sched.timesteps]
+
+
+@pytest.mark.parametrize("config", [
+    dict(_class_name="DDIMScheduler", num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.0005, beta_end=0.015,
+         clip_sample=False, set_alpha_to_one=False),
+    dict(_class_name="DDPMScheduler", num_train_timesteps=400, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+         timestep_spacing="trailing", clip_sample=False),
+])
+def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
+    """A non-default schedule recorded in an engine manifest: the C++ loop equals sampling.sample."""
+    import dataclasses
+
+    from sparse_deploy.schedule import schedule_record
+
+    preset = dataclasses.replace(get_preset("tiny-dit"), schedule=config)
+    contract = contract_for(preset, "fp32")
+    manifest = {"format": "sparse-deploy-engine/1", "backend": "tensorrt", "engine": "e.trt.plan", "kind": "sparse", "precision": "fp32",
+                "preset": preset.name, "contract": contract.to_dict(), "schedule": schedule_record(config)}
+    (tmp_path / "e.trt.json").write_text(json.dumps(manifest))
+
+    def fake(x, t, y):
+        return 0.1 * x + 0.01 * (y.float() - 5).view(-1, 1, 1, 1) + 1e-4 * t.float().view(-1, 1, 1, 1)
+
+    labels, steps, seed = [2, 8], 7, 4
+    want, _ = sample(fake, preset, batch=2, steps=steps, scheduler="ddim", seed=seed, labels=labels)
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+    (tmp_path / "noise.f32").write_bytes(noise.numpy().astype("<f4").tobytes())
+    cmd = [str(selftest), "sample", "--noise", str(tmp_path / "noise.f32"), "--labels", "2,8", "--steps", str(steps), "--guidance", "1",
+           "--channels", "1", "--size", "16", "--null-label", "10", "--out", str(tmp_path / "x.f32"), "--manifest", str(tmp_path / "e.trt.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    from sparse_deploy.sampling import make_scheduler
+
+    sched = make_scheduler("ddim", config)
+    sched.set_timesteps(steps)
+    assert out.splitlines()[0].split()[1:] == [str(int(t)) for t in sched.timesteps]
+    got = np.fromfile(tmp_path / "x.f32", dtype="<f4").reshape(want.shape)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)

@@ -125,6 +125,7 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(path)
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["preset"] = "tiny-unet"
+    manifest["preset_spec"] = get_preset("tiny-unet").to_dict()  # the recorded layout is what is rebuilt
     manifest["weights_sha256"] = sha256_file(path / WEIGHTS)
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(SparseDeployError, match="does not match its own hash"):
