@@ -10,9 +10,7 @@ record it (:func:`schedule_record`, with ``alphas_cumprod`` spelled out for the 
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +21,7 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "SAMPLERS",
     "PREDICTION_TYPES",
-    "read_scheduler_config",
+    "check_schedule",
     "training_scheduler",
     "sampling_scheduler",
     "prediction_type",
@@ -47,18 +45,6 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SUPPORTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "PNDMScheduler")
-
-
-def read_scheduler_config(folder: str | Path) -> dict[str, Any]:
-    """The scheduler config in ``folder`` (``scheduler_config.json``), checked for what the toolchain supports."""
-    path = Path(folder) / "scheduler_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SparseDeployError(f"'{folder}' has no scheduler_config.json; point at a diffusers scheduler folder") from None
-    except json.JSONDecodeError as exc:
-        raise SparseDeployError(f"'{path}' is not valid JSON ({exc})") from exc
-    return check_schedule(config, str(path))
 
 
 def check_schedule(config: dict[str, Any], where: str = "scheduler config") -> dict[str, Any]:

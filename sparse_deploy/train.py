@@ -293,6 +293,8 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
         model = build_model(preset, config.weights)
     if config.kd_weight:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    elif preset.learned_sigma and config.sparsity is not None:
+        log.warning("'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance channels get no loss and will drift", preset.name)
 
     images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
     alphas = training_scheduler(preset.schedule).alphas_cumprod

@@ -229,8 +229,7 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
     modules = dict(pipe.unet.named_modules())
     assert manifest["masked_layers"]
     for name in manifest["masked_layers"]:
-        weight = modules[name].weight
-        assert is_nm_sparse(weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight, 2, 4), name
+        assert is_nm_sparse(modules[name].weight, 2, 4), name  # convs: groups of 4 input channels per tap
     assert run_main(["--engine", str(unet_run["sparse"]), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2",
                      "--steps", "2"]) == 0
     assert run_main(["--engine", str(unet_run["sparse"]), "--out", str(tmp_path / "v"), "--vae", str(unet_root)]) == 2
@@ -248,6 +247,8 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
 
 
 def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
+    import dataclasses
+
     from sparse_deploy.models import example_inputs
     from sparse_deploy.sparsify import SparsityConfig
     from sparse_deploy.train import TrainConfig, prepare_run, train_step
@@ -259,13 +260,19 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
         c = run.preset.in_channels
         return float((student[:, c:] - teacher[:, c:]).pow(2).mean() / teacher[:, c:].pow(2).mean())
 
-    torch.manual_seed(0)
-    config = TrainConfig(preset=None, out="unused", weights=str(dit_root), sparsity=SparsityConfig(mode="srste"), kd_weight=0.1,
-                         steps=30, batch_size=8, lr=1e-3, warmup_steps=0, data="synthetic:16").validate()
-    run = prepare_run(config, torch.device("cpu"))
-    assert run.preset.learned_sigma
-    before = sigma_error(run)  # the 2:4 masks alone move the variance head
-    rows = [train_step(run, step) for step in range(config.steps)]
-    after = sigma_error(run)
-    assert all(r["loss_sigma"] > 0 for r in rows)
-    assert after < 0.5 * before, (before, after)
+    def finetune(distil_sigma: bool) -> tuple[float, list[dict]]:
+        torch.manual_seed(0)
+        config = TrainConfig(preset=None, out="unused", weights=str(dit_root), sparsity=SparsityConfig(mode="srste"), kd_weight=0.1,
+                             steps=30, batch_size=8, lr=2e-4, warmup_steps=0, data="synthetic:16").validate()
+        run = prepare_run(config, torch.device("cpu"))
+        assert run.preset.learned_sigma and run.teacher is not None
+        if not distil_sigma:  # the control: the same run with no loss on the variance channels
+            run.preset = dataclasses.replace(run.preset, learned_sigma=False)
+        rows = [train_step(run, step) for step in range(config.steps)]
+        return sigma_error(run), rows
+
+    kept, rows = finetune(True)
+    drifted, control_rows = finetune(False)
+    assert all(r["loss_sigma"] > 0 for r in rows) and all(r["loss_sigma"] == 0 for r in control_rows)
+    # Seen here: 0.029 with the variance distilled, 0.090 without (relative mean squared error).
+    assert kept < 0.05 and kept < 0.5 * drifted, (kept, drifted)
