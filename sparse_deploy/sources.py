@@ -84,8 +84,10 @@ class ModelSource:
 
 
 def is_path(value: str | Path | None) -> bool:
-    """Whether a ``--model`` value names something on disk rather than a preset."""
-    return value is not None and (Path(value).exists() or "/" in str(value) or str(value).endswith(".safetensors"))
+    """Whether a ``--model`` value names something on disk rather than a preset (preset names win)."""
+    if value is None or str(value) in PRESETS:
+        return False
+    return Path(value).exists() or "/" in str(value) or str(value).endswith(".safetensors")
 
 
 def _json(path: Path) -> dict[str, Any]:
