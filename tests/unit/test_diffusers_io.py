@@ -263,7 +263,7 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
     def finetune(distil_sigma: bool) -> tuple[float, list[dict]]:
         torch.manual_seed(0)
         config = TrainConfig(preset=None, out="unused", weights=str(dit_root), sparsity=SparsityConfig(mode="srste"), kd_weight=0.1,
-                             steps=30, batch_size=8, lr=2e-4, warmup_steps=0, data="synthetic:16").validate()
+                             steps=12, batch_size=8, lr=5e-4, warmup_steps=0, data="synthetic:16").validate()
         run = prepare_run(config, torch.device("cpu"))
         assert run.preset.learned_sigma and run.teacher is not None
         if not distil_sigma:  # the control: the same run with no loss on the variance channels
@@ -274,5 +274,5 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
     kept, rows = finetune(True)
     drifted, control_rows = finetune(False)
     assert all(r["loss_sigma"] > 0 for r in rows) and all(r["loss_sigma"] == 0 for r in control_rows)
-    # Seen here: 0.029 with the variance distilled, 0.090 without (relative mean squared error).
+    # Seen here: 0.028 with the variance distilled, 0.093 without (relative mean squared error).
     assert kept < 0.05 and kept < 0.5 * drifted, (kept, drifted)
