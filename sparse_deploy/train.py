@@ -491,7 +491,8 @@ def train(config: TrainConfig) -> Path:
             log.info("wrote preview grid %s", grid)
         if coverage is not None:
             log.info("coverage: %s", coverage.summary())
-        log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
+        if not (finished and (out / "diffusers" / "sparse_deploy.json").exists()):
+            log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
     return ckpt_dir
 
 
