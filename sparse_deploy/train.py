@@ -441,6 +441,7 @@ def train(config: TrainConfig) -> Path:
                    "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
             with (out / "mask_flips.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
+                sync_file(fh)
             run.layer_flips.clear()
         info = {
             "step": step,
@@ -458,7 +459,9 @@ def train(config: TrainConfig) -> Path:
     metrics_path = out / "metrics.jsonl"
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-        rewrite_metrics(metrics_path, start)  # drop rows a killed run did past its last checkpoint
+        # Drop rows a killed run wrote past its last checkpoint: the resumed run writes them again.
+        rewrite_metrics(metrics_path, start)
+        rewrite_metrics(out / "mask_flips.jsonl", start)
     metrics = metrics_path.open("a") if ddp.main else None
     finished = prior is not None and prior.get("complete") and start >= train_steps
     bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not ddp.main)

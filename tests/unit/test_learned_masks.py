@@ -220,6 +220,9 @@ def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(_config(out, dense_ckpt, fmnist_data))
     monkeypatch.setattr(train_mod, "_ema_update_", real_update)
+    # A kill between a flip row and its checkpoint leaves a row the resumed run writes again.
+    with (out / "mask_flips.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 4, "refreshes": 2, "layers": {}}) + "\n")
     resumed = train_mod.train(_config(out, dense_ckpt, fmnist_data))
     got, want = load_file(str(resumed / WEIGHTS)), load_file(str(learned_run["ckpt"] / WEIGHTS))
     assert got.keys() == want.keys() and any(k.endswith("mask_logits") for k in got)
@@ -228,6 +231,10 @@ def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypat
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (learned_run["out"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref], abs=1e-6)
+    flips = [json.loads(line) for line in (out / "mask_flips.jsonl").read_text().splitlines()]
+    ref_flips = [json.loads(line) for line in (learned_run["out"] / "mask_flips.jsonl").read_text().splitlines()]
+    assert [f["step"] for f in flips] == [2, 4]
+    assert [f["layers"] for f in flips] == [pytest.approx(f["layers"], abs=1e-6) for f in ref_flips]
 
 
 # ----------------------------------------------------------------------------- MACs budget
