@@ -37,6 +37,7 @@ from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_
 from .contract import IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
+from .masks import PATTERN
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
 from .onnx_files import data_path, data_problem, describe_data, share_mode
 from .presets import PRESET_SPEC, Preset, preset_from_manifest
@@ -128,6 +129,7 @@ def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings
         "format": ENGINE_FORMAT,
         "backend": backend,
         "kind": graph.kind,
+        "pattern": PATTERN if graph.kind == "sparse" else None,
         "precision": graph.precision,
         "preset": contract.preset,
         PRESET_SPEC: preset.to_dict(),  # the model's config: runners rebuild the preset from it

@@ -21,6 +21,7 @@ from .errors import SparseDeployError
 from .models import Denoiser, build_model
 from .presets import PRESET_SPEC, preset_from_manifest
 from .provenance import atomic_dir, library_versions, seal, seal_problem, sha256_file, timestamp
+from .masks import PATTERN
 from .sparsify import SparsityConfig, masked_modules, sparsify_
 from .statefile import load_state, save_state
 
@@ -61,6 +62,7 @@ def save_checkpoint(
             PRESET_SPEC: model.preset.to_dict(),  # the model's config and schedule: no --model needed later
             "sparsity": sparsity.to_dict() if sparsity else None,
             "masked_layers": sorted(masked_modules(model)),
+            "pattern": PATTERN if masked_modules(model) else None,  # the one pattern; None: dense
             "weights_sha256": sha256_file(tmp / WEIGHTS),
             "training_state_sha256": sha256_file(tmp / TRAINING_STATE) if training_state is not None else None,
             "created": timestamp(),
@@ -125,6 +127,8 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser,
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SparseDeployError(f"'{weights}' is corrupt ({exc}); re-create the checkpoint") from exc
+    if manifest.get("masked_layers") and manifest.get("pattern", PATTERN) != PATTERN:
+        raise SparseDeployError(f"checkpoint '{path}' holds {manifest['pattern']} masks; only {PATTERN} is supported (TensorRT and cuSPARSELt run {PATTERN} only)")
     preset = preset_from_manifest(manifest)
     model = build_model(preset, weights=None, announce_random=False)
     if manifest.get("sparsity") and manifest.get("masked_layers"):

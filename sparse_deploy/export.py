@@ -56,6 +56,7 @@ from .schedule import schedule_record
 from .sources import is_path, run_preset
 from .onnx_files import data_path, data_problem, describe_data, save_with_external_data
 from .provenance import library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
+from .masks import PATTERN
 from .sparsify import SparsityConfig, bake_, select_layers, sparsify_
 
 __all__ = [
@@ -764,6 +765,7 @@ def export_graph(
         "opset": OPSET,
         "exporter": EXPORTER,
         "sparse_layers": sorted(sparse_layers),
+        "pattern": PATTERN if kind == "sparse" else None,
         "parity": parity,
         "sparsity_check": sparsity,
         "versions": library_versions(),

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "PATTERN",
+    "PATTERN_N",
+    "PATTERN_M",
     "eligibility",
     "nm_mask",
     "nm_violations",
@@ -22,6 +25,12 @@ __all__ = [
     "from_groups",
     "pattern_index",
 ]
+
+#: The one sparsity pattern of this toolchain: what TensorRT's SPARSE_WEIGHTS kernels and
+#: cuSPARSELt (``torch.sparse.to_sparse_semi_structured``) run. The mask math below is written for
+#: any N:M (so it is tested against the general definition); configs accept only this one.
+PATTERN = "2:4"
+PATTERN_N, PATTERN_M = 2, 4
 
 # Practical eligibility used by ASP and Model Optimizer: out % 8 == 0 and in % 16 == 0.
 OUT_MULTIPLE = 8

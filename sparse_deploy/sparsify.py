@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
-from .masks import eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
+from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
 from .presets import Preset
 
 __all__ = [
@@ -71,7 +71,9 @@ class SparsityConfig:
 
     Attributes:
         mode: ``srste`` | ``ste`` | ``fixed`` | ``oneshot`` (see module docstring).
-        n / m: the N:M pattern (2:4 is what sparse tensor cores run).
+        pattern: always ``"2:4"`` (:data:`~sparse_deploy.masks.PATTERN`), the only pattern TensorRT and
+            cuSPARSELt run; recorded so that every artifact says which pattern it holds, and any
+            other value is refused by :meth:`validate`.
         decay: SR-STE's lambda on pruned weights (2e-4 in the SparseDM code); forced to 0 for ``ste``.
         mask_every: recompute masks from the dense weights every this many steps (srste/ste).
         include: module-name glob patterns to sparsify; empty means the preset's defaults.
@@ -89,8 +91,7 @@ class SparsityConfig:
     """
 
     mode: str = "srste"
-    n: int = 2
-    m: int = 4
+    pattern: str = PATTERN
     decay: float = 2e-4
     mask_every: int = 1
     include: tuple[str, ...] = ()
@@ -107,8 +108,10 @@ class SparsityConfig:
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
             raise SparseDeployError(f"unknown sparsity mode '{self.mode}'; choose one of: {', '.join(MODES)}")
-        if not 0 < self.n < self.m:
-            raise SparseDeployError(f"invalid N:M pattern {self.n}:{self.m}; need 0 < N < M (2:4 for sparse tensor cores)")
+        if self.pattern != PATTERN:
+            raise SparseDeployError(
+                f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and cuSPARSELt run {PATTERN} only"
+            )
         if not 0 <= self.decay < float("inf"):  # also refuses nan
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
         if self.mask_every < 1:
@@ -151,6 +154,8 @@ class SparsityConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "SparsityConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
+        if "pattern" not in data and "n" in data and "m" in data:  # written before the pattern was one constant
+            data = {**data, "pattern": f"{data['n']}:{data['m']}"}
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
         return cls(**data)
 
@@ -194,7 +199,7 @@ class _MaskedMixin:
         logits = self.mask_logits * scale
         uniform = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
         probs = torch.softmax((logits - torch.log(-torch.log(uniform))) / tau, dim=-1)
-        groups = probs @ nm_patterns(2, 4).to(probs)
+        groups = probs @ nm_patterns(PATTERN_N, PATTERN_M).to(probs)
         return from_groups(groups, self.weight.shape).to(self.weight.dtype)
 
 
@@ -252,21 +257,21 @@ def select_layers(model: nn.Module, config: SparsityConfig, preset: Preset | Non
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             choice.skipped[short] = "grouped convolution"
             continue
-        reason = eligibility(module.weight.shape, config.n, config.m)
+        reason = eligibility(module.weight.shape, PATTERN_N, PATTERN_M)
         if reason:
             choice.skipped[short] = reason
         else:
             choice.selected.append(short)
     if not choice.selected:
         raise SparseDeployError(
-            f"no layer is eligible for {config.n}:{config.m} sparsity with patterns {list(include)} "
+            f"no layer is eligible for {PATTERN} sparsity with patterns {list(include)} "
             f"(skipped: {dict(list(choice.skipped.items())[:3])}); widen --include"
         )
     return choice
 
 
 def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | None = None) -> list[str]:
-    """Put N:M magnitude masks on the selected layers of ``model``, in place.
+    """Put 2:4 magnitude masks on the selected layers of ``model``, in place.
 
     Args:
         model: usually a :class:`sparse_deploy.models.Denoiser`.
@@ -286,13 +291,13 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
         if module is None or type(module) not in _MASKED:
             raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset")
         module.__class__ = _MASKED[type(module)]
-        module.register_buffer("weight_mask", nm_mask(module.weight, config.n, config.m))
+        module.register_buffer("weight_mask", nm_mask(module.weight, PATTERN_N, PATTERN_M))
         module.sparsity_mode = config.mode
         module.sparsity_decay = config.effective_decay
         if config.mode == "maskllm":
             prior = nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
             module.mask_logits = nn.Parameter(prior.reshape(-1, 6).to(module.weight.device))
-    log.info("masked %d layers with %d:%d %s masks", len(layers), config.n, config.m, config.mode)
+    log.info("masked %d layers with %s %s masks", len(layers), PATTERN, config.mode)
     return list(layers)
 
 
@@ -301,17 +306,17 @@ def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {_short(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
 
 
-def _hard_mask(module: nn.Module, n: int, m: int) -> torch.Tensor:
+def _hard_mask(module: nn.Module) -> torch.Tensor:
     logits = getattr(module, "mask_logits", None)
     if logits is None:
-        return nm_mask(module.weight, n, m)  # SR-STE / STE: magnitude of the dense weight
-    chosen = nm_patterns(n, m).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
+        return nm_mask(module.weight, PATTERN_N, PATTERN_M)  # SR-STE / STE: magnitude of the dense weight
+    chosen = nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
     shape = module.weight.shape
-    return from_groups(chosen.reshape(to_groups(module.weight, m).shape), shape)
+    return from_groups(chosen.reshape(to_groups(module.weight, PATTERN_M).shape), shape)
 
 
 @torch.no_grad()
-def refresh_masks_(model: nn.Module, n: int = 2, m: int = 4, layer_flips: dict[str, float] | None = None) -> float:
+def refresh_masks_(model: nn.Module, layer_flips: dict[str, float] | None = None) -> float:
     """Recompute every mask (magnitude of the dense weight, or the argmax pattern of learned logits).
 
     Returns the share of all mask entries that flipped; ``layer_flips``, when given, receives each
@@ -319,7 +324,7 @@ def refresh_masks_(model: nn.Module, n: int = 2, m: int = 4, layer_flips: dict[s
     """
     flipped = total = 0
     for name, module in masked_modules(model).items():
-        new = _hard_mask(module, n, m)
+        new = _hard_mask(module)
         changed = int((new != module.weight_mask).sum())
         flipped += changed
         total += new.numel()
@@ -348,11 +353,11 @@ def decay_pruned_(model: nn.Module, factor: float) -> None:
 
 
 @torch.no_grad()
-def bake_(model: nn.Module, n: int = 2, m: int = 4) -> list[str]:
+def bake_(model: nn.Module) -> list[str]:
     """Write masks into the weights and turn masked layers back into plain modules.
 
     Returns:
-        The names of the baked layers; each now holds exact N:M zeros.
+        The names of the baked layers; each now holds exact 2:4 zeros.
     """
     baked = []
     for name, module in masked_modules(model).items():
@@ -363,8 +368,8 @@ def bake_(model: nn.Module, n: int = 2, m: int = 4) -> list[str]:
         for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale"):
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
-        if not is_nm_sparse(module.weight, n, m):  # a saved mask that is not N:M (edited or damaged)
-            raise SparseDeployError(f"layer {name} is not {n}:{m} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint")
+        if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)
+            raise SparseDeployError(f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint")
         baked.append(name)
     return baked
 
@@ -377,8 +382,6 @@ class CoverageReport:
     skipped: dict[str, str]
     layer_macs: dict[str, int]
     model_macs: int
-    n: int = 2
-    m: int = 4
 
     @property
     def sparse_macs(self) -> int:
@@ -392,12 +395,12 @@ class CoverageReport:
     @property
     def effective_macs(self) -> int:
         """Model MACs once the sparse layers skip their pruned weights."""
-        return self.model_macs - self.sparse_macs * (self.m - self.n) // self.m
+        return self.model_macs - self.sparse_macs * (PATTERN_M - PATTERN_N) // PATTERN_M
 
     def summary(self) -> str:
         linear_conv = sum(self.layer_macs.values())
         return (
-            f"{len(self.sparse_layers)} layers {self.n}:{self.m}-sparse ({len(self.skipped)} selected layers skipped); "
+            f"{len(self.sparse_layers)} layers {PATTERN}-sparse ({len(self.skipped)} selected layers skipped); "
             f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M MACs per sample "
             f"({self.sparse_macs / max(linear_conv, 1):.1%} of Linear/Conv MACs); "
             f"effective MACs {self.effective_macs / 1e6:.1f} M ({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
@@ -405,7 +408,7 @@ class CoverageReport:
 
     def to_dict(self) -> dict:
         return {
-            "pattern": f"{self.n}:{self.m}",
+            "pattern": PATTERN,
             "sparse_layers": self.sparse_layers,
             "skipped": self.skipped,
             "model_macs": self.model_macs,
@@ -418,11 +421,10 @@ class CoverageReport:
 
 def coverage_report(
     model: nn.Module, inputs: Sequence[torch.Tensor], sparse_layers: Sequence[str], skipped: dict[str, str] | None = None,
-    n: int = 2, m: int = 4,
 ) -> CoverageReport:
     """Count MACs on ``inputs`` (batch 1 gives per-sample figures) and report sparse coverage."""
     per_layer = {_short(k): v for k, v in layer_macs(model, inputs).items()}
     return CoverageReport(
         sparse_layers=list(sparse_layers), skipped=dict(skipped or {}), layer_macs=per_layer,
-        model_macs=total_macs(model, inputs), n=n, m=m,
+        model_macs=total_macs(model, inputs),
     )

@@ -185,7 +185,7 @@ def _inference_copy(ema: torch.nn.Module, sparsity: SparsityConfig | None) -> to
     """The EMA model with masks recomputed from its own dense weights (SR-STE / STE)."""
     model = copy.deepcopy(ema).cpu().eval()
     if sparsity is not None and sparsity.learns_masks:
-        refresh_masks_(model, sparsity.n, sparsity.m)
+        refresh_masks_(model)
     return model
 
 
@@ -304,7 +304,7 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
         if config.sparsity.macs_budget is not None:
             _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
         sparsify_(model, config.sparsity, choice.selected)
-        coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped, config.sparsity.n, config.sparsity.m)
+        coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
         log.info("coverage: %s", coverage.summary())
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -350,7 +350,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     flipped = 0.0
     if run.learns_masks and step % sparsity.mask_every == 0:
         layers: dict[str, float] = {}
-        flipped = refresh_masks_(model, sparsity.n, sparsity.m, layers)
+        flipped = refresh_masks_(model, layers)
         for name, share in layers.items():
             run.layer_flips.setdefault(name, []).append(share)
     if sparsity is not None and sparsity.mode == "maskllm":

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.macs import layer_macs
-from sparse_deploy.masks import is_nm_sparse, nm_mask
+from sparse_deploy.masks import PATTERN, is_nm_sparse, nm_mask
 from sparse_deploy.models import build_model, example_inputs
 from sparse_deploy.presets import get_preset
 from sparse_deploy.sparsify import (
@@ -147,7 +147,7 @@ def test_only_ineligible_layers_raises(tiny_unet):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(mode="magic"), "unknown sparsity mode"),
-    (dict(n=4, m=4), "invalid N:M"),
+    (dict(pattern="4:4"), "pattern .4:4. is not supported"),
     (dict(decay=-1.0), "decay"),
     (dict(mask_every=0), "mask-every"),
     (dict(types=("Embedding",)), "unknown layer types"),
@@ -267,3 +267,21 @@ def test_coverage_report_is_consistent():
     data = report.to_dict()
     assert data["pattern"] == "2:4" and data["effective_macs"] == report.effective_macs
     assert f"{len(choice.selected)} layers 2:4-sparse" in report.summary()
+
+
+# --- the one pattern ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern", ["4:8", "1:4", "2:8"])
+def test_other_patterns_are_refused_at_config_time(pattern):
+    with pytest.raises(SparseDeployError, match=rf"sparsity pattern '{pattern}' is not supported: .* run 2:4 only"):
+        SparsityConfig(pattern=pattern).validate()
+    n, m = pattern.split(":")
+    # A manifest written when the pattern was two numbers: refused the same way, not baked as 2:4.
+    with pytest.raises(SparseDeployError, match="is not supported"):
+        SparsityConfig.from_dict({"mode": "srste", "n": int(n), "m": int(m)}).validate()
+
+
+def test_the_pattern_is_one_constant_recorded_everywhere():
+    assert PATTERN == "2:4"
+    assert SparsityConfig().to_dict()["pattern"] == "2:4"
+    assert SparsityConfig.from_dict({"mode": "ste", "n": 2, "m": 4}).validate().pattern == "2:4"
