@@ -57,6 +57,7 @@ __all__ = [
     "parse_sparsity_log",
     "parse_inspector",
     "picked_modules",
+    "trt_layer_nodes",
     "main",
 ]
 
@@ -259,9 +260,26 @@ def parse_inspector(info: str | dict[str, Any]) -> dict[str, Any]:
     return {"layers": len(layers), "has_sparse_weights": with_sparse_weights, "sparse_tactics": sparse_tactics}
 
 
+_FOREIGN = re.compile(r"^\{?ForeignNode\[(.*)\]\}?$")
+
+
+def trt_layer_nodes(trt_layer: str) -> set[str]:
+    """The ONNX node names a TensorRT layer name is made of.
+
+    TensorRT names a fused layer by joining its nodes with ``" + "`` and a Myelin region as
+    ``{ForeignNode[first...last]}``; the parts are whole node names, compared exactly (a substring
+    test would let ``/x/MatMul`` claim the layer ``/x/MatMul_1``).
+    """
+    foreign = _FOREIGN.match(trt_layer.strip())
+    body = foreign.group(1) if foreign else trt_layer
+    parts = [p for chunk in body.split(" + ") for p in (chunk.split("...") if foreign else [chunk])]
+    return {p.strip() for p in parts if p.strip()}
+
+
 def picked_modules(trt_layers: Sequence[str], layer_nodes: dict[str, list[str]]) -> list[str]:
-    """Model layer names whose ONNX nodes appear in any of the TensorRT layer names."""
-    return sorted(module for module, nodes in layer_nodes.items() if any(node and node in name for node in nodes for name in trt_layers))
+    """Model layer names one of whose ONNX nodes is, exactly, part of one of the TensorRT layer names."""
+    named = set().union(*(trt_layer_nodes(name) for name in trt_layers)) if trt_layers else set()
+    return sorted(module for module, nodes in layer_nodes.items() if any(node in named for node in nodes if node))
 
 
 class _ListHandler(logging.Handler):

@@ -92,7 +92,12 @@ class IOContract:
         return {t.name: {0: "batch"} for t in (*self.inputs, *self.outputs)}
 
     def sample_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random valid inputs as numpy arrays, keyed by input name."""
+        """Random valid inputs as numpy arrays, keyed by input name.
+
+        For a class-conditional model, the last label of every batch of two or more is the null
+        label (``num_classes``, classifier-free guidance's unconditional row), so every check
+        that runs these inputs at such a batch also covers the guidance path.
+        """
         rng = np.random.default_rng(seed)
         feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
@@ -102,8 +107,16 @@ class IOContract:
             elif spec.name == "timestep":
                 feeds[spec.name] = rng.integers(0, 1000, shape).astype(spec.dtype)
             else:
-                feeds[spec.name] = rng.integers(0, self._num_classes, shape).astype(spec.dtype)
+                labels = rng.integers(0, self._num_classes, shape)
+                if batch > 1:
+                    labels[-1] = self.null_label
+                feeds[spec.name] = labels.astype(spec.dtype)
         return feeds
+
+    @property
+    def null_label(self) -> int | None:
+        """The class id meaning "no class" (``num_classes``), or None for an unconditional model."""
+        return self._num_classes if "class_labels" in self.input_names else None
 
     @property
     def _num_classes(self) -> int:

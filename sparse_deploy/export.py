@@ -17,7 +17,11 @@ Graphs whose weights exceed protobuf's 2 GiB limit (DiT-XL in fp32), or any grap
 Every graph is verified in a staging folder and only then renamed into place:
 
 1. parity - ONNX Runtime (CPU) against the PyTorch fp32 model on fresh random inputs at batch
-   1 and 3, within :data:`PARITY_TOLERANCE`;
+   1 and 3 (the last label of batch 3 is the null label: the guidance path), within
+   :data:`PARITY_TOLERANCE`; for fp16 graphs also the fp16 PyTorch model, which really computes
+   in fp16 (ONNX Runtime's CPU provider computes most fp16 ops in fp32), against the fp32 one and
+   against ONNX Runtime, and the ops that must stay fp32 (:mod:`sparse_deploy.precision`) are
+   read back from the graph;
 2. sparsity - Polygraphy's ``SparsityPruner.check()``: in a sparse graph every masked layer's
    weight initializer must be reported 2:4-sparse; a dense graph should report none.
 
@@ -51,6 +55,7 @@ from .contract import PRECISIONS, BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
 from .models import Denoiser
+from .precision import FP32_OPS, fp16_attention, fp32_op_dtypes, fp32_ops_problem, to_fp16
 from .presets import PRESET_SPEC, Preset, get_preset, preset_from_manifest
 from .schedule import schedule_record
 from .sources import is_path, run_preset
@@ -91,7 +96,9 @@ PARITY_BATCHES = (1, 3)
 # fp32: the ONNX Runtime graph against the same fp32 model (seen here: ~1e-6 on DiT-S).
 # fp16: the ONNX Runtime fp16 graph against the *fp32* PyTorch model, so the bound also covers
 # rounding the weights and activations to half precision (seen here: 5e-4 of the output scale on
-# random-init DiT-S and tiny-dit, 7e-4 on tiny-unet). Both bounds leave ~10x headroom or more.
+# random-init DiT-S and tiny-dit, 7e-4 on tiny-unet); the same bound holds the fp16 PyTorch model
+# (fp16 arithmetic) against the fp32 one and against ONNX Runtime (seen here on tiny-dit/tiny-unet:
+# 8e-4 and 7e-4 of the output scale). Both bounds leave ~10x headroom or more.
 PARITY_TOLERANCE: dict[str, dict[str, float]] = {
     "fp32": {"atol": 1e-5, "rtol": 1e-4},
     "fp16": {"atol": 2e-3, "rtol": 5e-3},
@@ -444,14 +451,30 @@ def _torch_inputs(feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
     return tensors
 
 
+def _max_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b))) if np.isfinite(a).all() and np.isfinite(b).all() else float("inf")
+
+
+@torch.no_grad()
+def _run_fp16(model: nn.Module, feeds: dict[str, np.ndarray], device: torch.device) -> np.ndarray:
+    tensors = [t.to(device) for t in _torch_inputs(feeds)]
+    with fp16_attention():
+        return model(tensors[0].half(), *tensors[1:]).float().cpu().numpy()
+
+
 def check_parity(
     onnx_path: str | Path,
     reference: nn.Module,
     contract: IOContract,
     batches: Sequence[int] = PARITY_BATCHES,
     seed: int = 1234,
+    fp16_reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime (CPU) with the fp32 PyTorch ``reference`` on fresh random inputs.
+
+    With ``fp16_reference`` (the fp16 model the graph was exported from, :func:`precision.to_fp16`),
+    that model is run too - on the GPU where there is one, else on the CPU, in fp16 either way - and
+    held against the fp32 reference (the fp16 arithmetic error) and against ONNX Runtime.
 
     Returns:
         The results per batch size; raises :class:`SparseDeployError` when any exceeds
@@ -459,29 +482,42 @@ def check_parity(
     """
     tol = PARITY_TOLERANCE[contract.precision]
     session = _ort_session(Path(onnx_path))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {
         "reference": "torch fp32 (CPU)",
         "runtime": "onnxruntime CPUExecutionProvider",
         "criterion": "max|onnx - torch| <= atol + rtol * max|torch|",
         "tolerance": tol,
+        # contract.sample_inputs puts the null label last in every batch of 2+: the CFG path is checked
+        "null_label_batches": [b for b in batches if b > 1] if contract.null_label is not None else [],
         "batches": {},
     }
+    if fp16_reference is not None:
+        results["fp16_reference"] = f"torch fp16 ({device.type}), fp32 ops: {', '.join(FP32_OPS)}"
+        fp16_reference.to(device)
     failures = []
-    for batch in batches:
-        feeds = contract.sample_inputs(batch, seed=seed + batch)
-        got = session.run([contract.output_names[0]], feeds)[0].astype(np.float32)
-        with torch.no_grad():
-            want = reference(*_torch_inputs(feeds)).float().numpy()
-        if got.shape != want.shape:
-            raise SparseDeployError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape} at batch {batch}")
-        err = float(np.max(np.abs(got - want))) if np.isfinite(got).all() else float("inf")
-        scale = float(np.max(np.abs(want)))
-        bound = tol["atol"] + tol["rtol"] * scale
-        ok = err <= bound
-        results["batches"][str(batch)] = {"max_abs_err": err, "max_abs_ref": scale, "bound": bound, "passed": ok}
-        log.info("parity %s batch %d: max abs err %.3g (bound %.3g)", contract.precision, batch, err, bound)
-        if not ok:
-            failures.append(f"batch {batch}: max abs err {err:.3g} > {bound:.3g}")
+    try:
+        for batch in batches:
+            feeds = contract.sample_inputs(batch, seed=seed + batch)
+            got = session.run([contract.output_names[0]], feeds)[0].astype(np.float32)
+            with torch.no_grad():
+                want = reference(*_torch_inputs(feeds)).float().numpy()
+            if got.shape != want.shape:
+                raise SparseDeployError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape} at batch {batch}")
+            scale = float(np.max(np.abs(want)))
+            bound = tol["atol"] + tol["rtol"] * scale
+            errors = {"max_abs_err": _max_err(got, want)}
+            if fp16_reference is not None:
+                half = _run_fp16(fp16_reference, feeds, device)
+                errors.update(fp16_arithmetic_err=_max_err(half, want), onnx_vs_fp16_err=_max_err(got, half))
+            ok = all(e <= bound for e in errors.values())
+            results["batches"][str(batch)] = {**errors, "max_abs_ref": scale, "bound": bound, "passed": ok}
+            log.info("parity %s batch %d: %s (bound %.3g)", contract.precision, batch, ", ".join(f"{k} {v:.3g}" for k, v in errors.items()), bound)
+            if not ok:
+                failures.append(f"batch {batch}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in errors.items() if not v <= bound) + f" > {bound:.3g}")
+    finally:
+        if fp16_reference is not None:
+            fp16_reference.cpu()
     results["passed"] = not failures
     if failures:
         raise SparseDeployError(
@@ -639,7 +675,9 @@ def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: Graph
         "exporter": EXPORTER,
         "source": source.identity,
         "external_data": external_data,
-        "parity": {"batches": list(PARITY_BATCHES), "tolerance": PARITY_TOLERANCE[precision]},
+        "parity": {"batches": list(PARITY_BATCHES), "tolerance": PARITY_TOLERANCE[precision], "null_label": True,
+                   "fp16_reference": precision == "fp16"},
+        "fp32_ops": list(FP32_OPS) if precision == "fp16" else None,
         "versions": {lib: versions.get(lib) for lib in _ONNX_LIBS},
     }
 
@@ -710,7 +748,8 @@ def export_graph(
     path = Path(path)
     weight_bytes = sum(p.numel() for p in model.parameters()) * (4 if contract.precision == "fp32" else 2)
     external = external_data or weight_bytes > _ONNX_SINGLE_FILE_LIMIT
-    export_model = model if contract.precision == "fp32" else copy.deepcopy(model).half()
+    fp16 = contract.precision == "fp16"
+    export_model = to_fp16(model) if fp16 else model  # fp16: norms stay fp32 (precision.py)
     example = tuple(_torch_inputs(contract.sample_inputs(2, seed=0)))
     if contract.precision == "fp16":
         example = (example[0].half(), *example[1:])
@@ -723,7 +762,7 @@ def export_graph(
         raw = stage / "raw" / path.name  # over 2 GiB, torch writes one file per initializer here
         raw.parent.mkdir()
         log.info("exporting %s (%s%s) ...", path.name, EXPORTER, f", external data: {weight_bytes / 2**30:.2f} GiB of weights" if external else "")
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), (fp16_attention() if fp16 else contextlib.nullcontext()):
             warnings.simplefilter("ignore")  # tracer warnings about python-side shape math
             try:
                 torch.onnx.export(
@@ -738,8 +777,12 @@ def export_graph(
         else:
             os.replace(raw, staged)
         shutil.rmtree(raw.parent)
-        parity = check_parity(staged, model, contract)
+        parity = check_parity(staged, model, contract, fp16_reference=export_model if fp16 else None)
         onnx_model = onnx.load(str(staged))
+        fp32_ops = fp32_op_dtypes(onnx_model) if fp16 else None
+        problem = fp32_ops_problem(fp32_ops) if fp16 else None
+        if problem:
+            raise SparseDeployError(f"fp16 export of {path.name}: {problem}; the graph was not kept")
         sparsity = check_sparsity(onnx_model, export_model, contract.precision, sparse_layers, kind)
         del onnx_model
         digest = sha256_file(staged)
@@ -767,6 +810,7 @@ def export_graph(
         "sparse_layers": sorted(sparse_layers),
         "pattern": PATTERN if kind == "sparse" else None,
         "parity": parity,
+        "fp32_ops": fp32_ops,  # fp16 graphs: per op type that must stay fp32, nodes reading fp32/fp16
         "sparsity_check": sparsity,
         "versions": library_versions(),
         "created": timestamp(),

@@ -14,11 +14,16 @@ from ..provenance import sha256_file
 from .base import ENGINE_FORMAT, Runner, rebuild_hint
 from .device import cuda_device
 
-__all__ = ["OrtRunner", "choose_providers"]
+__all__ = ["OrtRunner", "choose_providers", "provider_name"]
 
 log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
+    """The name of an execution provider entry: ``"CPUExecutionProvider"`` or ``("TensorrtExecutionProvider", options)``."""
+    return provider if isinstance(provider, str) else provider[0]
 
 
 def _shapes(contract: IOContract, batch: int) -> str:
@@ -70,10 +75,11 @@ class OrtRunner(Runner):
         super().__init__(path, manifest, IOContract.from_dict(manifest["contract"]))
         cache = path.parent / f".{path.stem}.ort-trt-cache"
         self.providers = choose_providers(device, self.contract, sparse=self.kind == "sparse", cache_dir=cache)
-        if self.providers[0][0] == "TensorrtExecutionProvider":
+        first = provider_name(self.providers[0])
+        if first == "TensorrtExecutionProvider":
             cache.mkdir(exist_ok=True)
         model_path = path
-        if self.providers[0] != "CPUExecutionProvider" and manifest.get("format") == ENGINE_FORMAT:
+        if first != "CPUExecutionProvider" and manifest.get("format") == ENGINE_FORMAT:
             # The engine was optimized offline for the CPU provider, and ONNX Runtime's offline
             # optimizations are only valid for the provider they ran with: use the source graph.
             model_path = self._source_graph(path, manifest) or path

@@ -56,6 +56,8 @@ def test_ort_engines_are_named_and_described(built):
         assert manifest["contract"]["profile"] == {"min": 1, "opt": 4, "max": 4}
         assert manifest["contract"]["precision"] == engine.precision
         assert (len(manifest["sparse_layers"]) == 12) == (engine.kind == "sparse")
+        assert manifest["pattern"] == ("2:4" if engine.kind == "sparse" else None)
+        assert source.manifest["pattern"] == manifest["pattern"]
         assert manifest["ort_optimization_level"] in ("basic", "extended")
 
 
@@ -141,6 +143,52 @@ def test_parse_sparsity_log_and_inspector():
     parsed = bd.parse_inspector(json.dumps(info))
     assert parsed == {"layers": 2, "has_sparse_weights": ["/net/a/MatMul"], "sparse_tactics": ["/net/a/MatMul"]}
     assert bd.parse_inspector({"Layers": ["name only"]})["has_sparse_weights"] == []
+
+
+def test_tensorrt_layer_names_are_matched_exactly():
+    nodes = {"a": ["/net/a/MatMul"], "a1": ["/net/a/MatMul_1"], "b": ["/net/b/Gemm"], "c": ["/net/c/MatMul"]}
+    # A substring test would let "/net/a/MatMul" claim TensorRT's "/net/a/MatMul_1".
+    assert bd.picked_modules(["/net/a/MatMul_1"], nodes) == ["a1"]
+    assert bd.picked_modules(["/net/a/MatMul_1 + /net/b/Gemm"], nodes) == ["a1", "b"]
+    assert bd.picked_modules(["{ForeignNode[/net/c/MatMul.../net/a/MatMul]}"], nodes) == ["a", "c"]
+    assert bd.picked_modules(["/net/a/MatMul_12"], nodes) == [] and bd.picked_modules([], nodes) == []
+    assert bd.trt_layer_nodes("/net/x/MatMul + /net/x/Add") == {"/net/x/MatMul", "/net/x/Add"}
+
+
+def test_execution_providers_are_matched_by_whole_name(built, monkeypatch):
+    """The runner decides by the provider's name, whether the entry is a name or (name, options)."""
+    from sparse_deploy.backends import ort as ort_backend
+
+    engine = next(e for e in built[1].engines if e.kind == "sparse" and e.precision == "fp16")
+    sessions = []
+
+    class Session:
+        def __init__(self, path, options, providers):
+            self.path, self.providers = path, providers
+            sessions.append(self)
+
+        def get_providers(self):
+            return [ort_backend.provider_name(p) for p in self.providers]
+
+    monkeypatch.setattr(ort_backend, "session_problem", lambda session, contract: None)
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    cache = engine.path.parent / f".{engine.path.stem}.ort-trt-cache"
+    for providers, uses_cache in (
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], False),
+        ([("TensorrtExecutionProvider", {"trt_sparsity_enable": "True"}), "CPUExecutionProvider"], True),
+        (["CPUExecutionProvider"], False),
+    ):
+        monkeypatch.setattr(ort_backend, "choose_providers", lambda *a, p=providers, **k: p)
+        runner = ort_backend.OrtRunner(engine.path, json.loads(engine.manifest_path.read_text()), device="auto")
+        assert cache.is_dir() == uses_cache, providers
+        on_gpu = ort_backend.provider_name(providers[0]) != "CPUExecutionProvider"
+        # On a GPU provider the CPU-optimized engine is swapped for its source graph.
+        assert Path(sessions[-1].path).name == (engine.manifest["source_onnx"].rsplit("/", 1)[-1] if on_gpu else engine.path.name)
+        del runner
+        if cache.is_dir():
+            cache.rmdir()
+    assert ort_backend.provider_name(("TensorrtExecutionProvider", {})) == "TensorrtExecutionProvider"
+    assert ort_backend.provider_name("CUDAExecutionProvider") == "CUDAExecutionProvider"
 
 
 def test_build_config_validation(tmp_path):

@@ -64,6 +64,8 @@ def test_writes_four_graphs_with_manifests(which, request):
         assert manifest["parity"]["passed"] and set(manifest["parity"]["batches"]) == {"1", "3"}
         assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"]
         assert (len(manifest["sparse_layers"]) > 0) == (kind == "sparse")
+        assert manifest["pattern"] == ("2:4" if kind == "sparse" else None)
+        assert manifest["parity"]["null_label_batches"] == [3]  # both tiny presets are class-conditional
         if kind == "sparse":
             assert manifest["source"]["masks"] == "oneshot-magnitude" and manifest["source"]["fine_tuned"] is False
     assert not [p for p in exported["graphs"][("dense", "fp32")].path.parent.iterdir() if p.name.startswith(".")]
@@ -191,3 +193,61 @@ def test_cli_and_config_errors(tmp_path, capsys):
     assert ex.main(["--model", "tiny-dit", "--max-batch", "4", "--opt-batch", "9"]) == 2
     assert ex.main(["--checkpoint", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_parity_inputs_hold_the_null_label():
+    contract = ex.contract_for(get_preset("tiny-dit"), "fp32")
+    assert contract.null_label == 10
+    assert contract.sample_inputs(3, seed=1)["class_labels"][-1] == 10  # classifier-free guidance's null row
+    assert (contract.sample_inputs(3, seed=1)["class_labels"][:-1] < 10).all()
+    assert contract.sample_inputs(1, seed=1)["class_labels"][0] < 10
+    assert ex.contract_for(get_preset("ddpm-cifar10"), "fp32").null_label is None  # unconditional: no labels
+
+
+@pytest.mark.parametrize("which,norm", [("dit", "LayerNormalization"), ("unet", "InstanceNormalization")])
+def test_fp16_graph_keeps_norms_softmax_and_sinusoid_fp32_and_is_checked_in_fp16(which, norm, request):
+    from sparse_deploy.precision import FP32_OPS
+
+    for kind in ("dense", "sparse"):
+        manifest = request.getfixturevalue(which)["graphs"][(kind, "fp16")].manifest
+        ops = manifest["fp32_ops"]
+        assert set(ops) <= set(FP32_OPS) and {norm, "Softmax", "Sin", "Cos"} <= set(ops)
+        assert all(c["fp16"] == 0 and c["fp32"] > 0 for c in ops.values()), ops
+        parity = manifest["parity"]
+        assert parity["fp16_reference"].startswith("torch fp16")
+        for entry in parity["batches"].values():
+            # the fp16 model against the fp32 one (fp16 arithmetic), and ONNX Runtime against the fp16 model
+            assert 0 < entry["fp16_arithmetic_err"] <= entry["bound"] and entry["onnx_vs_fp16_err"] <= entry["bound"]
+    assert request.getfixturevalue(which)["graphs"][("dense", "fp32")].manifest["fp32_ops"] is None
+
+
+def test_fp16_arithmetic_beyond_the_bound_fails_the_export(dit, monkeypatch):
+    from sparse_deploy.precision import to_fp16
+
+    graph = dit["graphs"][("dense", "fp16")]
+    model, _ = dit["sources"]["dense"].load()
+    contract = ex.contract_for(get_preset("tiny-dit"), "fp16")
+    real = ex._run_fp16
+    monkeypatch.setattr(ex, "_run_fp16", lambda *a: real(*a) + 1.0)  # as if fp16 arithmetic drifted
+    with pytest.raises(SparseDeployError, match="fp16 arithmetic err"):
+        ex.check_parity(graph.path, model, contract, batches=(2,), fp16_reference=to_fp16(model))
+
+
+def test_fp32_ops_are_read_back_from_the_graph():
+    from onnx import TensorProto, helper
+
+    from sparse_deploy.precision import fp32_op_dtypes, fp32_ops_problem, to_fp16
+
+    def graph(dtype):
+        x = helper.make_tensor_value_info("x", dtype, [2, 8])
+        y = helper.make_tensor_value_info("y", dtype, [2, 8])
+        node = helper.make_node("Softmax", ["x"], ["y"])
+        return helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+
+    assert fp32_op_dtypes(graph(TensorProto.FLOAT)) == {"Softmax": {"fp32": 1, "fp16": 0, "other": 0}}
+    half = fp32_op_dtypes(graph(TensorProto.FLOAT16))
+    assert fp32_ops_problem(half) == "ops that must compute in fp32 read fp16 inputs: {'Softmax': 1}"
+    model = to_fp16(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)))
+    assert model[0].weight.dtype == torch.float16 and model[1].weight.dtype == torch.float32
+    out = model(torch.randn(2, 8).half())
+    assert out.dtype == torch.float16  # the norm computes in fp32 and hands fp16 back
