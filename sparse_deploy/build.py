@@ -6,10 +6,14 @@ Engines land in ``engines/<model>/``, named by what makes them differ::
     <kind>-<precision>.ort.onnx   + <kind>-<precision>.ort.json    ONNX Runtime (CPU-optimized)
 
 * TensorRT: Polygraphy's ``NetworkFromOnnxPath(strongly_typed=True)`` -> ``CreateConfig`` (the
-  contract's batch profile, ``sparse_weights`` for sparse graphs only, a timing cache, detailed
-  profiling verbosity) -> ``EngineFromNetwork`` -> ``SaveEngine``. TensorRT 11 networks are
-  strongly typed: an fp16 engine comes from the fp16 graph, not from a builder flag. Which layers
-  were eligible for and picked sparse kernels is read from the builder log and the engine inspector.
+  contract's batch profile, ``sparse_weights`` for sparse graphs only, TF32 chosen explicitly - on
+  by default, since Polygraphy turns it off unless asked and fp32 GEMMs then use no tensor cores -,
+  a timing cache, detailed profiling verbosity) -> ``EngineFromNetwork`` -> ``SaveEngine``. The
+  requested settings and every builder flag TensorRT actually holds are written into the engine's
+  manifest. TensorRT 11 networks are strongly typed: an fp16 engine comes from the fp16 graph, not
+  from a builder flag. Which layers were eligible for and picked sparse kernels is read from the
+  builder log and the engine inspector. Before the plan is kept it is run at the profile's min and
+  opt batch and compared with ONNX Runtime on its source graph (:func:`check_trt_engine`).
 * ONNX Runtime: the graph optimized offline (level ``extended``, CPU provider) and saved through
   ``SessionOptions.optimized_model_filepath``; checked against the source graph before it is kept.
 
@@ -38,7 +42,7 @@ from .contract import IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
 from .masks import PATTERN
-from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all
+from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all, ort_cpu_session
 from .onnx_files import data_path, data_problem, describe_data, share_mode
 from .presets import PRESET_SPEC, Preset, preset_from_manifest
 from .provenance import atomic_path, library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
@@ -49,6 +53,8 @@ __all__ = [
     "ORT_OPTIMIZATION_LEVEL",
     "BuildConfig",
     "BuiltEngine",
+    "TRT_CHECK_TOLERANCE",
+    "check_trt_engine",
     "BuildReport",
     "engine_path",
     "build_engines",
@@ -77,12 +83,15 @@ class BuildConfig:
         backend: ``auto`` (TensorRT when usable, else ONNX Runtime) | ``tensorrt`` | ``onnxruntime``.
         engine_dir: default ``engines/<preset>``.
         force: rebuild graphs and engines even when up to date.
+        tf32: let TensorRT run fp32 GEMMs on TF32 tensor cores (recorded in the manifest; off makes
+            fp32 engines far slower on the GPU, dense and sparse alike).
     """
 
     export: ExportConfig
     backend: str = "auto"
     engine_dir: Path | None = None
     force: bool = False
+    tf32: bool = True
 
     def validate(self) -> "BuildConfig":
         if self.backend not in BACKENDS:
@@ -316,54 +325,118 @@ def _capture_polygraphy_log() -> Iterator[list[str]]:
         py_logger.propagate = saved[3]
 
 
-def _trt_settings(sparse: bool) -> dict[str, Any]:
+def _trt_settings(sparse: bool, tf32: bool) -> dict[str, Any]:
+    """The machine and the requested builder settings of one TensorRT build (all of them decide staleness)."""
     gpu = cuda_device() or {}
     trt = import_tensorrt()
     return {
         "gpu": gpu.get("name"),
         "compute_capability": gpu.get("compute_capability"),
         "tensorrt_version": str(trt.__version__),
-        "builder_flags": ["SPARSE_WEIGHTS"] if sparse else [],
         "strongly_typed": True,
+        # Everything CreateConfig is told; what it leaves out is TensorRT's default.
+        "builder_config": {
+            "sparse_weights": sparse,
+            # None: this TensorRT has no TF32 flag (then it decides fp32 GEMM precision itself)
+            "tf32": tf32 if hasattr(trt.BuilderFlag, "TF32") else None,
+            "profiling_verbosity": "DETAILED",
+            "precision_constraints": None,
+            "builder_optimization_level": None,
+        },
     }
 
 
-def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse: bool, timing_cache: Path) -> dict[str, Any]:
-    """Build a TensorRT plan from ``onnx_path`` with Polygraphy and save it to ``out`` (atomically).
+#: TensorRT against ONNX Runtime (CPU, on the source graph) when a plan is checked after its build:
+#: fp16 engines and TF32 fp32 engines round GEMM inputs to 10 mantissa bits; plain fp32 is close.
+TRT_CHECK_TOLERANCE = {
+    "reduced": {"atol": 2 * PARITY_TOLERANCE["fp16"]["atol"], "rtol": 2 * PARITY_TOLERANCE["fp16"]["rtol"]},
+    "fp32": {"atol": 10 * PARITY_TOLERANCE["fp32"]["atol"], "rtol": 10 * PARITY_TOLERANCE["fp32"]["rtol"]},
+}
+
+
+def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: bool) -> dict[str, Any]:
+    """Run a freshly built TensorRT engine and compare it with ONNX Runtime (CPU) on its source graph.
+
+    Inputs are the contract's sample inputs at the profile's min and opt batch (the null label is
+    last in every batch of 2+). Raises :class:`SparseDeployError` when the engine is off.
+    """
+    from polygraphy.backend.trt import TrtRunner
+
+    tol = TRT_CHECK_TOLERANCE["reduced" if contract.precision == "fp16" or tf32 else "fp32"]
+    session = ort_cpu_session(Path(onnx_path))
+    name = contract.output_names[0]
+    results: dict[str, Any] = {
+        "reference": "onnxruntime CPUExecutionProvider on the source graph",
+        "criterion": "max|trt - ort| <= atol + rtol * max|ort|",
+        "tolerance": tol,
+        "batches": {},
+    }
+    failures = []
+    with TrtRunner(engine) as runner:
+        for batch in sorted({contract.profile.min, contract.profile.opt}):
+            feeds = contract.sample_inputs(batch, seed=31 + batch)
+            want = session.run([name], feeds)[0].astype(np.float32)
+            got = np.array(runner.infer(feeds)[name], dtype=np.float32)
+            finite = np.isfinite(got).all() and got.shape == want.shape
+            err = float(np.max(np.abs(got - want))) if finite else float("inf")
+            bound = tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
+            results["batches"][str(batch)] = {"max_abs_err": err, "bound": bound, "passed": err <= bound}
+            if not err <= bound:
+                failures.append(f"batch {batch}: max abs err {err:.3g} > {bound:.3g}")
+    results["passed"] = not failures
+    if failures:
+        raise SparseDeployError(f"the TensorRT engine built from '{onnx_path}' does not match ONNX Runtime ({'; '.join(failures)}); not kept")
+    return results
+
+
+def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse: bool, timing_cache: Path, tf32: bool = True) -> dict[str, Any]:
+    """Build a TensorRT plan from ``onnx_path`` with Polygraphy, run it, and save it to ``out`` (atomically).
 
     Returns:
-        Backend-specific manifest entries, including which layers were eligible for and picked
-        sparse kernels (builder log, and the engine inspector's per-layer view).
+        Backend-specific manifest entries: every builder flag TensorRT held, the run check against
+        ONNX Runtime, and which layers were eligible for and picked sparse kernels (builder log, and
+        the engine inspector's per-layer view).
     """
     trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine
 
     p = contract.profile
     profile = Profile()
     for spec in contract.inputs:
         profile.add(spec.name, min=spec.concrete(p.min), opt=spec.concrete(p.opt), max=spec.concrete(p.max))
-    config = CreateConfig(
+    flags: list[str] = []
+
+    def record_flags(_builder, _network, config) -> None:
+        flags[:] = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
+
+    config = PostprocessConfig(CreateConfig(
         sparse_weights=sparse,
+        tf32=tf32,
         profiles=[profile],
         load_timing_cache=str(timing_cache),
         profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
-    )
+    ), record_flags)
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _capture_polygraphy_log() as lines, atomic_path(out) as tmp:
         try:
             engine = EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
-            SaveEngine(engine, str(tmp))()
             inspector = engine.create_engine_inspector()
             info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+            del inspector
         except Exception as exc:  # Polygraphy turns TensorRT errors into PolygraphyException
             errors = [line for line in lines if "[E]" in line or "ERROR" in line.upper()][-3:]
             raise SparseDeployError(
                 f"TensorRT could not build '{out.name}' from '{onnx_path}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
                 + (f"; {' | '.join(errors)}" if errors else "") + ")"
             ) from exc
-        del inspector, engine
+        missing = [f for f, wanted in (("SPARSE_WEIGHTS", sparse), ("TF32", tf32)) if wanted and f not in flags]
+        if missing:
+            raise SparseDeployError(f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for '{out.name}'; not kept")
+        check = check_trt_engine(engine, onnx_path, contract, tf32=tf32)
+        SaveEngine(engine, str(tmp))()
+        del engine
     eligible, picked = parse_sparsity_log(lines)
     inspected = parse_inspector(info)
     if picked is None and sparse:
@@ -371,6 +444,8 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
     else:
         picked_from = "builder log"
     return {
+        "builder_flags": flags,  # every BuilderFlag set on the config TensorRT built with
+        "engine_check": check,
         "builder_log_sparsity": {"eligible_line_found": eligible is not None, "picked_line_found": picked is not None},
         "sparse_eligible_layers": eligible or [],
         "sparse_picked_layers": picked or [],
@@ -412,7 +487,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
         path = engine_path(engine_dir, graph.kind, graph.precision, backend)
         sparse = graph.kind == "sparse"
         if backend == "tensorrt":
-            settings = _trt_settings(sparse)
+            settings = _trt_settings(sparse, config.tf32)
             cc = (settings["compute_capability"] or "unknown").replace(".", "")
             timing_cache = engine_dir / f"timing-sm{cc}-trt{settings['tensorrt_version']}.cache"
         else:
@@ -429,7 +504,8 @@ def build_engines(config: BuildConfig) -> BuildReport:
         # Never leave a manifest that describes a file about to be replaced.
         engine_manifest_path(path).unlink(missing_ok=True)
         if backend == "tensorrt":
-            details = build_trt_engine(graph.path, path, contract, sparse=sparse, timing_cache=timing_cache)
+            tf32 = settings["builder_config"]["tf32"] is True
+            details = build_trt_engine(graph.path, path, contract, sparse=sparse, timing_cache=timing_cache, tf32=tf32)
             layer_nodes = graph.manifest.get("sparsity_check", {}).get("layer_nodes", {})
             details["sparse_picked_modules"] = picked_modules(details["sparse_picked_layers"], layer_nodes)
             details["sparse_eligible_modules"] = picked_modules(details["sparse_eligible_layers"], layer_nodes)
@@ -475,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", type=Path, help="where the ONNX graphs go (default export/<preset>)")
     parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
     parser.add_argument("--force", action="store_true", help="re-export and rebuild even when up to date")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
+                        help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the manifest)")
     return parser
 
 
@@ -482,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = BuildConfig(
-        export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force
+        export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force, tf32=args.tf32,
     )
     if args.engine_dir is not None:
         check_output_dir(args.engine_dir, "--engine-dir")

@@ -78,6 +78,7 @@ __all__ = [
     "export_all",
     "export_graph",
     "check_parity",
+    "ort_cpu_session",
     "check_sparsity",
     "layer_initializers",
     "read_onnx_manifest",
@@ -432,7 +433,8 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _ort_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
+def ort_cpu_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session (CPU provider by default) with one-sentence load errors."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -481,7 +483,7 @@ def check_parity(
         ``PARITY_TOLERANCE[contract.precision]``.
     """
     tol = PARITY_TOLERANCE[contract.precision]
-    session = _ort_session(Path(onnx_path))
+    session = ort_cpu_session(Path(onnx_path))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {
         "reference": "torch fp32 (CPU)",

@@ -45,7 +45,11 @@ def test_plans_and_manifests(trt_build):
         m = json.loads(engine.manifest_path.read_text())
         assert m["backend"] == "tensorrt" and m["engine"] == engine.path.name
         assert m["gpu"] and m["compute_capability"] and m["tensorrt_version"]
-        assert m["builder_flags"] == (["SPARSE_WEIGHTS"] if engine.kind == "sparse" else [])
+        assert ("SPARSE_WEIGHTS" in m["builder_flags"]) == (engine.kind == "sparse")
+        # TF32 is chosen explicitly (None only where this TensorRT has no such flag) and recorded
+        assert m["builder_config"]["tf32"] in (True, None) and (m["builder_config"]["tf32"] is None or "TF32" in m["builder_flags"])
+        assert m["engine_check"]["passed"], m["engine_check"]  # the plan was run against ONNX Runtime before it was kept
+        assert m["pattern"] == ("2:4" if engine.kind == "sparse" else None)
         assert m["contract"]["profile"] == {"min": 1, "opt": 32, "max": 64}
 
 

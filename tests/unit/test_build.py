@@ -216,42 +216,78 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     from sparse_deploy.backends import trt as trt_backend
     from sparse_deploy.export import read_onnx_manifest
 
+    from sparse_deploy.models import diffusers_class
+
+    diffusers_class("dit")  # imported before the stand-in: diffusers probes for an installed tensorrt
+    flag_names = ("DIRECT_IO", "SPARSE_WEIGHTS", "STRICT_NANS", "TF32")
     fake_trt = types.SimpleNamespace(
         __version__="11.1.0",
         ProfilingVerbosity=types.SimpleNamespace(DETAILED="detailed"),
         LayerInformationFormat=types.SimpleNamespace(JSON="json"),
+        BuilderFlag=types.SimpleNamespace(**{n: n for n in flag_names}, __members__={n: n for n in flag_names}),
     )
     gpu = {"name": "Stand-in GPU", "compute_capability": "9.0"}
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setattr(bd, "tensorrt_unavailable_reason", lambda: None)
     monkeypatch.setattr(bd, "cuda_device", lambda: gpu)
     monkeypatch.setattr(trt_backend, "cuda_device", lambda: gpu)
-    calls = []
+    calls, runs = [], []
+    broken = {"output": False}
 
     class Network:
         def __init__(self, path, strongly_typed=False):
             self.path, self.strongly_typed = path, strongly_typed
 
-    class Config:
+    class BuilderConfig:  # TensorRT's IBuilderConfig: flags as Polygraphy's CreateConfig would set them
+        def __init__(self, kwargs):
+            self.kwargs = kwargs
+            self.flags = {"DIRECT_IO"} | ({"TF32"} if kwargs["tf32"] else set()) | ({"SPARSE_WEIGHTS"} if kwargs["sparse_weights"] else set())
+
+        def get_flag(self, flag):
+            return flag in self.flags
+
+    class CreateConfig:
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
+        def __call__(self, builder, network):
+            return BuilderConfig(self.kwargs)
+
     class Engine:
+        def __init__(self, onnx_path):
+            self.onnx_path = onnx_path
+
         def create_engine_inspector(self):
             layers = [{"Name": "x", "HasSparseWeights": 0, "TacticName": "gemm"}]
             return types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps({"Layers": layers}))
 
     class EngineFromNetwork:
         def __init__(self, network, config=None, save_timing_cache=None):
-            self.network, self.config, self.cache = network, config, save_timing_cache
+            self.network, self.loader, self.cache = network, config, save_timing_cache
 
         def __call__(self):
+            self.config = self.loader(None, self.network)  # what EngineFromNetwork does with a config loader
             calls.append(self)
             if self.config.kwargs["sparse_weights"]:
                 nodes = [n for ns in read_onnx_manifest(self.network.path)["sparsity_check"]["layer_nodes"].values() for n in ns]
                 G_LOGGER.verbose("[TRT] (Sparsity) Layers eligible for sparse math: " + ", ".join(nodes))
                 G_LOGGER.verbose("[TRT] (Sparsity) TRT inference plan picked sparse implementation for layers: " + nodes[0])
-            return Engine()
+            return Engine(self.network.path)
+
+    class TrtRunner:  # runs the "plan" as ONNX Runtime runs its graph (plus an offset when broken)
+        def __init__(self, engine):
+            self.session = ort.InferenceSession(engine.onnx_path, providers=["CPUExecutionProvider"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def infer(self, feeds):
+            runs.append(len(next(iter(feeds.values()))))
+            out = self.session.run(None, feeds)[0]
+            return {"out": out + 1 if broken["output"] else out}
 
     class SaveEngine:
         def __init__(self, engine, path):
@@ -260,7 +296,8 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
         def __call__(self):
             Path(self.path).write_bytes(b"stand-in plan")
 
-    for name, value in dict(NetworkFromOnnxPath=Network, CreateConfig=Config, EngineFromNetwork=EngineFromNetwork, SaveEngine=SaveEngine).items():
+    for name, value in dict(NetworkFromOnnxPath=Network, CreateConfig=CreateConfig, EngineFromNetwork=EngineFromNetwork,
+                            SaveEngine=SaveEngine, TrtRunner=TrtRunner).items():
         monkeypatch.setattr(poly_trt, name, value)
 
     config = _config(tmp_path, precisions=("fp16",))
@@ -274,12 +311,22 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     dense = json.loads(engines["dense"].manifest_path.read_text())
     assert sparse["format"] == ENGINE_FORMAT and sparse["backend"] == "tensorrt"
     assert (sparse["gpu"], sparse["compute_capability"], sparse["tensorrt_version"]) == ("Stand-in GPU", "9.0", "11.1.0")
-    assert sparse["builder_flags"] == ["SPARSE_WEIGHTS"] and dense["builder_flags"] == []
+    # The full flag set TensorRT held, and the requested settings (TF32 on explicitly).
+    assert sparse["builder_flags"] == ["DIRECT_IO", "SPARSE_WEIGHTS", "TF32"] and dense["builder_flags"] == ["DIRECT_IO", "TF32"]
+    assert sparse["builder_config"] == {"sparse_weights": True, "tf32": True, "profiling_verbosity": "DETAILED",
+                                        "precision_constraints": None, "builder_optimization_level": None}
+    assert dense["builder_config"]["sparse_weights"] is False and dense["builder_config"]["tf32"] is True
+    assert sparse["pattern"] == "2:4" and dense["pattern"] is None
+    # Each plan was run at the profile's min and opt batch against ONNX Runtime before it was kept.
+    for m in (sparse, dense):
+        assert m["engine_check"]["passed"] and set(m["engine_check"]["batches"]) == {"1", "4"}
+    assert sorted(runs) == [1, 1, 4, 4]
     assert len(sparse["sparse_eligible_layers"]) == 12 and sorted(sparse["sparse_eligible_modules"]) == sorted(sparse["sparse_layers"])
     assert len(sparse["sparse_picked_layers"]) == 1 and len(sparse["sparse_picked_modules"]) == 1
     assert dense["sparse_picked_layers"] == [] and dense["sparse_eligible_layers"] == []
     for call in calls:
         assert call.network.strongly_typed
+        assert call.config.kwargs["tf32"] is True
         assert call.config.kwargs["profiling_verbosity"] == "detailed"
         assert call.config.kwargs["load_timing_cache"] == call.cache and "timing-sm90-trt11.1.0" in call.cache
         profile = call.config.kwargs["profiles"][0]
@@ -290,3 +337,14 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     with pytest.raises(SparseDeployError, match=r"built for TensorRT 11.1.0 \(this machine has 11.4.0\)"):
         load_runner(engines["sparse"].path)
     assert not any(e.reused for e in bd.build_engines(config).engines)
+
+    config.tf32 = False  # a builder setting changed: rebuilt, and recorded
+    rebuilt = bd.build_engines(config).engines
+    assert not any(e.reused for e in rebuilt) and all(e.manifest["builder_config"]["tf32"] is False for e in rebuilt)
+    assert all("TF32" not in e.manifest["builder_flags"] for e in rebuilt)
+
+    broken["output"] = True  # a plan that computes something else is refused and not kept
+    config.force = True
+    with pytest.raises(SparseDeployError, match="does not match ONNX Runtime"):
+        bd.build_engines(config)
+    assert not [p for p in config.engine_dir.iterdir() if p.name.endswith(".plan") and p.name.startswith(".")]
