@@ -46,8 +46,10 @@ train-sparse: setup data dense
 	$(PY) -m sparse_deploy.train --model $(MODEL) --sparsity srste --init $(DENSE) --out $(RUNS)/srste
 
 # The main job: SparseDM fine-tuning from the shipped dense weights, engines, samples, summary.
+# A CPU job: ONNX Runtime fp32 engines, asked for explicitly (on a GPU machine `--backend auto`
+# would build TensorRT plans, under other names). `make bench` picks fp16 TensorRT on a GPU.
 demo: train-sparse
-	$(PY) -m sparse_deploy.build --model $(MODEL) --checkpoint $(RUNS)/srste/checkpoint --precision fp32
+	$(PY) -m sparse_deploy.build --model $(MODEL) --checkpoint $(RUNS)/srste/checkpoint --precision fp32 --backend onnxruntime
 	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/sparse-fp32.ort.onnx --out samples/$(MODEL)/sparse --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
 	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/dense-fp32.ort.onnx --out samples/$(MODEL)/dense --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
 	$(PY) -m sparse_deploy.summary --run $(RUNS)/srste --engines engines/$(MODEL)

@@ -795,7 +795,7 @@ def mac_report(
     from .export import export_graph
     from .macs import onnx_macs
     from .models import build_model, example_inputs
-    from .sparsify import SparsityConfig, bake_, coverage_report, select_layers
+    from .sparsify import SparsityConfig, bake_, coverage_report, pruned_macs, select_layers
 
     started = time.perf_counter()
     if checkpoint is not None:
@@ -849,7 +849,7 @@ def mac_report(
         "skipped": skipped,
         "onnx_check": check,
         "onnx_dense_macs": check["onnx_total"],
-        "onnx_effective_sparse_macs": check["onnx_total"] - sparse_onnx * (coverage.m - coverage.n) // coverage.m,
+        "onnx_effective_sparse_macs": check["onnx_total"] - pruned_macs(sparse_onnx),
         "onnx_graphs": graphs,
         "coverage": {k: v for k, v in cov.items() if k != "layer_macs"},
     }
@@ -1273,7 +1273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
-    p.add_argument("--precision", type=_strs, default=("fp32",), help="engine precisions to time (default fp32)")
+    p.add_argument("--precision", type=_strs, default=None,
+                   help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)")
     _add_latency_args(p, steps_flag="--sample-steps")
     p.add_argument("--cost-steps", type=int, default=10, help="timed train-cost steps per method (default 10)")
     p.add_argument("--skip", type=_strs, default=(), help="comma-separated steps to skip: latency,train-cost,macs,methods,grids")
@@ -1351,6 +1352,16 @@ def _resolve_all_sources(args: argparse.Namespace) -> tuple[Path | None, Path | 
     return sparse, dense
 
 
+def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
+    """The backend and precisions ``bench all`` times unless told: TensorRT fp16 on a GPU with TensorRT
+    (fp32 engines would mostly measure the absence of tensor cores), ONNX Runtime fp32 on a CPU."""
+    from .backends.device import tensorrt_unavailable_reason
+
+    if device != "cpu" and tensorrt_unavailable_reason() is None:
+        return "tensorrt", ("fp16",)
+    return "onnxruntime", ("fp32",)
+
+
 def run_all(args: argparse.Namespace, command: str) -> Path:
     """Every benchmark into ``args.out``, then the report; steps named in ``--skip`` are left out."""
     from .build import BuildConfig, build_engines
@@ -1361,14 +1372,21 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sparse_ckpt, dense_ckpt = _resolve_all_sources(args)
     skip = set(args.skip)
+    backend, precisions = default_engines(args.device)
+    if args.precision:
+        precisions = tuple(args.precision)
+    if args.device != "cpu":
+        backend = "auto"  # TensorRT where usable; the build says why not otherwise
+    log.info("timing %s engines (%s)", "/".join(precisions), backend)
+    args.precision = precisions
     engines: dict[str, dict[str, Path]] = {}
     built = []
     if not {"latency", "grids"} <= skip:
-        export = ExportConfig(model=args.model, checkpoint=sparse_ckpt, precisions=tuple(args.precision))
+        export = ExportConfig(model=args.model, checkpoint=sparse_ckpt, precisions=precisions)
         if sparse_ckpt is None:
             log.warning("no sparse checkpoint (runs/%s/srste/checkpoint): engines from RANDOM weights with one-shot masks; "
                         "latency is still meaningful, sample grids are not", args.model)
-        built = build_engines(BuildConfig(export=export, backend="auto")).engines
+        built = build_engines(BuildConfig(export=export, backend=backend)).engines
         for e in built:
             engines.setdefault(e.precision, {})[e.kind] = e.path
     if "latency" not in skip:

@@ -46,6 +46,7 @@ __all__ = [
     "SparsityConfig",
     "LayerChoice",
     "CoverageReport",
+    "pruned_macs",
     "select_layers",
     "sparsify_",
     "refresh_masks_",
@@ -374,6 +375,11 @@ def bake_(model: nn.Module) -> list[str]:
     return baked
 
 
+def pruned_macs(sparse_layer_macs: int) -> int:
+    """The MACs 2:4 layers skip out of their dense count (half of them)."""
+    return sparse_layer_macs * (PATTERN_M - PATTERN_N) // PATTERN_M
+
+
 @dataclass
 class CoverageReport:
     """Which layers are sparse and what share of the model's MACs they carry."""
@@ -395,7 +401,7 @@ class CoverageReport:
     @property
     def effective_macs(self) -> int:
         """Model MACs once the sparse layers skip their pruned weights."""
-        return self.model_macs - self.sparse_macs * (PATTERN_M - PATTERN_N) // PATTERN_M
+        return self.model_macs - pruned_macs(self.sparse_macs)
 
     def summary(self) -> str:
         linear_conv = sum(self.layer_macs.values())

@@ -402,3 +402,14 @@ def test_method_comparison_says_what_it_needs_for_other_presets():
     assert config.reference == "fashion-mnist:test"
     with pytest.raises(SparseDeployError, match="--data .* and --reference"):
         bench.MethodsConfig(model="ddpm-cifar10", dense_checkpoint="d", steps=1).validate()
+
+
+def test_bench_all_times_fp16_tensorrt_on_a_gpu_and_fp32_onnx_runtime_on_a_cpu(monkeypatch):
+    from sparse_deploy.backends import device
+
+    monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: None)  # a GPU with TensorRT
+    assert bench.default_engines("auto") == ("tensorrt", ("fp16",))
+    assert bench.default_engines("cpu") == ("onnxruntime", ("fp32",))
+    monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: "no CUDA GPU is visible")
+    assert bench.default_engines("auto") == ("onnxruntime", ("fp32",))
+    assert bench.build_parser().parse_args(["all"]).precision is None  # decided where the engines are built
