@@ -640,7 +640,8 @@ def run_train_cost(
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
     import torch
 
-    from .train import _device, prepare_run, train_step
+    from .distributed import DistEnv, resolve_device
+    from .train import prepare_run, train_step
 
     unknown = [m for m in methods if m not in METHODS or m == "oneshot"]
     if unknown:
@@ -648,7 +649,7 @@ def run_train_cost(
     if data is None and run_preset(model).dataset is None:
         data = "synthetic"  # a step costs the same on random tensors of the right shape
     started = time.perf_counter()
-    dev = _device(device)
+    dev = resolve_device(device, DistEnv())
     runs = {}
     with _dense_init(model, dense_checkpoint) as init, tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
         shared = None
@@ -691,7 +692,7 @@ def run_train_cost(
     settings = {
         "model": model, "steps": steps, "warmup": warmup, "methods": list(methods), "batch_size": batch,
         "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None, "device": dev.type, "data": data,
-        "amp": dev.type == "cuda",
+        "amp": runs[methods[0]].amp.dtype,
     }
     results = {
         "model": model,

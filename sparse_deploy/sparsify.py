@@ -55,6 +55,7 @@ __all__ = [
     "coverage_report",
     "SRSTE",
     "set_mask_temperature_",
+    "set_grad_scale_",
     "decay_pruned_",
     "mask_logit_parameters",
 ]
@@ -189,7 +190,8 @@ class _MaskedMixin:
     def masked_weight(self) -> torch.Tensor:
         mask = self.weight_mask
         if self.sparsity_mode in ("srste", "ste") and torch.is_grad_enabled():
-            return SRSTE.apply(self.weight, mask, self.sparsity_decay)
+            # Under fp16 loss scaling the upstream gradient arrives multiplied by the scale: so must the decay.
+            return SRSTE.apply(self.weight, mask, self.sparsity_decay * self.__dict__.get("grad_scale", 1.0))
         if self.sparsity_mode == "maskllm" and self.training and torch.is_grad_enabled():
             return self.weight * self.soft_mask()
         return self.weight * mask  # fixed/oneshot, and every mode at inference: the hard mask
@@ -341,6 +343,17 @@ def set_mask_temperature_(model: nn.Module, tau: float, scale: float) -> None:
         module.mask_tau, module.mask_scale = tau, scale
 
 
+def set_grad_scale_(model: nn.Module, scale: float) -> None:
+    """Tell the SR-STE layers the current loss scale (fp16 ``GradScaler``; 1 otherwise).
+
+    SR-STE adds ``decay * (1 - M) * W`` to the gradient inside backward; with a scaled loss the rest
+    of that gradient is ``scale`` times too large until the optimizer unscales it, so the decay term
+    is scaled alike and comes out exact.
+    """
+    for module in masked_modules(model).values():
+        module.grad_scale = float(scale)
+
+
 def mask_logit_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The learnable mask logits of ``maskllm`` layers (their own optimizer group: no weight decay)."""
     return [module.mask_logits for module in masked_modules(model).values() if hasattr(module, "mask_logits")]
@@ -366,7 +379,7 @@ def bake_(model: nn.Module) -> list[str]:
         del module.weight_mask
         if "mask_logits" in module._parameters:
             del module.mask_logits
-        for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale"):
+        for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale", "grad_scale"):
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)

@@ -8,7 +8,12 @@ dense model::
 The teacher runs under ``no_grad``. Every step draws its batch, labels-to-drop, timesteps and
 noise from a generator seeded by ``(seed, step)``, so a resumed run continues exactly where the
 killed one stopped. ``python -m sparse_deploy.train --help`` lists the flags.
-Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`` (PyTorch DDP).
+
+On CUDA the forward pass runs under bf16 autocast where the GPU supports it, else fp16 autocast with
+a ``GradScaler`` (SR-STE's decay term is scaled with the loss, so unscaling leaves it exact); the
+choice (:class:`MixedPrecision`) is written into every metrics row and checkpoint manifest.
+Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`` (PyTorch DDP,
+:mod:`sparse_deploy.distributed`): ``--batch-size`` is the global batch, split across the ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
+from .distributed import DistEnv, Distributed, resolve_device, state_digest
 from .errors import SparseDeployError, cli_entry
 from .guards import check_device, check_finite, check_output_dir, check_positive
 from .models import build_model, example_inputs
@@ -39,10 +44,10 @@ from .schedule import training_target
 from .sources import is_path, run_preset, run_vae
 from .sparsify import (
     MODES, CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
-    set_mask_temperature_, sparsify_,
+    set_grad_scale_, set_mask_temperature_, sparsify_,
 )
 
-__all__ = ["TrainConfig", "TrainingRun", "prepare_run", "train_step", "train", "main"]
+__all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -120,36 +125,37 @@ class TrainConfig:
         return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SparseDeployError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(name)
+@dataclass(frozen=True)
+class MixedPrecision:
+    """The autocast dtype of the training forward pass: ``fp32`` (none), ``bf16`` or ``fp16``.
 
+    fp16 gradients underflow without loss scaling, so ``fp16`` comes with a ``GradScaler``;
+    bf16 has fp32's range and needs none.
+    """
 
-class _DDP:
-    """torchrun-launched data parallelism (PyTorch DDP); a no-op in a single process."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1:
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dtype: str = "fp32"
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
+    def scaled(self) -> bool:
+        return self.dtype == "fp16"
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        if self.world == 1:
-            return model
-        ids = [device.index] if device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
+    def scaler(self, device: torch.device) -> "torch.amp.GradScaler | None":
+        return torch.amp.GradScaler(device.type) if self.scaled else None
+
+
+def choose_precision(device_type: str, bf16_supported: bool) -> MixedPrecision:
+    """bf16 autocast on a CUDA GPU that supports it, fp16 (with loss scaling) on one that does not, fp32 on the CPU."""
+    if device_type != "cuda":
+        return MixedPrecision("fp32")
+    return MixedPrecision("bf16" if bf16_supported else "fp16")
+
+
+def _device_precision(device: torch.device) -> MixedPrecision:
+    return choose_precision(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def ema_decay_at(decay: float, step: int) -> float:
@@ -256,8 +262,10 @@ class TrainingRun:
     alphas: torch.Tensor
     coverage: CoverageReport | None = None
     train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper
-    rank: int = 0
+    dist: Distributed | None = None  # None: one process
     features: "FeatureTaps | None" = None
+    amp: MixedPrecision = field(default_factory=MixedPrecision)
+    scaler: "torch.amp.GradScaler | None" = None  # fp16 autocast only
     layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
 
     @property
@@ -271,10 +279,11 @@ class TrainingRun:
         return self.config.steps if (sparsity is None or sparsity.mode != "oneshot") else 0
 
 
-def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> TrainingRun:
+def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | None = None, amp: MixedPrecision | None = None) -> TrainingRun:
     """Build the model (dense start, then masks), teacher, EMA, optimizer, schedule and data; writes nothing.
 
     ``config`` must be validated; the global torch seed should be set first (random init).
+    ``amp`` defaults to what the device supports (:func:`choose_precision`).
     """
     from .data import make_dataset
 
@@ -318,7 +327,9 @@ def prepare_run(config: TrainConfig, device: torch.device, rank: int = 0) -> Tra
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule))
     alphas = alphas.to(device)
     features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
-    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, rank, features)
+    amp = amp if amp is not None else _device_precision(device)
+    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, dist, features,
+                       amp, amp.scaler(device))
 
 
 def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, config: TrainConfig) -> None:
@@ -339,13 +350,15 @@ def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, co
 def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     """One optimisation step (mask refresh, batch, loss, backward, AdamW, schedule, EMA).
 
-    The batch, labels-to-drop, timesteps and noise come from a generator seeded by
-    ``(seed, step, rank)``. Returns the step's metrics row (``step`` counts from 1).
+    The global batch, labels-to-drop, timesteps and noise come from a generator seeded by
+    ``(seed, step)`` alone; under torchrun each rank keeps its slice of them. Returns the step's
+    metrics row (``step`` counts from 1; losses are the means over the global batch).
     """
     config, preset, device, model = run.config, run.preset, run.device, run.model
     train_model = run.train_model if run.train_model is not None else model
+    dist = run.dist if run.dist is not None else Distributed(DistEnv(), device)
     c = preset.in_channels
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + run.rank)
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919)
     sparsity = config.sparsity
     flipped = 0.0
     if run.learns_masks and step % sparsity.mask_every == 0:
@@ -355,19 +368,23 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
             run.layer_flips.setdefault(name, []).append(share)
     if sparsity is not None and sparsity.mode == "maskllm":
         set_mask_temperature_(model, *sparsity.schedule_at(step, run.train_steps))
-        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + run.rank + 1)  # the Gumbel noise of this step
+        # The Gumbel noise of this step: the same on every rank, so the ranks' masks stay identical.
+        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + 1)
     idx = torch.randint(0, len(run.images), (config.batch_size,), generator=gen)
-    x0, y = run.images[idx].to(device), run.labels[idx].to(device)
+    x0, y = run.images[idx], run.labels[idx]
     if preset.num_classes:
-        drop = torch.rand(len(y), generator=gen).to(device) < config.cfg_drop
-        y = torch.where(drop, torch.full_like(y, preset.null_class), y)
+        drop = torch.rand(len(y), generator=gen) < config.cfg_drop
+        y = dist.shard(torch.where(drop, torch.full_like(y, preset.null_class), y)).to(device)
     else:
         y = None
-    t = torch.randint(0, len(run.alphas), (len(x0),), generator=gen).to(device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
+    t = dist.shard(torch.randint(0, len(run.alphas), (len(x0),), generator=gen)).to(device)
+    noise = dist.shard(torch.randn(x0.shape, generator=gen)).to(device)
+    x0 = dist.shard(x0).to(device)
     a = run.alphas[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+    grad_scale = run.scaler.get_scale() if run.scaler is not None else 1.0
+    set_grad_scale_(model, grad_scale)  # SR-STE's decay term joins the scaled gradient; unscaling leaves it exact
+    with torch.autocast(device.type, dtype=run.amp.torch_dtype, enabled=run.amp.torch_dtype is not None):
         full = train_model(x_t, t, y).float()
         pred = full[:, :c]
         loss_eps = torch.nn.functional.mse_loss(pred, training_target(preset.schedule, x0, noise, a))
@@ -385,38 +402,66 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         if run.features is not None:
             loss_feat = run.features.loss()
             loss = loss + config.kd_features * loss_feat
-    if not math.isfinite(loss.item()):
-        raise SparseDeployError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+    # One all-reduce: the log shows the global batch's losses, and every rank sees a bad loss together.
+    losses = dist.mean([float(v.item()) for v in (loss, loss_eps, loss_kd, loss_sigma, loss_feat)])
+    if not math.isfinite(losses[0]):
+        raise SparseDeployError(f"loss became {losses[0]} at step {step}; lower --lr or check the data")
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.opt)  # clip the true gradient, not the scaled one
+    else:
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    run.opt.step()
+    if run.scaler is not None:
+        run.scaler.step(run.opt)  # skipped when the gradient overflowed; the scale then drops
+        run.scaler.update()
+    else:
+        run.opt.step()
     if sparsity is not None and sparsity.pruned_decay:
         decay_pruned_(model, 1.0 - run.sched.get_last_lr()[0] * sparsity.pruned_decay)
     run.sched.step()
     _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step))
-    return {"step": step + 1, "loss": loss.item(), "loss_eps": loss_eps.item(), "loss_kd": loss_kd.item(), "loss_sigma": loss_sigma.item(), "loss_feat": loss_feat.item(), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped}
+    names = ("loss", "loss_eps", "loss_kd", "loss_sigma", "loss_feat")
+    return {"step": step + 1, **dict(zip(names, losses)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
+            "amp": run.amp.dtype, "grad_scale": grad_scale}
 
 
 def train(config: TrainConfig) -> Path:
-    """Run (or resume) training; returns the checkpoint folder ``<out>/checkpoint``."""
+    """Run (or resume) training; returns the checkpoint folder ``<out>/checkpoint``.
+
+    Under torchrun every rank calls this; rank 0 alone writes (see :mod:`sparse_deploy.distributed`).
+    """
+    config.validate()
+    env = DistEnv.from_env()
+    device = resolve_device(config.device, env)
+    dist = Distributed(env, device).start()  # the rank's GPU is made current before anything touches CUDA
+    try:
+        return _train(config, dist)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Distributed) -> Path:
     from tqdm.auto import tqdm
 
-    config.validate()
     preset = config.model_preset()
+    device = dist.device
+    dist.check_batch(config.batch_size)
     out = Path(config.out)
     ckpt_dir = out / "checkpoint"
     check_output_dir(out, "--out")
-    device = _device(config.device)
     # Nothing is written into the run folder before this check: another run's folder is refused whole.
-    recover_dir(ckpt_dir)
+    if dist.main:
+        recover_dir(ckpt_dir)
+    dist.barrier()
     prior = check_resumable(out, ckpt_dir, config)
-    ddp = _DDP(device)
     torch.manual_seed(config.seed)
 
-    run = prepare_run(config, device, ddp.rank)
+    run = prepare_run(config, device, dist)
     model, ema, opt, sched, coverage = run.model, run.ema, run.opt, run.sched, run.coverage
-    if coverage is not None and ddp.main:
+    log.info("mixed precision: %s%s", run.amp.dtype, " with loss scaling" if run.scaler else "")
+    if coverage is not None and dist.main:
         write_json_atomic(out / "coverage.json", coverage.to_dict())
 
     start = 0
@@ -427,14 +472,19 @@ def train(config: TrainConfig) -> Path:
         ema.load_state_dict(ema_model.state_dict())
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         log.info("resuming %s from step %d of %d", ckpt_dir, start, config.steps)
 
-    run.train_model = ddp.wrap(model, device)
+    run.train_model = dist.wrap(model)
     train_steps = run.train_steps
 
     def save(step: int) -> None:
-        if not ddp.main:
+        # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
+        digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}), "weights or masks")
+        if not dist.main:
             return
         if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
             row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
@@ -450,21 +500,23 @@ def train(config: TrainConfig) -> Path:
             "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
             "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
             "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
+            "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": device.type},
+            "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
+                            "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},
         }
-        save_checkpoint(
-            ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info,
-            training_state={"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
-        )
+        training_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                          "scaler": run.scaler.state_dict() if run.scaler is not None else None}
+        save_checkpoint(ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info, training_state=training_state)
 
     metrics_path = out / "metrics.jsonl"
-    if ddp.main:
+    if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         # Drop rows a killed run wrote past its last checkpoint: the resumed run writes them again.
         rewrite_metrics(metrics_path, start)
         rewrite_metrics(out / "mask_flips.jsonl", start)
-    metrics = metrics_path.open("a") if ddp.main else None
+    metrics = metrics_path.open("a") if dist.main else None
     finished = prior is not None and prior.get("complete") and start >= train_steps
-    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not ddp.main)
+    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not dist.main)
     model.train()
     t0 = time.perf_counter()
     for step in bar:
@@ -484,8 +536,8 @@ def train(config: TrainConfig) -> Path:
         log.info("%s is already complete at step %d with this config; nothing to train", ckpt_dir, start)
     else:
         save(train_steps)
-    ddp.barrier()
-    if ddp.main:
+    dist.barrier()
+    if dist.main:
         if train_steps > start:
             log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
         if config.preview and not (finished and (out / "samples.png").exists()):
@@ -572,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
     ckpt = train(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 wrote it
+    if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
         print(f"checkpoint: {ckpt}")
     return 0
 
