@@ -12,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WEIGHTS := weights/$(MODEL)
 DENSE  := $(RUNS)/dense/checkpoint
 
-.PHONY: setup data demo test test-gpu pretrain dense train-sparse export engine run bench triton triton-serve triton-load clean
+.PHONY: setup data demo test test-gpu gpu-check gpu-wheels pretrain dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,19 @@ test: setup data
 
 test-gpu: setup
 	$(PY) -m pytest tests/gpu -m gpu -q -rs
+
+# The GPU kit (docs/RESULTS.md, "GPU check"): tests/gpu, per-layer dense vs 2:4 GEMMs of DiT-S/B/XL,
+# DiT-XL end to end, TensorRT where installed -> reports/gpu/, in under 8 minutes, offline. Runs with
+# the machine's own Python (its PyTorch + CUDA; no venv, no setup) and the wheels in .whl/; on a
+# machine without a CUDA GPU it says so in one sentence and does nothing.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:
+	$(GPU_PY) -m sparse_deploy.gpu_check --out reports/gpu
+
+# The pure-Python wheels a bare GPU machine lacks (diffusers, polygraphy, importlib-metadata), into .whl/.
+gpu-wheels: setup
+	$(PY) -m sparse_deploy.gpu_check wheels --wheels .whl
 
 export: setup
 	$(PY) -m sparse_deploy.export --model $(MODEL) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))

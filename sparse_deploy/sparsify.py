@@ -90,6 +90,11 @@ class SparsityConfig:
         logit_scale: ``maskllm``: logit multiplier at the first and last step (annealed linearly).
         macs_budget: effective MACs as a share of the dense model's; only the least sensitive
             selected layers go 2:4 until it is met (``sparse_deploy.sensitivity``). None: all.
+        latency_profile: a GEMM latency profile of the target GPU (``make gpu-check``'s
+            ``reports/gpu/gemm.json``); selected Linear layers whose 2:4 kernel is not faster there
+            at the deployment shape stay dense (``sparse_deploy.latency``). None: no such filter.
+        latency_batch: the deployment batch the profile is read at (rows = rows per sample x batch).
+        latency_dtype: the engines' precision the profile is read at: ``fp16`` or ``bf16``.
     """
 
     mode: str = "srste"
@@ -106,6 +111,9 @@ class SparsityConfig:
     tau: tuple[float, float] = (1.0, 0.1)
     logit_scale: tuple[float, float] = (1.0, 10.0)
     macs_budget: float | None = None
+    latency_profile: str | None = None
+    latency_batch: int = 8
+    latency_dtype: str = "fp16"
 
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
@@ -129,6 +137,8 @@ class SparsityConfig:
             raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
+        if self.latency_batch < 1 or self.latency_dtype not in ("fp16", "bf16"):
+            raise SparseDeployError(f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}")
         unknown = [t for t in self.types if t not in _TYPES]
         if unknown:
             raise SparseDeployError(f"unknown layer types {unknown}; choose from {list(_TYPES)}")

@@ -310,6 +310,8 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     coverage = None
     if config.sparsity is not None:
         choice = select_layers(model, config.sparsity)
+        if config.sparsity.latency_profile:
+            _apply_latency_profile(model, preset, choice, config.sparsity)
         if config.sparsity.macs_budget is not None:
             _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
         sparsify_(model, config.sparsity, choice.selected)
@@ -330,6 +332,23 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     amp = amp if amp is not None else _device_precision(device)
     return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, dist, features,
                        amp, amp.scaler(device))
+
+
+def _apply_latency_profile(model, preset: Preset, choice, sparsity: SparsityConfig) -> None:
+    """Keep dense the selected layers whose 2:4 kernel is not faster on the profiled GPU (``--latency-profile``)."""
+    from .latency import apply_latency_profile, layer_rows, load_latency_profile
+
+    profile = load_latency_profile(sparsity.latency_profile)
+    rows = layer_rows(model, example_inputs(preset, 1))
+    shapes = {(n[4:] if n.startswith("net.") else n): (m.out_features, m.in_features)
+              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    apply_latency_profile(choice, rows, shapes, profile, batch=sparsity.latency_batch, dtype=sparsity.latency_dtype)
+    if not choice.selected:
+        raise SparseDeployError(
+            f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel faster than dense on {profile.gpu} "
+            f"at batch {sparsity.latency_batch} ({sparsity.latency_dtype}); nothing would be sparse"
+        )
+    log.info("--latency-profile (%s, batch %d, %s): %d layers stay 2:4", profile.gpu, sparsity.latency_batch, sparsity.latency_dtype, len(choice.selected))
 
 
 def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, config: TrainConfig) -> None:
@@ -583,6 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
     p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
                    "loss-sensitive selected layers go 2:4 (default: all selected layers)")
+    p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
+                   "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)")
+    p.add_argument("--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)")
+    p.add_argument("--latency-dtype", choices=("fp16", "bf16"), default="fp16", help="engine precision the profile is read at (default fp16)")
     p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
@@ -613,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
                                   include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln,
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
-                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget)
+                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
+                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)
     teacher = args.init or weights
     kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and teacher else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"

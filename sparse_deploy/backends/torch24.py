@@ -20,9 +20,35 @@ from ..sparsify import bake_
 from .base import Runner
 from .pytorch import TORCH_PROFILE
 
-__all__ = ["Torch24Runner"]
+__all__ = ["Torch24Runner", "to_semi_structured_"]
 
 log = logging.getLogger(__name__)
+
+
+def to_semi_structured_(model: nn.Module, layers: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Swap the weight of each named Linear (baked 2:4, fp16/bf16, on CUDA) for a semi-structured 2:4 tensor.
+
+    Returns:
+        ``(converted, skipped)``: the layers now on 2:4 kernels, and the others with the reason
+        (not a Linear, or a shape/dtype the kernels refuse).
+    """
+    from torch.sparse import to_sparse_semi_structured
+
+    modules = {name[4:] if name.startswith("net.") else name: m for name, m in model.named_modules()}
+    converted: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in layers:
+        module = modules[name]
+        if not isinstance(module, nn.Linear):
+            skipped[name] = "not a Linear (semi-structured kernels are linear-only)"
+            continue
+        try:
+            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+        except (RuntimeError, ValueError) as exc:  # shape below the kernel's minimum tile, ...
+            skipped[name] = str(exc).splitlines()[0]
+            continue
+        converted.append(name)
+    return converted, skipped
 
 
 class Torch24Runner(Runner):
@@ -41,28 +67,13 @@ class Torch24Runner(Runner):
         major, minor = torch.cuda.get_device_capability(0)
         if major < 8:
             raise SparseDeployError(f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}")
-        from torch.sparse import to_sparse_semi_structured
-
         model, manifest = load_checkpoint_model(path)
         masked = sorted(manifest.get("masked_layers") or [])
         if not masked:
             raise SparseDeployError(f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; use the torch backend")
         bake_(model)
         model = model.half().cuda().eval()
-        modules = {name[4:] if name.startswith("net.") else name: m for name, m in model.named_modules()}
-        self.converted: list[str] = []
-        self.skipped: dict[str, str] = {}
-        for name in masked:
-            module = modules[name]
-            if not isinstance(module, nn.Linear):
-                self.skipped[name] = "not a Linear (semi-structured kernels are linear-only)"
-                continue
-            try:
-                module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
-            except (RuntimeError, ValueError) as exc:  # shape below the kernel's minimum tile, ...
-                self.skipped[name] = str(exc).splitlines()[0]
-                continue
-            self.converted.append(name)
+        self.converted, self.skipped = to_semi_structured_(model, masked)
         if not self.converted:
             raise SparseDeployError(f"no masked Linear of '{path}' could be converted to a semi-structured tensor: {dict(list(self.skipped.items())[:2])}")
         log.info("torch24: %d Linear layers on 2:4 kernels, %d left dense", len(self.converted), len(self.skipped))
