@@ -87,6 +87,7 @@ def test_parts_and_report_on_cpu(cpu_kit, tmp_path):
         assert b["parity"]["max_abs_err"] == 0  # the stand-in kernels compute exactly the masked dense model
         assert b["eager"]["ratio"]["median"] > 0 and b["sampling"]["ratio"]["median"] > 0
         assert "error" in b["cuda_graph"]  # no CUDA here: capture fails, is said, and the eager figures stay
+    assert "not tried after the capture at batch 1 failed" in e2e["batches"][1]["cuda_graph"]["error"]
 
     assert "no TensorRT engines" in gc.part_tensorrt(out, cpu_kit)["skipped"]
     (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [],
