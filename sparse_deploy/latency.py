@@ -144,10 +144,10 @@ def time_linear(
     from .bench import ratio, run_interleaved, summarize
     from .masks import PATTERN_M, PATTERN_N, nm_mask
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    weight = torch.randn(out_features, in_features, generator=gen).to(device, dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)  # drawn where they are used: no large host copies
+    weight = torch.randn(out_features, in_features, generator=gen, device=device).to(dtype)
     weight = weight * nm_mask(weight, PATTERN_N, PATTERN_M)
-    x = torch.randn(rows, in_features, generator=gen).to(device, dtype)
+    x = torch.randn(rows, in_features, generator=gen, device=device).to(dtype)
     try:
         sparse = (make_sparse or _semi_structured)(weight)
         with torch.no_grad():
