@@ -26,6 +26,7 @@ machine without a CUDA GPU it prints one sentence and exits 0 having done nothin
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -594,6 +595,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for stale in [*(out / f"{p}.json" for p in PARTS), out / "report.json", out / "report.md", *out.glob("*.png"), *out.glob("*.log")]:
         stale.unlink(missing_ok=True)  # a part that does not run this time leaves no old figures behind
     wheels = install_wheels(args.wheels, args.site)
+    if wheels.get("error"):
+        print(f"gpu-check: the wheels in {args.wheels} did not install ({wheels['error'].splitlines()[-1]}); going on without them", flush=True)
+    elif not wheels["wheels"] and importlib.util.find_spec("diffusers") is None:
+        wheels["note"] = wheels.get("note", "") + "; diffusers is missing, so the gemm, e2e and tensorrt parts cannot build models"
+        print(f"gpu-check: diffusers is not installed and {args.wheels} holds no wheels: run make gpu-wheels on a machine with "
+              "internet and copy .whl/ along; the parts that build models will fail", flush=True)
     env = _child_env(args.site if wheels.get("wheels") and not wheels.get("error") else None)
     base = [sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--out", str(out), "--e2e-model", args.e2e_model, "--trt-model", args.trt_model]
     if args.quick:
