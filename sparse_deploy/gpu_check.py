@@ -250,7 +250,8 @@ def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cuda_graph(model, inputs):
-    """``(replay, static_inputs)`` for one denoiser call captured in a CUDA graph (raises where capture fails)."""
+    """A function replaying one denoiser call captured in a CUDA graph: it copies its arguments into the
+    captured inputs and returns the captured output tensor (raises where capture fails)."""
     import torch
 
     static = [t.clone() if t is not None else None for t in inputs]
