@@ -6,7 +6,9 @@ plots it shows are copied next to the docs so the page renders on GitHub. Nothin
 re-running after a new benchmark replaces the section.
 
     .venv/bin/python scripts/publish_report.py reports/fmnist-dit --images docs/images/bench-fmnist-dit \\
-        --intro "Date, machine and context of the run (words, not figures)"
+        --json-dir docs/results/bench-fmnist-dit --intro "Date, machine and context of the run (words, not figures)"
+
+``--json-dir`` also copies the report's JSON results (the data behind every table and plot) there.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
     p.add_argument("--images", type=Path, required=True, help="where the plots are copied (inside docs/)")
     p.add_argument("--title", help="section heading (default: 'Benchmark report: <folder>')")
+    p.add_argument("--json-dir", type=Path, help="also copy the report's *.json results here (e.g. docs/results/<name>)")
     p.add_argument("--intro", help="a paragraph put before the report (date, machine, context)")
     args = p.parse_args(argv)
 
@@ -73,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         if not src.is_file():
             raise SparseDeployError(f"the report shows '{name}', which is not in {args.report}; re-run the report")
         shutil.copyfile(src, args.images / name)
+    copied = []
+    if args.json_dir is not None:
+        args.json_dir.mkdir(parents=True, exist_ok=True)
+        for src in sorted(args.report.glob("*.json")):
+            with atomic_path(args.json_dir / src.name) as tmp:
+                shutil.copyfile(src, tmp)
+            copied.append(src.name)
+        body += f"\nThe JSON behind this section: {', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n" if copied else ""
     text = args.results.read_text() if args.results.is_file() else "# Results\n"
     with atomic_path(args.results) as tmp:
         tmp.write_text(replace_between_markers(text, args.report.name, body))

@@ -591,7 +591,7 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
 
 def method_train_config(
     method: str, preset: str, out: str | Path, *, steps: int, init: str | Path | None, seed: int = 0,
-    kd_weight: float = DEFAULT_KD_WEIGHT, **overrides: Any,
+    kd_weight: float = DEFAULT_KD_WEIGHT, macs_budget: float | None = None, **overrides: Any,
 ):
     """The :class:`~sparse_deploy.train.TrainConfig` of one method of :data:`METHODS`."""
     from .sparsify import SparsityConfig
@@ -600,11 +600,18 @@ def method_train_config(
     if method not in METHODS:
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
     mode, kd, kd_features, pruned_decay = METHOD_RECIPES[method]
-    return TrainConfig(
+    config = TrainConfig(
         preset=preset, out=str(out), steps=steps, init=None if init is None else str(init), seed=seed,
-        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay) if mode else None, kd_weight=kd_weight if kd else 0.0,
+        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay, macs_budget=macs_budget) if mode else None,
+        kd_weight=kd_weight if kd else 0.0,
         kd_features=kd_features, preview=0, **overrides,
     ).validate()
+    if mode is None and init is not None and "lr" not in overrides:
+        # Continued dense training at the sparse methods' fine-tuning rate: the fair reference. At the
+        # from-scratch rate it first moves a converged model away from its optimum (docs/RESULTS.md).
+        d = config.model_preset().train
+        config.lr = d.sparse_lr or d.lr
+    return config
 
 
 @contextlib.contextmanager
@@ -897,6 +904,8 @@ class MethodsConfig:
         kd_weight: output-distillation weight of the methods that distil (``+kd``).
         kid_subsets: KID subset pairs.
         label: a free-text label stored with the results (e.g. "small-budget run").
+        macs_budget: the sparse methods' effective MACs as a share of the dense model's
+            (``--macs-budget``: the most sensitive layers stay dense); None: every eligible layer 2:4.
     """
 
     model: str
@@ -919,6 +928,7 @@ class MethodsConfig:
     data: str | None = None
     device: str = "auto"
     label: str | None = None
+    macs_budget: float | None = None
 
     def validate(self) -> "MethodsConfig":
     
@@ -937,8 +947,11 @@ class MethodsConfig:
             self.reference = "fashion-mnist:test"
         if self.warmup_steps is None:
             self.warmup_steps = min(preset.train.warmup_steps, max(self.steps // 5, 1))
+        if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
+            raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.work is None:  # one folder per budget: a different budget never meets stored runs of another
-            self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{self.ref_num or 'all'}"
+            macs = f"-macs{self.macs_budget:g}" if self.macs_budget is not None else ""
+            self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{self.ref_num or 'all'}{macs}"
         return self
 
     def run_key(self, method: str, seed: int, dense_sha: str | None) -> dict[str, Any]:
@@ -949,6 +962,8 @@ class MethodsConfig:
             "reference": self.reference, "ref_num": self.ref_num, "lr": self.lr, "warmup_steps": self.warmup_steps,
             "batch_size": self.batch_size, "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
             **({"recipe": list(METHOD_RECIPES[method])} if method not in _FIRST_METHODS else {}),
+            **({"macs_budget": self.macs_budget} if self.macs_budget is not None and method != "dense" else {}),
+            **({"dense_lr": "fine-tuning"} if method == "dense" else {}),
         }
 
 
@@ -1049,7 +1064,8 @@ def run_methods(
                 continue
             log.info("%s seed %d: training %d steps", method, seed, 0 if method == "oneshot" else config.steps)
             tconfig = method_train_config(method, preset.name, folder, steps=config.steps, init=config.dense_checkpoint,
-                                          seed=seed, kd_weight=config.kd_weight, device=config.device, **overrides)
+                                          seed=seed, kd_weight=config.kd_weight, device=config.device,
+                                          macs_budget=config.macs_budget, **overrides)
             resumed = (folder / "checkpoint" / "manifest.json").is_file()
             ckpt, train_seconds = time_call(lambda: train(tconfig))
             manifest = read_manifest(ckpt)
@@ -1079,6 +1095,7 @@ def run_methods(
                 "fid": fid.frechet_distance(*fid.stats_from_features(feats), reference.mu, reference.sigma),
                 "kid": {"mean": kid_mean, "std": kid_std, "subset_size": subset, "subsets": config.kid_subsets},
                 "masked_layers": len(manifest.get("masked_layers") or []),
+                "effective_macs": (manifest.get("coverage") or {}).get("effective_macs"),
                 "samples": str(folder / "samples.npz"),
                 "grid": str(folder / "grid.png"),
             }
@@ -1116,13 +1133,16 @@ def run_methods(
         }
     macs = _method_macs(preset)
     for method in order:
-        summary[method]["macs"] = macs["dense_macs"] if method == "dense" else macs["effective_sparse_macs"]
+        measured = [r["effective_macs"] for r in runs if r["method"] == method and r.get("effective_macs")]
+        full = macs["dense_macs"] if method == "dense" else macs["effective_sparse_macs"]
+        summary[method]["macs"] = int(np.mean(measured)) if measured and method != "dense" else full
     settings = {**asdict(config), "seeds": list(config.seeds), "methods": list(order)}
     results = {
         "model": preset.name,
         "label": config.label,
         "budget": f"{config.steps} fine-tuning steps per method (one-shot: none), {config.num_samples} samples per run, "
-        f"{len(config.seeds)} seed(s), {config.scheduler.upper()} {config.sample_steps} steps",
+        f"{len(config.seeds)} seed(s), {config.scheduler.upper()} {config.sample_steps} steps"
+        + (f", sparse methods at {config.macs_budget:g} of the dense MACs (--macs-budget)" if config.macs_budget is not None else ""),
         "dense_checkpoint": {"path": str(config.dense_checkpoint), "weights_sha256": dense_sha, "step": dense_manifest.get("step"),
                              "complete": dense_manifest.get("complete")},
         "reference": {"source": config.reference, "num": int(len(ref_features)),
@@ -1271,6 +1291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="JSON + Markdown + plots from the results in a folder")
     p.add_argument("--out", type=Path, required=True, help="report folder holding the *.json results")
 
+    p = sub.add_parser("frontier", help="FID against effective MACs from method comparisons at several --macs-budget levels")
+    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
+    p.add_argument("--out", type=Path, required=True, help="folder for frontier.json, frontier.md and frontier.png")
+
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
@@ -1303,6 +1327,8 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--work", help="run folder (default runs/<model>/bench-methods/steps<N>-n<S>-ref<R>)")
     p.add_argument("--label", help="free-text label stored with the results, e.g. 'small-budget run'")
     p.add_argument("--data", help="training data (default: the preset's dataset)")
+    p.add_argument("--macs-budget", type=float, help="sparse methods keep this share of the dense MACs, the most sensitive "
+                   "layers dense (default: every eligible layer 2:4)")
 
 
 def _methods_config(args: argparse.Namespace, steps: int) -> MethodsConfig:
@@ -1310,7 +1336,7 @@ def _methods_config(args: argparse.Namespace, steps: int) -> MethodsConfig:
         model=args.model, dense_checkpoint=args.dense_checkpoint, steps=steps, num_samples=args.num_samples,
         seeds=args.seeds, sample_steps=args.sample_steps, sample_batch=args.sample_batch, reference=args.reference, ref_num=args.ref_num,
         work=args.work, methods=args.method_list, lr=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-        kd_weight=args.kd_weight, data=args.data, device=args.device, label=args.label,
+        kd_weight=args.kd_weight, data=args.data, device=args.device, label=args.label, macs_budget=args.macs_budget,
     )
 
 
@@ -1465,6 +1491,11 @@ def main(argv: list[str] | None = None) -> int:
 
         written = write_report(args.out, command=command)
         for name, path in written.items():
+            print(f"{name}: {path}")
+    elif args.command == "frontier":
+        from .frontier import write_frontier
+
+        for name, path in write_frontier(args.results, args.out).items():
             print(f"{name}: {path}")
     elif args.command == "all":
         print(f"report: {run_all(args, command)}")

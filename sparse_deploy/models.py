@@ -75,7 +75,7 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
     if weights is not None and Path(weights).is_dir():
         path = Path(weights)
         try:
-            net = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+            net = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
         except Exception as exc:
             raise SparseDeployError(
                 f"could not load diffusers weights from '{path}' ({exc.__class__.__name__}: {exc}); "

@@ -83,7 +83,7 @@ def load_vae(path: str | Path):
     from diffusers import AutoencoderKL
 
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as exc:
         raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
     return vae.eval()

@@ -33,7 +33,7 @@ from ..onnx_files import data_path
 from ..presets import PRESETS, Preset, preset_from_manifest
 from ..sampling import training_scheduler
 from ..sources import resolve_vae
-from ..provenance import atomic_dir, sha256_file, timestamp
+from ..provenance import atomic_dir, sha256_file, timestamp, write_manifest
 from .pbtxt import Enum, to_pbtxt
 from .pipeline import PIPELINE_INPUTS, PipelineSettings, pipeline_outputs
 
@@ -387,10 +387,6 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         for src, dst in copies:
             shutil.copyfile(src, tmp / "1" / dst)
         (tmp / "config.pbtxt").write_text(to_pbtxt(denoiser, _header(engine, manifest, f"denoiser ({flavour} flavour)")))
-    with atomic_dir(root / config.pipeline_name) as tmp:
-        (tmp / "1").mkdir()
-        shutil.copyfile(_HERE / "model_pipeline.py", tmp / "1" / "model.py")
-        (tmp / "config.pbtxt").write_text(to_pbtxt(pipeline, _header(engine, manifest, f"sampling pipeline over '{config.name}'")))
     record = {
         "engine": str(engine),
         "flavour": flavour,
@@ -400,7 +396,11 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         "notes": notes,
         "created": timestamp(),
     }
-    (root / config.pipeline_name / "sparse-deploy.json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_dir(root / config.pipeline_name) as tmp:
+        (tmp / "1").mkdir()
+        shutil.copyfile(_HERE / "model_pipeline.py", tmp / "1" / "model.py")
+        (tmp / "config.pbtxt").write_text(to_pbtxt(pipeline, _header(engine, manifest, f"sampling pipeline over '{config.name}'")))
+        write_manifest(tmp / "sparse-deploy.json", record)  # sealed: an edit is caught by its own hash
     for n in notes:
         log.warning("%s", n)
     return RepositoryReport(root, flavour, root / config.name, root / config.pipeline_name, denoiser["max_batch_size"], notes)

@@ -218,6 +218,34 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     with pytest.raises(SparseDeployError, match="num_samples"):
         bench.run_methods(config, features=_fake_features, reference=reference)
 
+    # The same comparison at a MACs budget: the sparse methods keep the most sensitive layers dense,
+    # and the frontier joins the two comparisons into FID-against-MACs curves.
+    config.num_samples, methods = 8, ("dense", "fixed", "srste+kd")
+    budget = bench.MethodsConfig(**{**config.__dict__, "work": None, "macs_budget": 0.8, "methods": methods}).validate()
+    assert budget.work.endswith("-macs0.8")
+    budget.work = str(tmp_path / "work-0.8")
+    monkeypatch.undo()
+    low = bench.run_methods(budget, features=_fake_features, reference=reference)
+    low_runs = {r["method"]: r for r in low["runs"]}
+    assert low_runs["fixed"]["masked_layers"] < 12 and low_runs["fixed"]["key"]["macs_budget"] == 0.8
+    assert "macs_budget" not in low_runs["dense"]["key"]
+    full_macs = record["summary"]["srste+kd"]["macs"]
+    assert record["summary"]["srste+kd"]["macs"] < low["summary"]["srste+kd"]["macs"] <= 0.8 * record["summary"]["dense"]["macs"] * 1.0001
+    from sparse_deploy.frontier import frontier, write_frontier
+
+    files = [tmp_path / "full.json", tmp_path / "low.json"]
+    files[0].write_text(json.dumps(record, default=str))
+    files[1].write_text(json.dumps(low, default=str))
+    written = write_frontier(files, tmp_path / "frontier")
+    points = json.loads(written["json"].read_text())["points"]
+    srste = [p for p in points if p["method"] == "srste+kd"]
+    assert [p["macs_budget"] for p in srste] == [None, 0.8] and srste[0]["macs"] == full_macs
+    assert written["plot"].stat().st_size > 0 and "| SR-STE + distillation (SparseDM) | 0.8 |" in written["markdown"].read_text()
+    other = {**low, "settings": {**low["settings"], "steps": 2}}
+    files[1].write_text(json.dumps(other, default=str))
+    with pytest.raises(SparseDeployError, match="steps differ"):
+        frontier(files)
+
 
 # ----------------------------------------------------------------------------- report
 
@@ -357,7 +385,8 @@ def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tm
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "RESULTS.md").write_text("# Results\n\n## Earlier\n\ntext\n")
-    args = [str(tmp_path / "report"), "--results", str(docs / "RESULTS.md"), "--images", str(docs / "images" / "r"), "--intro", "Context."]
+    args = [str(tmp_path / "report"), "--results", str(docs / "RESULTS.md"), "--images", str(docs / "images" / "r"), "--intro", "Context.",
+            "--json-dir", str(docs / "results" / "r")]
     assert publish.main(args) == 0
     assert publish.main(args) == 0  # a second run replaces the section, it does not add one
     page = (docs / "RESULTS.md").read_text()
@@ -367,6 +396,9 @@ def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tm
     assert "| SR-STE + distillation (SparseDM) | 38.50 ± 0.71 |" in section  # the report's own table, verbatim
     linked = re.findall(r"\]\((images/r/[^)]+)\)", section)
     assert linked and all((docs / link).is_file() for link in linked)
+    published = sorted(p.name for p in (docs / "results" / "r").glob("*.json"))
+    assert published == sorted(p.name for p in (tmp_path / "report").glob("*.json")) and "methods.json" in published
+    assert all((docs / "results" / "r" / n).read_bytes() == (tmp_path / "report" / n).read_bytes() for n in published)
     assert publish.main([str(tmp_path / "nothing"), "--images", str(docs / "images")]) == 2  # one error line, no traceback
 
 
@@ -413,3 +445,14 @@ def test_bench_all_times_fp16_tensorrt_on_a_gpu_and_fp32_onnx_runtime_on_a_cpu(m
     monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: "no CUDA GPU is visible")
     assert bench.default_engines("auto") == ("onnxruntime", ("fp32",))
     assert bench.build_parser().parse_args(["all"]).precision is None  # decided where the engines are built
+
+
+def test_dense_reference_fine_tunes_at_the_sparse_methods_rate(tmp_path):
+    torch.manual_seed(0)
+    dense = save_checkpoint(tmp_path / "d", build_model(get_preset("fmnist-dit"), announce_random=False), sparsity=None)
+    d = get_preset("fmnist-dit").train
+    made = {m: bench.method_train_config(m, "fmnist-dit", tmp_path / m, steps=10, init=dense) for m in ("dense", "fixed", "srste+kd")}
+    assert {m: c.lr for m, c in made.items()} == {m: d.sparse_lr for m in made} and d.sparse_lr != d.lr
+    assert bench.method_train_config("dense", "fmnist-dit", tmp_path / "x", steps=10, init=dense, lr=1e-3).lr == 1e-3
+    config = bench.MethodsConfig(model="fmnist-dit", dense_checkpoint=str(dense), steps=10).validate()
+    assert config.run_key("dense", 0, "sha")["dense_lr"] == "fine-tuning" and "dense_lr" not in config.run_key("fixed", 0, "sha")

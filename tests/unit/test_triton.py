@@ -23,7 +23,7 @@ from sparse_deploy.contract import IOContract, contract_for
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.export import ExportConfig
 from sparse_deploy.presets import get_preset
-from sparse_deploy.provenance import sha256_file, write_json_atomic
+from sparse_deploy.provenance import seal_problem, sha256_file, write_json_atomic
 from sparse_deploy.sampling import sample
 from sparse_deploy.triton import pipeline as pl
 from sparse_deploy.triton import repository as repo
@@ -296,6 +296,9 @@ def test_pipeline_config_parses_and_describes_the_pipeline(engines, tmp_path):
     settings = pl.PipelineSettings.from_parameters({k: v.string_value for k, v in config.parameters.items()})
     assert settings == pl.PipelineSettings(preset="tiny-dit", precision="fp32", max_batch=MAX_BATCH, denoiser="denoiser")
     assert (report.pipeline / "1" / "model.py").read_text() == (Path(repo.__file__).parent / "model_pipeline.py").read_text()
+    record = json.loads((report.pipeline / "sparse-deploy.json").read_text())
+    assert record["flavour"] == "python" and record["denoiser"] == "denoiser"
+    assert seal_problem(record) is None and "manifest_sha256" in record
 
 
 def test_cli_writes_a_repository(engines, tmp_path, capsys):
