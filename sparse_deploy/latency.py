@@ -76,18 +76,15 @@ def layer_rows(model: nn.Module, inputs: Sequence[torch.Tensor | None]) -> dict[
     A layer called more than once (diffusers' DiT reuses block 0's conditioning embedder) keeps
     the rows of its largest call.
     """
+    from .macs import forward_with_hooks
+
     rows: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            def hook(mod, args, name=_short(name)):
-                rows[name] = max(rows.get(name, 0), args[0].numel() // mod.in_features)
-            hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def record(name: str, module: nn.Module, args: tuple, _out: Any) -> None:
+        short = _short(name)
+        rows[short] = max(rows.get(short, 0), args[0].numel() // module.in_features)
+
+    forward_with_hooks(model, inputs, (nn.Linear,), record)
     return rows
 
 

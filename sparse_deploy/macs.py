@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["layer_macs", "total_macs", "OnnxMacs", "onnx_macs"]
+__all__ = ["forward_with_hooks", "layer_macs", "total_macs", "OnnxMacs", "onnx_macs"]
 
 
 def _module_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -22,6 +22,23 @@ def _module_macs(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
+def forward_with_hooks(
+    model: nn.Module, inputs: Sequence[torch.Tensor | None], types: tuple[type, ...],
+    on_call: Callable[[str, nn.Module, tuple, Any], None],
+) -> None:
+    """One forward pass of ``model`` on ``inputs`` calling ``on_call(name, module, args, output)`` for
+    every call of a module of ``types`` (hooks removed afterwards, also on error)."""
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, types):
+            hooks.append(module.register_forward_hook(lambda mod, args, out, name=name: on_call(name, mod, args, out)))
+    try:
+        model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def layer_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
     """MACs of every Linear and Conv2d in ``model`` for one forward pass on ``inputs``.
@@ -29,17 +46,11 @@ def layer_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, in
     Counts dense MACs: the effective sparse count of an N:M layer is ``macs * n / m``.
     """
     counts: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            def hook(mod, _inp, out, name=name):
-                counts[name] = counts.get(name, 0) + _module_macs(mod, out)
-            hooks.append(module.register_forward_hook(hook))
-    try:
-        model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def count(name: str, module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        counts[name] = counts.get(name, 0) + _module_macs(module, out)
+
+    forward_with_hooks(model, inputs, (nn.Linear, nn.Conv2d), count)
     return counts
 
 
