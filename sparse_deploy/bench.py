@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .cliargs import comma_ints, comma_list
 from .errors import SparseDeployError, cli_entry
 from .guards import check_device, check_output_dir
 from .sources import run_preset
@@ -720,6 +721,8 @@ def _layer_calls(model, inputs) -> dict[str, int]:
     import torch
     from torch import nn
 
+    from .models import short_name
+
     calls: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -733,7 +736,7 @@ def _layer_calls(model, inputs) -> dict[str, int]:
     finally:
         for h in hooks:
             h.remove()
-    return {(k[4:] if k.startswith("net.") else k): v for k, v in calls.items()}
+    return {short_name(k): v for k, v in calls.items()}
 
 
 def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
@@ -748,11 +751,11 @@ def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
 
     from .export import layer_initializers
     from .macs import layer_macs, onnx_macs, total_macs
-    from .models import example_inputs
+    from .models import example_inputs, short_name
 
     model = model.eval()
     inputs = example_inputs(model.preset, 1)
-    per_layer = {(k[4:] if k.startswith("net.") else k): v for k, v in layer_macs(model, inputs).items()}
+    per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
     calls = _layer_calls(model, inputs)
     model_total = total_macs(model, inputs)
     graph = onnx.load(str(onnx_path))
@@ -1222,17 +1225,6 @@ def sample_grids(
 # --------------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise SparseDeployError(f"expected comma-separated integers like 1,2,4,8; got '{text}'") from None
-
-
-def _strs(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
 def _default_out(model: str | None) -> Path:
     return Path("reports") / (model or "model")
 
@@ -1244,7 +1236,7 @@ def latency_filename(record: dict[str, Any]) -> str:
 
 
 def _add_latency_args(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
-    p.add_argument("--batches", type=_ints, default=(1, 2, 4, 8), help="comma-separated batch sizes (default 1,2,4,8)")
+    p.add_argument("--batches", type=comma_ints, default=(1, 2, 4, 8), help="comma-separated batch sizes (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=30, help="timed denoiser calls per engine and batch (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     p.add_argument("--e2e-repeats", type=int, default=5, help="timed end-to-end sampling runs per engine and batch (default 5; 0 skips)")
@@ -1266,7 +1258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
-    p.add_argument("--methods", type=_strs, default=TRAIN_COST_METHODS, help=f"default {','.join(TRAIN_COST_METHODS)}")
+    p.add_argument("--methods", type=comma_list, default=TRAIN_COST_METHODS, help=f"default {','.join(TRAIN_COST_METHODS)}")
     p.add_argument("--dense-checkpoint", help="dense checkpoint to start from (default: random init; same cost)")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--data", help="training data (default: the preset's dataset, else synthetic: random tensors, same cost)")
@@ -1298,11 +1290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
-    p.add_argument("--precision", type=_strs, default=None,
+    p.add_argument("--precision", type=comma_list, default=None,
                    help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)")
     _add_latency_args(p, steps_flag="--sample-steps")
     p.add_argument("--cost-steps", type=int, default=10, help="timed train-cost steps per method (default 10)")
-    p.add_argument("--skip", type=_strs, default=(), help="comma-separated steps to skip: latency,train-cost,macs,methods,grids")
+    p.add_argument("--skip", type=comma_list, default=(), help="comma-separated steps to skip: latency,train-cost,macs,methods,grids")
     _add_methods_args(p, for_all=True)
     p.add_argument("--out", type=Path)
     return parser
@@ -1315,8 +1307,8 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--dense-checkpoint", required=not for_all, help="dense checkpoint every method starts from")
     p.add_argument("--steps", type=int, default=None if for_all else 500, help="fine-tuning steps per method")
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
-    p.add_argument("--seeds", type=_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
-    p.add_argument("--methods", dest="method_list", type=_strs, default=METHODS, help=f"default {','.join(METHODS)}")
+    p.add_argument("--seeds", type=comma_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
+    p.add_argument("--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}")
     p.add_argument("--reference", help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)")
     p.add_argument("--ref-num", type=int, help="reference images from the test set (default all)")
     p.add_argument("--lr", type=float)

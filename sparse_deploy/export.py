@@ -52,9 +52,10 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import models
 from .contract import PRECISIONS, BatchProfile, IOContract, contract_for
+from .cliargs import comma_list
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir
-from .models import Denoiser
+from .models import Denoiser, short_name
 from .precision import FP32_OPS, fp16_attention, fp32_op_dtypes, fp32_ops_problem, to_fp16
 from .presets import PRESET_SPEC, Preset, get_preset, preset_from_manifest
 from .schedule import schedule_record
@@ -191,10 +192,6 @@ def _check_choices(flag: str, values: Sequence[str], allowed: Sequence[str]) -> 
         raise SparseDeployError(f"unknown {flag} value(s) {bad}; choose from: {', '.join(allowed)}")
     if len(set(values)) != len(values):
         raise SparseDeployError(f"{flag} lists a value twice: {list(values)}")
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,7 +552,7 @@ def layer_initializers(onnx_model, model: nn.Module, precision: str) -> dict[str
         for candidate in candidates:
             init = by_content.get(_content_key(candidate))
             if init is not None:
-                found[name[4:] if name.startswith("net.") else name] = init
+                found[short_name(name)] = init
                 break
     return found
 
@@ -891,7 +888,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, out: Path | None) -> ExportConfig:
     return ExportConfig(
         model=args.model, checkpoint=args.checkpoint, dense_checkpoint=args.dense_checkpoint, weights=args.weights,
-        out=out, precisions=_csv(args.precision), kinds=_csv(args.kinds), max_batch=args.max_batch,
+        out=out, precisions=comma_list(args.precision), kinds=comma_list(args.kinds), max_batch=args.max_batch,
         opt_batch=args.opt_batch, require_masks=args.require_masks, seed=args.seed, external_data=args.external_data,
     ).validate()
 

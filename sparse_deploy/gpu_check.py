@@ -561,7 +561,9 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Path]:
 
 
 def _parts(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    from .cliargs import comma_list
+
+    parts = comma_list(text)
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         raise argparse.ArgumentTypeError(f"parts are among {', '.join(PARTS)}; got {text!r}")

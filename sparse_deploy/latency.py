@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import SparseDeployError
+from .models import short_name
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -65,10 +66,6 @@ class LinearShape:
                 "layers": len(self.layers), "example": self.layers[0] if self.layers else None}
 
 
-def _short(name: str) -> str:
-    return name[4:] if name.startswith("net.") else name
-
-
 @torch.no_grad()
 def layer_rows(model: nn.Module, inputs: Sequence[torch.Tensor | None]) -> dict[str, int]:
     """Rows each ``nn.Linear`` of ``model`` multiplies in one forward pass on ``inputs`` (batch 1: per sample).
@@ -81,7 +78,7 @@ def layer_rows(model: nn.Module, inputs: Sequence[torch.Tensor | None]) -> dict[
     rows: dict[str, int] = {}
 
     def record(name: str, module: nn.Module, args: tuple, _out: Any) -> None:
-        short = _short(name)
+        short = short_name(name)
         rows[short] = max(rows.get(short, 0), args[0].numel() // module.in_features)
 
     forward_with_hooks(model, inputs, (nn.Linear,), record)
@@ -101,7 +98,7 @@ def linear_shapes(preset_name: str) -> list[LinearShape]:
     rows = layer_rows(model, inputs)
     grouped: dict[tuple[int, int, int], list[str]] = {}
     for name, module in model.named_modules():
-        short = _short(name)
+        short = short_name(name)
         if isinstance(module, nn.Linear) and short in rows:
             grouped.setdefault((module.out_features, module.in_features, rows[short]), []).append(short)
     return [LinearShape(o, i, r, tuple(layers)) for (o, i, r), layers in sorted(grouped.items(), key=lambda kv: (-kv[0][2], kv[0]))]

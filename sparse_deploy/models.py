@@ -17,9 +17,17 @@ from torch import nn
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["Denoiser", "build_model", "diffusers_class", "load_pretrained_weights", "example_inputs"]
+__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "diffusers_class", "load_pretrained_weights", "example_inputs"]
 
 log = logging.getLogger(__name__)
+
+
+NET_PREFIX = "net."
+
+
+def short_name(name: str) -> str:
+    """A module name as diffusers spells it: without the :class:`Denoiser`'s ``net.`` prefix."""
+    return name[len(NET_PREFIX):] if name.startswith(NET_PREFIX) else name
 
 
 class Denoiser(nn.Module):
@@ -116,7 +124,7 @@ def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SparseDeployError(f"'{path}' is not a readable safetensors file ({exc}); re-download or re-export it") from exc
-    state = {k if k.startswith("net.") else f"net.{k}": v for k, v in state.items()}
+    state = {k if k.startswith(NET_PREFIX) else f"{NET_PREFIX}{k}": v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("weight_mask")]
     if missing or unexpected:

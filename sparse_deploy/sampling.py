@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .cliargs import comma_ints
 from .errors import SparseDeployError
 from .presets import Preset
 
@@ -209,10 +210,7 @@ def parse_labels(text: str | None) -> tuple[int, ...] | None:
     """``--labels`` text (``"0,1,2"``) -> class ids; None when empty."""
     if text is None:
         return None
-    try:
-        labels = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}'") from None
+    labels = comma_ints(text, what="--labels as comma-separated class ids like 0,1,2")
     if not labels:
         raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it for random labels")
     return labels

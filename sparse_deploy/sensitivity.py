@@ -16,6 +16,7 @@ import torch
 
 from .errors import SparseDeployError
 from .masks import nm_mask
+from .models import short_name
 
 __all__ = ["layer_sensitivity", "choose_for_budget", "BudgetChoice"]
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    return {(n[4:] if n.startswith("net.") else n): m for n, m in model.named_modules()}
+    return {short_name(n): m for n, m in model.named_modules()}
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from torch import nn
 
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
+from .models import short_name
 from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
 from .presets import Preset
 
@@ -230,11 +231,6 @@ _MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
 _DENSE = {v: k for k, v in _MASKED.items()}
 
 
-def _short(name: str) -> str:
-    """Module name as diffusers spells it (without the Denoiser's ``net.`` prefix)."""
-    return name[4:] if name.startswith("net.") else name
-
-
 @dataclass
 class LayerChoice:
     """The outcome of layer selection."""
@@ -254,15 +250,15 @@ def select_layers(model: nn.Module, config: SparsityConfig, preset: Preset | Non
     types = tuple(_TYPES[t] for t in config.types)
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
-    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(_short(n), p) for n, _ in candidates)]
+    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(short_name(n), p) for n, _ in candidates)]
     if unmatched:
         raise SparseDeployError(
             f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names look like "
-            f"'{_short(candidates[0][0]) if candidates else '?'}' (glob syntax, without the 'net.' prefix)"
+            f"'{short_name(candidates[0][0]) if candidates else '?'}' (glob syntax, without the 'net.' prefix)"
         )
     choice = LayerChoice()
     for name, module in candidates:
-        short = _short(name)
+        short = short_name(name)
         if not any(fnmatch.fnmatchcase(short, p) for p in include):
             continue
         if any(fnmatch.fnmatchcase(short, p) for p in exclude):
@@ -298,7 +294,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
     config.validate()
     if layers is None:
         layers = select_layers(model, config).selected
-    by_name = {_short(n): m for n, m in model.named_modules()}
+    by_name = {short_name(n): m for n, m in model.named_modules()}
     for name in layers:
         module = by_name.get(name)
         if module is None or type(module) not in _MASKED:
@@ -316,7 +312,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
 
 def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The masked layers of ``model`` by (diffusers) name."""
-    return {_short(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
+    return {short_name(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
 
 
 def _hard_mask(module: nn.Module) -> torch.Tensor:
@@ -452,7 +448,7 @@ def coverage_report(
     model: nn.Module, inputs: Sequence[torch.Tensor], sparse_layers: Sequence[str], skipped: dict[str, str] | None = None,
 ) -> CoverageReport:
     """Count MACs on ``inputs`` (batch 1 gives per-sample figures) and report sparse coverage."""
-    per_layer = {_short(k): v for k, v in layer_macs(model, inputs).items()}
+    per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
     return CoverageReport(
         sparse_layers=list(sparse_layers), skipped=dict(skipped or {}), layer_macs=per_layer,
         model_macs=total_macs(model, inputs),

@@ -32,9 +32,10 @@ import torch
 
 from .checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
 from .distributed import DistEnv, Distributed, resolve_device, state_digest
+from .cliargs import comma_floats, comma_list
 from .errors import SparseDeployError, cli_entry
 from .guards import check_device, check_finite, check_output_dir, check_positive
-from .models import build_model, example_inputs
+from .models import build_model, example_inputs, short_name
 from .diffusers_out import write_run_diffusers
 from .presets import DEFAULT_PRESET, PRESETS, Preset
 from .provenance import recover_dir, write_json_atomic
@@ -219,7 +220,7 @@ class FeatureTaps:
         self.handles = []
         for role, model in (("student", student), ("teacher", teacher)):
             for name, module in model.named_modules():
-                short = name[4:] if name.startswith("net.") else name
+                short = short_name(name)
                 depth = short.count(".")
                 if any(short.startswith(p) for p in _BLOCK_PREFIXES) and depth == (0 if short == "mid_block" else 1):
                     self.handles.append(module.register_forward_hook(self._keep(role)))
@@ -340,7 +341,7 @@ def _apply_latency_profile(model, preset: Preset, choice, sparsity: SparsityConf
 
     profile = load_latency_profile(sparsity.latency_profile)
     rows = layer_rows(model, example_inputs(preset, 1))
-    shapes = {(n[4:] if n.startswith("net.") else n): (m.out_features, m.in_features)
+    shapes = {short_name(n): (m.out_features, m.in_features)
               for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     apply_latency_profile(choice, rows, shapes, profile, batch=sparsity.latency_batch, dtype=sparsity.latency_dtype)
     if not choice.selected:
@@ -357,7 +358,7 @@ def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, co
     from .sensitivity import choose_for_budget, layer_sensitivity
 
     inputs = example_inputs(preset, 1)
-    per_layer = {(k[4:] if k.startswith("net.") else k): v for k, v in layer_macs(model, inputs).items()}
+    per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
     sens = layer_sensitivity(model, choice.selected, images, labels, alphas, seed=config.seed, conditional=bool(preset.num_classes))
     budget = choose_for_budget(per_layer, total_macs(model, inputs), sens, config.sparsity.macs_budget)
     for name in budget.kept_dense:
@@ -572,14 +573,10 @@ def _train(config: TrainConfig, dist: Distributed) -> Path:
 
 def _parse_pair(text: str) -> tuple[float, float]:
     try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers START,END, got '{text}'") from None
+        a, b = comma_floats(text, count=2, what="two numbers START,END")
+    except SparseDeployError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return a, b
-
-
-def _parse_patterns(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -634,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     sparsity = None
     if args.sparsity != "none":
         sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
-                                  include=_parse_patterns(args.include), exclude=_parse_patterns(args.exclude), adaln=args.adaln,
+                                  include=comma_list(args.include), exclude=comma_list(args.exclude), adaln=args.adaln,
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
                                   tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
                                   latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..contract import contract_for
 from ..errors import SparseDeployError
+from ..models import short_name
 from ..export import load_checkpoint_model
 from ..sparsify import bake_
 from .base import Runner
@@ -34,7 +35,7 @@ def to_semi_structured_(model: nn.Module, layers: list[str]) -> tuple[list[str],
     """
     from torch.sparse import to_sparse_semi_structured
 
-    modules = {name[4:] if name.startswith("net.") else name: m for name, m in model.named_modules()}
+    modules = {short_name(name): m for name, m in model.named_modules()}
     converted: list[str] = []
     skipped: dict[str, str] = {}
     for name in layers:
