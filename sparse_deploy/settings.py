@@ -1,0 +1,24 @@
+"""Defaults shared by more than one stage: each setting is written here once.
+
+Stages import these names instead of repeating the numbers, so the export, the build, the
+benchmarks and the demo cannot drift apart.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_PRECISIONS", "DEFAULT_MAX_BATCH", "DEFAULT_OPT_BATCH", "DEFAULT_KD_WEIGHT", "DEFAULT_KD_FEATURES"]
+
+# Graphs and engines: which precisions `export` and `build` make when not told (both; a CPU
+# measurement or the demo asks for fp32 explicitly, as ONNX Runtime's CPU provider computes fp16 in fp32).
+DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+
+# The batch profile an engine is built for (the graph's batch axis is dynamic): max, and the
+# batch TensorRT tunes its kernels at (capped at max).
+DEFAULT_MAX_BATCH = 64
+DEFAULT_OPT_BATCH = 8
+
+# Distillation from the frozen dense teacher: the output-MSE weight of the SparseDM recipe
+# (used when a sparse run starts from dense weights), and the block-output weight of the
+# feature-distillation method.
+DEFAULT_KD_WEIGHT = 0.1
+DEFAULT_KD_FEATURES = 0.5
