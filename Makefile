@@ -29,11 +29,11 @@ $(FMNIST):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist
 
 # Reproduce the shipped dense weights (weights/$(MODEL)/): the preset's dense recipe from scratch,
-# packed as a diffusers folder (fp16) with MANIFEST.json, then scored (FID, 1,000 samples). Hours on 2 cores.
+# packed as a diffusers folder (fp16) with MANIFEST.json, then scored (FID, 1,000 samples). Hours on 2 cores:
+# every run of the preset's recipe (shipped.pretrain_commands: for fmnist-dit a 10k-step cosine cycle,
+# then an 18k-step one from its checkpoint), each resumable.
 pretrain: setup data
-	$(PY) -m sparse_deploy.train --model $(MODEL) --out $(RUNS)/pretrain --preview 0
-	$(PY) -m sparse_deploy.shipped pack --checkpoint $(RUNS)/pretrain/checkpoint --out $(WEIGHTS)
-	$(PY) -m sparse_deploy.shipped score $(WEIGHTS)
+	$(PY) -m sparse_deploy.shipped pretrain --model $(MODEL) --runs $(RUNS) --out $(WEIGHTS)
 
 # The dense starting point, as a user starts from a downloaded model: the shipped weights (checked
 # against their manifest) as a dense checkpoint.

@@ -44,6 +44,10 @@ class TrainDefaults:
     checkpoint_every: int = 500
     lr_schedule: str = "constant"  # or "cosine": decay to LR_FLOOR x lr after warm-up
     sparse_lr: float | None = None  # learning rate of sparse fine-tuning (None: lr)
+    # A second dense cosine cycle from the first one's checkpoint (a warm restart; 0: none).
+    # `make pretrain` (shipped.pretrain) runs it when the preset asks for it.
+    refine_steps: int = 0
+    refine_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ def _unet(name: str, block_out_channels: tuple[int, ...], down: tuple[str, ...],
 # Dense: the recipe of the shipped weights (weights/fmnist-dit, `make pretrain`). Sparse: the demo's fine-tune.
 _FMNIST_TRAIN = TrainDefaults(
     dense_steps=10_000, sparse_steps=600, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.9995, checkpoint_every=500,
-    lr_schedule="cosine", sparse_lr=3e-4,
+    lr_schedule="cosine", sparse_lr=3e-4, refine_steps=18_000, refine_lr=4e-4,
 )
 
 PRESETS: dict[str, Preset] = {

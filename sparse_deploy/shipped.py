@@ -41,13 +41,39 @@ _DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 def training_command(train_config: dict[str, Any]) -> str:
     """The ``python -m sparse_deploy.train`` command that reproduces a dense run's config."""
+    return "python -m sparse_deploy.train " + shlex.join(_training_args(train_config))
+
+
+def _training_args(train_config: dict[str, Any], out: str | Path | None = None) -> list[str]:
     flags = [("--model", train_config["preset"]), ("--steps", train_config["steps"]), ("--batch-size", train_config["batch_size"]),
              ("--lr", train_config["lr"]), ("--warmup-steps", train_config["warmup_steps"]),
              ("--lr-schedule", train_config.get("lr_schedule", "constant")), ("--ema", train_config["ema_decay"]),
              ("--seed", train_config["seed"])]
-    if train_config.get("data"):
-        flags.append(("--data", train_config["data"]))
-    return "python -m sparse_deploy.train " + " ".join(f"{k} {shlex.quote(str(v))}" for k, v in flags)
+    for key, flag in (("data", "--data"), ("init", "--init")):
+        if train_config.get(key):
+            flags.append((flag, train_config[key]))
+    if out is not None:
+        flags.append(("--out", out))
+    return [str(part) for pair in flags for part in pair]
+
+
+def training_commands(train_config: dict[str, Any]) -> list[str]:
+    """Every dense run behind a config, oldest first: a run started with ``--init`` names its parent."""
+    from .checkpoint import read_manifest
+
+    chain = [training_command(train_config)]
+    seen = set()
+    while train_config.get("init") and str(train_config["init"]) not in seen:
+        seen.add(str(train_config["init"]))
+        try:
+            train_config = read_manifest(train_config["init"]).get("train_config") or {}
+        except SparseDeployError:
+            chain.insert(0, f"(the dense checkpoint {train_config['init']}: its manifest is gone)")
+            break
+        if not train_config:
+            break
+        chain.insert(0, training_command(train_config))
+    return chain
 
 
 def _data_identity(train_config: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +113,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
             "files": files,
             "steps": manifest.get("step"),
             "training_command": training_command(config) if config else None,
+            "training_commands": training_commands(config) if config else None,
             "train_config": config,
             "data": _data_identity(config) if config else None,
             "source_checkpoint": {"weights_sha256": manifest.get("weights_sha256"), "created": manifest.get("created")},
@@ -189,6 +216,43 @@ def score_weights(
     return result
 
 
+def pretrain_commands(model: str, runs: str | Path) -> list[tuple[list[str], Path]]:
+    """The dense runs ``make pretrain`` chains for a preset: its recipe, then its refine cycle if it has one.
+
+    Each entry is ``(python -m sparse_deploy.train arguments, run folder)``; the last run's
+    checkpoint is the one shipped.
+    """
+    from .presets import get_preset
+
+    train = get_preset(model).train
+    runs = Path(runs)
+    chain = [(["--model", model, "--out", str(runs / "pretrain"), "--preview", "0"], runs / "pretrain")]
+    if train.refine_steps:
+        chain.append((["--model", model, "--init", str(runs / "pretrain" / "checkpoint"), "--steps", str(train.refine_steps),
+                       "--lr", str(train.refine_lr or train.lr), "--out", str(runs / "pretrain2"), "--preview", "0"], runs / "pretrain2"))
+    return chain
+
+
+def pretrain(model: str, runs: str | Path, out: str | Path, score: bool = True) -> Path:
+    """Train a preset's dense model from scratch (every run of its recipe), pack it into ``out``, score it.
+
+    Each run resumes from its last checkpoint when re-run, and is a no-op once complete.
+    """
+    import subprocess
+    import sys
+
+    chain = pretrain_commands(model, runs)
+    for args, _ in chain:
+        command = [sys.executable, "-m", "sparse_deploy.train", *args]
+        print("+ python -m sparse_deploy.train " + shlex.join(args), flush=True)
+        if subprocess.run(command).returncode:
+            raise SparseDeployError(f"dense training failed: {shlex.join(command)} (re-run 'make pretrain' to resume it)")
+    packed = pack_weights(chain[-1][1] / "checkpoint", out)
+    if score:
+        score_weights(packed)
+    return packed
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparse_deploy.shipped", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--out", required=True)
     q.add_argument("--precision", default="fp16", choices=tuple(_DTYPES))
+    q = sub.add_parser("pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored")
+    q.add_argument("--model", default="fmnist-dit")
+    q.add_argument("--runs", help="run folders (default runs/<model>)")
+    q.add_argument("--out", help="weights folder (default weights/<model>)")
+    q.add_argument("--no-score", action="store_true", help="skip the FID measurement")
     q = sub.add_parser("score", help="FID of the shipped model, recorded in its manifest (+ samples.png)")
     q.add_argument("folder")
     q.add_argument("--num", type=int, default=1000)
@@ -211,7 +280,10 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "pack":
+    if args.command == "pretrain":
+        out = pretrain(args.model, args.runs or f"runs/{args.model}", args.out or f"weights/{args.model}", score=not args.no_score)
+        print(f"weights: {out}")
+    elif args.command == "pack":
         print(f"weights: {pack_weights(args.checkpoint, args.out, args.precision)}")
     elif args.command == "score":
         if args.num < 2 or args.steps < 1:

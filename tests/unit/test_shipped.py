@@ -133,3 +133,21 @@ def test_the_shipped_default_weights_verify_and_load():
     assert manifest["preset"] == DEFAULT_PRESET
     assert all((folder / name).stat().st_size <= 8 * 2**20 for name in manifest["files"])
     assert manifest["fid"] is not None and manifest["fid"]["samples"] >= 1000
+
+
+def test_a_refined_model_records_every_run_behind_it(tmp_path, dense_ckpt, fmnist_data):
+    refined = train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "refine"), init=str(dense_ckpt), steps=2,
+                                                    lr=4e-4, preview=0, data=fmnist_data, lr_schedule="cosine"))
+    manifest = json.loads((shipped.pack_weights(refined, tmp_path / "w") / "MANIFEST.json").read_text())
+    first, second = manifest["training_commands"]
+    assert "--steps 3" in first and "--init" not in first
+    assert f"--init {dense_ckpt}" in second and "--steps 2" in second and "--lr 0.0004" in second
+    assert manifest["training_command"] == second
+
+
+def test_pretrain_chains_the_presets_refine_cycle():
+    (first, run1), (second, run2) = shipped.pretrain_commands("fmnist-dit", "runs/fmnist-dit")
+    assert first[:2] == ["--model", "fmnist-dit"] and "--init" not in first
+    assert second[second.index("--init") + 1] == str(run1 / "checkpoint")
+    assert second[second.index("--steps") + 1] == "18000" and run2.name == "pretrain2"
+    assert len(shipped.pretrain_commands("tiny-dit", "runs/tiny-dit")) == 1  # no refine cycle
