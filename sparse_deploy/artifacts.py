@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .provenance import seal_problem, sha256_file, write_manifest
 
 __all__ = [
     "KINDS",
+    "Artifact",
     "ONNX_FORMAT",
     "ENGINE_FORMAT",
     "ENGINE_SUFFIXES",
@@ -74,6 +76,21 @@ def engine_path(engine_dir: str | Path, kind: str, precision: str, backend: str)
 def manifest_path(artifact: str | Path) -> Path:
     """The manifest beside a graph or engine: ``x.onnx`` -> ``x.json``, ``x.trt.plan`` -> ``x.trt.json``."""
     return Path(artifact).with_suffix(".json")
+
+
+@dataclass
+class Artifact:
+    """A graph or engine on disk with its manifest; ``reused`` when it was current and kept as it was."""
+
+    kind: str
+    precision: str
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.path)
 
 
 def rebuild_hint(path: str | Path, preset: str | None = None) -> str:
