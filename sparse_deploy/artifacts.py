@@ -127,7 +127,7 @@ def _parse(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "is not a sparse-deploy manifest"
     problem = seal_problem(data)
     if problem:
-        return data, f"{problem}"
+        return data, problem
     if data.get("format") not in _FILE_KEY:
         return data, f"is not a sparse-deploy manifest (format {ENGINE_FORMAT} or {ONNX_FORMAT} expected)"
     return data, None
