@@ -18,14 +18,18 @@ Engines land in ``engines/<model>/``, named by what makes them differ::
   ``SessionOptions.optimized_model_filepath``; checked against the source graph before it is kept.
 
 With ``--backend auto`` and no GPU or TensorRT, ONNX Runtime engines are built instead and the
-reason is printed. Re-running reuses engines whose manifest still matches (source graph hash,
-precision, profile, library versions, GPU, builder settings) and rebuilds stale ones.
+reason is printed. The batch profile (``--max-batch``, ``--opt-batch``) is the build's: the graph's
+batch axis is dynamic, so a new profile rebuilds the engines and reuses the graphs. Re-running
+reuses engines that are still current (:func:`sparse_deploy.artifacts.stale_reason` over the
+source graph and its fingerprint, the contract with its precision and profile, library versions,
+GPU and builder settings) and rebuilds stale ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -36,16 +40,17 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .backends.base import ENGINE_FORMAT, engine_manifest_path
+from .artifacts import ENGINE_FORMAT, Artifact, engine_path, manifest_path, read_engine_manifest, stale_reason, write_artifact_manifest
 from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
-from .contract import IOContract, contract_for
+from .backends.ort import ort_session
+from .contract import BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
+from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_profile_arguments, add_source_arguments, config_from_args, export_all
 from .guards import check_output_dir
 from .masks import PATTERN
-from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_source_arguments, config_from_args, export_all, ort_cpu_session
-from .onnx_files import data_path, data_problem, describe_data, share_mode
+from .onnx_files import data_path, describe_data, share_mode
 from .presets import PRESET_SPEC, Preset, preset_from_manifest
-from .provenance import atomic_path, library_versions, seal_problem, sha256_file, timestamp, write_json_atomic, write_manifest
+from .provenance import atomic_path, library_versions, sha256_file, timestamp
 from .schedule import schedule_record
 
 __all__ = [
@@ -71,20 +76,22 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 ORT_OPTIMIZATION_LEVEL = "extended"
-_SUFFIX = {"onnxruntime": ("ort", ".onnx"), "tensorrt": ("trt", ".plan")}
 
 
 @dataclass
 class BuildConfig:
-    """One build: the export it starts from, the backend, and where engines go.
+    """One build: the export it starts from, the backend, the batch profile and where engines go.
 
     Attributes:
-        export: the export settings (source weights, kinds, precisions, batch profile).
+        export: the export settings (source weights, kinds, precisions).
         backend: ``auto`` (TensorRT when usable, else ONNX Runtime) | ``tensorrt`` | ``onnxruntime``.
         engine_dir: default ``engines/<preset>``.
         force: rebuild graphs and engines even when up to date.
         tf32: let TensorRT run fp32 GEMMs on TF32 tensor cores (recorded in the manifest; off makes
             fp32 engines far slower on the GPU, dense and sparse alike).
+        max_batch / opt_batch: the engines' batch profile (``--max-batch``, ``--opt-batch``). None:
+            the one set on ``export`` (where callers before the build owned the profile put it).
+            Newly exported graphs record the same profile in their contract.
     """
 
     export: ExportConfig
@@ -92,32 +99,29 @@ class BuildConfig:
     engine_dir: Path | None = None
     force: bool = False
     tf32: bool = True
+    max_batch: int | None = None
+    opt_batch: int | None = None
 
     def validate(self) -> "BuildConfig":
         if self.backend not in BACKENDS:
             raise SparseDeployError(f"unknown --backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        self.profile.validate()
         self.export.validate()
         return self
 
-
-def engine_path(engine_dir: str | Path, kind: str, precision: str, backend: str) -> Path:
-    """``engines/<model>/<kind>-<precision>.ort.onnx`` or ``.trt.plan``."""
-    tag, ext = _SUFFIX[backend]
-    return Path(engine_dir) / f"{kind}-{precision}.{tag}{ext}"
+    @property
+    def profile(self) -> BatchProfile:
+        """The batch profile the engines are built for."""
+        if self.max_batch is None and self.opt_batch is None:
+            return self.export.profile
+        return BatchProfile.from_flags(self.max_batch if self.max_batch is not None else self.export.max_batch, self.opt_batch)
 
 
 @dataclass
-class BuiltEngine:
-    kind: str
-    precision: str
-    backend: str
-    path: Path
-    manifest: dict[str, Any]
-    reused: bool = False
+class BuiltEngine(Artifact):
+    """One engine on disk with its manifest, and the backend that runs it."""
 
-    @property
-    def manifest_path(self) -> Path:
-        return engine_manifest_path(self.path)
+    backend: str = "onnxruntime"
 
 
 @dataclass
@@ -129,49 +133,42 @@ class BuildReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Staleness
+# What an engine records
 # --------------------------------------------------------------------------------------------
 
 
-def _expected(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any], preset: Preset) -> dict[str, Any]:
-    """The manifest entries an up-to-date engine must carry (as they read back from JSON)."""
-    expected = {
+def _fingerprint_inputs(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides an engine (as it reads back from JSON): what its ``fingerprint`` hashes.
+
+    The source graph's own fingerprint stands for the preset, its schedule and the weights.
+    """
+    inputs = {
         "format": ENGINE_FORMAT,
         "backend": backend,
         "kind": graph.kind,
-        "pattern": PATTERN if graph.kind == "sparse" else None,
-        "precision": graph.precision,
-        "preset": contract.preset,
-        PRESET_SPEC: preset.to_dict(),  # the model's config: runners rebuild the preset from it
-        "num_classes": preset.num_classes,  # 0: unconditional; read by cpp/ and Triton
-        "schedule": schedule_record(preset.schedule),  # read by the runner, Triton and cpp/
-        "contract": contract.to_dict(),
+        "contract": contract.to_dict(),  # names, dtypes, precision, batch profile
         "source_onnx_sha256": graph.manifest["onnx_sha256"],
+        "source_fingerprint": graph.manifest.get("fingerprint"),
         "versions": library_versions(),
         **settings,
     }
-    return json.loads(json.dumps(expected, default=str))
+    return json.loads(json.dumps(inputs, default=str))
 
 
-def _stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
-    manifest_path = engine_manifest_path(path)
-    if not path.is_file() or not manifest_path.is_file():
-        return "no engine yet"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "its manifest is corrupt"
-    if not isinstance(manifest, dict):
-        return "its manifest is not a manifest"
-    problem = seal_problem(manifest)
-    if problem:
-        return f"its manifest: {problem}"
-    changed = [k for k, v in expected.items() if manifest.get(k) != v]
-    if changed:
-        return f"changed: {', '.join(changed)}"
-    if manifest.get("engine_sha256") != sha256_file(path):
-        return "the engine does not match the sha256 in its manifest"
-    return data_problem(path, manifest)
+def _described(graph: ExportedGraph, preset: Preset, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entries every engine carries besides its build details (read by runners, Triton, cpp/)."""
+    return {
+        **{k: v for k, v in inputs.items() if k != "source_fingerprint"},
+        "pattern": PATTERN if graph.kind == "sparse" else None,
+        "preset": preset.name,
+        PRESET_SPEC: preset.to_dict(),  # the model's config: runners rebuild the preset from it
+        "num_classes": preset.num_classes,  # 0: unconditional; read by cpp/ and Triton
+        "schedule": schedule_record(preset.schedule),  # read by the runner, Triton and cpp/
+        "source_onnx": str(graph.path),
+        "source_manifest": str(graph.manifest_path),
+        "source": graph.manifest.get("source"),
+        "sparse_layers": graph.manifest.get("sparse_layers", []),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,21 +195,17 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
     external = data_path(onnx_path).is_file()
     data_path(out).unlink(missing_ok=True)  # never let an old engine's weights sit beside a new graph
     with atomic_path(out) as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = _ort_level(ort, level)
-        options.optimized_model_filepath = str(tmp)
-        options.add_session_config_entry("session.save_model_format", "ONNX")
-        if external:  # over 2 GiB the optimized graph cannot be one protobuf either
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_path(out).name)
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        options.log_severity_level = 3
-        try:
-            source = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            plain = ort.SessionOptions()
-            plain.log_severity_level = 3
-            optimized = ort.InferenceSession(str(tmp), plain, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise SparseDeployError(f"ONNX Runtime could not optimize '{onnx_path}' ({str(exc).splitlines()[0]})") from exc
+
+        def optimize_to_tmp(options) -> None:
+            options.graph_optimization_level = _ort_level(ort, level)
+            options.optimized_model_filepath = str(tmp)
+            options.add_session_config_entry("session.save_model_format", "ONNX")
+            if external:  # over 2 GiB the optimized graph cannot be one protobuf either
+                options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_path(out).name)
+                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+
+        source = ort_session(onnx_path, configure=optimize_to_tmp, fix="; the graph could not be optimized")
+        optimized = ort_session(tmp, fix="; the optimized graph does not load")
         feeds = contract.sample_inputs(contract.profile.opt, seed=7)
         want = source.run(None, feeds)[0].astype(np.float32)
         got = optimized.run(None, feeds)[0].astype(np.float32)
@@ -224,7 +217,7 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
     return {
         "ort_optimization_level": level,
         "execution_providers": ["CPUExecutionProvider"],
-        "engine_check": {"batch": contract.profile.opt, "max_abs_err_vs_source": err, "bound": bound},
+        "engine_check": {"batch": contract.profile.opt, "max_abs_err_vs_source": err, "bound": bound, "passed": True},
     }
 
 
@@ -363,7 +356,7 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
     from polygraphy.backend.trt import TrtRunner
 
     tol = TRT_CHECK_TOLERANCE["reduced" if contract.precision == "fp16" or tf32 else "fp32"]
-    session = ort_cpu_session(Path(onnx_path))
+    session = ort_session(onnx_path)
     name = contract.output_names[0]
     results: dict[str, Any] = {
         "reference": "onnxruntime CPUExecutionProvider on the source graph",
@@ -473,65 +466,67 @@ def _choose_backend(requested: str) -> tuple[str, str | None]:
     return "tensorrt", None
 
 
+def _settings(backend: str, sparse: bool, tf32: bool) -> dict[str, Any]:
+    """The requested builder settings of one engine (and for TensorRT the machine): part of its fingerprint."""
+    return _trt_settings(sparse, tf32) if backend == "tensorrt" else {"ort_optimization_level": ORT_OPTIMIZATION_LEVEL}
+
+
+def _build_one(graph: ExportedGraph, path: Path, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Build the engine at ``path`` from ``graph``; the backend's manifest entries."""
+    if backend == "onnxruntime":
+        return build_ort_engine(graph.path, path, contract)
+    cc = (settings["compute_capability"] or "unknown").replace(".", "")
+    timing_cache = path.parent / f"timing-sm{cc}-trt{settings['tensorrt_version']}.cache"
+    sparse, tf32 = graph.kind == "sparse", settings["builder_config"]["tf32"] is True
+    details = build_trt_engine(graph.path, path, contract, sparse=sparse, timing_cache=timing_cache, tf32=tf32)
+    layer_nodes = graph.manifest.get("sparsity_check", {}).get("layer_nodes", {})
+    details["sparse_picked_modules"] = picked_modules(details["sparse_picked_layers"], layer_nodes)
+    details["sparse_eligible_modules"] = picked_modules(details["sparse_eligible_layers"], layer_nodes)
+    if sparse:
+        log.info(
+            "%s: %d layers eligible for sparse math, %d picked sparse kernels (%d of %d masked layers)",
+            path.name, len(details["sparse_eligible_layers"]), len(details["sparse_picked_layers"]),
+            len(details["sparse_picked_modules"]), len(graph.manifest["sparse_layers"]),
+        )
+    return details
+
+
 def build_engines(config: BuildConfig) -> BuildReport:
     """Export (reusing up-to-date graphs) and build one engine per graph, reusing current engines."""
     config.validate()
     backend, fallback = _choose_backend(config.backend)
-    exports = export_all(config.export, reuse=not config.force)
+    profile = config.profile
+    # Graphs exported now record the build's profile; reused ones keep theirs (the batch axis is dynamic).
+    exports = export_all(dataclasses.replace(config.export, max_batch=profile.max, opt_batch=profile.opt), reuse=not config.force)
     preset = preset_from_manifest(exports[0].manifest)
     engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
     report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
-    timing_cache = None
     for graph in exports:
-        contract = contract_for(preset, graph.precision, config.export.profile)
+        contract = contract_for(preset, graph.precision, profile)
         path = engine_path(engine_dir, graph.kind, graph.precision, backend)
-        sparse = graph.kind == "sparse"
-        if backend == "tensorrt":
-            settings = _trt_settings(sparse, config.tf32)
-            cc = (settings["compute_capability"] or "unknown").replace(".", "")
-            timing_cache = engine_dir / f"timing-sm{cc}-trt{settings['tensorrt_version']}.cache"
-        else:
-            settings = {"ort_optimization_level": ORT_OPTIMIZATION_LEVEL}
-        expected = _expected(graph, contract, backend, settings, preset)
-        reason = "--force" if config.force else _stale_reason(path, expected)
+        settings = _settings(backend, graph.kind == "sparse", config.tf32)
+        inputs = _fingerprint_inputs(graph, contract, backend, settings)
+        reason = "--force" if config.force else stale_reason(path, inputs)
         if reason is None:
             log.info("%s is up to date; reusing it", path)
-            manifest = json.loads(engine_manifest_path(path).read_text())
-            report.engines.append(BuiltEngine(graph.kind, graph.precision, backend, path, manifest, reused=True))
+            report.engines.append(BuiltEngine(graph.kind, graph.precision, path, read_engine_manifest(path, verify=False)[1], reused=True, backend=backend))
             continue
         log.info("building %s (%s)", path, reason)
         start = time.perf_counter()
         # Never leave a manifest that describes a file about to be replaced.
-        engine_manifest_path(path).unlink(missing_ok=True)
-        if backend == "tensorrt":
-            tf32 = settings["builder_config"]["tf32"] is True
-            details = build_trt_engine(graph.path, path, contract, sparse=sparse, timing_cache=timing_cache, tf32=tf32)
-            layer_nodes = graph.manifest.get("sparsity_check", {}).get("layer_nodes", {})
-            details["sparse_picked_modules"] = picked_modules(details["sparse_picked_layers"], layer_nodes)
-            details["sparse_eligible_modules"] = picked_modules(details["sparse_eligible_layers"], layer_nodes)
-            if sparse:
-                log.info(
-                    "%s: %d layers eligible for sparse math, %d picked sparse kernels (%d of %d masked layers)",
-                    path.name, len(details["sparse_eligible_layers"]), len(details["sparse_picked_layers"]),
-                    len(details["sparse_picked_modules"]), len(graph.manifest["sparse_layers"]),
-                )
-        else:
-            details = build_ort_engine(graph.path, path, contract)
+        manifest_path(path).unlink(missing_ok=True)
+        details = _build_one(graph, path, contract, backend, settings)
         manifest = {
-            **expected,
+            **_described(graph, preset, inputs),
             **details,
             "engine": path.name,
             "engine_sha256": sha256_file(path),
             "external_data": describe_data(path) if backend == "onnxruntime" else None,
-            "source_onnx": str(graph.path),
-            "source_manifest": str(graph.manifest_path),
-            "source": graph.manifest.get("source"),
-            "sparse_layers": graph.manifest.get("sparse_layers", []),
             "seconds": round(time.perf_counter() - start, 1),
             "created": timestamp(),
         }
-        manifest = write_manifest(engine_manifest_path(path), manifest)
-        report.engines.append(BuiltEngine(graph.kind, graph.precision, backend, path, manifest))
+        manifest = write_artifact_manifest(path, manifest, inputs)
+        report.engines.append(BuiltEngine(graph.kind, graph.precision, path, manifest, backend=backend))
     return report
 
 
@@ -547,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ONNX Runtime otherwise.",
     )
     add_source_arguments(parser)
+    add_profile_arguments(parser, "the engines")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: TensorRT when usable, else ONNX Runtime")
     parser.add_argument("--export-dir", type=Path, help="where the ONNX graphs go (default export/<preset>)")
     parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
@@ -561,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = BuildConfig(
         export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force, tf32=args.tf32,
+        max_batch=args.max_batch, opt_batch=args.opt_batch,
     )
     if args.engine_dir is not None:
         check_output_dir(args.engine_dir, "--engine-dir")

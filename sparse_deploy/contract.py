@@ -23,11 +23,32 @@ import torch
 
 from .errors import SparseDeployError
 from .presets import Preset
+from .settings import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH
 
-__all__ = ["PRECISIONS", "TensorSpec", "BatchProfile", "IOContract", "contract_for", "contract_problem"]
+__all__ = [
+    "PRECISIONS", "PRECISION_DTYPES", "MAX_PROFILE_BATCH", "float_dtype", "precision_of", "TensorSpec", "BatchProfile",
+    "IOContract", "contract_for", "contract_problem",
+]
 
-PRECISIONS = ("fp32", "fp16")
-_FLOAT = {"fp32": "float32", "fp16": "float16"}
+#: The one precision -> dtype table: the numpy (and torch) name of a float tensor at each precision.
+PRECISION_DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16"}
+PRECISIONS = tuple(PRECISION_DTYPES)
+#: The largest batch a profile may name; far beyond what one GPU holds for these models.
+MAX_PROFILE_BATCH = 4096
+
+
+def float_dtype(precision: str) -> str:
+    """The numpy/torch dtype name of float tensors at ``precision`` (``float32`` | ``float16``)."""
+    if precision not in PRECISION_DTYPES:
+        raise SparseDeployError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    return PRECISION_DTYPES[precision]
+
+
+def precision_of(manifest: dict[str, Any]) -> str | None:
+    """An artifact's precision: its contract's (manifests written before one field kept a top-level copy)."""
+    contract = manifest.get("contract")
+    precision = contract.get("precision") if isinstance(contract, dict) else None
+    return precision if precision is not None else manifest.get("precision")
 
 
 @dataclass(frozen=True)
@@ -51,8 +72,18 @@ class BatchProfile:
     """Batch sizes an engine is built for (TensorRT optimization profile)."""
 
     min: int = 1
-    opt: int = 8
-    max: int = 64
+    opt: int = DEFAULT_OPT_BATCH
+    max: int = DEFAULT_MAX_BATCH
+
+    @classmethod
+    def from_flags(cls, max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None) -> "BatchProfile":
+        """The profile ``--max-batch`` / ``--opt-batch`` ask for (opt defaults to ``min(DEFAULT_OPT_BATCH, max)``)."""
+        if not 1 <= max_batch <= MAX_PROFILE_BATCH:
+            raise SparseDeployError(f"--max-batch must be between 1 and {MAX_PROFILE_BATCH}, got {max_batch}")
+        opt = opt_batch if opt_batch is not None else min(DEFAULT_OPT_BATCH, max_batch)
+        if not 1 <= opt <= max_batch:
+            raise SparseDeployError(f"--opt-batch must be between 1 and --max-batch {max_batch}, got {opt}")
+        return cls(min=1, opt=opt, max=max_batch)
 
     def validate(self) -> "BatchProfile":
         if not 1 <= self.min <= self.opt <= self.max:
@@ -143,9 +174,7 @@ class IOContract:
 
 def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile | None = None) -> IOContract:
     """The denoiser contract of ``preset`` at ``precision`` (``fp32`` or ``fp16``)."""
-    if precision not in PRECISIONS:
-        raise SparseDeployError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    fdt = _FLOAT[precision]
+    fdt = float_dtype(precision)
     c, s = preset.in_channels, preset.sample_size
     inputs = [TensorSpec("sample", fdt, (-1, c, s, s)), TensorSpec("timestep", "int64", (-1,))]
     if preset.num_classes:
@@ -159,13 +188,13 @@ def contract_problem(manifest: dict[str, Any]) -> str | None:
 
     The contract must be exactly the one the manifest's preset (its recorded ``preset_spec``, else
     the built-in preset it names) and precision give (I/O names, dtypes, shapes), with a valid
-    batch profile.
+    batch profile. The precision is the contract's; a top-level ``precision`` (manifests written
+    before there was one field) must agree with it.
     """
-    import dataclasses
-
     from .presets import PRESET_SPEC, PRESETS, preset_from_manifest
 
-    preset, precision = manifest.get("preset"), manifest.get("precision")
+    preset = manifest.get("preset")
+    precision = manifest.get("precision", precision_of(manifest))
     if preset not in PRESETS and not isinstance(manifest.get(PRESET_SPEC), dict):
         return f"its preset {preset!r} is not one of {', '.join(PRESETS)} and it records no {PRESET_SPEC}"
     if precision not in PRECISIONS:

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .contract import PRECISION_DTYPES
+
 __all__ = ["FP32_OPS", "to_fp16", "fp16_attention", "fp32_op_dtypes", "fp32_ops_problem"]
 
 #: ONNX op types that must read fp32 inputs in an fp16 graph (the norms, the softmax, the sinusoid).
@@ -99,13 +101,14 @@ def fp32_op_dtypes(onnx_model) -> dict[str, dict[str, int]]:
     The dtype of a node's first input comes from ONNX shape inference (graph inputs, initializers
     and inferred value infos).
     """
+    import numpy as np
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(onnx_model)
     graph = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
     types.update({init.name: init.data_type for init in graph.initializer})
-    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16"}
+    names = {onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)): precision for precision, dtype in PRECISION_DTYPES.items()}
     counts: dict[str, dict[str, int]] = {}
     for node in graph.node:
         if node.op_type in FP32_OPS and node.input:

@@ -1,6 +1,7 @@
-// The engine manifest written by `python -m sparse_deploy.build` (format sparse-deploy-engine/1):
-// which file, which backend, the I/O contract (names, dtypes, shapes with -1 for the batch axis,
-// the min/opt/max batch profile) and, for TensorRT, the GPU and TensorRT version it was built for.
+// The engine manifest written by `python -m sparse_deploy.build` (format sparse-deploy-engine/1;
+// sparse_deploy/artifacts.py owns it): which file, which backend, the I/O contract (precision,
+// names, dtypes, shapes with -1 for the batch axis, the min/opt/max batch profile) and, for
+// TensorRT, the GPU and TensorRT version it was built for.
 #pragma once
 
 #include <fstream>
@@ -70,7 +71,6 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   m.backend = j.get_string("backend");
   m.engine = j.get_string("engine");
   m.kind = j.get_string("kind");
-  m.precision = j.get_string("precision");
   m.preset = j.get_string("preset");
   m.compute_capability = j.get_string("compute_capability");
   m.tensorrt_version = j.get_string("tensorrt_version");
@@ -90,6 +90,8 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   }
   if (!j.contains("contract")) throw std::runtime_error("manifest '" + where + "' has no contract; rebuild the engine");
   const Json& c = j["contract"];
+  // The precision is the contract's; manifests written before that kept a top-level copy.
+  m.precision = c.get_string("precision", j.get_string("precision"));
   m.inputs = read_specs(c["inputs"]);
   m.outputs = read_specs(c["outputs"]);
   m.profile_min = static_cast<int>(c["profile"]["min"].integer());

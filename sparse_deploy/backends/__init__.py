@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SparseDeployError
-from .base import ENGINE_FORMAT, Runner, engine_manifest_path, read_engine_manifest
+from .base import ENGINE_FORMAT, Runner, read_engine_manifest
 
-__all__ = ["BACKENDS", "ENGINE_FORMAT", "Runner", "engine_manifest_path", "load_runner", "read_engine_manifest"]
+__all__ = ["BACKENDS", "ENGINE_FORMAT", "Runner", "load_runner", "read_engine_manifest"]
 
 BACKENDS = ("auto", "torch", "torch24", "onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}

@@ -4,21 +4,48 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
+from ..artifacts import ENGINE_FORMAT, rebuild_hint, source_graph
 from ..contract import IOContract
 from ..errors import SparseDeployError, require
-from ..provenance import sha256_file
-from .base import ENGINE_FORMAT, Runner, rebuild_hint
+from .base import Runner
 from .device import cuda_device
 
-__all__ = ["OrtRunner", "choose_providers", "provider_name"]
+__all__ = ["OrtRunner", "choose_providers", "ort_session", "provider_name", "session_problem"]
 
 log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_INSTALL = "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)"
+
+
+def ort_session(
+    path: str | Path,
+    providers: Sequence[Any] = ("CPUExecutionProvider",),
+    *,
+    configure: Callable[[Any], None] | None = None,
+    fix: str = "",
+):
+    """An ONNX Runtime session over ``path`` (CPU provider by default), quiet, with one-sentence load errors.
+
+    Args:
+        providers: execution providers, best first (names or ``(name, options)``).
+        configure: called with the ``SessionOptions`` before the session is made (optimization
+            level, where to save the optimized model, ...).
+        fix: appended to the error, e.g. ``"; rebuild the engine with make engine"``.
+    """
+    ort = require("onnxruntime", "ONNX Runtime sessions", _INSTALL)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if configure is not None:
+        configure(options)
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SparseDeployError(f"ONNX Runtime cannot load '{path}' ({str(exc).splitlines()[0]}){fix}") from exc
 
 
 def provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
@@ -36,7 +63,7 @@ def choose_providers(device: str, contract: IOContract, *, sparse: bool, cache_d
     With the TensorRT provider, 2:4 sparse kernels are enabled for sparse graphs
     (``trt_sparsity_enable``) and the engine is built for the contract's batch profile.
     """
-    ort = require("onnxruntime", "the ONNX Runtime backend", "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)")
+    ort = require("onnxruntime", "the ONNX Runtime backend", _INSTALL)
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device not in ("auto", "cuda"):
@@ -71,7 +98,6 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, manifest: dict[str, Any], device: str = "auto"):
-        ort = require("onnxruntime", "the ONNX Runtime backend", "pip install onnxruntime")
         super().__init__(path, manifest, IOContract.from_dict(manifest["contract"]))
         cache = path.parent / f".{path.stem}.ort-trt-cache"
         self.providers = choose_providers(device, self.contract, sparse=self.kind == "sparse", cache_dir=cache)
@@ -82,31 +108,16 @@ class OrtRunner(Runner):
         if first != "CPUExecutionProvider" and manifest.get("format") == ENGINE_FORMAT:
             # The engine was optimized offline for the CPU provider, and ONNX Runtime's offline
             # optimizations are only valid for the provider they ran with: use the source graph.
-            model_path = self._source_graph(path, manifest) or path
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
-        except Exception as exc:
-            raise SparseDeployError(
-                f"ONNX Runtime cannot load '{model_path}' ({str(exc).splitlines()[0]}); rebuild the engine with make engine"
-            ) from exc
+            model_path = source_graph(path, manifest)
+            if model_path is None:
+                log.warning("source graph %s of %s is missing or changed; running the CPU-optimized engine on the GPU", manifest.get("source_onnx"), path.name)
+                model_path = path
+        self.session = ort_session(model_path, self.providers, fix="; rebuild the engine with make engine")
         self.model_path = model_path
         problem = session_problem(self.session, self.contract)
         if problem:
             raise SparseDeployError(f"'{model_path}' {problem}; rebuild it with {rebuild_hint(path, self.preset.name)}")
         log.info("%s on %s", model_path.name, self.session.get_providers()[0])
-
-    @staticmethod
-    def _source_graph(path: Path, manifest: dict[str, Any]) -> Path | None:
-        source = manifest.get("source_onnx")
-        if not source:
-            return None
-        for candidate in (Path(source), path.parent / Path(source).name):
-            if candidate.is_file() and sha256_file(candidate) == manifest.get("source_onnx_sha256"):
-                return candidate
-        log.warning("source graph %s of %s is missing or changed; running the CPU-optimized engine on the GPU", source, path.name)
-        return None
 
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         out = self.session.run([self.contract.output_names[0]], self.numpy_feeds(sample, timestep, class_labels))[0]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint
 from ..contract import BatchProfile, contract_for
 from ..errors import SparseDeployError
-from ..export import load_checkpoint_model
+from ..settings import DEFAULT_OPT_BATCH
 from ..sparsify import bake_
 from .base import Runner
 
@@ -18,7 +19,7 @@ __all__ = ["TorchRunner", "TORCH_PROFILE", "resolve_torch_device"]
 log = logging.getLogger(__name__)
 
 # Eager PyTorch has no build-time batch limit; this bound only guards against typos.
-TORCH_PROFILE = BatchProfile(min=1, opt=8, max=1024)
+TORCH_PROFILE = BatchProfile(min=1, opt=DEFAULT_OPT_BATCH, max=1024)
 
 
 def resolve_torch_device(device: str) -> torch.device:
@@ -39,7 +40,7 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        model, manifest = load_checkpoint_model(path)
+        model, manifest = load_checkpoint(path)
         bake_(model)  # masks -> exact zeros in plain Linear/Conv2d (same numbers, no mask multiply)
         self.device = resolve_torch_device(device)
         self.model = model.to(self.device).eval()

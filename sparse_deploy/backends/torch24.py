@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_checkpoint
 from ..contract import contract_for
 from ..errors import SparseDeployError
 from ..models import short_name
-from ..export import load_checkpoint_model
 from ..sparsify import bake_
 from .base import Runner
 from .pytorch import TORCH_PROFILE
@@ -68,7 +68,7 @@ class Torch24Runner(Runner):
         major, minor = torch.cuda.get_device_capability(0)
         if major < 8:
             raise SparseDeployError(f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}")
-        model, manifest = load_checkpoint_model(path)
+        model, manifest = load_checkpoint(path)
         masked = sorted(manifest.get("masked_layers") or [])
         if not masked:
             raise SparseDeployError(f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; use the torch backend")

@@ -25,9 +25,6 @@ except ImportError:  # pragma: no cover - imported outside Triton (docs, import 
 from sparse_deploy.triton.dlpack_io import from_triton as _array, to_triton  # noqa: E402
 
 
-_FLOAT = {"fp32": np.float32, "fp16": np.float16}
-
-
 def _tensor(name: str, array: np.ndarray):
     return to_triton(pb_utils, name, array)
 
@@ -51,6 +48,7 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
+        from sparse_deploy.contract import float_dtype
         from sparse_deploy.triton.pipeline import PIPELINE_INPUTS, PipelineSettings
 
         # The loop's own tensor work is tiny; leave the cores to the denoiser.
@@ -60,7 +58,7 @@ class TritonPythonModel:
         self.settings = PipelineSettings.from_parameters(params)
         self.preset = self.settings.model_preset()
         self.input_names = [t.name for t in PIPELINE_INPUTS]
-        self.float_dtype = _FLOAT[self.settings.precision]
+        self.float_dtype = np.dtype(float_dtype(self.settings.precision))
         # Import the schedulers and the decoder now, not on the first request.
         from sparse_deploy.run import decode  # noqa: F401
         from sparse_deploy.sampling import SCHEDULERS, make_scheduler

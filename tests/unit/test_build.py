@@ -21,8 +21,8 @@ TRT_REASON = tensorrt_unavailable_reason()
 needs_no_trt = pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are available here: the fallback path is not taken")
 
 ENGINE_KEYS = {
-    "format", "backend", "engine", "engine_sha256", "kind", "precision", "preset", "contract", "source_onnx",
-    "source_onnx_sha256", "sparse_layers", "versions", "ort_optimization_level", "created",
+    "format", "backend", "engine", "engine_sha256", "kind", "preset", "contract", "source_onnx",
+    "source_onnx_sha256", "sparse_layers", "versions", "ort_optimization_level", "created", "fingerprint", "fingerprint_inputs",
 }
 
 
@@ -49,6 +49,7 @@ def test_ort_engines_are_named_and_described(built):
         manifest = json.loads(engine.manifest_path.read_text())
         assert engine.manifest_path.name == engine.path.name.replace(".onnx", ".json")
         assert ENGINE_KEYS <= set(manifest)
+        assert "precision" not in manifest  # one precision field: the contract's
         assert manifest["format"] == ENGINE_FORMAT and manifest["backend"] == "onnxruntime"
         assert manifest["engine"] == engine.path.name and manifest["engine_sha256"] == sha256_file(engine.path)
         source = exports[(engine.kind, engine.precision)]
@@ -96,11 +97,20 @@ def test_rerun_reuses_and_stale_sources_rebuild(tmp_path):
     new = {e.kind: e for e in fourth.engines}
     assert new["dense"].manifest["source_onnx_sha256"] != first["dense"].manifest["source_onnx_sha256"]
 
-    # Another batch profile: graphs reused (dynamic batch axis), engines rebuilt for the new profile.
+    # Another batch profile: graphs reused (dynamic batch axis) with their manifests untouched,
+    # engines rebuilt for the new profile.
+    graph_manifests = {g.manifest_path: g.manifest_path.read_bytes() for g in fourth.exports}
     config.export.max_batch = 2
     fifth = bd.build_engines(config)
     assert all(g.reused for g in fifth.exports) and not any(e.reused for e in fifth.engines)
     assert fifth.engines[0].manifest["contract"]["profile"]["max"] == 2
+    assert {path: path.read_bytes() for path in graph_manifests} == graph_manifests
+
+    # The build owns the profile: its own --max-batch wins over one set on the export settings.
+    config.max_batch = 3
+    sixth = bd.build_engines(config)
+    assert all(g.reused for g in sixth.exports) and not any(e.reused for e in sixth.engines)
+    assert all(e.manifest["contract"]["profile"] == {"min": 1, "opt": 3, "max": 3} for e in sixth.engines)
 
 
 def test_a_deleted_engine_file_is_rebuilt(tmp_path):

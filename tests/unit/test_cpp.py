@@ -63,8 +63,12 @@ def test_manifest_reader(selftest, tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(manifest, indent=1))
     out = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert "backend tensorrt" in out and "profile 1 8 64" in out
+    assert "backend tensorrt" in out and "profile 1 8 64" in out and "precision fp16" in out
     assert "input sample float16 -1 1 16 16" in out and "input class_labels int64 -1" in out and "output out float16 -1 1 16 16" in out
+    # Manifests written now hold one precision field, the contract's; older ones also a top-level copy.
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "precision"}))
+    out = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "precision fp16" in out
     path.write_text(json.dumps({**manifest, "format": "something-else"}))
     bad = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a sparse-deploy engine manifest" in bad.stderr

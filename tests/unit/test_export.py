@@ -13,6 +13,8 @@ import torch
 
 from sparse_deploy import export as ex
 from sparse_deploy.checkpoint import save_checkpoint
+from sparse_deploy.contract import contract_for
+from sparse_deploy.export import verify
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
@@ -79,7 +81,7 @@ def test_onnx_equals_pytorch(which, precision, kind, request):
     graph = exported["graphs"][(kind, precision)]
     model, _ = exported["sources"][kind].load()
     session = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
-    contract = ex.contract_for(get_preset(graph.manifest["preset"]), precision)
+    contract = contract_for(get_preset(graph.manifest["preset"]), precision)
     tol = ex.PARITY_TOLERANCE[precision]
     for batch in (2,):  # a batch size the exporter's own check (1 and 3) did not use
         feeds = contract.sample_inputs(batch, seed=99)
@@ -127,7 +129,7 @@ def test_failed_verification_leaves_no_file_under_the_final_name(tmp_path, monke
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process were interrupted mid-check
 
-    monkeypatch.setattr(ex, "check_parity", killed)
+    monkeypatch.setattr(verify, "check_parity", killed)
     config = ex.ExportConfig(model="tiny-dit", out=tmp_path, kinds=("dense",), precisions=("fp32",))
     with pytest.raises(KeyboardInterrupt):
         ex.export_all(config)
@@ -196,12 +198,12 @@ def test_cli_and_config_errors(tmp_path, capsys):
 
 
 def test_parity_inputs_hold_the_null_label():
-    contract = ex.contract_for(get_preset("tiny-dit"), "fp32")
+    contract = contract_for(get_preset("tiny-dit"), "fp32")
     assert contract.null_label == 10
     assert contract.sample_inputs(3, seed=1)["class_labels"][-1] == 10  # classifier-free guidance's null row
     assert (contract.sample_inputs(3, seed=1)["class_labels"][:-1] < 10).all()
     assert contract.sample_inputs(1, seed=1)["class_labels"][0] < 10
-    assert ex.contract_for(get_preset("ddpm-cifar10"), "fp32").null_label is None  # unconditional: no labels
+    assert contract_for(get_preset("ddpm-cifar10"), "fp32").null_label is None  # unconditional: no labels
 
 
 @pytest.mark.parametrize("which,norm", [("dit", "LayerNormalization"), ("unet", "InstanceNormalization")])
@@ -226,9 +228,9 @@ def test_fp16_arithmetic_beyond_the_bound_fails_the_export(dit, monkeypatch):
 
     graph = dit["graphs"][("dense", "fp16")]
     model, _ = dit["sources"]["dense"].load()
-    contract = ex.contract_for(get_preset("tiny-dit"), "fp16")
-    real = ex._run_fp16
-    monkeypatch.setattr(ex, "_run_fp16", lambda *a: real(*a) + 1.0)  # as if fp16 arithmetic drifted
+    contract = contract_for(get_preset("tiny-dit"), "fp16")
+    real = verify._run_fp16
+    monkeypatch.setattr(verify, "_run_fp16", lambda *a: real(*a) + 1.0)  # as if fp16 arithmetic drifted
     with pytest.raises(SparseDeployError, match="fp16 arithmetic err"):
         ex.check_parity(graph.path, model, contract, batches=(2,), fp16_reference=to_fp16(model))
 

@@ -14,6 +14,8 @@ from onnx.external_data_helper import uses_external_data
 
 from sparse_deploy import build as bd
 from sparse_deploy import export as ex
+from sparse_deploy.artifacts import manifest_path
+from sparse_deploy.export import graph as export_graph_module
 from sparse_deploy.backends import load_runner
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.onnx_files import data_path
@@ -97,7 +99,7 @@ def test_a_changed_or_missing_data_file_is_named_and_rebuilt(tmp_path):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     shutil.copy(engine.path, moved / engine.path.name)
-    shutil.copy(bd.engine_manifest_path(engine.path), moved / bd.engine_manifest_path(engine.path).name)
+    shutil.copy(manifest_path(engine.path), moved / manifest_path(engine.path).name)
     with pytest.raises(SparseDeployError, match="external-data file .* is missing"):
         load_runner(moved / engine.path.name)
 
@@ -108,7 +110,7 @@ def test_a_changed_or_missing_data_file_is_named_and_rebuilt(tmp_path):
 
 
 def test_graphs_over_the_protobuf_limit_get_external_data_without_the_flag(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "_ONNX_SINGLE_FILE_LIMIT", 1024)  # as if tiny-dit were DiT-XL fp32
+    monkeypatch.setattr(export_graph_module, "_ONNX_SINGLE_FILE_LIMIT", 1024)  # as if tiny-dit were DiT-XL fp32
     graph = ex.export_all(ex.ExportConfig(model="tiny-dit", out=tmp_path, kinds=("dense",), precisions=("fp32",)))[0]
     assert graph.manifest["external_data"]["file"] == "dense-fp32.onnx.data"
 
