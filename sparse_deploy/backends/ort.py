@@ -97,6 +97,14 @@ class OrtRunner(Runner):
             raise SparseDeployError(f"'{model_path}' {problem}; rebuild it with {rebuild_hint(path, self.preset.name)}")
         log.info("%s on %s", model_path.name, self.session.get_providers()[0])
 
+    @property
+    def device_type(self) -> str:
+        return "cpu" if self.session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"providers": self.session.get_providers()}
+
     @staticmethod
     def _source_graph(path: Path, manifest: dict[str, Any]) -> Path | None:
         source = manifest.get("source_onnx")
