@@ -731,6 +731,7 @@ def export_graph(
     kind: str,
     manifest_extra: dict[str, Any] | None = None,
     external_data: bool = False,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Export ``model`` (fp32, eval, masks baked) at ``contract.precision``, verify it, keep it.
 
@@ -738,6 +739,8 @@ def export_graph(
     renamed to ``path``; its manifest follows. Any failure leaves nothing under ``path`` (an
     older graph there is left as it was). Weights go to ``<path>.data`` (ONNX external data)
     when ``external_data`` is set or when they would not fit ONNX's 2 GiB single-file limit.
+    ``verify=False`` skips the parity and sparsity checks (for a caller that only reads the
+    graph's structure, e.g. to count MACs); its manifest says so and ``export_all`` never reuses it.
 
     Returns:
         The manifest written beside the graph.
@@ -776,14 +779,18 @@ def export_graph(
         else:
             os.replace(raw, staged)
         shutil.rmtree(raw.parent)
-        parity = check_parity(staged, model, contract, fp16_reference=export_model if fp16 else None)
-        onnx_model = onnx.load(str(staged))
-        fp32_ops = fp32_op_dtypes(onnx_model) if fp16 else None
-        problem = fp32_ops_problem(fp32_ops) if fp16 else None
-        if problem:
-            raise SparseDeployError(f"fp16 export of {path.name}: {problem}; the graph was not kept")
-        sparsity = check_sparsity(onnx_model, export_model, contract.precision, sparse_layers, kind)
-        del onnx_model
+        if verify:
+            parity = check_parity(staged, model, contract, fp16_reference=export_model if fp16 else None)
+            onnx_model = onnx.load(str(staged))
+            fp32_ops = fp32_op_dtypes(onnx_model) if fp16 else None
+            problem = fp32_ops_problem(fp32_ops) if fp16 else None
+            if problem:
+                raise SparseDeployError(f"fp16 export of {path.name}: {problem}; the graph was not kept")
+            sparsity = check_sparsity(onnx_model, export_model, contract.precision, sparse_layers, kind)
+            del onnx_model
+        else:
+            parity = sparsity = {"skipped": "exported with verify=False"}
+            fp32_ops = None
         digest = sha256_file(staged)
         data_entry = describe_data(staged)
         # An older manifest must never describe the new graph, not even for a moment.
