@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import SparseDeployError
+from ..errors import SparseDeployError
 
-__all__ = ["RESULT_FILES", "load_results", "write_report", "markdown"]
+__all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def _machine_line(record: dict[str, Any]) -> str:
     return f"{record.get('created', '?')}, {m.get('description', '?')}, torch threads {m.get('torch_threads', '?')}{load_text}"
 
 
-def _ordered(by_name: dict[str, Any], order: list[str] | None) -> list[tuple[str, Any]]:
+def ordered(by_name: dict[str, Any], order: list[str] | None) -> list[tuple[str, Any]]:
     """``by_name``'s items in the run's order (the JSON files store keys sorted)."""
     names = [n for n in (order or []) if n in by_name] + [n for n in by_name if n not in (order or [])]
     return [(n, by_name[n]) for n in names]
@@ -89,124 +88,142 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _latency_section(record: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    ref, cand = record["reference"], record["candidate"]
+    engines = record["engines"]
+    out = [f"## Latency ({', '.join(sorted({e['backend'] for e in engines.values()}))}, "
+           f"{', '.join(sorted({e['precision'] for e in engines.values()}))})", ""]
+    out += [f"Measured {_machine_line(record)}. Command: `{record.get('command')}`.", ""]
+    s = record["settings"]
+    out += [f"{s['repeats']} timed denoiser calls and {s['e2e_repeats']} timed sampling runs ({s['steps']} {s['scheduler'].upper()} steps) "
+            f"per engine and batch, interleaved {ref} / {cand}, after {s['warmup']} / {s['e2e_warmup']} warm-up rounds; "
+            f"clock: {record['clock'][ref]}. Ratio = {record['ratio_definition']}. Spread: IQR and p10-p90.", ""]
+    out += _table(["batch", f"{ref} ms/call (spread)", f"{cand} ms/call (spread)", "ratio (paired p10-p90)",
+                   f"{ref} s/sampling run", f"{cand} s/sampling run", "end-to-end ratio"], [_latency_row(b, ref, cand) for b in record["batches"]])
+    out += [""]
+    out += _table(["engine", "file", "backend", "precision", "size", "2:4 layers", "memory"],
+                  [[name, f"`{e['path']}`", e["backend"], e["precision"], f"{e['size_bytes'] / 2**20:.2f} MiB",
+                    str(e["sparse_layers"]), _memory_text(e.get("memory", {}))] for name, e in engines.items()])
+    if plots.get(record["file"]):
+        out += ["", f"![latency]({plots[record['file']]})"]
+    return out + [""]
+
+
+def _latency_row(b: dict[str, Any], ref: str, cand: str) -> list[str]:
+    if "skipped" in b:
+        return [str(b["batch"]), "skipped", "", "", "", "", ""]
+    pc, e2e, r = b["per_call"], b.get("end_to_end"), b["per_call_ratio"]
+    return [
+        str(b["batch"]),
+        f"{_ms(pc[ref]['median'])} (IQR {_ms(pc[ref]['iqr'])}; {_ms(pc[ref]['p10'])}-{_ms(pc[ref]['p90'])})",
+        f"{_ms(pc[cand]['median'])} (IQR {_ms(pc[cand]['iqr'])}; {_ms(pc[cand]['p10'])}-{_ms(pc[cand]['p90'])})",
+        f"{r['median']:.3f}" + (f" ({r['paired_p10']:.3f}-{r['paired_p90']:.3f})" if "paired_p10" in r else ""),
+        f"{e2e[ref]['median']:.3f}" if e2e else "-",
+        f"{e2e[cand]['median']:.3f}" if e2e else "-",
+        f"{b['end_to_end_ratio']['median']:.3f}" if e2e else "-",
+    ]
+
+
+def _memory_text(mem: dict[str, Any]) -> str:
+    if "peak_delta" in mem:
+        text = f"load +{mem['load_delta'] / 2**20:.0f} MiB, peak +{mem['peak_delta'] / 2**20:.0f} MiB RSS at batch {mem['batch']}"
+        if "cuda_max_memory_allocated" in mem:
+            text += f"; CUDA max allocated {mem['cuda_max_memory_allocated'] / 2**20:.0f} MiB"
+        return text
+    if "error" in mem:
+        return f"not measured ({mem['error']})"
+    return "-"
+
+
+def _cost_section(cost: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    s = cost["settings"]
+    out = ["## Fine-tuning cost", "", f"Measured {_machine_line(cost)}. Command: `{cost.get('command')}`.", "",
+           f"{s['steps']} timed steps per method after {s['warmup']} warm-up steps, interleaved method by method; batch "
+           f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}, data {s.get('data') or 'the preset dataset'}"
+           f"{' (random tensors of the model input shape: a step costs the same)' if str(s.get('data')).startswith('synthetic') else ''}. "
+           f"{cost['note']}.", ""]
+    ref_key = next((k for k in next(iter(cost["methods"].values())) if k.startswith("relative_to_")), None)
+    rows = [[m, f"{v['median']:.3f}", f"{v['iqr']:.3f}", f"{v['p10']:.3f}-{v['p90']:.3f}", f"{v['images_per_second']:.1f}",
+             f"{v[ref_key]:.2f}x" if ref_key else "-"] for m, v in ordered(cost["methods"], s.get("methods"))]
+    out += _table(["method", "median s/step", "IQR", "p10-p90", "images/s", ref_key.replace("_", " ") if ref_key else "relative"], rows)
+    if plots.get("train_cost"):
+        out += ["", f"![train cost]({plots['train_cost']})"]
+    return out + [""]
+
+
+def _macs_section(macs: dict[str, Any]) -> list[str]:
+    check = macs["onnx_check"]
+    out = ["## MACs (per sample, batch 1)", "", f"Computed {_machine_line(macs)}. Command: `{macs.get('command')}`. Source: {macs['source']}.", ""]
+    out += _table(["figure", "value"], [
+        ["dense MACs (PyTorch FLOP counter / 2)", _m(macs["dense_macs"])],
+        ["MACs in 2:4 layers", f"{_m(macs['sparse_layer_macs'])} ({macs['sparse_share']:.1%} of dense)"],
+        ["effective sparse MACs", f"{_m(macs['effective_sparse_macs'])} ({macs['effective_over_dense']:.1%} of dense)"],
+        ["ONNX graph MACs (MatMul/Gemm/Conv, shape inference at batch 1)", _m(check["onnx_total"])],
+        ["model MACs counting repeated layer calls once", _m(check["model_single_call"])],
+        ["ONNX vs model", f"{check['relative_difference']:+.3%} ({check['relative_difference_single_call']:+.3%} vs single-call count)"],
+        ["effective sparse MACs from the ONNX count", _m(macs["onnx_effective_sparse_macs"])],
+        ["2:4 layers / layers checked per layer", f"{len(macs['sparse_layers'])} / {len(check['layers']) - len(check['unmatched_layers'])}"],
+        ["layers whose ONNX MACs disagree", str(len(check["disagreeing_layers"]))],
+    ])
+    if check["repeated_layers"]:
+        out += ["", f"Layers the PyTorch model calls more than once per forward pass while the exported graph computes them once: "
+                f"{', '.join(f'`{l}`' for l in check['repeated_layers'])}."]
+    return out + [""]
+
+
+def _methods_section(methods: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    s = methods["settings"]
+    label = f" - {methods['label']}" if methods.get("label") else ""
+    out = [f"## Method comparison{label}", "", f"Measured {_machine_line(methods)}. Command: `{methods.get('command')}`.", "",
+           f"Budget: {methods['budget']}. Dense checkpoint: `{methods['dense_checkpoint']['path']}` (step "
+           f"{methods['dense_checkpoint']['step']}). Reference: {methods['reference']['source']} "
+           f"(n={methods['reference']['num']}). {methods['fid_note']}", "", f"Preprocessing: {methods['preprocessing']}", ""]
+    rows = []
+    for m, v in ordered(methods["summary"], s.get("methods")):
+        step = v.get("train_seconds_per_step") or {}
+        rows.append([v["label"], _pm(v["fid"]), _pm(v["kid"], 4), _pm(v["fid_vs_dense"]), _pm(v["paired_pixel_rmse_vs_dense"], 3),
+                     _m(v["macs"]), f"{step['mean']:.3f}" if step.get("n") else "-", str(v["fid"].get("n", 0))])
+    out += _table(["method", "FID ± std", "KID ± std", "FID vs dense samples", "paired pixel RMSE vs dense", "MACs/sample",
+                   "fine-tune s/step", "seeds"], rows)
+    out += ["", f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
+            f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
+            "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features)."]
+    out += ["", *methods_spread_lines(methods), "", methods_time_line(methods)]
+    for key, title in (("fid_methods", "FID per method"), ("fid_vs_macs", "FID against effective MACs")):
+        if plots.get(key):
+            out += ["", f"![{title}]({plots[key]})"]
+    return out + [""]
+
+
+def _first(results: dict[str, Any], field_name: str) -> Any:
+    """``field_name`` of the first result that has it (latency results first)."""
+    return next((r.get(field_name) for r in [*results["latency"], *(results.get(k) for k in RESULT_FILES)] if r and r.get(field_name)), None)
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str], folder: str | Path | None = None) -> str:
     """The Markdown summary of ``results`` (as :func:`load_results` returns), linking ``plots``."""
     out: list[str] = ["# Benchmark report", ""]
-    model = next((r.get("model") for r in [*results["latency"], *(results.get(k) for k in RESULT_FILES)] if r and r.get("model")), None)
+    model = _first(results, "model")
     if model:
         out += [f"Model: `{model}`. Generated by `python -m sparse_deploy.bench report` from the JSON files in "
                 f"{f'`{Path(folder).as_posix()}/`' if folder is not None else 'this folder'}.", ""]
     for record in results["latency"]:
-        ref, cand = record["reference"], record["candidate"]
-        engines = record["engines"]
-        out += [f"## Latency ({', '.join(sorted({e['backend'] for e in engines.values()}))}, "
-                f"{', '.join(sorted({e['precision'] for e in engines.values()}))})", ""]
-        out += [f"Measured {_machine_line(record)}. Command: `{record.get('command')}`.", ""]
-        s = record["settings"]
-        out += [f"{s['repeats']} timed denoiser calls and {s['e2e_repeats']} timed sampling runs ({s['steps']} {s['scheduler'].upper()} steps) "
-                f"per engine and batch, interleaved {ref} / {cand}, after {s['warmup']} / {s['e2e_warmup']} warm-up rounds; "
-                f"clock: {record['clock'][ref]}. Ratio = {record['ratio_definition']}. Spread: IQR and p10-p90.", ""]
-        rows = []
-        for b in record["batches"]:
-            if "skipped" in b:
-                rows.append([str(b["batch"]), "skipped", "", "", "", "", ""])
-                continue
-            pc, e2e = b["per_call"], b.get("end_to_end")
-            rows.append([
-                str(b["batch"]),
-                f"{_ms(pc[ref]['median'])} (IQR {_ms(pc[ref]['iqr'])}; {_ms(pc[ref]['p10'])}-{_ms(pc[ref]['p90'])})",
-                f"{_ms(pc[cand]['median'])} (IQR {_ms(pc[cand]['iqr'])}; {_ms(pc[cand]['p10'])}-{_ms(pc[cand]['p90'])})",
-                f"{b['per_call_ratio']['median']:.3f}" + (f" ({b['per_call_ratio']['paired_p10']:.3f}-{b['per_call_ratio']['paired_p90']:.3f})"
-                                                          if "paired_p10" in b["per_call_ratio"] else ""),
-                f"{e2e[ref]['median']:.3f}" if e2e else "-",
-                f"{e2e[cand]['median']:.3f}" if e2e else "-",
-                f"{b['end_to_end_ratio']['median']:.3f}" if e2e else "-",
-            ])
-        out += _table(["batch", f"{ref} ms/call (spread)", f"{cand} ms/call (spread)", "ratio (paired p10-p90)",
-                       f"{ref} s/sampling run", f"{cand} s/sampling run", "end-to-end ratio"], rows)
-        out += [""]
-        rows = []
-        for name, e in engines.items():
-            mem = e.get("memory", {})
-            mem_text = "-"
-            if "peak_delta" in mem:
-                mem_text = f"load +{mem['load_delta'] / 2**20:.0f} MiB, peak +{mem['peak_delta'] / 2**20:.0f} MiB RSS at batch {mem['batch']}"
-                if "cuda_max_memory_allocated" in mem:
-                    mem_text += f"; CUDA max allocated {mem['cuda_max_memory_allocated'] / 2**20:.0f} MiB"
-            elif "error" in mem:
-                mem_text = f"not measured ({mem['error']})"
-            rows.append([name, f"`{e['path']}`", e["backend"], e["precision"], f"{e['size_bytes'] / 2**20:.2f} MiB",
-                         str(e["sparse_layers"]), mem_text])
-        out += _table(["engine", "file", "backend", "precision", "size", "2:4 layers", "memory"], rows)
-        if plots.get(record["file"]):
-            out += ["", f"![latency]({plots[record['file']]})"]
-        out += [""]
-    cost = results.get("train_cost")
-    if cost:
-        s = cost["settings"]
-        out += ["## Fine-tuning cost", "", f"Measured {_machine_line(cost)}. Command: `{cost.get('command')}`.", "",
-                f"{s['steps']} timed steps per method after {s['warmup']} warm-up steps, interleaved method by method; batch "
-                f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}, data {s.get('data') or 'the preset dataset'}"
-                f"{' (random tensors of the model input shape: a step costs the same)' if str(s.get('data')).startswith('synthetic') else ''}. "
-                f"{cost['note']}.", ""]
-        ref_key = next((k for k in next(iter(cost["methods"].values())) if k.startswith("relative_to_")), None)
-        rows = [[m, f"{v['median']:.3f}", f"{v['iqr']:.3f}", f"{v['p10']:.3f}-{v['p90']:.3f}", f"{v['images_per_second']:.1f}",
-                 f"{v[ref_key]:.2f}x" if ref_key else "-"] for m, v in _ordered(cost["methods"], s.get("methods"))]
-        out += _table(["method", "median s/step", "IQR", "p10-p90", "images/s", ref_key.replace("_", " ") if ref_key else "relative"], rows)
-        if plots.get("train_cost"):
-            out += ["", f"![train cost]({plots['train_cost']})"]
-        out += [""]
-    macs = results.get("macs")
-    if macs:
-        check = macs["onnx_check"]
-        out += ["## MACs (per sample, batch 1)", "", f"Computed {_machine_line(macs)}. Command: `{macs.get('command')}`. Source: {macs['source']}.", ""]
-        out += _table(["figure", "value"], [
-            ["dense MACs (PyTorch FLOP counter / 2)", _m(macs["dense_macs"])],
-            ["MACs in 2:4 layers", f"{_m(macs['sparse_layer_macs'])} ({macs['sparse_share']:.1%} of dense)"],
-            ["effective sparse MACs", f"{_m(macs['effective_sparse_macs'])} ({macs['effective_over_dense']:.1%} of dense)"],
-            ["ONNX graph MACs (MatMul/Gemm/Conv, shape inference at batch 1)", _m(check["onnx_total"])],
-            ["model MACs counting repeated layer calls once", _m(check["model_single_call"])],
-            ["ONNX vs model", f"{check['relative_difference']:+.3%} ({check['relative_difference_single_call']:+.3%} vs single-call count)"],
-            ["effective sparse MACs from the ONNX count", _m(macs["onnx_effective_sparse_macs"])],
-            ["2:4 layers / layers checked per layer", f"{len(macs['sparse_layers'])} / {len(check['layers']) - len(check['unmatched_layers'])}"],
-            ["layers whose ONNX MACs disagree", str(len(check["disagreeing_layers"]))],
-        ])
-        if check["repeated_layers"]:
-            out += ["", f"Layers the PyTorch model calls more than once per forward pass while the exported graph computes them once: "
-                    f"{', '.join(f'`{l}`' for l in check['repeated_layers'])}."]
-        out += [""]
-    methods = results.get("methods")
-    if methods:
-        s = methods["settings"]
-        label = f" - {methods['label']}" if methods.get("label") else ""
-        out += [f"## Method comparison{label}", "", f"Measured {_machine_line(methods)}. Command: `{methods.get('command')}`.", "",
-                f"Budget: {methods['budget']}. Dense checkpoint: `{methods['dense_checkpoint']['path']}` (step "
-                f"{methods['dense_checkpoint']['step']}). Reference: {methods['reference']['source']} "
-                f"(n={methods['reference']['num']}). {methods['fid_note']}", "", f"Preprocessing: {methods['preprocessing']}", ""]
-        rows = []
-        for m, v in _ordered(methods["summary"], s.get("methods")):
-            step = v.get("train_seconds_per_step") or {}
-            rows.append([v["label"], _pm(v["fid"]), _pm(v["kid"], 4), _pm(v["fid_vs_dense"]), _pm(v["paired_pixel_rmse_vs_dense"], 3),
-                         _m(v["macs"]), f"{step['mean']:.3f}" if step.get("n") else "-", str(v["fid"].get("n", 0))])
-        out += _table(["method", "FID ± std", "KID ± std", "FID vs dense samples", "paired pixel RMSE vs dense", "MACs/sample",
-                       "fine-tune s/step", "seeds"], rows)
-        out += ["", f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
-                f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
-                "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features)."]
-        out += ["", *methods_spread_lines(methods), "", methods_time_line(methods)]
-        for key, title in (("fid_methods", "FID per method"), ("fid_vs_macs", "FID against effective MACs")):
-            if plots.get(key):
-                out += ["", f"![{title}]({plots[key]})"]
-        out += [""]
+        out += _latency_section(record, plots)
+    if results.get("train_cost"):
+        out += _cost_section(results["train_cost"], plots)
+    if results.get("macs"):
+        out += _macs_section(results["macs"])
+    if results.get("methods"):
+        out += _methods_section(results["methods"], plots)
     if plots.get("samples"):
         out += ["## Samples", "", f"{plots.get('samples_caption', '')}", "", f"![samples]({plots['samples']})", ""]
-    versions = next((r.get("versions") for r in [*results["latency"], *(results.get(k) for k in RESULT_FILES)] if r and r.get("versions")), None)
+    versions = _first(results, "versions")
     if versions:
         out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- plots
+# ----------------------------------------------------------------------------- method comparison in words
 
 
 def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
@@ -235,7 +252,7 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
     dense = summary.get("dense")
     if dense and dense["fid"].get("n"):
         lines.append(gap_line(sparse[best], dense, "the dense model (the price of 2:4 sparsity at this budget)"))
-    for m, v in _ordered(sparse, methods["settings"].get("methods")):
+    for m, v in ordered(sparse, methods["settings"].get("methods")):
         if m != best:
             lines.append(gap_line(v, sparse[best], f"the best sparse method ({sparse[best]['label']})"))
     return lines
@@ -251,105 +268,6 @@ def methods_time_line(methods: dict[str, Any]) -> str:
             f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
             f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
             "the reference statistics are cached).")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    """Lay out, write and close one figure."""
-    from .provenance import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
-
-
-def _plot_latency(record: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
-    ref, cand = record["reference"], record["candidate"]
-    batches = [b for b in record["batches"] if "skipped" not in b]
-    has_e2e = any("end_to_end" in b for b in batches)
-    fig, axes = plt.subplots(1, 2 if has_e2e else 1, figsize=(11 if has_e2e else 6, 4), squeeze=False)
-    panels = [("per_call", "per denoiser call (ms)", 1e3)] + ([("end_to_end", "end-to-end sampling run (s)", 1.0)] if has_e2e else [])
-    for ax, (key, title, scale) in zip(axes[0], panels):
-        for name, marker in ((ref, "o"), (cand, "s")):
-            xs = [b["batch"] for b in batches if key in b]
-            med = [b[key][name]["median"] * scale for b in batches if key in b]
-            lo = [(b[key][name]["median"] - b[key][name]["p10"]) * scale for b in batches if key in b]
-            hi = [(b[key][name]["p90"] - b[key][name]["median"]) * scale for b in batches if key in b]
-            ax.errorbar(xs, med, yerr=[lo, hi], marker=marker, capsize=3, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([b["batch"] for b in batches], [str(b["batch"]) for b in batches])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(title)
-        ax.set_title(f"{title} - median, p10-p90")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    engines = record["engines"]
-    fig.suptitle(f"{record['model']}: {', '.join(sorted({e['backend'] for e in engines.values()}))} "
-                 f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - {record['machine'].get('description', '')}", fontsize=9)
-    return _save(plt, fig, path)
-
-
-def _plot_train_cost(record: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
-    names = [n for n, _ in _ordered(record["methods"], record["settings"].get("methods"))]
-    med = [record["methods"][m]["median"] for m in names]
-    lo = [record["methods"][m]["median"] - record["methods"][m]["p10"] for m in names]
-    hi = [record["methods"][m]["p90"] - record["methods"][m]["median"] for m in names]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.bar(names, med, yerr=[lo, hi], capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_ylabel("seconds per step (median, p10-p90)")
-    ax.set_title(f"{record['model']}: fine-tuning cost, batch {record['settings']['batch_size']}", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(plt, fig, path)
-
-
-def _plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
-    summary = record["summary"]
-    names = [n for n, _ in _ordered(summary, record["settings"].get("methods"))]
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    x = range(len(names))
-    ax.bar(x, [summary[m]["fid"].get("mean", float("nan")) for m in names], yerr=[summary[m]["fid"].get("std", 0) for m in names],
-           capsize=4, alpha=0.75, label="mean ± std over seeds")
-    for i, m in enumerate(names):
-        vals = summary[m]["fid"].get("values", [])
-        ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
-    ax.set_xticks(list(x), [m for m in names], rotation=20)
-    ax.set_ylabel(f"FID vs {record['reference']['source']} (n={record['reference']['num']})")
-    title = f"{record['model']}: FID per method - {record['budget']}"
-    title = textwrap.fill(title, 100)  # the budget line is long: wrap it rather than cut it off
-    ax.set_title(title if not record.get("label") else f"{record['label']}\n{title}", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
-
-
-def _plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    markers = "osD^vP*X"
-    for i, (m, v) in enumerate(_ordered(record["summary"], record["settings"].get("methods"))):
-        if not v["fid"].get("n"):
-            continue
-        ax.errorbar([v["macs"] / 1e6], [v["fid"]["mean"]], yerr=[v["fid"]["std"]], marker=markers[i % len(markers)], capsize=4,
-                    label=m, alpha=0.8)
-    ax.set_xlabel("effective MACs per sample (M)")
-    ax.set_ylabel("FID (mean ± std over seeds)")
-    ax.set_title(f"{record['model']}: FID against effective MACs", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
 
 
 def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, Path]], str] | None:
@@ -375,20 +293,6 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
     return None
 
 
-def _plot_samples(pairs: list[tuple[str, Path]], path: Path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], pairs):
-        with Image.open(grid) as im:
-            ax.imshow(np.asarray(im.convert("L")), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    return _save(plt, fig, path)
-
-
 # ----------------------------------------------------------------------------- entry
 
 
@@ -410,25 +314,26 @@ def write_report(folder: str | Path, command: str | None = None) -> dict[str, Pa
 
 
 def _write_report(folder: Path, results: dict[str, Any], command: str | None) -> dict[str, Path]:
-    from .provenance import library_versions, timestamp, write_json_atomic, write_text_atomic
+    from ..provenance import library_versions, timestamp, write_json_atomic, write_text_atomic
+    from .plots import plot_fid_methods, plot_fid_vs_macs, plot_latency, plot_samples, plot_train_cost
 
     plots: dict[str, str] = {}
     written: dict[str, Path] = {}
     for record in results["latency"]:
         png = folder / record["file"].replace(".json", ".png")
-        written[record["file"]] = _plot_latency(record, png)
+        written[record["file"]] = plot_latency(record, png)
         plots[record["file"]] = png.name
     if results.get("train_cost"):
-        written["train_cost"] = _plot_train_cost(results["train_cost"], folder / "train_cost.png")
+        written["train_cost"] = plot_train_cost(results["train_cost"], folder / "train_cost.png")
         plots["train_cost"] = "train_cost.png"
     methods = results.get("methods")
     if methods and methods.get("summary"):
-        written["fid_methods"] = _plot_fid_methods(methods, folder / "fid_methods.png")
-        written["fid_vs_macs"] = _plot_fid_vs_macs(methods, folder / "fid_vs_macs.png")
+        written["fid_methods"] = plot_fid_methods(methods, folder / "fid_methods.png")
+        written["fid_vs_macs"] = plot_fid_vs_macs(methods, folder / "fid_vs_macs.png")
         plots.update(fid_methods="fid_methods.png", fid_vs_macs="fid_vs_macs.png")
     pair = _grid_pair(results, folder)
     if pair:
-        written["samples"] = _plot_samples(pair[0], folder / "samples_dense_vs_sparse.png")
+        written["samples"] = plot_samples(pair[0], folder / "samples_dense_vs_sparse.png")
         plots.update(samples="samples_dense_vs_sparse.png", samples_caption=pair[1])
     text = markdown(results, plots, folder)
     md = folder / "report.md"
