@@ -3,7 +3,10 @@
 The loop only needs a *denoise function* ``(sample, timestep, class_labels) -> output``
 on CPU torch tensors, so the same code drives the PyTorch model, ONNX Runtime, TensorRT or a
 Triton BLS call. Initial noise comes from a seeded CPU generator: one seed gives the same
-images on every backend, within the backend's numerical tolerance.
+images on every backend, within the backend's numerical tolerance. A request for many images is
+drawn batch by batch with :func:`sample_request`, whose :func:`batch_seed` is the one rule for
+"the same images" (``run``, ``bench grids``, the method comparison); :func:`decode` turns model-space
+samples into uint8 images.
 """
 
 from __future__ import annotations
