@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/fid_guidance_sweep.py 1.5 2.0 3.0
 
-1,000 DDIM-25 samples per scale (labels cycled over the classes, batch i seeded with i*100),
+1,000 DDIM-25 samples per scale (``sampling.sample_request`` with seed 0: labels cycled over the classes,
+batch i of 100 seeded with i*100),
 against the cached 10,000-image test-set statistics; one JSON line per scale. The shipped
 manifest's FID (``python -m sparse_deploy.shipped score``) is the unguided one (scale 1).
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from sparse_deploy import fid
 from sparse_deploy.backends import load_runner
-from sparse_deploy.sampling import sample, to_uint8
+from sparse_deploy.sampling import sample_request, to_uint8
 from sparse_deploy.shipped import weights_to_checkpoint
 
 
@@ -29,9 +30,9 @@ def main(scales: list[float], weights: str = "weights/fmnist-dit", num: int = 10
             preset = runner.preset
             for scale in scales:
                 started, images = time.time(), []
-                for start in range(0, num, batch):
-                    labels = [(start + j) % preset.num_classes for j in range(batch)]
-                    x, _ = sample(runner, preset, batch=batch, steps=25, scheduler="ddim", seed=start, labels=labels, guidance=scale)
+                classes = tuple(range(preset.num_classes))
+                for _, x, _ in sample_request(runner, preset, num=num, batch=batch, seed=0, labels=classes, steps=25,
+                                              scheduler="ddim", guidance=scale):
                     images.append(to_uint8(x))
                 feats = fid.features_from_images(np.concatenate(images), progress=False)
                 value = fid.frechet_distance(*fid.stats_from_features(feats), ref.mu, ref.sigma)

@@ -281,7 +281,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from .backends.torch24 import to_semi_structured_
-    from .bench import ratio, run_interleaved, summarize
+    from .measure.timing import ratio, run_interleaved, summarize
     from .models import build_model
     from .presets import get_preset
     from .provenance import write_json_atomic
@@ -360,7 +360,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def part_tensorrt(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from .backends.device import tensorrt_unavailable_reason
-    from .bench import LatencyConfig, run_latency
+    from .measure.engine_latency import LatencyConfig, run_latency
     from .build import BuildConfig, build_engines
     from .export import ExportConfig
     from .provenance import write_json_atomic
@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .bench import machine_info
+    from .measure.machine import machine_info
     from .provenance import timestamp
 
     started = time.perf_counter()

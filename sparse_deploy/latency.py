@@ -135,7 +135,7 @@ def time_linear(
         ``{"dense": summary, "sparse": summary, "speedup": dense/sparse medians, "max_rel_err": ...}``
         (seconds per call), or ``{"error": why}`` when the 2:4 tensor cannot be made for this shape.
     """
-    from .bench import ratio, run_interleaved, summarize
+    from .measure.timing import ratio, run_interleaved, summarize
     from .masks import PATTERN_M, PATTERN_N, nm_mask
 
     gen = torch.Generator(device=device).manual_seed(seed)  # drawn where they are used: no large host copies

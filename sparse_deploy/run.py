@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
-from .presets import Preset
 from .provenance import library_versions, timestamp, write_json_atomic
 from .guards import check_finite, check_output_dir
-from .sampling import TRAIN_TIMESTEPS, class_rows, make_scheduler, parse_labels, sample, save_grid, save_pngs, to_uint8
+from .sampling import TRAIN_TIMESTEPS, class_rows, decode, make_scheduler, parse_labels, sample_request, save_grid, save_pngs
 
-__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]
+__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]  # decode lives in sampling; named here for older callers
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,8 @@ class RunConfig:
         engine: engine file (or its manifest), exported ``.onnx`` graph, or checkpoint folder.
         out: folder for the PNGs, ``grid.png`` and ``run.json``.
         num: images to draw; batch: images per denoiser batch (doubled with guidance).
-        steps / scheduler / seed / labels / guidance: see ``sampling.sample``. Batch ``i``
-            (0-based, starting at image ``start``) uses seed ``seed + start``.
+        steps / scheduler / seed / labels / guidance: see ``sampling.sample``. The batch starting
+            at image ``start`` uses seed ``sampling.batch_seed(seed, start)`` (``seed + start``).
         vae: local diffusers AutoencoderKL folder, for latent models.
         device: ``auto`` | ``cpu`` | ``cuda``; backend: ``auto`` | ``torch`` | ``torch24`` | ...
     """
@@ -89,38 +87,15 @@ def load_vae(path: str | Path):
     return vae.eval()
 
 
-@torch.no_grad()
-def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> tuple[np.ndarray, str]:
-    """Model-space samples -> uint8 images ``[B, H, W, C]`` and a word on how they were made."""
-    if not preset.latent:
-        return to_uint8(samples), "pixels"
-    if vae is not None:
-        scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-        parts = [vae.decode(samples[i : i + chunk] / scale).sample for i in range(0, len(samples), chunk)]
-        return to_uint8(torch.cat(parts)), "vae"
-    channels = samples[:, : 3 if samples.shape[1] >= 3 else 1]
-    flat = channels.flatten(1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-    scaled = (channels - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-8)[:, None, None, None] * 2 - 1
-    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
-
-
 def generate(runner: Runner, config: RunConfig) -> tuple[torch.Tensor, list[int] | None, list[int]]:
-    """Draw ``config.num`` samples in batches; returns ``(samples, labels, seeds per batch)``."""
-    from tqdm.auto import tqdm
-
-    preset = runner.preset
+    """Draw ``config.num`` samples in batches (``sampling.sample_request``); returns ``(samples, labels, seeds per batch)``."""
     outs, all_labels, seeds = [], [], []
-    starts = range(0, config.num, config.batch)
-    for start in tqdm(starts, desc="batches", unit="batch", disable=len(starts) < 2):
-        n = min(config.batch, config.num - start)
-        labels = [config.labels[(start + j) % len(config.labels)] for j in range(n)] if config.labels else None
-        x, y = sample(
-            runner, preset, batch=n, steps=config.steps, scheduler=config.scheduler, seed=config.seed + start,
-            labels=labels, guidance=config.guidance, progress=len(starts) == 1,
-        )
+    for seed, x, y in sample_request(
+        runner, runner.preset, num=config.num, batch=config.batch, seed=config.seed, labels=config.labels, progress=True,
+        steps=config.steps, scheduler=config.scheduler, guidance=config.guidance,
+    ):
         outs.append(x)
-        seeds.append(config.seed + start)
+        seeds.append(seed)
         if y is not None:
             all_labels.extend(int(v) for v in y)
     return torch.cat(outs), (all_labels or None), seeds

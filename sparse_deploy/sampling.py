@@ -3,14 +3,17 @@
 The loop only needs a *denoise function* ``(sample, timestep, class_labels) -> output``
 on CPU torch tensors, so the same code drives the PyTorch model, ONNX Runtime, TensorRT or a
 Triton BLS call. Initial noise comes from a seeded CPU generator: one seed gives the same
-images on every backend, within the backend's numerical tolerance.
+images on every backend, within the backend's numerical tolerance. A request for many images is
+drawn batch by batch with :func:`sample_request`, whose :func:`batch_seed` is the one rule for
+"the same images" (``run``, ``bench grids``, the method comparison); :func:`decode` turns model-space
+samples into uint8 images.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +28,10 @@ __all__ = [
     "make_scheduler",
     "training_scheduler",
     "sample",
+    "batch_seed",
+    "sample_request",
     "to_uint8",
+    "decode",
     "save_grid",
     "save_pngs",
     "parse_labels",
@@ -137,10 +143,77 @@ def sample(
     return x, y
 
 
+def batch_seed(seed: int, start: int) -> int:
+    """The generator seed of the batch that starts at image ``start`` of a request seeded ``seed``.
+
+    The one rule for "the same images": ``run``, ``bench grids`` and the method comparison all
+    draw a request batch by batch with this seed (:func:`sample_request`), so image ``i`` of two
+    requests with the same seed, batch size and labels starts from the same noise on any backend.
+    """
+    return seed + start
+
+
+def sample_request(
+    denoise: DenoiseFn,
+    preset: Preset,
+    *,
+    num: int,
+    batch: int,
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """Draw ``num`` images in batches of ``batch`` with :func:`sample`.
+
+    Args:
+        denoise / preset: as for :func:`sample`.
+        num: images in the request; batch: images per batch (the last one may be smaller).
+        seed: the request's seed; the batch starting at image ``start`` uses :func:`batch_seed`.
+        labels: class ids cycled over the request (image ``i`` gets ``labels[i % len(labels)]``);
+            None: random labels drawn from each batch's generator.
+        progress: a bar over the batches (over the steps when there is a single batch).
+        options: ``steps``, ``scheduler``, ``guidance`` of :func:`sample`.
+
+    Yields:
+        ``(batch seed, samples, labels)`` per batch, in order.
+    """
+    from tqdm.auto import tqdm
+
+    starts = range(0, num, batch)
+    for start in tqdm(starts, desc="batches", unit="batch", disable=not progress or len(starts) < 2):
+        n = min(batch, num - start)
+        chosen = [labels[(start + j) % len(labels)] for j in range(n)] if labels else None
+        seed_of_batch = batch_seed(seed, start)
+        x, y = sample(denoise, preset, batch=n, seed=seed_of_batch, labels=chosen, progress=progress and len(starts) == 1, **options)
+        yield seed_of_batch, x, y
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[B, C, H, W]`` in [-1, 1] -> ``[B, H, W, C]`` uint8 (C = 1 or 3)."""
     arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> tuple[np.ndarray, str]:
+    """Model-space samples -> uint8 images ``[B, H, W, C]`` and a word on how they were made.
+
+    Pixel models: :func:`to_uint8`. Latent models: decoded by ``vae`` (a diffusers
+    ``AutoencoderKL``) when given; otherwise their first three latent channels (one for models
+    with fewer than three), each image normalised to its own range, and the word says so.
+    """
+    if not preset.latent:
+        return to_uint8(samples), "pixels"
+    if vae is not None:
+        scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+        parts = [vae.decode(samples[i : i + chunk] / scale).sample for i in range(0, len(samples), chunk)]
+        return to_uint8(torch.cat(parts)), "vae"
+    channels = samples[:, : 3 if samples.shape[1] >= 3 else 1]
+    flat = channels.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    scaled = (channels - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-8)[:, None, None, None] * 2 - 1
+    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
 
 
 def _pil(arr: np.ndarray):

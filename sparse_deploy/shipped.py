@@ -188,7 +188,7 @@ def score_weights(
     """
     from . import fid
     from .backends import load_runner
-    from .bench import draw_samples
+    from .measure.methods import draw_samples
     from .provenance import timestamp, write_json_atomic
     from .sampling import class_rows, save_grid
 

@@ -38,7 +38,7 @@ def demo_summary(
     """Coverage, MACs, engines and dense-vs-sparse FID of one fine-tuning run and its engines."""
     from . import fid
     from .backends import load_runner
-    from .bench import draw_samples
+    from .measure.methods import draw_samples
     from .checkpoint import read_manifest
 
     run, engines = Path(run), Path(engines)

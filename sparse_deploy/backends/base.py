@@ -74,6 +74,22 @@ class Runner:
     def kind(self) -> str:
         return str(self.manifest.get("kind", "dense" if not self.manifest.get("masked_layers") else "sparse"))
 
+    @property
+    def device_type(self) -> str:
+        """Where the denoiser computes: ``cuda`` or ``cpu`` (what a timer must synchronise)."""
+        return "cpu"
+
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 the manifest records for the artifact (engine, graph or checkpoint weights)."""
+        m = self.manifest
+        return m.get("engine_sha256") or m.get("onnx_sha256") or m.get("weights_sha256")
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Backend-specific facts worth reporting next to a measurement (providers, 2:4 layers picked, ...)."""
+        return {}
+
     # -- calls ------------------------------------------------------------------------------
     def check_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> int:
         """Refuse inputs the contract does not accept; return the batch size."""

@@ -119,6 +119,14 @@ class OrtRunner(Runner):
             raise SparseDeployError(f"'{model_path}' {problem}; rebuild it with {rebuild_hint(path, self.preset.name)}")
         log.info("%s on %s", model_path.name, self.session.get_providers()[0])
 
+    @property
+    def device_type(self) -> str:
+        return "cpu" if self.session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"providers": self.session.get_providers()}
+
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         out = self.session.run([self.contract.output_names[0]], self.numpy_feeds(sample, timestep, class_labels))[0]
         return torch.from_numpy(out.astype("float32", copy=False))

@@ -46,6 +46,10 @@ class TorchRunner(Runner):
         self.model = model.to(self.device).eval()
         super().__init__(Path(path), manifest, contract_for(model.preset, "fp32", TORCH_PROFILE), model.preset)
 
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
     @torch.no_grad()
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         d = self.device

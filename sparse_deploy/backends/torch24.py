@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,6 +81,14 @@ class Torch24Runner(Runner):
         log.info("torch24: %d Linear layers on 2:4 kernels, %d left dense", len(self.converted), len(self.skipped))
         self.model = model
         super().__init__(Path(path), manifest, contract_for(model.preset, "fp16", TORCH_PROFILE), model.preset)
+
+    @property
+    def device_type(self) -> str:
+        return "cuda"
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"converted_layers": len(self.converted)}
 
     @torch.no_grad()
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:

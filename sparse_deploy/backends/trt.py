@@ -64,6 +64,14 @@ class TrtRunner(Runner):
             raise SparseDeployError(f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path, manifest.get('preset'))}")
         self._runner = PolygraphyTrtRunner(self.engine)
 
+    @property
+    def device_type(self) -> str:
+        return "cuda"
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {key: self.manifest.get(key) for key in ("sparse_picked_modules", "sparse_eligible_modules")}
+
     def activate(self) -> None:
         if not self._active:
             self._runner.activate()

@@ -137,6 +137,10 @@ def _install(staged: Path, path: Path) -> tuple[str, dict[str, Any] | None]:
     return digest, data_entry
 
 
+_UNVERIFIED = {"parity": {"skipped": "exported with verify=False"}, "fp32_ops": None,
+               "sparsity_check": {"skipped": "exported with verify=False"}}
+
+
 def export_graph(
     model: Denoiser,
     sparse_layers: Sequence[str],
@@ -147,6 +151,7 @@ def export_graph(
     manifest_extra: dict[str, Any] | None = None,
     external_data: bool = False,
     inputs: dict[str, Any] | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Export ``model`` (fp32, eval, masks baked) at ``contract.precision``, verify it, keep it.
 
@@ -154,7 +159,9 @@ def export_graph(
     renamed to ``path``; its manifest follows (with ``inputs`` and their fingerprint when given).
     Any failure leaves nothing under ``path`` (an older graph there is left as it was). Weights go
     to ``<path>.data`` (ONNX external data) when ``external_data`` is set or when they would not
-    fit ONNX's 2 GiB single-file limit.
+    fit ONNX's 2 GiB single-file limit. ``verify=False`` skips the parity and sparsity checks (for a
+    caller that only reads the graph's structure, e.g. to count MACs); its manifest says so and
+    ``export_all`` never reuses it.
 
     Returns:
         The manifest written beside the graph.
@@ -168,7 +175,7 @@ def export_graph(
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
     try:
         staged = _write_staged(export_model, contract, stage, path.name, external)
-        checks = _verify(staged, model, export_model, contract, sparse_layers, kind)
+        checks = _verify(staged, model, export_model, contract, sparse_layers, kind) if verify else _UNVERIFIED
         digest, data_entry = _install(staged, path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Benchmarks on tiny presets: interleaving, statistics, ratios, ONNX MAC counts, the report, methods.
+"""Measurements (sparse_deploy.measure) on tiny presets: interleaving, statistics, ratios, ONNX MAC counts, the report, methods.
 
 Nothing here asserts a timing: only structure, order and exact arithmetic.
 """
@@ -14,64 +14,73 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_deploy import bench
 from sparse_deploy.build import BuildConfig, build_engines
 from sparse_deploy.checkpoint import save_checkpoint
 from sparse_deploy.contract import contract_for
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.export import ExportConfig, export_graph
 from sparse_deploy.macs import _einsum_macs, onnx_macs
+from sparse_deploy.measure import machine
+from sparse_deploy.measure.cli import build_parser, default_engines, main
+from sparse_deploy.measure.engine_latency import LatencyConfig, latency_filename, run_latency
+from sparse_deploy.measure.grids import sample_grids
+from sparse_deploy.measure.machine import engine_memory
+from sparse_deploy.measure.macs_check import mac_report, macs_crosscheck
+from sparse_deploy.measure.methods import MethodsConfig, methods_unsupported, run_methods
+from sparse_deploy.measure.recipes import METHOD_LABELS, METHODS, TRAIN_COST_METHODS, method_train_config
+from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
+from sparse_deploy.measure.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
+from sparse_deploy.measure.train_cost import run_train_cost
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
-from sparse_deploy.report import methods_spread_lines, methods_time_line, write_report
 from sparse_deploy.sampling import save_grid
 
 # ----------------------------------------------------------------------------- pure parts
 
 
 def test_interleaved_order_alternates():
-    assert bench.interleaved_order(["A", "B"], 3) == ["A", "B", "A", "B", "A", "B"]
-    assert bench.interleaved_order(["A", "B", "C"], 2) == ["A", "B", "C", "A", "B", "C"]
-    assert bench.interleaved_order(["A"], 0) == []
+    assert interleaved_order(["A", "B"], 3) == ["A", "B", "A", "B", "A", "B"]
+    assert interleaved_order(["A", "B", "C"], 2) == ["A", "B", "C", "A", "B", "C"]
+    assert interleaved_order(["A"], 0) == []
 
 
 def test_run_interleaved_calls_a_b_a_b_and_drops_warmup():
     calls: list[str] = []
     tasks = {"A": lambda: calls.append("A"), "B": lambda: calls.append("B")}
-    times = bench.run_interleaved(tasks, repeats=3, warmup=2)
+    times = run_interleaved(tasks, repeats=3, warmup=2)
     assert calls == ["A", "B"] * 5
     assert sorted(times) == ["A", "B"]
     assert len(times["A"]) == len(times["B"]) == 3
     assert all(t >= 0 for t in times["A"] + times["B"])
     with pytest.raises(SparseDeployError):
-        bench.run_interleaved(tasks, repeats=0)
+        run_interleaved(tasks, repeats=0)
 
 
 def test_time_call_returns_the_result():
-    result, seconds = bench.time_call(lambda: 41 + 1)
+    result, seconds = time_call(lambda: 41 + 1)
     assert result == 42 and seconds >= 0
-    assert bench.clock_name("cpu") == "time.perf_counter"
+    assert clock_name("cpu") == "time.perf_counter"
 
 
 def test_summarize_is_exact():
-    s = bench.summarize([float(v) for v in range(1, 12)])  # 1..11
+    s = summarize([float(v) for v in range(1, 12)])  # 1..11
     assert s["n"] == 11 and s["median"] == 6 and s["mean"] == 6
     assert s["min"] == 1 and s["max"] == 11
     assert s["p25"] == 3.5 and s["p75"] == 8.5 and s["iqr"] == 5
     assert s["p10"] == 2 and s["p90"] == 10
     assert s["std"] == pytest.approx(np.std(np.arange(1, 12), ddof=1))
-    assert bench.summarize([2.0])["std"] == 0.0
+    assert summarize([2.0])["std"] == 0.0
     with pytest.raises(SparseDeployError):
-        bench.summarize([])
+        summarize([])
 
 
 def test_ratio_of_medians_and_paired_rounds():
-    r = bench.ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    r = ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
     assert r["median"] == 2.0  # median 4 / median 2
     assert r["paired_median"] == 2.0  # per round: 2, 2, 3
     assert r["paired_p10"] == pytest.approx(2.0) and r["paired_p90"] == pytest.approx(2.8)
-    assert "paired_median" not in bench.ratio([1.0, 2.0], [1.0])  # unequal lengths: no pairing
-    assert bench.ratio([1.0], [2.0])["median"] == 0.5  # < 1: the candidate is slower
+    assert "paired_median" not in ratio([1.0, 2.0], [1.0])  # unequal lengths: no pairing
+    assert ratio([1.0], [2.0])["median"] == 0.5  # < 1: the candidate is slower
 
 
 def test_einsum_macs():
@@ -80,19 +89,19 @@ def test_einsum_macs():
 
 
 def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
-    assert bench.METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd", "srste+kd+feat", "srste+kd+dd", "maskllm+kd")
-    assert set(bench.METHOD_LABELS) == set(bench.METHODS)
-    assert set(bench.TRAIN_COST_METHODS) == set(bench.METHODS) - {"oneshot"}
+    assert METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd", "srste+kd+feat", "srste+kd+dd", "maskllm+kd")
+    assert set(METHOD_LABELS) == set(METHODS)
+    assert set(TRAIN_COST_METHODS) == set(METHODS) - {"oneshot"}
     want = {"dense": (None, 0.0, 0.0, 0.0), "oneshot": ("oneshot", 0.0, 0.0, 0.0), "fixed": ("fixed", 0.0, 0.0, 0.0),
             "ste": ("ste", 0.0, 0.0, 0.0), "srste": ("srste", 0.0, 0.0, 0.0), "srste+kd": ("srste", 0.1, 0.0, 0.0),
             "srste+kd+feat": ("srste", 0.1, 0.5, 0.0), "srste+kd+dd": ("srste", 0.1, 0.0, 5.0), "maskllm+kd": ("maskllm", 0.1, 0.0, 0.0)}
     for method, (mode, kd, feat, dd) in want.items():
-        config = bench.method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
+        config = method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
         assert (config.sparsity.mode if config.sparsity else None) == mode, method
         assert config.kd_weight == kd and config.steps == 7 and config.init == str(tmp_path / "dense")
         assert config.kd_features == feat and (config.sparsity.pruned_decay if config.sparsity else 0.0) == dd
     with pytest.raises(SparseDeployError, match="unknown method"):
-        bench.method_train_config("magic", "tiny-dit", tmp_path, steps=1, init=None)
+        method_train_config("magic", "tiny-dit", tmp_path, steps=1, init=None)
 
 
 # ----------------------------------------------------------------------------- MACs
@@ -104,7 +113,7 @@ def test_onnx_macs_match_the_model(tmp_path, name):
     model = build_model(get_preset(name), announce_random=False).eval()
     graph = tmp_path / "dense-fp32.onnx"
     export_graph(model, [], contract_for(model.preset, "fp32"), graph, kind="dense")
-    check = bench.macs_crosscheck(model, graph)
+    check = macs_crosscheck(model, graph)
     # Exactly the model's MACs once repeated layer calls are counted once (the exporter computes
     # diffusers DiT's second call of block 0's timestep embedder only once) ...
     assert check["onnx_total"] == check["model_single_call"]
@@ -134,9 +143,9 @@ def tiny_engines(tmp_path_factory):
 
 
 def test_latency_interleaves_dense_and_sparse(tiny_engines):
-    config = bench.LatencyConfig(engines=(str(tiny_engines["dense"]), str(tiny_engines["sparse"])), batches=(1, 2, 4),
+    config = LatencyConfig(engines=(str(tiny_engines["dense"]), str(tiny_engines["sparse"])), batches=(1, 2, 4),
                                  repeats=2, warmup=1, e2e_repeats=1, e2e_warmup=0, steps=2, memory=False)
-    record = bench.run_latency(config, command="test")
+    record = run_latency(config, command="test")
     assert record["kind"] == "latency" and record["command"] == "test" and record["model"] == "tiny-dit"
     assert (record["reference"], record["candidate"]) == ("dense", "sparse")
     assert record["machine"]["cpus_usable"] >= 1 and "torch" in record["versions"]
@@ -151,24 +160,24 @@ def test_latency_interleaves_dense_and_sparse(tiny_engines):
     engines = record["engines"]
     assert engines["sparse"]["sparse_layers"] == 12 and engines["dense"]["sparse_layers"] == 0
     assert engines["dense"]["size_bytes"] == tiny_engines["dense"].stat().st_size
-    assert bench.latency_filename(record) == "latency-onnxruntime-fp32.json"
+    assert latency_filename(record) == "latency-onnxruntime-fp32.json"
 
 
 def test_engine_memory_reports_rss(tiny_engines):
-    mem = bench.engine_memory(tiny_engines["sparse"], batch=2, calls=1)
+    mem = engine_memory(tiny_engines["sparse"], batch=2, calls=1)
     assert mem["rss_before_load"] > 0 and mem["peak_rss"] >= mem["rss_after_load"] > 0
     assert mem["peak_delta"] >= 0 and mem["batch"] == 2
 
 
 def test_grids_use_the_same_seed(tiny_engines, tmp_path):
-    record = bench.sample_grids([tiny_engines["dense"], tiny_engines["sparse"]], tmp_path, per_class=1, steps=1)
+    record = sample_grids([tiny_engines["dense"], tiny_engines["sparse"]], tmp_path, per_class=1, steps=1)
     assert set(record["grids"]) == {"dense", "sparse"}
     assert all((tmp_path / g["path"]).is_file() for g in record["grids"].values())
 
 
 def test_train_cost_times_every_method(fmnist_data):
-    record = bench.run_train_cost("tiny-dit", steps=1, warmup=0, batch_size=4, data=fmnist_data, device="cpu")
-    assert list(record["methods"]) == list(bench.TRAIN_COST_METHODS)
+    record = run_train_cost("tiny-dit", steps=1, warmup=0, batch_size=4, data=fmnist_data, device="cpu")
+    assert list(record["methods"]) == list(TRAIN_COST_METHODS)
     for name, stats in record["methods"].items():
         assert stats["n"] == 1 and stats["images_per_second"] > 0
     assert record["methods"]["dense"]["relative_to_dense"] == 1.0
@@ -191,14 +200,14 @@ def _fake_features(images: np.ndarray) -> np.ndarray:
 def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch):
     torch.manual_seed(0)
     dense = save_checkpoint(tmp_path / "dense", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
-    config = bench.MethodsConfig(model="tiny-dit", dense_checkpoint=str(dense), steps=1, num_samples=8, seeds=(0,), sample_steps=1,
+    config = MethodsConfig(model="tiny-dit", dense_checkpoint=str(dense), steps=1, num_samples=8, seeds=(0,), sample_steps=1,
                                  sample_batch=8, work=str(tmp_path / "work"), batch_size=4, data=fmnist_data, device="cpu", label="test")
     reference = _Reference(np.random.default_rng(1).standard_normal((40, 6)))
-    record = bench.run_methods(config, features=_fake_features, reference=reference)
-    assert [r["method"] for r in record["runs"]] == list(bench.METHODS)
+    record = run_methods(config, features=_fake_features, reference=reference)
+    assert [r["method"] for r in record["runs"]] == list(METHODS)
     runs = {r["method"]: r for r in record["runs"]}
     assert "vs_dense" not in runs["dense"]
-    for method in bench.METHODS[1:]:
+    for method in METHODS[1:]:
         assert runs[method]["masked_layers"] == 12 and np.isfinite(runs[method]["vs_dense"]["fid"])
     assert runs["oneshot"]["train_steps"] == 0 and runs["srste"]["train_steps"] == 1
     assert record["summary"]["dense"]["macs"] > record["summary"]["srste+kd"]["macs"]
@@ -212,26 +221,26 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
         raise AssertionError("a stored result should have been reused")
 
     monkeypatch.setattr(train_mod, "train", no_training)
-    again = bench.run_methods(config, features=_fake_features, reference=reference)
+    again = run_methods(config, features=_fake_features, reference=reference)
     assert [r["fid"] for r in again["runs"]] == [r["fid"] for r in record["runs"]]
     config.num_samples = 6
     with pytest.raises(SparseDeployError, match="num_samples"):
-        bench.run_methods(config, features=_fake_features, reference=reference)
+        run_methods(config, features=_fake_features, reference=reference)
 
     # The same comparison at a MACs budget: the sparse methods keep the most sensitive layers dense,
     # and the frontier joins the two comparisons into FID-against-MACs curves.
     config.num_samples, methods = 8, ("dense", "fixed", "srste+kd")
-    budget = bench.MethodsConfig(**{**config.__dict__, "work": None, "macs_budget": 0.8, "methods": methods}).validate()
+    budget = MethodsConfig(**{**config.__dict__, "work": None, "macs_budget": 0.8, "methods": methods}).validate()
     assert budget.work.endswith("-macs0.8")
     budget.work = str(tmp_path / "work-0.8")
     monkeypatch.undo()
-    low = bench.run_methods(budget, features=_fake_features, reference=reference)
+    low = run_methods(budget, features=_fake_features, reference=reference)
     low_runs = {r["method"]: r for r in low["runs"]}
     assert low_runs["fixed"]["masked_layers"] < 12 and low_runs["fixed"]["key"]["macs_budget"] == 0.8
     assert "macs_budget" not in low_runs["dense"]["key"]
     full_macs = record["summary"]["srste+kd"]["macs"]
     assert record["summary"]["srste+kd"]["macs"] < low["summary"]["srste+kd"]["macs"] <= 0.8 * record["summary"]["dense"]["macs"] * 1.0001
-    from sparse_deploy.frontier import frontier, write_frontier
+    from sparse_deploy.measure.frontier import frontier, write_frontier
 
     files = [tmp_path / "full.json", tmp_path / "low.json"]
     files[0].write_text(json.dumps(record, default=str))
@@ -258,27 +267,27 @@ def _synthetic_results(folder: Path) -> None:
         dense, sparse = list(rng.uniform(1, 2, 5) * b), list(rng.uniform(0.9, 1.8, 5) * b)
         batches.append({
             "batch": b,
-            "per_call": {"dense": bench.summarize(dense), "sparse": bench.summarize(sparse)},
-            "per_call_ratio": bench.ratio(dense, sparse),
-            "end_to_end": {"dense": bench.summarize([x * 25 for x in dense]), "sparse": bench.summarize([x * 25 for x in sparse])},
-            "end_to_end_ratio": bench.ratio([x * 25 for x in dense], [x * 25 for x in sparse]),
+            "per_call": {"dense": summarize(dense), "sparse": summarize(sparse)},
+            "per_call_ratio": ratio(dense, sparse),
+            "end_to_end": {"dense": summarize([x * 25 for x in dense]), "sparse": summarize([x * 25 for x in sparse])},
+            "end_to_end_ratio": ratio([x * 25 for x in dense], [x * 25 for x in sparse]),
         })
     batches.append({"batch": 8, "skipped": "outside the profile"})
     engine = {"path": "engines/m/dense-fp32.ort.onnx", "kind": "dense", "backend": "onnxruntime", "precision": "fp32",
               "size_bytes": 2**20, "sparse_layers": 0, "memory": {"batch": 4, "load_delta": 2**20, "peak_delta": 2**21}}
-    latency = bench._record("latency", "cmd latency", {"repeats": 5, "warmup": 1, "e2e_repeats": 5, "e2e_warmup": 1, "steps": 25,
+    latency = machine.record("latency", "cmd latency", {"repeats": 5, "warmup": 1, "e2e_repeats": 5, "e2e_warmup": 1, "steps": 25,
                                                        "scheduler": "ddim"}, {
         "model": "m", "reference": "dense", "candidate": "sparse", "ratio_definition": "dense / sparse",
         "clock": {"dense": "time.perf_counter", "sparse": "time.perf_counter"},
         "engines": {"dense": engine, "sparse": {**engine, "kind": "sparse", "sparse_layers": 36}}, "batches": batches}, started)
     (folder / "latency-onnxruntime-fp32.json").write_text(json.dumps(latency))
-    cost = {m: {**bench.summarize(list(rng.uniform(1, 2, 4))), "images_per_second": 64.0, "relative_to_dense": 1.1}
-            for m in bench.TRAIN_COST_METHODS}
-    (folder / "train_cost.json").write_text(json.dumps(bench._record(
-        "train-cost", "cmd cost", {"steps": 4, "warmup": 1, "batch_size": 128, "device": "cpu", "methods": list(bench.TRAIN_COST_METHODS)},
+    cost = {m: {**summarize(list(rng.uniform(1, 2, 4))), "images_per_second": 64.0, "relative_to_dense": 1.1}
+            for m in TRAIN_COST_METHODS}
+    (folder / "train_cost.json").write_text(json.dumps(machine.record(
+        "train-cost", "cmd cost", {"steps": 4, "warmup": 1, "batch_size": 128, "device": "cpu", "methods": list(TRAIN_COST_METHODS)},
         {"model": "m", "clock": "time.perf_counter", "note": "one step", "methods": cost}, started)))
     layers = [{"layer": "a", "model_macs": 10, "calls": 1, "onnx_macs": 10, "agrees": True}]
-    (folder / "macs.json").write_text(json.dumps(bench._record("macs", "cmd macs", {}, {
+    (folder / "macs.json").write_text(json.dumps(machine.record("macs", "cmd macs", {}, {
         "model": "m", "source": "random init", "dense_macs": 1000, "sparse_layer_macs": 800, "effective_sparse_macs": 600,
         "sparse_share": 0.8, "effective_over_dense": 0.6, "sparse_layers": ["a"], "onnx_dense_macs": 1000,
         "onnx_effective_sparse_macs": 600, "onnx_check": {"onnx_total": 1000, "model_total": 1000, "model_single_call": 1000,
@@ -289,17 +298,17 @@ def _synthetic_results(folder: Path) -> None:
         save_grid(rng.integers(0, 255, (4, 8, 8, 1), dtype=np.uint8), folder / f"grid-{method}.png")
         grids[method] = folder / f"grid-{method}.png"
     runs, summary = [], {}
-    for method in bench.METHODS:
+    for method in METHODS:
         fids = [30.0 + len(method), 31.0 + len(method)]
         for seed, value in enumerate(fids):
-            runs.append({"method": method, "seed": seed, "label": bench.METHOD_LABELS[method], "fid": value, "kid": {"mean": 0.01},
+            runs.append({"method": method, "seed": seed, "label": METHOD_LABELS[method], "fid": value, "kid": {"mean": 0.01},
                          "grid": str(grids.get(method, grids["dense"]))})
-        summary[method] = {"label": bench.METHOD_LABELS[method], "fid": bench._spread(fids), "kid": bench._spread([0.01, 0.02]),
-                           "fid_vs_dense": bench._spread([] if method == "dense" else [5.0, 6.0]),
-                           "kid_vs_dense": bench._spread([]), "paired_pixel_rmse_vs_dense": bench._spread([0.1, 0.2]),
+        summary[method] = {"label": METHOD_LABELS[method], "fid": spread(fids), "kid": spread([0.01, 0.02]),
+                           "fid_vs_dense": spread([] if method == "dense" else [5.0, 6.0]),
+                           "kid_vs_dense": spread([]), "paired_pixel_rmse_vs_dense": spread([0.1, 0.2]),
                            "macs": 1000 if method == "dense" else 600}
-    (folder / "methods.json").write_text(json.dumps(bench._record("methods", "cmd methods", {
-        "seeds": [0, 1], "methods": list(bench.METHODS), "kd_weight": 0.1, "warmup_steps": 20, "scheduler": "ddim", "sample_steps": 25},
+    (folder / "methods.json").write_text(json.dumps(machine.record("methods", "cmd methods", {
+        "seeds": [0, 1], "methods": list(METHODS), "kd_weight": 0.1, "warmup_steps": 20, "scheduler": "ddim", "sample_steps": 25},
         {"model": "m", "label": "small-budget run", "budget": "100 steps", "dense_checkpoint": {"path": "d", "step": 10},
          "reference": {"source": "fashion-mnist:test", "num": 2000}, "preprocessing": "pp", "fid_note": "note", "runs": runs,
          "summary": summary}, started)))
@@ -322,7 +331,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert "| 8 | skipped |" in md and "cmd latency" in md
     cost_section = md.split("## Fine-tuning cost")[1].split("\n## ")[0]
     rows = [line.split(" | ")[0].strip("| ") for line in cost_section.splitlines() if line.startswith("| ")]
-    assert rows[2:] == list(bench.TRAIN_COST_METHODS)  # the run's order, not the JSON's sorted keys
+    assert rows[2:] == list(TRAIN_COST_METHODS)  # the run's order, not the JSON's sorted keys
 
 
 def test_report_refuses_an_empty_folder(tmp_path):
@@ -332,7 +341,7 @@ def test_report_refuses_an_empty_folder(tmp_path):
 
 def test_method_spread_says_which_gaps_the_seeds_resolve():
     def entry(label, fids):
-        return {"label": label, "fid": bench._spread(fids)}
+        return {"label": label, "fid": spread(fids)}
 
     record = {"settings": {"methods": ["dense", "oneshot", "ste", "srste+kd"]}, "summary": {
         "dense": entry("dense", [10.0, 11.0]),
@@ -361,7 +370,7 @@ def test_mac_report_of_a_sparse_checkpoint_checks_its_masks_in_the_graph(tmp_pat
     masked = sparsify_(model, cfg)
     ckpt = save_checkpoint(tmp_path / "sparse", model, sparsity=cfg)
     with caplog.at_level("WARNING"):
-        record = bench.mac_report(checkpoint=ckpt)
+        record = mac_report(checkpoint=ckpt)
     r = record
     assert r["sparse_layers"] == sorted(masked) and r["effective_sparse_macs"] < r["dense_macs"]
     assert r["onnx_check"]["disagreeing_layers"] == []
@@ -411,7 +420,7 @@ def test_bench_all_on_a_latent_preset_without_data(tmp_path, monkeypatch, caplog
     monkeypatch.setitem(presets.PRESETS, "tiny-latent", tiny)
     monkeypatch.chdir(tmp_path)
     with caplog.at_level("WARNING"):
-        rc = bench.main(["--device", "cpu", "all", "--model", "tiny-latent", "--batches", "1", "--repeats", "2", "--warmup", "1",
+        rc = main(["--device", "cpu", "all", "--model", "tiny-latent", "--batches", "1", "--repeats", "2", "--warmup", "1",
                          "--e2e-repeats", "0", "--no-memory", "--cost-steps", "1", "--sample-steps", "1", "--batch-size", "2",
                          "--out", "report"])
     assert rc == 0
@@ -426,33 +435,33 @@ def test_bench_all_on_a_latent_preset_without_data(tmp_path, monkeypatch, caplog
 
 
 def test_method_comparison_says_what_it_needs_for_other_presets():
-    assert bench.methods_unsupported(get_preset("fmnist-dit"), None, None) is None
-    assert "VAE latents" in bench.methods_unsupported(get_preset("dit-s"), "ref", "data")
-    assert "--reference" in bench.methods_unsupported(get_preset("ddpm-cifar10"), None, "images/")
-    assert bench.methods_unsupported(get_preset("ddpm-cifar10"), "ref/", "images/") is None
-    config = bench.MethodsConfig(model="tiny-dit", dense_checkpoint="d", steps=1).validate()
+    assert methods_unsupported(get_preset("fmnist-dit"), None, None) is None
+    assert "VAE latents" in methods_unsupported(get_preset("dit-s"), "ref", "data")
+    assert "--reference" in methods_unsupported(get_preset("ddpm-cifar10"), None, "images/")
+    assert methods_unsupported(get_preset("ddpm-cifar10"), "ref/", "images/") is None
+    config = MethodsConfig(model="tiny-dit", dense_checkpoint="d", steps=1).validate()
     assert config.reference == "fashion-mnist:test"
     with pytest.raises(SparseDeployError, match="--data .* and --reference"):
-        bench.MethodsConfig(model="ddpm-cifar10", dense_checkpoint="d", steps=1).validate()
+        MethodsConfig(model="ddpm-cifar10", dense_checkpoint="d", steps=1).validate()
 
 
 def test_bench_all_times_fp16_tensorrt_on_a_gpu_and_fp32_onnx_runtime_on_a_cpu(monkeypatch):
     from sparse_deploy.backends import device
 
     monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: None)  # a GPU with TensorRT
-    assert bench.default_engines("auto") == ("tensorrt", ("fp16",))
-    assert bench.default_engines("cpu") == ("onnxruntime", ("fp32",))
+    assert default_engines("auto") == ("tensorrt", ("fp16",))
+    assert default_engines("cpu") == ("onnxruntime", ("fp32",))
     monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: "no CUDA GPU is visible")
-    assert bench.default_engines("auto") == ("onnxruntime", ("fp32",))
-    assert bench.build_parser().parse_args(["all"]).precision is None  # decided where the engines are built
+    assert default_engines("auto") == ("onnxruntime", ("fp32",))
+    assert build_parser().parse_args(["all"]).precision is None  # decided where the engines are built
 
 
 def test_dense_reference_fine_tunes_at_the_sparse_methods_rate(tmp_path):
     torch.manual_seed(0)
     dense = save_checkpoint(tmp_path / "d", build_model(get_preset("fmnist-dit"), announce_random=False), sparsity=None)
     d = get_preset("fmnist-dit").train
-    made = {m: bench.method_train_config(m, "fmnist-dit", tmp_path / m, steps=10, init=dense) for m in ("dense", "fixed", "srste+kd")}
+    made = {m: method_train_config(m, "fmnist-dit", tmp_path / m, steps=10, init=dense) for m in ("dense", "fixed", "srste+kd")}
     assert {m: c.lr for m, c in made.items()} == {m: d.sparse_lr for m in made} and d.sparse_lr != d.lr
-    assert bench.method_train_config("dense", "fmnist-dit", tmp_path / "x", steps=10, init=dense, lr=1e-3).lr == 1e-3
-    config = bench.MethodsConfig(model="fmnist-dit", dense_checkpoint=str(dense), steps=10).validate()
+    assert method_train_config("dense", "fmnist-dit", tmp_path / "x", steps=10, init=dense, lr=1e-3).lr == 1e-3
+    config = MethodsConfig(model="fmnist-dit", dense_checkpoint=str(dense), steps=10).validate()
     assert config.run_key("dense", 0, "sha")["dense_lr"] == "fine-tuning" and "dense_lr" not in config.run_key("fixed", 0, "sha")

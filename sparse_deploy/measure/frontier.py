@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import SparseDeployError
+from ..errors import SparseDeployError
 
 __all__ = ["frontier", "write_frontier"]
 
@@ -78,15 +78,15 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def write_frontier(files: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     """``frontier.json``, ``frontier.md`` and ``frontier.png`` in ``out``."""
-    from .provenance import timestamp, write_json_atomic, write_text_atomic
-    from .report import _plt, _save
+    from ..provenance import timestamp, write_json_atomic, write_text_atomic
+    from .plots import pyplot, save_figure
 
     result = {**frontier(files), "created": timestamp()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "frontier.json", result)
     write_text_atomic(out / "frontier.md", _markdown(result))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, method in enumerate(dict.fromkeys(pt["method"] for pt in result["points"])):
         mine = [pt for pt in result["points"] if pt["method"] == method]
@@ -97,5 +97,5 @@ def write_frontier(files: Sequence[str | Path], out: str | Path) -> dict[str, Pa
     ax.set_title(f"{result['protocol']['model']}: FID against effective MACs", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(plt, fig, out / "frontier.png")
+    save_figure(plt, fig, out / "frontier.png")
     return {"json": out / "frontier.json", "markdown": out / "frontier.md", "plot": out / "frontier.png"}
