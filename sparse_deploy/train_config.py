@@ -1,4 +1,4 @@
-"""The settings of one training run (:class:`TrainConfig`), pure values with a side-effect-free ``validate()``."""
+"""The settings of one training run (:class:`TrainConfig`): plain values; ``validate()`` fills in the preset's defaults and checks them."""
 
 from __future__ import annotations
 
