@@ -19,11 +19,15 @@ from torch.utils.data import Dataset, TensorDataset
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["read_idx", "find_fashion_mnist", "fashion_mnist", "image_folder", "latent_dataset", "synthetic", "make_dataset", "FMNIST_DIRS"]
+__all__ = [
+    "read_idx", "idx_shape", "fashion_mnist_dirs", "find_fashion_mnist", "fashion_mnist_images_file", "fashion_mnist_arrays", "fashion_mnist",
+    "image_files", "image_folder", "latent_dataset", "synthetic", "make_dataset", "FMNIST_ENV", "FMNIST_DEFAULT_DIR", "IMAGE_SUFFIXES",
+]
 
 log = logging.getLogger(__name__)
 
-FMNIST_DIRS = (os.environ.get("SPARSE_DEPLOY_FMNIST", ""), "/usr/share/datasets/fashion-mnist")
+FMNIST_ENV = "SPARSE_DEPLOY_FMNIST"  # a folder searched before FMNIST_DEFAULT_DIR
+FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -32,38 +36,58 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an idx file (optionally .gz) into a numpy array of its declared shape."""
-    path = Path(path)
+def _idx_bytes(path: Path, size: int = -1) -> bytes:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            data = fh.read()
+            return fh.read(size)
     except (OSError, EOFError) as exc:
         raise SparseDeployError(f"cannot read idx file '{path}' ({exc}); reinstall the dataset") from exc
+
+
+def _idx_header(data: bytes, path: Path) -> tuple[int, ...]:
+    """The shape an unsigned-byte idx header declares (magic ``00 00 08 ndim``, then ``ndim`` big-endian sizes)."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise SparseDeployError(f"'{path}' is not an unsigned-byte idx file; reinstall the dataset")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if len(data) < 4 + 4 * ndim:
+        raise SparseDeployError(f"idx file '{path}' is truncated (in its header)")
+    return tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+
+
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape an idx file (optionally .gz) declares, read from its header alone."""
+    path = Path(path)
+    return _idx_header(_idx_bytes(path, 4 + 4 * 255), path)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (optionally .gz) into a numpy array of its declared shape."""
+    path = Path(path)
+    data = _idx_bytes(path)
+    shape = _idx_header(data, path)
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(shape))
     if arr.size != int(np.prod(shape)):
         raise SparseDeployError(f"idx file '{path}' is truncated ({arr.size} of {int(np.prod(shape))} values)")
     return arr.reshape(shape)
 
 
-def find_fashion_mnist(root: str | Path | None = None) -> Path:
-    """The folder holding the Fashion-MNIST idx files, or an error saying how to get them."""
-    candidates = [Path(root)] if root else [Path(d) for d in FMNIST_DIRS if d]
+def fashion_mnist_dirs() -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: ``$SPARSE_DEPLOY_FMNIST`` (when set), then Debian's folder."""
+    return [Path(d) for d in (os.environ.get(FMNIST_ENV, ""), FMNIST_DEFAULT_DIR) if d]
+
+
+def find_fashion_mnist(root: str | Path | None = None, stems: tuple[str, ...] = FMNIST_FILES["train"]) -> Path:
+    """The folder holding the idx files ``stems`` (each raw or .gz; default: the train split's images and
+    labels): ``root``, else the first of :func:`fashion_mnist_dirs` that has them; or an error saying how to get them."""
+    candidates = [Path(root)] if root else fashion_mnist_dirs()
     for folder in candidates:
-        for stem in FMNIST_FILES["train"]:
-            if not ((folder / stem).exists() or (folder / f"{stem}.gz").exists()):
-                break
-        else:
+        if all((folder / stem).exists() or (folder / f"{stem}.gz").exists() for stem in stems):
             return folder
     raise SparseDeployError(
         f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install them with "
-        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does this) or pass "
-        "--data DIR holding train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz"
+        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does this), or point "
+        f"--data fashion-mnist:DIR or {FMNIST_ENV}=DIR at a folder holding {' and '.join(f'{s}.gz' for s in stems)}"
     )
 
 
@@ -71,12 +95,22 @@ def _idx_file(folder: Path, stem: str) -> Path:
     return folder / stem if (folder / stem).exists() else folder / f"{stem}.gz"
 
 
-def fashion_mnist_arrays(split: str = "train", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, 28, 28], labels uint8 [N])`` of a Fashion-MNIST split."""
+def _split_stems(split: str) -> tuple[str, str]:
     if split not in FMNIST_FILES:
         raise SparseDeployError(f"unknown Fashion-MNIST split '{split}'; use 'train' or 'test'")
-    folder = find_fashion_mnist(root)
-    img_stem, lab_stem = FMNIST_FILES[split]
+    return FMNIST_FILES[split]
+
+
+def fashion_mnist_images_file(split: str = "train", root: str | Path | None = None) -> Path:
+    """The idx file (raw or .gz) of a Fashion-MNIST split's images, found as :func:`find_fashion_mnist` finds folders."""
+    stem = _split_stems(split)[0]
+    return _idx_file(find_fashion_mnist(root, (stem,)), stem)
+
+
+def fashion_mnist_arrays(split: str = "train", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [N, 28, 28], labels uint8 [N])`` of a Fashion-MNIST split."""
+    img_stem, lab_stem = _split_stems(split)
+    folder = find_fashion_mnist(root, (img_stem, lab_stem))
     return read_idx(_idx_file(folder, img_stem)), read_idx(_idx_file(folder, lab_stem))
 
 
@@ -97,17 +131,24 @@ def fashion_mnist(preset: Preset, split: str = "train", root: str | Path | None 
     return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
 
 
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder`` and, when ``recursive``, below it, sorted by path."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def _list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names: one class per subfolder (searched recursively), or a flat folder = one class."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []
     if classes:
         for idx, cls in enumerate(classes):
-            found = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = image_files(root / cls)
             files += found
             labels += [idx] * len(found)
     else:
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(root, recursive=False)
         labels = [0] * len(files)
     return files, labels, classes
 

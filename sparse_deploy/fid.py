@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
 import hashlib
 import importlib.util
 import json
 import logging
-import math
-import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,29 +34,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_files, read_idx
 from .errors import SparseDeployError, cli_entry
 from .guards import check_output_dir, check_output_file
 
 __all__ = [
-    "PREPROCESSING",
-    "INPUT_RANGE",
-    "INCEPTION_PACKAGE",
-    "INSTALL_HINT",
-    "DEFAULT_CACHE_DIR",
-    "FidStats",
-    "inception_path",
-    "load_inception",
-    "resize_bilinear_tf",
-    "preprocess",
-    "features_from_images",
-    "stats_from_features",
-    "frechet_distance",
-    "fid_from_features",
-    "kid_from_features",
-    "load_images",
-    "source_identity",
-    "reference_stats",
-    "main",
+    "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
+    "load_inception", "resize_bilinear_tf", "preprocess", "features_from_images", "stats_from_features", "frechet_distance",
+    "fid_from_features", "kid_from_features", "load_images", "source_identity", "reference_stats", "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,9 +63,6 @@ PREPROCESSING = (
 # Bump when anything that changes cached features changes (preprocessing code, dtype, layout).
 _CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache/fid")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FASHION_FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 # ----------------------------------------------------------------------------- the network
@@ -326,30 +305,12 @@ def kid_from_features(
 # ----------------------------------------------------------------------------- sources
 
 
-def _read_idx_images(path: Path) -> np.ndarray:
-    """An idx3-ubyte file (optionally .gz) as uint8 ``[N, H, W]``."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08 or ndim != 3:
-        raise SparseDeployError(f"{path} is not an idx file of uint8 images (magic {data[:4].hex()})")
-    shape = struct.unpack(">3I", data[4:16])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=16)
-    if arr.size != math.prod(shape):
-        raise SparseDeployError(f"{path} is truncated: header says {shape}, holds {arr.size} bytes")
-    return arr.reshape(shape)
-
-
-def _fashion_mnist_file(split: str) -> Path:
-    if split not in _FASHION_FILES:
-        raise SparseDeployError(f"unknown Fashion-MNIST split '{split}'; use fashion-mnist:train or fashion-mnist:test")
-    path = FASHION_MNIST_DIR / _FASHION_FILES[split]
-    if not path.is_file():
-        raise SparseDeployError(
-            f"{path} not found; install Debian's Fashion-MNIST with: apt-get update && apt-get install dataset-fashion-mnist"
-        )
-    return path
+def _fashion_mnist_images(path: Path) -> np.ndarray:
+    """A Fashion-MNIST images idx file (data.py's reader) as uint8 ``[N, H, W, 1]``."""
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise SparseDeployError(f"{path} is not an idx file of images (its shape is {list(arr.shape)})")
+    return arr[..., None]
 
 
 def _run_images(folder: Path) -> list[Path] | None:
@@ -372,9 +333,9 @@ def _image_files(folder: Path) -> list[Path]:
     listed = _run_images(folder)
     if listed is not None:
         return listed
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
-        raise SparseDeployError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in {folder}")
+        raise SparseDeployError(f"no {'/'.join(s[1:].upper() for s in sorted(IMAGE_SUFFIXES))} images in {folder}")
     return files
 
 
@@ -419,16 +380,17 @@ def _check_num(num: int | None, available: int, source: str) -> int:
 def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list[np.ndarray]:
     """The first ``num`` images of a source as uint8 (``[N, H, W, C]``, or a list when sizes differ).
 
-    Sources: ``fashion-mnist:test`` / ``fashion-mnist:train`` (Debian's idx files), a folder of
-    PNG/JPG images (sorted by relative path, searched recursively), or an ``.npz`` holding one
-    uint8 array ``[N, H, W(, C)]`` (or several, one named ``images``).
+    Sources: ``fashion-mnist:test`` / ``fashion-mnist:train`` (the idx files :mod:`sparse_deploy.data`
+    finds: ``$SPARSE_DEPLOY_FMNIST``, else Debian's), a folder of images (``data.IMAGE_SUFFIXES``:
+    PNG, JPEG, BMP, WebP; sorted by path, searched recursively), or an ``.npz`` holding one uint8
+    array ``[N, H, W(, C)]`` (or several, one named ``images``).
     """
     from PIL import Image
 
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
-        arr = _read_idx_images(_fashion_mnist_file(str(where)))
-        return arr[: _check_num(num, len(arr), str(source))][..., None]
+        arr = _fashion_mnist_images(fashion_mnist_images_file(str(where)))
+        return arr[: _check_num(num, len(arr), str(source))]
     if kind == "npz":
         arr = _npz_images(Path(where))
         return arr[: _check_num(num, len(arr), str(source))]
@@ -453,9 +415,8 @@ def source_identity(source: str | Path, num: int | None = None) -> dict:
 
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
-        path = _fashion_mnist_file(str(where))
-        with gzip.open(path, "rb") as fh:
-            n_total = struct.unpack(">I", fh.read(8)[4:8])[0]
+        path = fashion_mnist_images_file(str(where))
+        n_total = idx_shape(path)[0]
         return {"kind": kind, "split": where, "sha256": sha256_file(path), "num": _check_num(num, n_total, str(source))}
     if kind == "npz":
         n_total = len(_npz_images(Path(where)))
@@ -569,7 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sparse_deploy.fid",
         description="FID (and KID) between two image sources with the TF-FID Inception-v3. "
-        "A source is a folder of PNG/JPG images, an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train.",
+        "A source is a folder of images (PNG, JPEG, BMP, WebP), an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train.",
     )
     p.add_argument("a", help="first source")
     p.add_argument("b", help="second source")

@@ -18,9 +18,7 @@ Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -31,99 +29,27 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
-from .distributed import DistEnv, Distributed, resolve_device, state_digest
-from .cliargs import comma_floats, comma_list
-from .errors import SparseDeployError, cli_entry
-from .guards import check_device, check_finite, check_output_dir, check_positive
-from .models import build_model, example_inputs, short_name
 from .diffusers_out import write_run_diffusers
-from .presets import DEFAULT_PRESET, PRESETS, Preset
+from .distributed import DistEnv, Distributed, resolve_device, state_digest
+from .errors import SparseDeployError, cli_entry
+from .guards import check_output_dir
+from .models import build_model, example_inputs, short_name
+from .presets import Preset
 from .provenance import recover_dir, write_json_atomic
 from .resume import check_resumable, rewrite_metrics, sync_file
 from .sampling import sample, save_grid, to_uint8, training_scheduler
 from .schedule import training_target
-from .sources import is_path, run_preset, run_vae
+from .sources import run_vae
 from .sparsify import (
-    MODES, CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
+    CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
     set_grad_scale_, set_mask_temperature_, sparsify_,
 )
+from .train_cli import build_parser, config_from_args
+from .train_config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train", "main"]
+__all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (dense when ``sparsity`` is None)."""
-
-    preset: str | None  # preset name; None: from --weights' config or --init's manifest
-    out: str
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.03
-    betas: tuple[float, float] = (0.99, 0.999)
-    warmup_steps: int | None = None
-    ema_decay: float | None = None
-    lr_schedule: str | None = None  # constant | cosine (default: the preset's)
-    grad_clip: float = 1.0
-    checkpoint_every: int | None = None
-    seed: int = 0
-    cfg_drop: float = 0.1
-    init: str | None = None  # dense checkpoint to start from (and to distil from)
-    weights: str | None = None  # or diffusers weights to start from
-    sparsity: SparsityConfig | None = None
-    kd_weight: float = 0.0
-    kd_features: float = 0.0  # weight of block-output distillation from the teacher
-    data: str | None = None
-    vae: str | None = None
-    device: str = "auto"
-    preview: int = 8  # images per class in the preview grid (0: none)
-    preview_steps: int = 50
-
-    def model_preset(self) -> Preset:
-        """The run's preset: from --init's manifest or --weights' config when they carry one, else by name."""
-        return run_preset(self.preset, self.weights, self.init)
-
-    def validate(self) -> "TrainConfig":
-        preset = self.model_preset()
-        self.preset = preset.name
-        d = preset.train
-        for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
-                              ("batch_size", d.batch_size), ("lr", d.lr if self.sparsity is None else d.sparse_lr or d.lr), ("warmup_steps", d.warmup_steps),
-                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every),
-                              ("lr_schedule", d.lr_schedule)):
-            if getattr(self, name) is None:
-                setattr(self, name, default)
-        oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
-        check_positive("--steps", self.steps, 0 if oneshot else 1)
-        check_positive("--batch-size", self.batch_size)
-        check_positive("--checkpoint-every", self.checkpoint_every)
-        check_positive("--warmup-steps", self.warmup_steps, 0)
-        check_positive("--preview", self.preview, 0)
-        check_positive("--preview-steps", self.preview_steps)
-        check_finite("--lr", self.lr, 0, strict=True)
-        check_finite("--weight-decay", self.weight_decay, 0)
-        check_device(self.device)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise SparseDeployError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
-        if not 0 <= self.ema_decay < 1:  # also refuses nan
-            raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
-        if self.kd_weight and self.init is None and self.weights is None:
-            raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
-        if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
-            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}")
-        if self.kd_features and self.init is None and self.weights is None:
-            raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
-        if self.sparsity is not None:
-            self.sparsity.validate()
-        return self
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
-        return out
 
 
 @dataclass(frozen=True)
@@ -174,7 +100,6 @@ def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> 
         e.lerp_(p.detach(), 1.0 - decay)
 
 
-LR_SCHEDULES = ("constant", "cosine")
 LR_FLOOR = 0.01  # cosine decays to this share of the peak learning rate
 
 
@@ -463,9 +388,6 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(config: TrainConfig, dist: Distributed) -> Path:
-    from tqdm.auto import tqdm
-
-    preset = config.model_preset()
     device = dist.device
     dist.check_batch(config.batch_size)
     out = Path(config.out)
@@ -479,55 +401,43 @@ def _train(config: TrainConfig, dist: Distributed) -> Path:
     torch.manual_seed(config.seed)
 
     run = prepare_run(config, device, dist)
-    model, ema, opt, sched, coverage = run.model, run.ema, run.opt, run.sched, run.coverage
     log.info("mixed precision: %s%s", run.amp.dtype, " with loss scaling" if run.scaler else "")
-    if coverage is not None and dist.main:
-        write_json_atomic(out / "coverage.json", coverage.to_dict())
+    if run.coverage is not None and dist.main:
+        write_json_atomic(out / "coverage.json", run.coverage.to_dict())
+    start = _resume_(run, ckpt_dir) if prior is not None else 0
+    run.train_model = dist.wrap(run.model)
+    finished = prior is not None and prior.get("complete") and start >= run.train_steps
+    elapsed = _train_steps(run, out, ckpt_dir, start)
+    if finished:
+        log.info("%s is already complete at step %d with this config; nothing to train", ckpt_dir, start)
+    else:
+        _save(run, out, ckpt_dir, run.train_steps)
+    dist.barrier()
+    if dist.main:
+        _finish(run, out, ckpt_dir, start, elapsed, finished)
+    return ckpt_dir
 
-    start = 0
-    if prior is not None:
-        state = load_training_state(ckpt_dir, device)
-        ema_model, _ = load_checkpoint(ckpt_dir)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(ema_model.state_dict())
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if run.scaler is not None and state.get("scaler"):
-            run.scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-        log.info("resuming %s from step %d of %d", ckpt_dir, start, config.steps)
 
-    run.train_model = dist.wrap(model)
-    train_steps = run.train_steps
+def _resume_(run: TrainingRun, ckpt_dir: Path) -> int:
+    """Load the student, EMA, optimizer, schedule (and loss scale) of the last checkpoint; returns its step."""
+    state = load_training_state(ckpt_dir, run.device)
+    ema_model, _ = load_checkpoint(ckpt_dir)
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(ema_model.state_dict())
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    start = int(state["step"])
+    log.info("resuming %s from step %d of %d", ckpt_dir, start, run.config.steps)
+    return start
 
-    def save(step: int) -> None:
-        # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
-        digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}), "weights or masks")
-        if not dist.main:
-            return
-        if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
-            row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
-                   "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
-            with (out / "mask_flips.jsonl").open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-                sync_file(fh)
-            run.layer_flips.clear()
-        info = {
-            "step": step,
-            "complete": step >= train_steps,
-            "train_config": config.to_dict(),
-            "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
-            "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
-            "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
-            "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": device.type},
-            "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
-                            "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},
-        }
-        training_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                          "scaler": run.scaler.state_dict() if run.scaler is not None else None}
-        save_checkpoint(ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info, training_state=training_state)
 
+def _train_steps(run: TrainingRun, out: Path, ckpt_dir: Path, start: int) -> float:
+    """Steps ``start`` to the end, a metrics row each and a checkpoint every ``checkpoint_every``; returns the seconds taken."""
+    from tqdm.auto import tqdm
+
+    config, dist, train_steps = run.config, run.dist, run.train_steps
     metrics_path = out / "metrics.jsonl"
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -535,9 +445,9 @@ def _train(config: TrainConfig, dist: Distributed) -> Path:
         rewrite_metrics(metrics_path, start)
         rewrite_metrics(out / "mask_flips.jsonl", start)
     metrics = metrics_path.open("a") if dist.main else None
-    finished = prior is not None and prior.get("complete") and start >= train_steps
-    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"train {preset.name} {config.sparsity.mode if config.sparsity else 'dense'}", disable=not dist.main)
-    model.train()
+    desc = f"train {run.preset.name} {config.sparsity.mode if config.sparsity else 'dense'}"
+    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=desc, disable=not dist.main)
+    run.model.train()
     t0 = time.perf_counter()
     for step in bar:
         row = train_step(run, step)
@@ -547,104 +457,64 @@ def _train(config: TrainConfig, dist: Distributed) -> Path:
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < train_steps:
             if metrics is not None:
                 sync_file(metrics)
-            save(step + 1)
+            _save(run, out, ckpt_dir, step + 1)
     if metrics is not None:
         sync_file(metrics)
         metrics.close()
-    elapsed = time.perf_counter() - t0
-    if finished:
-        log.info("%s is already complete at step %d with this config; nothing to train", ckpt_dir, start)
-    else:
-        save(train_steps)
-    dist.barrier()
-    if dist.main:
-        if train_steps > start:
-            log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
-        if config.preview and not (finished and (out / "samples.png").exists()):
-            final, _ = load_checkpoint(ckpt_dir)
-            grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)
-            log.info("wrote preview grid %s", grid)
-        if coverage is not None:
-            log.info("coverage: %s", coverage.summary())
-        if not (finished and (out / "diffusers" / "sparse_deploy.json").exists()):
-            log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
-    return ckpt_dir
+    return time.perf_counter() - t0
 
 
-def _parse_pair(text: str) -> tuple[float, float]:
-    try:
-        a, b = comma_floats(text, count=2, what="two numbers START,END")
-    except SparseDeployError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return a, b
+def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
+    """The checkpoint at ``step`` (rank 0 writes it, after every rank's state was found identical) and the mask-flip row."""
+    config, dist, model, ema = run.config, run.dist, run.model, run.ema
+    # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
+    digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                            **{f"ema.{k}": v for k, v in ema.state_dict().items()}}), "weights or masks")
+    if not dist.main:
+        return
+    if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
+        row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
+               "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
+        with (out / "mask_flips.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            sync_file(fh)
+        run.layer_flips.clear()
+    coverage = run.coverage
+    info = {
+        "step": step,
+        "complete": step >= run.train_steps,
+        "train_config": config.to_dict(),
+        "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
+        "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
+        "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
+        "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": run.device.type},
+        "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
+                        "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},
+    }
+    training_state = {"model": model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "step": step,
+                      "scaler": run.scaler.state_dict() if run.scaler is not None else None}
+    save_checkpoint(ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info, training_state=training_state)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder")
-    p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
-    p.add_argument("--sparsity", choices=("none", *MODES), default="none",
-                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
-                        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
-    p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
-    p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
-    p.add_argument("--kd-weight", type=float, default=None, help="distillation weight (default 0.1 when sparse from --init or --weights, else 0)")
-    p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
-    p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
-    p.add_argument("--pruned-decay", type=float, default=0.0,
-                   help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)")
-    p.add_argument("--mask-prior", type=float, default=3.0, help="maskllm: initial logit of the magnitude pattern")
-    p.add_argument("--mask-lr", type=float, default=0.02, help="maskllm: learning rate of the mask logits")
-    p.add_argument("--tau", type=_parse_pair, default=(1.0, 0.1), help="maskllm: Gumbel temperature START,END (default 1,0.1)")
-    p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
-    p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
-                   "loss-sensitive selected layers go 2:4 (default: all selected layers)")
-    p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
-                   "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)")
-    p.add_argument("--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)")
-    p.add_argument("--latency-dtype", choices=("fp16", "bf16"), default="fp16", help="engine precision the profile is read at (default fp16)")
-    p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
-    p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
-    p.add_argument("--exclude", help="comma-separated module globs to keep dense")
-    p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)")
-    p.add_argument("--ema", type=float, dest="ema_decay")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
-    p.add_argument("--vae", help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
-    p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
-    return p
+def _finish(run: TrainingRun, out: Path, ckpt_dir: Path, start: int, elapsed: float, finished: bool) -> None:
+    """Rank 0 after the last checkpoint: the timing line, the preview grid and the diffusers model (each unless already there)."""
+    config, train_steps = run.config, run.train_steps
+    if train_steps > start:
+        log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
+    if config.preview and not (finished and (out / "samples.png").exists()):
+        final, _ = load_checkpoint(ckpt_dir)
+        grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)
+        log.info("wrote preview grid %s", grid)
+    if run.coverage is not None:
+        log.info("coverage: %s", run.coverage.summary())
+    if not (finished and (out / "diffusers" / "sparse_deploy.json").exists()):
+        log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    preset = run_preset(args.model, args.weights, args.init)
-    model, weights = (None, args.model) if is_path(args.model) else (args.model, args.weights)
-    sparsity = None
-    if args.sparsity != "none":
-        sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
-                                  include=comma_list(args.include), exclude=comma_list(args.exclude), adaln=args.adaln,
-                                  pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
-                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
-                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)
-    teacher = args.init or weights
-    kd = args.kd_weight if args.kd_weight is not None else (0.1 if sparsity is not None and teacher else 0.0)
-    out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
-    config = TrainConfig(
-        preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
-        data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
-    )
-    ckpt = train(config)
+    """``python -m sparse_deploy.train``: the flags (:mod:`sparse_deploy.train_cli`) onto a config, then :func:`train`."""
+    ckpt = train(config_from_args(build_parser().parse_args(argv)))
     if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
         print(f"checkpoint: {ckpt}")
     return 0

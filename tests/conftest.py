@@ -47,3 +47,32 @@ def fmnist_data(fmnist_dir) -> str:
 def idx_writer():
     """:func:`write_idx`, for tests that build their own idx files."""
     return write_idx
+
+
+@pytest.fixture()
+def killed_at_step(monkeypatch):
+    """``with killed_at_step(n): ...``: training's n-th EMA update raises KeyboardInterrupt, as a kill during
+    step n would (the checkpoints before it are written); the real update is back after the block."""
+    import contextlib
+
+    from sparse_deploy import train as train_mod
+
+    real_update = train_mod._ema_update_
+
+    @contextlib.contextmanager
+    def killed(step: int):
+        calls = {"n": 0}
+
+        def dying_update(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == step:
+                raise KeyboardInterrupt("simulated kill")
+            return real_update(*args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "_ema_update_", dying_update)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(train_mod, "_ema_update_", real_update)
+
+    return killed

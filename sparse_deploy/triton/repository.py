@@ -317,40 +317,7 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
             "latent channels as 'images' (not decoded images) and the model-space latents as 'samples'"
         )
 
-    # Which file the denoiser model holds.
-    instance_kind = None
-    copies: list[tuple[Path, str]] = []
-    if flavour == "tensorrt":
-        copies.append((engine, "model.plan"))
-    elif flavour == "onnxruntime":
-        source = _source_onnx(engine, manifest) if manifest.get("format") != "sparse-deploy-onnx/1" else engine
-        if manifest.get("backend") == "tensorrt" and source is None:
-            raise SparseDeployError(
-                f"the onnxruntime flavour needs the ONNX graph '{manifest.get('source_onnx')}' this plan was built from, "
-                "and it is missing or changed; pass an ONNX Runtime engine instead"
-            )
-        if source is None:
-            # The .ort.onnx engine was optimized offline for ONNX Runtime's CPU provider only.
-            source, instance_kind = engine, "KIND_CPU"
-            notes.append(
-                f"the source graph of {engine.name} is missing or changed: serving the CPU-optimized engine on CPU "
-                "instances only (its offline optimizations are not valid for GPU providers)"
-            )
-        copies.append((source, "model.onnx"))
-    else:  # python: the ONNX file and its manifest, under their own names, beside model.py
-        source, source_manifest = engine, engine_manifest_path(engine)
-        if manifest.get("backend") == "tensorrt":
-            found = _source_onnx(engine, manifest)
-            if found is None:
-                raise SparseDeployError(
-                    f"the python flavour runs ONNX on CPU and needs the graph '{manifest.get('source_onnx')}' this plan "
-                    "was built from, which is missing or changed; pass an ONNX Runtime engine (*.ort.onnx) instead"
-                )
-            source, source_manifest = found, found.with_suffix(".json")
-            notes.append(f"python flavour of a TensorRT engine: serving its source graph {found.name} with ONNX Runtime on CPU")
-        copies += [(source, source.name), (source_manifest, source_manifest.name), (_HERE / "model_denoiser.py", "model.py")]
-    # An external-data graph refers to its weights file by name: it goes along under that name.
-    copies += [(data, data.name) for src, _ in list(copies) if (data := data_path(src)).is_file()]
+    copies, instance_kind = _denoiser_files(engine, manifest, flavour, notes)
 
     denoiser = denoiser_config(
         contract, flavour, name=config.name, max_batch=config.max_batch, instances=config.instances, kind=kind,
@@ -392,3 +359,42 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     for n in notes:
         log.warning("%s", n)
     return RepositoryReport(root, flavour, root / config.name, root / config.pipeline_name, denoiser["max_batch_size"], notes)
+
+
+def _denoiser_files(engine: Path, manifest: dict[str, Any], flavour: str, notes: list[str]) -> tuple[list[tuple[Path, str]], str | None]:
+    """Which files the denoiser model's version folder holds for ``flavour`` (source, name there), and the
+    instance kind it is then limited to (None: the flavour's own); says what it chose in ``notes``."""
+    instance_kind = None
+    copies: list[tuple[Path, str]] = []
+    if flavour == "tensorrt":
+        copies.append((engine, "model.plan"))
+    elif flavour == "onnxruntime":
+        source = _source_onnx(engine, manifest) if manifest.get("format") != "sparse-deploy-onnx/1" else engine
+        if manifest.get("backend") == "tensorrt" and source is None:
+            raise SparseDeployError(
+                f"the onnxruntime flavour needs the ONNX graph '{manifest.get('source_onnx')}' this plan was built from, "
+                "and it is missing or changed; pass an ONNX Runtime engine instead"
+            )
+        if source is None:
+            # The .ort.onnx engine was optimized offline for ONNX Runtime's CPU provider only.
+            source, instance_kind = engine, "KIND_CPU"
+            notes.append(
+                f"the source graph of {engine.name} is missing or changed: serving the CPU-optimized engine on CPU "
+                "instances only (its offline optimizations are not valid for GPU providers)"
+            )
+        copies.append((source, "model.onnx"))
+    else:  # python: the ONNX file and its manifest, under their own names, beside model.py
+        source, source_manifest = engine, engine_manifest_path(engine)
+        if manifest.get("backend") == "tensorrt":
+            found = _source_onnx(engine, manifest)
+            if found is None:
+                raise SparseDeployError(
+                    f"the python flavour runs ONNX on CPU and needs the graph '{manifest.get('source_onnx')}' this plan "
+                    "was built from, which is missing or changed; pass an ONNX Runtime engine (*.ort.onnx) instead"
+                )
+            source, source_manifest = found, found.with_suffix(".json")
+            notes.append(f"python flavour of a TensorRT engine: serving its source graph {found.name} with ONNX Runtime on CPU")
+        copies += [(source, source.name), (source_manifest, source_manifest.name), (_HERE / "model_denoiser.py", "model.py")]
+    # An external-data graph refers to its weights file by name: it goes along under that name.
+    copies += [(data, data.name) for src, _ in list(copies) if (data := data_path(src)).is_file()]
+    return copies, instance_kind

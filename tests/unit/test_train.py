@@ -120,22 +120,11 @@ def test_distillation_teacher_is_frozen(sparse_run, dense_ckpt):
         assert row["loss"] == pytest.approx(row["loss_eps"] + 0.1 * row["loss_kd"], rel=1e-5)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, sparse_run, dense_ckpt, fmnist_data):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, killed_at_step, sparse_run, dense_ckpt, fmnist_data):
     out = tmp_path / "killed"
     config = _sparse_config(out, dense_ckpt, fmnist_data)
-    real_update = train_mod._ema_update_
-    calls = {"n": 0}
-
-    def dying_update(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # step 3, after the step-2 checkpoint was written
-            raise KeyboardInterrupt("simulated kill")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_ema_update_", dying_update)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(3), pytest.raises(KeyboardInterrupt):  # step 3, after the step-2 checkpoint was written
         train_mod.train(config)
-    monkeypatch.setattr(train_mod, "_ema_update_", real_update)
     ckpt = out / "checkpoint"
     partial = read_manifest(ckpt)
     assert partial["step"] == 2 and partial["complete"] is False

@@ -1,0 +1,91 @@
+"""The flags of ``python -m sparse_deploy.train`` and how they map onto a :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cliargs import comma_floats, comma_list
+from .errors import SparseDeployError
+from .presets import DEFAULT_PRESET, PRESETS
+from .settings import DEFAULT_KD_WEIGHT
+from .sources import is_path, run_preset
+from .sparsify import MODES, SparsityConfig
+from .train_config import LR_SCHEDULES, TrainConfig
+
+__all__ = ["DESCRIPTION", "build_parser", "config_from_args"]
+
+DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
+
+
+def _parse_pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = comma_floats(text, count=2, what="two numbers START,END")
+    except SparseDeployError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return a, b
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=DESCRIPTION)
+    p.add_argument("--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder")
+    p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
+    p.add_argument("--sparsity", choices=("none", *MODES), default="none",
+                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
+                        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
+    p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
+    p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
+    p.add_argument("--kd-weight", type=float, default=None, help=f"distillation weight (default {DEFAULT_KD_WEIGHT} when sparse from --init or --weights, else 0)")
+    p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
+    p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
+    p.add_argument("--pruned-decay", type=float, default=0.0,
+                   help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)")
+    p.add_argument("--mask-prior", type=float, default=3.0, help="maskllm: initial logit of the magnitude pattern")
+    p.add_argument("--mask-lr", type=float, default=0.02, help="maskllm: learning rate of the mask logits")
+    p.add_argument("--tau", type=_parse_pair, default=(1.0, 0.1), help="maskllm: Gumbel temperature START,END (default 1,0.1)")
+    p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
+    p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
+                   "loss-sensitive selected layers go 2:4 (default: all selected layers)")
+    p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
+                   "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)")
+    p.add_argument("--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)")
+    p.add_argument("--latency-dtype", choices=("fp16", "bf16"), default="fp16", help="engine precision the profile is read at (default fp16)")
+    p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
+    p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
+    p.add_argument("--exclude", help="comma-separated module globs to keep dense")
+    p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)")
+    p.add_argument("--ema", type=float, dest="ema_decay")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
+    p.add_argument("--vae", help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
+    p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The (not yet validated) :class:`TrainConfig` that parsed flags ask for."""
+    preset = run_preset(args.model, args.weights, args.init)
+    model, weights = (None, args.model) if is_path(args.model) else (args.model, args.weights)
+    sparsity = None
+    if args.sparsity != "none":
+        sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
+                                  include=comma_list(args.include), exclude=comma_list(args.exclude), adaln=args.adaln,
+                                  pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
+                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
+                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)
+    teacher = args.init or weights
+    kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if sparsity is not None and teacher else 0.0)
+    out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
+    return TrainConfig(
+        preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
+        data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
+    )

@@ -1,0 +1,91 @@
+"""The settings of one training run (:class:`TrainConfig`): plain values; ``validate()`` fills in the preset's defaults and checks them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import SparseDeployError
+from .guards import check_device, check_finite, check_positive
+from .presets import Preset
+from .sources import run_preset
+from .sparsify import SparsityConfig
+
+__all__ = ["TrainConfig", "LR_SCHEDULES"]
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (dense when ``sparsity`` is None)."""
+
+    preset: str | None  # preset name; None: from --weights' config or --init's manifest
+    out: str
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.03
+    betas: tuple[float, float] = (0.99, 0.999)
+    warmup_steps: int | None = None
+    ema_decay: float | None = None
+    lr_schedule: str | None = None  # constant | cosine (default: the preset's)
+    grad_clip: float = 1.0
+    checkpoint_every: int | None = None
+    seed: int = 0
+    cfg_drop: float = 0.1
+    init: str | None = None  # dense checkpoint to start from (and to distil from)
+    weights: str | None = None  # or diffusers weights to start from
+    sparsity: SparsityConfig | None = None
+    kd_weight: float = 0.0
+    kd_features: float = 0.0  # weight of block-output distillation from the teacher
+    data: str | None = None
+    vae: str | None = None
+    device: str = "auto"
+    preview: int = 8  # images per class in the preview grid (0: none)
+    preview_steps: int = 50
+
+    def model_preset(self) -> Preset:
+        """The run's preset: from --init's manifest or --weights' config when they carry one, else by name."""
+        return run_preset(self.preset, self.weights, self.init)
+
+    def validate(self) -> "TrainConfig":
+        preset = self.model_preset()
+        self.preset = preset.name
+        d = preset.train
+        for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
+                              ("batch_size", d.batch_size), ("lr", d.lr if self.sparsity is None else d.sparse_lr or d.lr), ("warmup_steps", d.warmup_steps),
+                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every),
+                              ("lr_schedule", d.lr_schedule)):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
+        check_positive("--steps", self.steps, 0 if oneshot else 1)
+        check_positive("--batch-size", self.batch_size)
+        check_positive("--checkpoint-every", self.checkpoint_every)
+        check_positive("--warmup-steps", self.warmup_steps, 0)
+        check_positive("--preview", self.preview, 0)
+        check_positive("--preview-steps", self.preview_steps)
+        check_finite("--lr", self.lr, 0, strict=True)
+        check_finite("--weight-decay", self.weight_decay, 0)
+        check_device(self.device)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SparseDeployError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        if not 0 <= self.ema_decay < 1:  # also refuses nan
+            raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
+        if self.kd_weight and self.init is None and self.weights is None:
+            raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
+        if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
+            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}")
+        if self.kd_features and self.init is None and self.weights is None:
+            raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
+        if self.sparsity is not None:
+            self.sparsity.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
+        return out
+
