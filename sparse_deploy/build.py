@@ -46,6 +46,7 @@ from .backends.ort import ort_session
 from .contract import BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_profile_arguments, add_source_arguments, config_from_args, export_all
+from .export.verify import max_abs_err, tolerance_bound
 from .guards import check_output_dir
 from .masks import PATTERN
 from .onnx_files import data_path, describe_data, share_mode
@@ -210,7 +211,7 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
         want = source.run(None, feeds)[0].astype(np.float32)
         got = optimized.run(None, feeds)[0].astype(np.float32)
         tol = PARITY_TOLERANCE[contract.precision]
-        err, bound = float(np.max(np.abs(got - want))), tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
+        err, bound = max_abs_err(got, want), tolerance_bound(tol, want)
         if not err <= bound:
             raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept")
     share_mode(out)
@@ -370,9 +371,7 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
             feeds = contract.sample_inputs(batch, seed=31 + batch)
             want = session.run([name], feeds)[0].astype(np.float32)
             got = np.array(runner.infer(feeds)[name], dtype=np.float32)
-            finite = np.isfinite(got).all() and got.shape == want.shape
-            err = float(np.max(np.abs(got - want))) if finite else float("inf")
-            bound = tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
+            err, bound = max_abs_err(got, want), tolerance_bound(tol, want)
             results["batches"][str(batch)] = {"max_abs_err": err, "bound": bound, "passed": err <= bound}
             if not err <= bound:
                 failures.append(f"batch {batch}: max abs err {err:.3g} > {bound:.3g}")

@@ -67,22 +67,9 @@ def resolve_device(request: str, env: DistEnv, cuda_devices: int | None = None) 
         env: this process's rank layout.
         cuda_devices: how many CUDA devices are visible (default: ask PyTorch).
     """
-    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
-    if request == "cpu" or (request == "auto" and count == 0):
-        return torch.device("cpu")
-    if count == 0:
-        raise SparseDeployError(f"--device {request} was asked for but no CUDA GPU is visible; use --device cpu")
-    if request.startswith("cuda:"):
-        if env.world_size > 1:
-            raise SparseDeployError(f"under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not {request}")
-        index = int(request[5:])
-    else:
-        index = env.local_rank
-    if index >= count:
-        why = "LOCAL_RANK" if not request.startswith("cuda:") else "--device"
-        raise SparseDeployError(f"{why} asks for cuda:{index} but only {count} CUDA device(s) are visible; "
-                                "run at most one process per GPU (--nproc_per_node)")
-    return torch.device("cuda", index)
+    from .backends.device import torch_device
+
+    return torch_device(request, env.local_rank, env.world_size, cuda_devices)
 
 
 def state_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -6,11 +6,15 @@ benchmarks and the demo cannot drift apart.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PRECISIONS", "DEFAULT_MAX_BATCH", "DEFAULT_OPT_BATCH", "DEFAULT_KD_WEIGHT", "DEFAULT_KD_FEATURES"]
+__all__ = ["DEFAULT_PRECISIONS", "CPU_PRECISION", "GPU_PRECISION", "DEFAULT_MAX_BATCH", "DEFAULT_OPT_BATCH", "DEFAULT_KD_WEIGHT", "DEFAULT_KD_FEATURES"]
 
 # Graphs and engines: which precisions `export` and `build` make when not told (both; a CPU
 # measurement or the demo asks for fp32 explicitly, as ONNX Runtime's CPU provider computes fp16 in fp32).
 DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+# What is measured and sampled when not told: fp32 on a CPU (ONNX Runtime's CPU provider computes an
+# fp16 graph in fp32), fp16 on a GPU with TensorRT (fp32 would mostly measure the lack of tensor cores).
+CPU_PRECISION = "fp32"
+GPU_PRECISION = "fp16"
 
 # The batch profile an engine is built for (the graph's batch axis is dynamic): max, and the
 # batch TensorRT tunes its kernels at (capped at max).

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .contract import PRECISIONS, float_dtype
 from .errors import SparseDeployError, cli_entry
 
 __all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "training_command", "main"]
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "sparse-deploy-weights/1"
-_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 def training_command(train_config: dict[str, Any]) -> str:
@@ -94,8 +94,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     from .checkpoint import load_checkpoint
     from .provenance import atomic_dir, library_versions, sha256_file, timestamp
 
-    if precision not in _DTYPES:
-        raise SparseDeployError(f"--precision must be one of {', '.join(_DTYPES)}, got '{precision}'")
+    dtype = getattr(torch, float_dtype(precision))  # float_dtype refuses an unknown precision
     model, manifest = load_checkpoint(checkpoint)
     if manifest.get("masked_layers"):
         raise SparseDeployError(f"'{checkpoint}' is a sparse checkpoint; ship the dense model it was fine-tuned from")
@@ -104,7 +103,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
     with atomic_dir(out) as tmp:
-        model.net.to(_DTYPES[precision]).save_pretrained(str(tmp), safe_serialization=True)
+        model.net.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         info = {
             "format": FORMAT,
@@ -259,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("pack", help="a dense checkpoint -> weights/<preset>/ (diffusers folder + MANIFEST.json)")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--out", required=True)
-    q.add_argument("--precision", default="fp16", choices=tuple(_DTYPES))
+    q.add_argument("--precision", default="fp16", choices=PRECISIONS)
     q = sub.add_parser("pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored")
     q.add_argument("--model", default="fmnist-dit")
     q.add_argument("--runs", help="run folders (default runs/<model>)")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SparseDeployError, cli_entry
+from .settings import CPU_PRECISION
 
 __all__ = ["demo_summary", "format_summary", "main"]
 
@@ -32,7 +33,7 @@ def _engine(folder: Path, kind: str, precision: str) -> Path:
 
 
 def demo_summary(
-    run: str | Path, engines: str | Path, *, precision: str = "fp32", num: int = 300, ref_num: int = 1000, steps: int = 25,
+    run: str | Path, engines: str | Path, *, precision: str = CPU_PRECISION, num: int = 300, ref_num: int = 1000, steps: int = 25,
     reference: str = "fashion-mnist:test", seed: int = 0, cache_dir: str | Path = ".cache/fid",
 ) -> dict[str, Any]:
     """Coverage, MACs, engines and dense-vs-sparse FID of one fine-tuning run and its engines."""
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparse_deploy.summary", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="the sparse fine-tuning run folder (holds checkpoint/ and coverage.json)")
     p.add_argument("--engines", required=True, help="folder with the dense and sparse engines")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default=CPU_PRECISION, help=f"engines to sample (default {CPU_PRECISION}, as the demo builds)")
     p.add_argument("--num", type=int, default=300, help="samples per engine for FID (default 300)")
     p.add_argument("--ref-num", type=int, default=1000, help="reference images (default the first 1000)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from typing import Any
 
-__all__ = ["cuda_device", "tensorrt_version", "tensorrt_unavailable_reason", "import_tensorrt", "TENSORRT_INSTALL"]
+__all__ = ["torch_device", "cuda_device", "tensorrt_version", "tensorrt_unavailable_reason", "import_tensorrt", "TENSORRT_INSTALL"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,39 @@ def cuda_device() -> dict[str, Any] | None:
         return None
     name, cap = (part.strip() for part in out[0].rsplit(",", 1))
     return {"name": name, "compute_capability": cap}
+
+
+def torch_device(request: str, local_rank: int = 0, world_size: int = 1, cuda_devices: int | None = None):
+    """The one rule for a ``--device`` request: a ``torch.device`` (``cpu``, or ``cuda:<index>``).
+
+    Args:
+        request: ``auto`` (CUDA when visible, else CPU) | ``cpu`` | ``cuda`` (``cuda:<local_rank>``) |
+            ``cuda:N`` (only in a single process: under torchrun each rank takes its LOCAL_RANK).
+        local_rank / world_size: this process's place under torchrun (0 / 1 alone).
+        cuda_devices: how many CUDA devices are visible (default: ask PyTorch).
+    """
+    import torch
+
+    from ..errors import SparseDeployError
+    from ..guards import check_device
+
+    check_device(request)
+    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if request == "cpu" or (request == "auto" and count == 0):
+        return torch.device("cpu")
+    if count == 0:
+        raise SparseDeployError(f"--device {request} was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+    if request.startswith("cuda:"):
+        if world_size > 1:
+            raise SparseDeployError(f"under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not {request}")
+        index = int(request[5:])
+    else:
+        index = local_rank
+    if index >= count:
+        why = "--device" if request.startswith("cuda:") else "LOCAL_RANK"
+        raise SparseDeployError(f"{why} asks for cuda:{index} but only {count} CUDA device(s) are visible; "
+                                "run at most one process per GPU (--nproc_per_node)")
+    return torch.device("cuda", index)
 
 
 def import_tensorrt():

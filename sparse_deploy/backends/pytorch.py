@@ -9,29 +9,17 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..contract import BatchProfile, contract_for
-from ..errors import SparseDeployError
 from ..settings import DEFAULT_OPT_BATCH
 from ..sparsify import bake_
 from .base import Runner
+from .device import torch_device
 
-__all__ = ["TorchRunner", "TORCH_PROFILE", "resolve_torch_device"]
+__all__ = ["TorchRunner", "TORCH_PROFILE"]
 
 log = logging.getLogger(__name__)
 
 # Eager PyTorch has no build-time batch limit; this bound only guards against typos.
 TORCH_PROFILE = BatchProfile(min=1, opt=DEFAULT_OPT_BATCH, max=1024)
-
-
-def resolve_torch_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SparseDeployError(f"device '{device}' asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise SparseDeployError(f"unknown device '{device}'; use auto, cpu or cuda") from exc
 
 
 class TorchRunner(Runner):
@@ -42,7 +30,7 @@ class TorchRunner(Runner):
     def __init__(self, path: str | Path, device: str = "auto"):
         model, manifest = load_checkpoint(path)
         bake_(model)  # masks -> exact zeros in plain Linear/Conv2d (same numbers, no mask multiply)
-        self.device = resolve_torch_device(device)
+        self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         super().__init__(Path(path), manifest, contract_for(model.preset, "fp32", TORCH_PROFILE), model.preset)
 

@@ -29,7 +29,7 @@ from ..errors import SparseDeployError
 from ..models import short_name
 from ..precision import FP32_OPS, fp16_attention
 
-__all__ = ["PARITY_BATCHES", "PARITY_TOLERANCE", "check_parity", "check_sparsity", "layer_initializers", "torch_inputs"]
+__all__ = ["PARITY_BATCHES", "PARITY_TOLERANCE", "max_abs_err", "tolerance_bound", "check_parity", "check_sparsity", "layer_initializers", "torch_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,16 @@ def torch_inputs(feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
     return tensors
 
 
-def _max_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b))) if np.isfinite(a).all() and np.isfinite(b).all() else float("inf")
+def max_abs_err(got: np.ndarray, want: np.ndarray) -> float:
+    """max|got - want|; infinite when either holds a non-finite value or the shapes differ."""
+    if got.shape != want.shape or not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return float("inf")
+    return float(np.max(np.abs(got - want)))
+
+
+def tolerance_bound(tol: dict[str, float], want: np.ndarray) -> float:
+    """The parity criterion's bound ``atol + rtol * max|want|`` (one rule for export, build and engine checks)."""
+    return tol["atol"] + tol["rtol"] * float(np.max(np.abs(want)))
 
 
 @torch.no_grad()
@@ -109,12 +117,11 @@ def check_parity(
                 want = reference(*torch_inputs(feeds)).float().numpy()
             if got.shape != want.shape:
                 raise SparseDeployError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape} at batch {batch}")
-            scale = float(np.max(np.abs(want)))
-            bound = tol["atol"] + tol["rtol"] * scale
-            errors = {"max_abs_err": _max_err(got, want)}
+            scale, bound = float(np.max(np.abs(want))), tolerance_bound(tol, want)
+            errors = {"max_abs_err": max_abs_err(got, want)}
             if fp16_reference is not None:
                 half = _run_fp16(fp16_reference, feeds, device)
-                errors.update(fp16_arithmetic_err=_max_err(half, want), onnx_vs_fp16_err=_max_err(got, half))
+                errors.update(fp16_arithmetic_err=max_abs_err(half, want), onnx_vs_fp16_err=max_abs_err(got, half))
             ok = all(e <= bound for e in errors.values())
             results["batches"][str(batch)] = {**errors, "max_abs_ref": scale, "bound": bound, "passed": ok}
             log.info("parity %s batch %d: %s (bound %.3g)", contract.precision, batch, ", ".join(f"{k} {v:.3g}" for k, v in errors.items()), bound)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 from ..cliargs import comma_ints, comma_list
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_device, check_output_dir
-from ..settings import DEFAULT_KD_WEIGHT
+from ..settings import CPU_PRECISION, DEFAULT_KD_WEIGHT, GPU_PRECISION
 from ..sources import run_preset
 from .engine_latency import LatencyConfig, latency_filename, run_latency
 from .grids import sample_grids
@@ -199,8 +199,8 @@ def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
     from ..backends.device import tensorrt_unavailable_reason
 
     if device != "cpu" and tensorrt_unavailable_reason() is None:
-        return "tensorrt", ("fp16",)
-    return "onnxruntime", ("fp32",)
+        return "tensorrt", (GPU_PRECISION,)
+    return "onnxruntime", (CPU_PRECISION,)
 
 
 def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip: set[str]) -> tuple[dict[str, dict[str, Path]], list]:
