@@ -230,7 +230,7 @@ def run_request(request: PipelineRequest, denoise: DenoiseFn, preset: Preset, va
         ``{"images": uint8 [N, H, W, C], "samples": float32 [N, C, S, S], "labels": int64 [N]}``
         (``labels`` only for class-conditional models).
     """
-    from ..run import decode
+    from ..sampling import decode
     from ..sampling import sample
 
     x, y = sample(
