@@ -21,6 +21,7 @@ import torch
 from .cliargs import comma_ints
 from .errors import SparseDeployError
 from .presets import Preset
+from .schedule import DEFAULT_SCHEDULE
 
 __all__ = [
     "SCHEDULERS",
@@ -41,10 +42,9 @@ __all__ = [
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
-# The default noise schedule (DiT's: linear betas, 1000 steps); a model's own scheduler config
-# replaces it (``Preset.schedule``, see sparse_deploy.schedule).
-TRAIN_TIMESTEPS = 1000
-BETA_SCHEDULE = "linear"
+# The default noise schedule's length (sparse_deploy.schedule.DEFAULT_SCHEDULE, DiT's: linear betas,
+# 1,000 steps); a model's own scheduler config replaces the schedule (``Preset.schedule``).
+TRAIN_TIMESTEPS = DEFAULT_SCHEDULE["num_train_timesteps"]
 
 
 def training_scheduler(schedule: dict | None = None):

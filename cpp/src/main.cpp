@@ -281,9 +281,10 @@ int main(int argc, char** argv) {
     shape.width = static_cast<int>(sample.shape[3]);
     shape.out_channels = static_cast<int>(m.outputs[0].shape[1]);
     const bool conditional = m.input("class_labels") != nullptr;
-    long long classes = args.num_classes >= 0 ? args.num_classes : m.num_classes >= 0 ? m.num_classes : sd::known_num_classes(m.preset);
+    long long classes = args.num_classes >= 0 ? args.num_classes : m.num_classes;
     if (conditional && classes <= 0)
-      throw std::runtime_error("preset '" + m.preset + "' is not known here: pass --num-classes (its null label for guidance)");
+      throw std::runtime_error("the manifest of preset '" + m.preset + "' records no num_classes (preset_spec): rebuild the engine, "
+                               "or pass --num-classes (its null label for guidance)");
     if (!conditional && args.guidance != 1.0f) throw std::runtime_error("guidance needs a class-conditional model");
     shape.null_label = conditional ? classes : 0;
 

@@ -75,7 +75,12 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   m.compute_capability = j.get_string("compute_capability");
   m.tensorrt_version = j.get_string("tensorrt_version");
   m.gpu = j.get_string("gpu");
+  // Classes come from the model's own record (the preset spec every engine manifest carries), not a
+  // table of preset names kept here.
   if (j.contains("num_classes") && j["num_classes"].is_number()) m.num_classes = j["num_classes"].integer();
+  else if (j.contains("preset_spec") && j["preset_spec"].is_object() && j["preset_spec"].contains("num_classes") &&
+           j["preset_spec"]["num_classes"].is_number())
+    m.num_classes = j["preset_spec"]["num_classes"].integer();
   if (j.contains("schedule") && j["schedule"].is_object() && j["schedule"].contains("alphas_cumprod")) {
     const Json& s = j["schedule"];
     for (const Json& a : s["alphas_cumprod"].items()) m.schedule.alphas_cumprod.push_back(static_cast<float>(a.num()));
@@ -101,15 +106,6 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   if (!sample || sample->shape.size() != 4 || !m.input("timestep") || m.outputs.size() != 1 || m.outputs[0].shape.size() != 4)
     throw std::runtime_error("manifest '" + where + "' does not describe a denoiser (sample [B,C,H,W], timestep [B] -> out [B,C',H,W])");
   return m;
-}
-
-// Classes of the presets sparse-deploy knows, for manifests that do not record num_classes.
-inline long long known_num_classes(const std::string& preset) {
-  static const std::map<std::string, long long> table = {
-      {"fmnist-dit", 10}, {"tiny-dit", 10}, {"tiny-unet", 10}, {"dit-s", 1000},
-      {"dit-b", 1000}, {"dit-xl", 1000}, {"ddpm-cifar10", 0}};
-  auto it = table.find(preset);
-  return it == table.end() ? -1 : it->second;
 }
 
 }  // namespace sd

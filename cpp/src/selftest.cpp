@@ -23,7 +23,7 @@ namespace {
 int manifest_mode(const std::string& path) {
   const sd::Manifest m = sd::parse_manifest(sd::read_file(path), path);
   std::cout << "format " << m.format << "\nbackend " << m.backend << "\nengine " << m.engine << "\npreset " << m.preset
-            << "\nprecision " << m.precision << "\nprofile " << m.profile_min << " " << m.profile_opt << " " << m.profile_max << "\n";
+            << "\nprecision " << m.precision << "\nclasses " << m.num_classes << "\nprofile " << m.profile_min << " " << m.profile_opt << " " << m.profile_max << "\n";
   for (const auto* list : {&m.inputs, &m.outputs}) {
     for (const auto& t : *list) {
       std::cout << (list == &m.inputs ? "input " : "output ") << t.name << " " << t.dtype;

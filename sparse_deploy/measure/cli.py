@@ -67,7 +67,7 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
         p.add_argument("--model", default="fmnist-dit")
         p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default 25)")
     p.add_argument("--dense-checkpoint", required=not for_all, help="dense checkpoint every method starts from")
-    p.add_argument("--steps", type=int, default=None if for_all else 500, help="fine-tuning steps per method")
+    p.add_argument("--steps", type=int, help="fine-tuning steps per method (default: the preset's sparse fine-tuning budget, as the demo uses)")
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--seeds", type=comma_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
     p.add_argument("--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}")
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _methods_config(args: argparse.Namespace, steps: int) -> MethodsConfig:
+def _methods_config(args: argparse.Namespace) -> MethodsConfig:
+    steps = args.steps if args.steps is not None else run_preset(args.model).train.sparse_steps
     return MethodsConfig(
         model=args.model, dense_checkpoint=args.dense_checkpoint, steps=steps, num_samples=args.num_samples,
         seeds=args.seeds, sample_steps=args.sample_steps, sample_batch=args.sample_batch, reference=args.reference, ref_num=args.ref_num,
@@ -236,8 +237,7 @@ def _all_methods(args: argparse.Namespace, dense_ckpt: Path | None, out: Path, c
         log.warning("no dense checkpoint: skipping the method comparison (pass --dense-checkpoint)")
     else:
         args.dense_checkpoint = str(dense_ckpt)
-        steps = args.steps if args.steps is not None else 500
-        write_record(out / "methods.json", run_methods(_methods_config(args, steps), command=command))
+        write_record(out / "methods.json", run_methods(_methods_config(args), command=command))
 
 
 def run_all(args: argparse.Namespace, command: str) -> Path:
@@ -298,7 +298,7 @@ def _macs_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _methods_command(args: argparse.Namespace, command: str) -> None:
-    result = run_methods(_methods_config(args, args.steps), command=command)
+    result = run_methods(_methods_config(args), command=command)
     print(f"wrote {write_record((args.out or _default_out(args.model)) / 'methods.json', result)}")
     for m, s in result["summary"].items():
         f = s["fid"]

@@ -58,12 +58,13 @@ def test_configures_and_states_why_the_tensorrt_target_is_skipped(configured):
 def test_manifest_reader(selftest, tmp_path):
     contract = contract_for(get_preset("tiny-dit"), "fp16")
     manifest = {"format": "sparse-deploy-engine/1", "backend": "tensorrt", "engine": "sparse-fp16.trt.plan", "kind": "sparse",
-                "precision": "fp16", "preset": "tiny-dit", "contract": contract.to_dict(), "note": "caf\u00e9 \"quoted\"",
+                "precision": "fp16", "preset": "tiny-dit", "preset_spec": get_preset("tiny-dit").to_dict(), "contract": contract.to_dict(), "note": "caf\u00e9 \"quoted\"",
                 "nested": {"list": [1, 2.5e-3, -4, True, False, None]}}
     path = tmp_path / "m.json"
     path.write_text(json.dumps(manifest, indent=1))
     out = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
     assert "backend tensorrt" in out and "profile 1 8 64" in out and "precision fp16" in out
+    assert "classes 10" in out  # from the model's own record (preset_spec), not a table of preset names
     assert "input sample float16 -1 1 16 16" in out and "input class_labels int64 -1" in out and "output out float16 -1 1 16 16" in out
     # Manifests written now hold one precision field, the contract's; older ones also a top-level copy.
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "precision"}))
