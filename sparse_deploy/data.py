@@ -205,7 +205,7 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .run import load_vae
+    from .sources import load_vae
 
     model = load_vae(vae)
     scale = float(getattr(model.config, "scaling_factor", 0.18215))

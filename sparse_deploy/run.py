@@ -26,8 +26,9 @@ from .errors import SparseDeployError, cli_entry
 from .provenance import library_versions, timestamp, write_json_atomic
 from .guards import check_finite, check_output_dir
 from .sampling import TRAIN_TIMESTEPS, class_rows, decode, make_scheduler, parse_labels, sample_request, save_grid, save_pngs
+from .sources import load_vae
 
-__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]  # decode lives in sampling; named here for older callers
+__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]  # decode lives in sampling, load_vae in sources; named here for older callers
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,6 @@ class RunConfig:
         make_scheduler(self.scheduler)  # the one place that knows the scheduler names
         check_output_dir(self.out, "--out")
         return self
-
-
-def load_vae(path: str | Path):
-    """A diffusers AutoencoderKL from a local pipeline or VAE folder (never downloads)."""
-    from .sources import resolve_vae
-
-    path = resolve_vae(path)
-    from diffusers import AutoencoderKL
-
-    try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
-    except Exception as exc:
-        raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
-    return vae.eval()
 
 
 def generate(runner: Runner, config: RunConfig) -> tuple[torch.Tensor, list[int] | None, list[int]]:

@@ -30,7 +30,7 @@ from .errors import SparseDeployError
 from .presets import DEFAULT_PRESET, PRESETS, Preset, family_of, get_preset, preset_from_config, preset_from_manifest
 from .schedule import check_schedule
 
-__all__ = ["ModelSource", "resolve_source", "resolve_vae", "source_preset", "run_preset", "run_vae", "is_path"]
+__all__ = ["ModelSource", "resolve_source", "resolve_vae", "load_vae", "source_preset", "run_preset", "run_vae", "is_path"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,18 @@ def resolve_vae(path: str | Path) -> Path:
     raise SparseDeployError(
         f"--vae '{path}' is neither a diffusers pipeline (model_index.json) nor an AutoencoderKL folder (config.json); found: {found}"
     )
+
+
+def load_vae(path: str | Path):
+    """A diffusers AutoencoderKL from a local pipeline or VAE folder (never downloads)."""
+    path = resolve_vae(path)
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+    except Exception as exc:
+        raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    return vae.eval()
 
 
 def _layout(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:

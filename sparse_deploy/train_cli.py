@@ -12,6 +12,8 @@ from .sources import is_path, run_preset
 from .sparsify import MODES, SparsityConfig
 from .train_config import LR_SCHEDULES, TrainConfig
 
+_SPARSE = SparsityConfig()  # the flag defaults are the config's
+
 __all__ = ["DESCRIPTION", "build_parser", "config_from_args"]
 
 DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
@@ -35,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
     p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
     p.add_argument("--kd-weight", type=float, default=None, help=f"distillation weight (default {DEFAULT_KD_WEIGHT} when sparse from --init or --weights, else 0)")
-    p.add_argument("--decay", type=float, default=2e-4, help="SR-STE lambda on pruned weights")
+    p.add_argument("--decay", type=float, default=_SPARSE.decay, help=f"SR-STE lambda on pruned weights (default {_SPARSE.decay:g})")
     p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
     p.add_argument("--pruned-decay", type=float, default=0.0,
                    help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)")
-    p.add_argument("--mask-prior", type=float, default=3.0, help="maskllm: initial logit of the magnitude pattern")
-    p.add_argument("--mask-lr", type=float, default=0.02, help="maskllm: learning rate of the mask logits")
-    p.add_argument("--tau", type=_parse_pair, default=(1.0, 0.1), help="maskllm: Gumbel temperature START,END (default 1,0.1)")
-    p.add_argument("--logit-scale", type=_parse_pair, default=(1.0, 10.0), help="maskllm: logit scale START,END (default 1,10)")
+    p.add_argument("--mask-prior", type=float, default=_SPARSE.mask_prior, help=f"maskllm: initial logit of the magnitude pattern (default {_SPARSE.mask_prior:g})")
+    p.add_argument("--mask-lr", type=float, default=_SPARSE.mask_lr, help=f"maskllm: learning rate of the mask logits (default {_SPARSE.mask_lr:g})")
+    p.add_argument("--tau", type=_parse_pair, default=_SPARSE.tau, help="maskllm: Gumbel temperature START,END (default %g,%g)" % _SPARSE.tau)
+    p.add_argument("--logit-scale", type=_parse_pair, default=_SPARSE.logit_scale, help="maskllm: logit scale START,END (default %g,%g)" % _SPARSE.logit_scale)
     p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
                    "loss-sensitive selected layers go 2:4 (default: all selected layers)")
     p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "

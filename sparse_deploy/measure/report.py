@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SparseDeployError
 
-__all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line"]
+__all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line", "paired_gap"]
 
 log = logging.getLogger(__name__)
 
@@ -242,20 +242,46 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
         return lines
     best = min(sparse, key=lambda m: sparse[m]["fid"]["mean"])
 
-    def gap_line(v: dict[str, Any], against: dict[str, Any], what: str) -> str:
+    runs = methods.get("runs") or []
+
+    def gap_line(m: str, other: str, what: str) -> str:
+        v, against = summary[m], summary[other]
         gap = v["fid"]["mean"] - against["fid"]["mean"]
         # Standard error of a difference of two means over n seeds each.
         se = float(np.hypot(v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]), against["fid"].get("std", 0.0) / np.sqrt(against["fid"]["n"])))
         verdict = "larger than 2 standard errors" if se > 0 and abs(gap) > 2 * se else "within 2 standard errors: not resolved by this run"
-        return f"- {v['label']}: FID {gap:+.2f} against {what}, standard error of the gap {se:.2f}, {verdict}."
+        line = f"- {v['label']}: FID {gap:+.2f} against {what}, standard error of the gap {se:.2f}, {verdict}"
+        paired = paired_gap(runs, m, other)
+        if paired is not None:
+            p_verdict = "larger than 2" if paired["se"] > 0 and abs(paired["gap"]) > 2 * paired["se"] else "within 2"
+            line += (f"; paired by seed (same noise and labels, {paired['n']} seeds): {paired['gap']:+.2f}, "
+                     f"standard error {paired['se']:.2f}, {p_verdict} standard errors")
+        return line + "."
 
     dense = summary.get("dense")
     if dense and dense["fid"].get("n"):
-        lines.append(gap_line(sparse[best], dense, "the dense model (the price of 2:4 sparsity at this budget)"))
+        lines.append(gap_line(best, "dense", "the dense model (the price of 2:4 sparsity at this budget)"))
     for m, v in ordered(sparse, methods["settings"].get("methods")):
         if m != best:
-            lines.append(gap_line(v, sparse[best], f"the best sparse method ({sparse[best]['label']})"))
+            lines.append(gap_line(m, best, f"the best sparse method ({sparse[best]['label']})"))
     return lines
+
+
+def paired_gap(runs: list[dict[str, Any]], method: str, other: str) -> dict[str, Any] | None:
+    """FID of ``method`` minus ``other`` seed by seed (both drew the same noise and labels per seed).
+
+    Pairing removes the part of the spread both runs of a seed share (its sampling noise), so it
+    resolves smaller gaps than the unpaired standard error; None with fewer than two shared seeds.
+    """
+    fids: dict[str, dict[int, float]] = {method: {}, other: {}}
+    for r in runs:
+        if r.get("method") in fids and "seed" in r and r.get("fid") is not None:
+            fids[r["method"]][int(r["seed"])] = float(r["fid"])
+    seeds = sorted(set(fids[method]) & set(fids[other]))
+    if len(seeds) < 2:
+        return None
+    diff = np.asarray([fids[method][s] - fids[other][s] for s in seeds])
+    return {"n": len(seeds), "gap": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(seeds)))}
 
 
 def methods_time_line(methods: dict[str, Any]) -> str:

@@ -67,7 +67,7 @@ class TritonPythonModel:
             make_scheduler(name)
         self.vae = None
         if self.settings.vae:
-            from sparse_deploy.run import load_vae
+            from sparse_deploy.sources import load_vae
 
             self.vae = load_vae(self.settings.vae)
         elif self.preset.latent:

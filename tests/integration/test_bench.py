@@ -465,3 +465,23 @@ def test_dense_reference_fine_tunes_at_the_sparse_methods_rate(tmp_path):
     assert method_train_config("dense", "fmnist-dit", tmp_path / "x", steps=10, init=dense, lr=1e-3).lr == 1e-3
     config = MethodsConfig(model="fmnist-dit", dense_checkpoint=str(dense), steps=10).validate()
     assert config.run_key("dense", 0, "sha")["dense_lr"] == "fine-tuning" and "dense_lr" not in config.run_key("fixed", 0, "sha")
+
+
+def test_paired_gap_resolves_what_the_seeds_share():
+    from sparse_deploy.measure.report import paired_gap
+
+    # Seed-to-seed spread of 4 that both methods share; the recipe is 1.0 better on every seed.
+    base = {0: 40.0, 1: 44.0, 2: 36.0, 3: 42.0}
+    runs = [{"method": "fixed", "seed": s, "fid": f} for s, f in base.items()]
+    runs += [{"method": "srste+kd", "seed": s, "fid": f - 1.0 + 0.1 * (s % 2)} for s, f in base.items()]
+    runs += [{"method": "srste+kd", "seed": 9, "fid": 0.0}]  # no fixed run of seed 9: left out
+    out = paired_gap(runs, "srste+kd", "fixed")
+    assert out["n"] == 4 and out["gap"] == pytest.approx(-0.95) and out["se"] == pytest.approx(0.05 * np.sqrt(4 / 3) / 2)
+    assert paired_gap(runs[:1] + runs[4:5], "srste+kd", "fixed") is None  # one shared seed: no spread
+
+    summary = {m: {"label": m, "fid": spread([r["fid"] for r in runs if r["method"] == m and r["seed"] in base])}
+               for m in ("fixed", "srste+kd")}
+    lines = methods_spread_lines({"settings": {"methods": ["fixed", "srste+kd"]}, "summary": summary, "runs": runs})
+    fixed_line = next(line for line in lines if line.startswith("- fixed"))
+    assert "not resolved by this run" in fixed_line  # unpaired: the shared spread hides a gap of 0.95
+    assert "paired by seed (same noise and labels, 4 seeds): +0.95" in fixed_line and "larger than 2 standard errors" in fixed_line

@@ -180,7 +180,8 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
     from diffusers import DiTPipeline
 
     from sparse_deploy.backends import load_runner
-    from sparse_deploy.run import load_vae, main as run_main
+    from sparse_deploy.run import main as run_main
+    from sparse_deploy.sources import load_vae
     from sparse_deploy.sampling import sample
 
     engine_manifest = json.loads(dit_run["sparse"].with_suffix(".json").read_text())
