@@ -2,7 +2,9 @@
 
 The comparison: a dense reference, a one-shot baseline, three fine-tuning estimators, the full
 SparseDM recipe (SR-STE + output distillation), and the recipes beyond it (learned masks,
-block-output distillation, decoupled decay of pruned weights).
+block-output distillation, decoupled decay of pruned weights). ``fixed+kd+feat`` is the control of
+``srste+kd+feat``: the same distillation on masks that never change, so the comparison can tell
+what the learned masks add beyond the teacher's block outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float]] = {
     "dense": (None, False, 0.0, 0.0),
     "oneshot": ("oneshot", False, 0.0, 0.0),
     "fixed": ("fixed", False, 0.0, 0.0),
+    "fixed+kd+feat": ("fixed", True, DEFAULT_KD_FEATURES, 0.0),
     "ste": ("ste", False, 0.0, 0.0),
     "srste": ("srste", False, 0.0, 0.0),
     "srste+kd": ("srste", True, 0.0, 0.0),
@@ -34,6 +37,7 @@ METHOD_LABELS = {
     "dense": "dense (continued training)",
     "oneshot": "one-shot magnitude 2:4 (no training)",
     "fixed": "fixed masks, fine-tuned",
+    "fixed+kd+feat": "fixed masks + output and block distillation",
     "ste": "plain STE",
     "srste": "SR-STE",
     "srste+kd": "SR-STE + distillation (SparseDM)",

@@ -89,11 +89,11 @@ def test_einsum_macs():
 
 
 def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
-    assert METHODS == ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd", "srste+kd+feat", "srste+kd+dd", "maskllm+kd")
+    assert METHODS == ("dense", "oneshot", "fixed", "fixed+kd+feat", "ste", "srste", "srste+kd", "srste+kd+feat", "srste+kd+dd", "maskllm+kd")
     assert set(METHOD_LABELS) == set(METHODS)
     assert set(TRAIN_COST_METHODS) == set(METHODS) - {"oneshot"}
     want = {"dense": (None, 0.0, 0.0, 0.0), "oneshot": ("oneshot", 0.0, 0.0, 0.0), "fixed": ("fixed", 0.0, 0.0, 0.0),
-            "ste": ("ste", 0.0, 0.0, 0.0), "srste": ("srste", 0.0, 0.0, 0.0), "srste+kd": ("srste", 0.1, 0.0, 0.0),
+            "fixed+kd+feat": ("fixed", 0.1, 0.5, 0.0), "ste": ("ste", 0.0, 0.0, 0.0), "srste": ("srste", 0.0, 0.0, 0.0), "srste+kd": ("srste", 0.1, 0.0, 0.0),
             "srste+kd+feat": ("srste", 0.1, 0.5, 0.0), "srste+kd+dd": ("srste", 0.1, 0.0, 5.0), "maskllm+kd": ("maskllm", 0.1, 0.0, 0.0)}
     for method, (mode, kd, feat, dd) in want.items():
         config = method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
