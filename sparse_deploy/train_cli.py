@@ -7,7 +7,7 @@ import argparse
 from .cliargs import comma_floats, comma_list
 from .errors import SparseDeployError
 from .presets import DEFAULT_PRESET, PRESETS
-from .settings import DEFAULT_KD_WEIGHT
+from .settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 from .sources import is_path, run_preset
 from .sparsify import MODES, SparsityConfig
 from .train_config import LR_SCHEDULES, TrainConfig
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)")
     p.add_argument("--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)")
     p.add_argument("--latency-dtype", choices=("fp16", "bf16"), default="fp16", help="engine precision the profile is read at (default fp16)")
-    p.add_argument("--kd-features", type=float, default=0.0, help="weight of block-output distillation from the dense teacher (default 0)")
+    p.add_argument("--kd-features", type=float, default=None,
+                   help=f"weight of block-output distillation from the dense teacher (default {DEFAULT_KD_FEATURES} when sparse from "
+                        "--init or --weights, else 0; 0 is the paper's recipe)")
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
     p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
@@ -83,11 +85,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                   tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
                                   latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)
     teacher = args.init or weights
-    kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if sparsity is not None and teacher else 0.0)
+    distil = sparsity is not None and bool(teacher)  # sparse fine-tuning from dense weights: the teacher is there
+    kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
+    kd_features = args.kd_features if args.kd_features is not None else (DEFAULT_KD_FEATURES if distil else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
     return TrainConfig(
         preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=args.kd_features,
+        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )

@@ -248,3 +248,20 @@ def test_ema_warmup_forgets_random_init():
         keep *= train_mod.ema_decay_at(0.999, step)
     assert keep < 1e-3
     assert train_mod.ema_decay_at(0.999, 10**6) == 0.999
+
+
+def test_cli_distils_block_outputs_by_default_when_sparse_from_dense_weights(tmp_path, dense_ckpt):
+    from sparse_deploy.settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
+    from sparse_deploy.train_cli import build_parser, config_from_args
+
+    def config(*flags: str) -> train_mod.TrainConfig:
+        return config_from_args(build_parser().parse_args(["--model", "tiny-dit", "--out", str(tmp_path / "r"), *flags]))
+
+    default = config("--sparsity", "srste", "--init", str(dense_ckpt))
+    assert (default.kd_weight, default.kd_features) == (DEFAULT_KD_WEIGHT, DEFAULT_KD_FEATURES) == (0.1, 0.5)
+    paper = config("--sparsity", "srste", "--init", str(dense_ckpt), "--kd-features", "0")  # SparseDM exactly
+    assert (paper.kd_weight, paper.kd_features) == (0.1, 0.0)
+    dense = config("--init", str(dense_ckpt))  # dense fine-tuning: nothing to distil
+    assert (dense.kd_weight, dense.kd_features) == (0.0, 0.0)
+    scratch = config("--sparsity", "srste")  # no teacher
+    assert (scratch.kd_weight, scratch.kd_features) == (0.0, 0.0)
