@@ -146,6 +146,14 @@ class Distributed:
         torch.distributed.all_reduce(t)
         return (t / self.world).tolist()
 
+    def mean_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor, outside autograd (a normaliser every rank must share)."""
+        if self.world == 1:
+            return tensor
+        t = tensor.detach().clone()
+        torch.distributed.all_reduce(t)
+        return t / self.world
+
     def check_same(self, digest: str, what: str) -> list[str]:
         """Every rank's ``digest``; raises when they differ (the ranks' models have drifted apart)."""
         if self.world == 1:

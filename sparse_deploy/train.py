@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -137,7 +138,9 @@ class FeatureTaps:
     """Forward hooks that keep the output of every block (DiT transformer block, UNet down/mid/up block).
 
     Student and teacher get one each; :meth:`loss` is the mean over blocks of
-    ``||f_S - f_T||^2 / ||f_T||^2`` (normalised so every block counts alike).
+    ``||f_S - f_T||^2 / ||f_T||^2`` (normalised so every block counts alike). Under torchrun the
+    normaliser is the global batch's (``reduce`` averages it over ranks), so the gradient DDP averages
+    equals one process's at the same global batch.
     """
 
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
@@ -160,11 +163,13 @@ class FeatureTaps:
     def clear(self) -> None:
         self.outputs = {"student": [], "teacher": []}
 
-    def loss(self) -> torch.Tensor:
+    def loss(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         pairs = list(zip(self.outputs["student"], self.outputs["teacher"]))
-        terms = [(s.float() - t.float()).pow(2).mean() / t.float().pow(2).mean().clamp_min(1e-8) for s, t in pairs]
+        scale = torch.stack([t.detach().float().pow(2).mean() for _, t in pairs])
+        scale = (reduce(scale) if reduce is not None else scale).clamp_min(1e-8)
+        terms = torch.stack([(s.float() - t.float()).pow(2).mean() for s, t in pairs])
         self.clear()
-        return torch.stack(terms).mean()
+        return (terms / scale).mean()
 
 
 @dataclass
@@ -345,7 +350,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
                 loss = loss + loss_sigma
         loss_feat = torch.zeros(())
         if run.features is not None:
-            loss_feat = run.features.loss()
+            loss_feat = run.features.loss(reduce=dist.mean_tensor)
             loss = loss + config.kd_features * loss_feat
     # One all-reduce: the log shows the global batch's losses, and every rank sees a bad loss together.
     losses = dist.mean([float(v.item()) for v in (loss, loss_eps, loss_kd, loss_sigma, loss_feat)])

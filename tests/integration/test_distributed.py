@@ -19,6 +19,7 @@ from sparse_deploy import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, read_manifest
 from sparse_deploy.distributed import DistEnv, Distributed, resolve_device, state_digest
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.settings import DEFAULT_KD_FEATURES
 from sparse_deploy.sparsify import SparsityConfig, set_grad_scale_, sparsify_
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +147,8 @@ STEPS, BATCH = 3, 8
 def _solo(out: Path, data: str, init: Path | None = None) -> Path:
     return train_mod.train(train_mod.TrainConfig(
         preset="tiny-dit", out=str(out), steps=STEPS, batch_size=BATCH, checkpoint_every=2, preview=0, data=data, device="cpu",
-        init=str(init) if init else None, sparsity=SparsityConfig(mode="srste") if init else None, kd_weight=0.1 if init else 0.0))
+        init=str(init) if init else None, sparsity=SparsityConfig(mode="srste") if init else None, kd_weight=0.1 if init else 0.0,
+        kd_features=DEFAULT_KD_FEATURES if init else 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +161,9 @@ def solo_dense(tmp_path_factory, fmnist_data) -> Path:
 def test_torchrun_two_ranks_equal_one_process_at_the_same_global_batch(mode, solo_dense, fmnist_data, tmp_path):
     common = ["--model", "tiny-dit", "--steps", str(STEPS), "--batch-size", str(BATCH), "--checkpoint-every", "2",
               "--data", fmnist_data, "--preview", "0", "--device", "cpu"]
-    if mode == "srste":  # fine-tuned from the dense checkpoint and distilled from its output (SparseDM)
-        # --kd-features 0: block distillation normalises by each rank's own teacher features, so
-        # under DDP it equals one process only approximately; the output MSE is exact.
-        common += ["--sparsity", "srste", "--init", str(solo_dense), "--kd-features", "0"]
+    if mode == "srste":  # fine-tuned from the dense checkpoint, distilled from its output and its blocks (the default)
+        # Block distillation's normaliser is averaged over the ranks, so it too equals one process.
+        common += ["--sparsity", "srste", "--init", str(solo_dense)]
         one = _solo(tmp_path / "one", fmnist_data, init=solo_dense)
     else:
         one = solo_dense
