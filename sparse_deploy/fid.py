@@ -15,7 +15,9 @@ gives slightly different features, so scores from the two are not interchangeabl
 
 Pure math (:func:`frechet_distance`, :func:`kid_from_features`, :func:`stats_from_features`) has
 no I/O. :func:`reference_stats` caches features of a source under ``.cache/fid/``, keyed by a hash
-of the source's content, the count, the preprocessing and the network file.
+of the source's content, the count, the preprocessing and the network file. On a miss it first
+looks for the same key in ``weights/fid/`` (``python -m sparse_deploy.shipped reference`` writes those files; the repository
+ships the first 1,000 Fashion-MNIST test images', so a fresh clone's demo skips that Inception pass).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
     "load_inception", "resize_bilinear_tf", "preprocess", "features_from_images", "stats_from_features", "frechet_distance",
     "fid_from_features", "kid_from_features", "load_images", "source_identity", "reference_stats",
+    "SHIPPED_REFERENCE_DIR", "features_sha256", "reference_file_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,8 @@ PREPROCESSING = (
 # Bump when anything that changes cached features changes (preprocessing code, dtype, layout).
 _CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache/fid")
+# Reference features shipped with the repository (float32, compressed; see ship_reference).
+SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "weights" / "fid"
 
 
 # ----------------------------------------------------------------------------- the network
@@ -502,6 +507,7 @@ def reference_stats(
     batch_size: int = 50,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    shipped_dir: str | Path | None = SHIPPED_REFERENCE_DIR,
 ) -> FidStats:
     """Features and statistics of the first ``num`` images of ``source``, cached on disk.
 
@@ -509,14 +515,15 @@ def reference_stats(
     and a JSON ``meta``; the key hashes the source's content and count, :data:`PREPROCESSING` and
     the network file's SHA-256, so a change to any of them misses. ``cache_dir=None`` turns caching off.
     ``device`` is where the features are computed when the cache misses (not part of the key: a GPU
-    pass without TF32 matches the CPU one to float32 rounding).
+    pass without TF32 matches the CPU one to float32 rounding). On a cache miss a file of
+    ``shipped_dir`` with the same key (and intact features) stands in for the Inception pass.
     """
     from .provenance import atomic_path, library_versions, timestamp
 
     identity = source_identity(source, num)
     network = inception_path()
     key = _cache_key(identity, _network_sha256(network))
-    path = Path(cache_dir) / f"{_slug(identity)}-{key[:16]}.npz" if cache_dir is not None else None
+    path = Path(cache_dir) / reference_file_name(identity, key) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -527,8 +534,10 @@ def reference_stats(
             log.warning("ignoring %s: its key does not match", path)
         except Exception as exc:  # a damaged cache is recomputed (and rewritten), never fatal
             log.warning("ignoring unreadable FID cache %s (%s: %s); recomputing", path, exc.__class__.__name__, exc)
-    log.info("computing Inception features of %s (n=%d)", source, identity["num"])
-    features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress, device=device)
+    features = _read_shipped(Path(shipped_dir) / reference_file_name(identity, key), key) if shipped_dir is not None else None
+    if features is None:
+        log.info("computing Inception features of %s (n=%d)", source, identity["num"])
+        features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress, device=device)
     mu, sigma = stats_from_features(features)
     if path is not None:
         meta = {
@@ -544,6 +553,32 @@ def reference_stats(
             np.savez(fh, features=features, mu=mu, sigma=sigma, meta=np.array(json.dumps(meta, sort_keys=True)))
         log.info("cached FID statistics in %s", path)
     return FidStats(str(source), identity, features, mu, sigma, key, path, False)
+
+
+def reference_file_name(identity: dict, key: str) -> str:
+    """``<source>-n<num>-<key16>.npz``: the name of a source's cache file and of its shipped features."""
+    return f"{_slug(identity)}-{key[:16]}.npz"
+
+
+def features_sha256(features: np.ndarray) -> str:
+    """SHA-256 of features as contiguous float32 bytes (what a shipped reference file records)."""
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _read_shipped(path: Path, key: str) -> np.ndarray | None:
+    """The features of a shipped reference file when its key and content check out, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta, features = json.loads(str(data["meta"])), data["features"]
+        if meta.get("key") == key and features_sha256(features) == meta.get("features_sha256"):
+            log.info("Inception features of %s (n=%d) from the shipped file %s", meta["source"], len(features), path)
+            return features
+        log.warning("ignoring the shipped reference %s: its key or its features' hash does not match", path)
+    except Exception as exc:
+        log.warning("ignoring the unreadable shipped reference %s (%s: %s)", path, exc.__class__.__name__, exc)
+    return None
 
 
 if __name__ == "__main__":  # python -m sparse_deploy.fid: the command line lives in fid_cli

@@ -14,6 +14,10 @@ dense training checkpoint; ``score`` measures its FID (1,000 DDIM-25 samples aga
 Fashion-MNIST test set by default) and records it in the manifest; ``checkpoint`` turns the
 folder into a dense checkpoint (``--init`` of a fine-tuning run, the dense engine's source),
 after checking every file against the manifest. ``make pretrain`` chains training, pack and score.
+
+``reference`` (``make fid-reference``) writes ``weights/fid/``: the exact Inception features of the
+first 1,000 Fashion-MNIST test images, which the demo's summary would otherwise spend about three
+minutes computing on a fresh clone; :mod:`sparse_deploy.fid` uses them only while their key matches.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 from .contract import PRECISIONS, float_dtype
 from .errors import SparseDeployError, cli_entry
 
-__all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "training_command", "main"]
+__all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "ship_reference", "training_command",
+           "main"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +220,40 @@ def score_weights(
     return result
 
 
+def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, out: str | Path | None = None,
+                   cache_dir: str | Path | None = ".cache/fid") -> Path:
+    """Write the Inception features of ``source``'s first ``num`` images into ``out`` (default ``weights/fid``).
+
+    :func:`sparse_deploy.fid.reference_stats` reads such a file instead of running Inception when
+    its key (the source's content and count, the preprocessing, the network file) matches. The
+    features come from the network (or the local cache, which holds the network's own), never from
+    another shipped file. They are stored exactly (float32, compressed) with a JSON ``meta``: the
+    key, the source's identity, the preprocessing, the network's and the features' SHA-256, the
+    command, the versions.
+    """
+    import numpy as np
+
+    from . import fid
+    from .provenance import atomic_path, library_versions, timestamp
+
+    out = Path(out) if out is not None else fid.SHIPPED_REFERENCE_DIR
+    stats = fid.reference_stats(source, num, cache_dir=cache_dir, shipped_dir=None)
+    features = np.ascontiguousarray(stats.features, dtype=np.float32)
+    meta = {
+        "key": stats.key, "source": stats.source, "identity": stats.identity, "preprocessing": fid.PREPROCESSING,
+        "network_sha256": fid.INCEPTION_SHA256, "features_sha256": fid.features_sha256(features),
+        "command": f"python -m sparse_deploy.shipped reference --source {source} --num {stats.num}",
+        "created": timestamp(), "versions": library_versions(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / fid.reference_file_name(stats.identity, stats.key)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, features=features, meta=np.array(json.dumps(meta, sort_keys=True)))
+    if path.stat().st_size > 8 * 2**20:
+        log.warning("%s is %.1f MiB, over the 8 MiB a shipped file may weigh", path, path.stat().st_size / 2**20)
+    return path
+
+
 def pretrain_commands(model: str, runs: str | Path) -> list[tuple[list[str], Path]]:
     """The dense runs ``make pretrain`` chains for a preset: its recipe, then its refine cycle if it has one.
 
@@ -270,6 +309,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=25)
     q.add_argument("--reference", default="fashion-mnist:test")
     q.add_argument("--cache-dir", default=".cache/fid")
+    q = sub.add_parser("reference", help="Inception features of FID reference images -> weights/fid/ (the demo's summary reads them)")
+    q.add_argument("--source", default="fashion-mnist:test")
+    q.add_argument("--num", type=int, default=1000)
+    q.add_argument("--out", help="folder (default weights/fid)")
+    q.add_argument("--cache-dir", default=".cache/fid")
     q = sub.add_parser("checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)")
     q.add_argument("folder")
     q.add_argument("--out", required=True)
@@ -290,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
         print(f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs {result['reference']} "
               f"n={result['reference_num']}; {result['preprocessing']})")
+    elif args.command == "reference":
+        if args.num < 2:
+            raise SparseDeployError("--num must be at least 2")
+        print(f"reference features: {ship_reference(args.source, args.num, args.out, args.cache_dir)}")
     else:
         print(f"checkpoint: {weights_to_checkpoint(args.folder, args.out)}")
     return 0

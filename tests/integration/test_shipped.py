@@ -135,6 +135,23 @@ def test_the_shipped_default_weights_verify_and_load():
     assert manifest["fid"] is not None and manifest["fid"]["samples"] >= 1000
 
 
+def test_the_shipped_fid_reference_is_used_without_running_inception(monkeypatch):
+    """The demo summary's 1,000 test images come from weights/fid/ on a fresh clone, not a 3-minute Inception pass."""
+    from sparse_deploy import fid
+
+    files = sorted(fid.SHIPPED_REFERENCE_DIR.glob("fashion-mnist-test-n1000-*.npz"))
+    if not files:
+        pytest.skip(f"no shipped FID reference in {fid.SHIPPED_REFERENCE_DIR} (make fid-reference writes it)")
+    assert all(f.stat().st_size <= 8 * 2**20 for f in files)
+    try:
+        fid.source_identity("fashion-mnist:test", 1000)
+    except SparseDeployError as exc:
+        pytest.skip(f"no Fashion-MNIST test set here ({exc})")
+    monkeypatch.setattr(fid, "features_from_images", lambda *a, **k: pytest.fail("ran Inception: the shipped key no longer matches"))
+    stats = fid.reference_stats("fashion-mnist:test", 1000, cache_dir=None, progress=False)
+    assert stats.num == 1000 and stats.features.dtype == np.float32 and np.isfinite(stats.sigma).all()
+
+
 def test_a_refined_model_records_every_run_behind_it(tmp_path, dense_ckpt, fmnist_data):
     refined = train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "refine"), init=str(dense_ckpt), steps=2,
                                                     lr=4e-4, preview=0, data=fmnist_data, lr_schedule="cosine"))

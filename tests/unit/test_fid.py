@@ -351,6 +351,40 @@ def test_corrupt_cache_file_is_recomputed(tmp_path, fake_network):
     assert fid.reference_stats(src, cache_dir=tmp_path / "c", progress=False).cached
 
 
+def test_a_shipped_reference_stands_in_for_the_network_while_its_key_and_content_match(tmp_path, fake_network):
+    from sparse_deploy import shipped
+
+    net, calls = fake_network
+    src = tmp_path / "s.npz"
+    np.savez(src, images=np.random.default_rng(3).integers(0, 256, (10, 4, 4), dtype=np.uint8))
+    ship = tmp_path / "ship"
+    path = shipped.ship_reference(str(src), 6, ship, cache_dir=None)
+    assert calls == [6] and path.parent == ship and path.name.startswith("npz-s.npz-n6-")
+    meta = json.loads(str(np.load(path)["meta"]))
+    assert meta["identity"]["num"] == 6 and meta["preprocessing"] == fid.PREPROCESSING and "--num 6" in meta["command"]
+
+    got = fid.reference_stats(src, 6, cache_dir=tmp_path / "c", progress=False, shipped_dir=ship)
+    assert calls == [6] and not got.cached  # no network pass: the shipped features, then written to the cache
+    fresh = fid.reference_stats(src, 6, cache_dir=None, progress=False, shipped_dir=None)
+    np.testing.assert_array_equal(got.features, fresh.features)
+    np.testing.assert_array_equal(got.sigma, fresh.sigma)
+    assert fid.reference_stats(src, 6, cache_dir=tmp_path / "c", progress=False, shipped_dir=ship).cached
+
+    # Another count, or another network file, misses the shipped file.
+    calls.clear()
+    fid.reference_stats(src, 5, cache_dir=None, progress=False, shipped_dir=ship)
+    assert calls == [5]
+    # Features that no longer match their recorded hash are ignored (and the network runs).
+    with np.load(path) as data:
+        np.savez_compressed(path, features=data["features"] + 1, meta=data["meta"])
+    fid.reference_stats(src, 6, cache_dir=None, progress=False, shipped_dir=ship)
+    assert calls == [5, 6]
+    shipped.ship_reference(str(src), 6, ship, cache_dir=None)
+    net.write_bytes(b"weights v2")
+    fid.reference_stats(src, 6, cache_dir=None, progress=False, shipped_dir=ship)
+    assert calls == [5, 6, 6, 6]
+
+
 def test_cli_prints_fid_kid_and_preprocessing_and_writes_json(tmp_path, fake_network, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     rng = np.random.default_rng(9)
