@@ -234,7 +234,7 @@ def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, o
     import numpy as np
 
     from . import fid
-    from .provenance import atomic_path, library_versions, timestamp
+    from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
 
     out = Path(out) if out is not None else fid.SHIPPED_REFERENCE_DIR
     stats = fid.reference_stats(source, num, cache_dir=cache_dir, shipped_dir=None)
@@ -251,6 +251,13 @@ def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, o
         np.savez_compressed(fh, features=features, meta=np.array(json.dumps(meta, sort_keys=True)))
     if path.stat().st_size > 8 * 2**20:
         log.warning("%s is %.1f MiB, over the 8 MiB a shipped file may weigh", path, path.stat().st_size / 2**20)
+    # A readable manifest beside the files (each file's own meta is what fid checks).
+    index = out / MANIFEST
+    entries = json.loads(index.read_text()).get("files", {}) if index.is_file() else {}
+    entries[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, **{k: meta[k] for k in (
+        "command", "created", "identity", "key", "network_sha256", "features_sha256")}, "make": "make fid-reference"}
+    write_json_atomic(index, {"format": "sparse-deploy-fid-reference/1", "preprocessing": fid.PREPROCESSING,
+                              "files": dict(sorted(entries.items()))})
     return path
 
 

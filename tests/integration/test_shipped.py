@@ -143,6 +143,10 @@ def test_the_shipped_fid_reference_is_used_without_running_inception(monkeypatch
     if not files:
         pytest.skip(f"no shipped FID reference in {fid.SHIPPED_REFERENCE_DIR} (make fid-reference writes it)")
     assert all(f.stat().st_size <= 8 * 2**20 for f in files)
+    index = json.loads((fid.SHIPPED_REFERENCE_DIR / "MANIFEST.json").read_text())["files"]
+    from sparse_deploy.provenance import sha256_file
+
+    assert all(index[f.name]["sha256"] == sha256_file(f) for f in files)  # the manifest describes the files shipped
     try:
         fid.source_identity("fashion-mnist:test", 1000)
     except SparseDeployError as exc:

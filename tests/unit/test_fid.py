@@ -362,6 +362,8 @@ def test_a_shipped_reference_stands_in_for_the_network_while_its_key_and_content
     assert calls == [6] and path.parent == ship and path.name.startswith("npz-s.npz-n6-")
     meta = json.loads(str(np.load(path)["meta"]))
     assert meta["identity"]["num"] == 6 and meta["preprocessing"] == fid.PREPROCESSING and "--num 6" in meta["command"]
+    index = json.loads((ship / "MANIFEST.json").read_text())["files"][path.name]
+    assert index["key"] == meta["key"] and index["bytes"] == path.stat().st_size and index["make"] == "make fid-reference"
 
     got = fid.reference_stats(src, 6, cache_dir=tmp_path / "c", progress=False, shipped_dir=ship)
     assert calls == [6] and not got.cached  # no network pass: the shipped features, then written to the cache
