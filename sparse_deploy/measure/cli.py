@@ -17,6 +17,8 @@
   (:mod:`.report`).
 * ``frontier A.json B.json ... --out DIR``: method comparisons at several ``--macs-budget`` levels
   joined into FID-against-MACs curves (:mod:`.frontier`).
+* ``budgets A.json B.json ... --out DIR``: method comparisons at several ``--steps`` budgets joined
+  into FID-against-fine-tuning-steps curves (:mod:`.frontier`, the other axis).
 * ``all --model M``: every step above into one report folder (``make bench MODEL=M``).
 
 Every timing goes through :func:`.timing.time_call` (CUDA events when the work runs on a CUDA device,
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("frontier", help="FID against effective MACs from method comparisons at several --macs-budget levels")
     p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
     p.add_argument("--out", type=Path, required=True, help="folder for frontier.json, frontier.md and frontier.png")
+
+    p = sub.add_parser("budgets", help="FID against fine-tuning steps from method comparisons at several --steps budgets")
+    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
+    p.add_argument("--out", type=Path, required=True, help="folder for budgets.json, budgets.md and budgets.png")
 
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
@@ -328,13 +334,21 @@ def _frontier_command(args: argparse.Namespace, command: str) -> None:
         print(f"{name}: {path}")
 
 
+def _budgets_command(args: argparse.Namespace, command: str) -> None:
+    from .frontier import write_frontier
+
+    for name, path in write_frontier(args.results, args.out, axis="steps").items():
+        print(f"{name}: {path}")
+
+
 def _all_command(args: argparse.Namespace, command: str) -> None:
     print(f"report: {run_all(args, command)}")
 
 
 _COMMANDS = {
     "latency": _latency_command, "train-cost": _train_cost_command, "macs": _macs_command, "methods": _methods_command,
-    "grids": _grids_command, "report": _report_command, "frontier": _frontier_command, "all": _all_command,
+    "grids": _grids_command, "report": _report_command, "frontier": _frontier_command, "budgets": _budgets_command,
+    "all": _all_command,
 }
 
 

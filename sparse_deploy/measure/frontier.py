@@ -9,6 +9,13 @@ which recipe keeps the most quality at each compute level:
 writes ``frontier.json`` (every point with its source file), ``frontier.md`` and ``frontier.png``.
 Runs are only joined when they share the model, dense checkpoint, fine-tuning steps, sample count
 and reference set: points measured under other protocols are not comparable.
+
+The same join along the other axis, comparisons at several fine-tuning budgets (``--steps``) at one
+MACs budget, gives FID against fine-tuning steps per method:
+
+    python -m sparse_deploy.bench budgets reports/s150/methods.json reports/s600/methods.json --out reports/budgets
+
+writes ``budgets.json``, ``budgets.md`` and ``budgets.png``.
 """
 
 from __future__ import annotations
@@ -19,19 +26,27 @@ from typing import Any, Sequence
 
 from ..errors import SparseDeployError
 
-__all__ = ["frontier", "write_frontier"]
+__all__ = ["frontier", "write_frontier", "AXES"]
 
-# What must be equal for two comparisons' FIDs to sit on one plot.
-_PROTOCOL = ("model", "dense_checkpoint", "steps", "num_samples", "reference", "ref_num", "sample_steps", "scheduler")
+# What must be equal for two comparisons' FIDs to sit on one plot, besides the axis they vary along.
+_SHARED = ("model", "dense_checkpoint", "num_samples", "reference", "ref_num", "sample_steps", "scheduler")
+# axis -> (the setting held fixed, the point's x value, file stem, title, x label)
+AXES = {
+    "macs": ("steps", "macs_share", "frontier", "FID against effective MACs", "effective MACs (share of the dense model)"),
+    "steps": ("macs_budget", "steps", "budgets", "FID against fine-tuning steps", "fine-tuning steps per method"),
+}
 
 
-def _protocol(record: dict[str, Any]) -> dict[str, Any]:
+def _protocol(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     s = record["settings"]
-    return {k: (record.get("dense_checkpoint", {}).get("weights_sha256") if k == "dense_checkpoint" else s.get(k)) for k in _PROTOCOL}
+    return {k: (record.get("dense_checkpoint", {}).get("weights_sha256") if k == "dense_checkpoint" else s.get(k)) for k in keys}
 
 
-def frontier(files: Sequence[str | Path]) -> dict[str, Any]:
-    """One point per (method, MACs budget): mean and spread of FID over seeds, effective MACs share."""
+def frontier(files: Sequence[str | Path], axis: str = "macs") -> dict[str, Any]:
+    """One point per (method, MACs budget) or per (method, fine-tuning steps): FID over seeds, MACs share, steps."""
+    if axis not in AXES:
+        raise SparseDeployError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+    keys = (*_SHARED, AXES[axis][0])
     if not files:
         raise SparseDeployError("give at least one methods.json (written by python -m sparse_deploy.bench methods)")
     points, protocol = [], None
@@ -39,7 +54,7 @@ def frontier(files: Sequence[str | Path]) -> dict[str, Any]:
         path = Path(f)
         try:
             record = json.loads(path.read_text())
-            proto = _protocol(record)
+            proto = _protocol(record, keys)
             summary, dense_macs = record["summary"], record["macs"]["dense_macs"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SparseDeployError(f"'{path}' is not a methods.json of this version ({exc.__class__.__name__}: {exc}); "
@@ -47,7 +62,7 @@ def frontier(files: Sequence[str | Path]) -> dict[str, Any]:
         if protocol is None:
             protocol = proto
         elif proto != protocol:
-            diff = sorted(k for k in _PROTOCOL if proto[k] != protocol[k])
+            diff = sorted(k for k in keys if proto[k] != protocol[k])
             raise SparseDeployError(f"'{path}' was measured under another protocol ({', '.join(diff)} differ); "
                                     "join only comparisons run with the same settings")
         for method, s in summary.items():
@@ -55,47 +70,63 @@ def frontier(files: Sequence[str | Path]) -> dict[str, Any]:
                 continue
             points.append({
                 "method": method, "label": s["label"], "macs_budget": record["settings"].get("macs_budget"),
-                "macs": s["macs"], "macs_share": s["macs"] / dense_macs, "fid": s["fid"], "source": str(path),
+                "steps": record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,
+                "fid": s["fid"], "kid": s.get("kid"), "source": str(path),
             })
-    points.sort(key=lambda p: (p["method"], p["macs_share"]))
-    return {"protocol": protocol, "points": points}
+    x = AXES[axis][1]
+    points.sort(key=lambda p: (p["method"], p[x]))
+    return {"axis": axis, "protocol": protocol, "points": points}
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    p = result["protocol"]
+    p, axis = result["protocol"], result["axis"]
+    _, _, stem, title, _ = AXES[axis]
+    held = (f"{p['steps']} fine-tuning steps per method" if axis == "macs" else
+            "every eligible layer 2:4" if p["macs_budget"] is None else f"MACs budget {p['macs_budget']:g}")
     lines = [
-        "# FID against effective MACs", "",
-        f"Model {p['model']}, {p['steps']} fine-tuning steps per method, {p['num_samples']} samples per run against "
+        f"# {title}", "",
+        f"Model {p['model']}, {held}, {p['num_samples']} samples per run against "
         f"{p['reference']} (n={p['ref_num'] or 'all'}); mean ± std over seeds.", "",
-        "| method | MACs budget | effective MACs (share of dense) | FID | seeds |", "| --- | --- | --- | --- | --- |",
     ]
+    if axis == "macs":
+        lines += ["| method | MACs budget | effective MACs (share of dense) | FID | seeds |", "| --- | --- | --- | --- | --- |"]
+    else:
+        lines += ["| method | fine-tuning steps | FID | KID | seeds |", "| --- | --- | --- | --- | --- |"]
     for pt in result["points"]:
-        f = pt["fid"]
-        budget = "all eligible layers" if pt["macs_budget"] is None else f"{pt['macs_budget']:g}"
-        lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |")
-    return "\n".join(lines + ["", "![FID against effective MACs](frontier.png)"]) + "\n"
+        f, k = pt["fid"], pt.get("kid") or {}
+        if axis == "macs":
+            budget = "all eligible layers" if pt["macs_budget"] is None else f"{pt['macs_budget']:g}"
+            lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |")
+        else:
+            kid = f"{k['mean']:.4f} ± {k.get('std', 0):.4f}" if k.get("n") else "-"
+            lines.append(f"| {pt['label']} | {pt['steps']} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
+    return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 
-def write_frontier(files: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
-    """``frontier.json``, ``frontier.md`` and ``frontier.png`` in ``out``."""
+def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "macs") -> dict[str, Path]:
+    """``frontier.{json,md,png}`` (axis "macs") or ``budgets.{json,md,png}`` (axis "steps") in ``out``."""
     from ..provenance import timestamp, write_json_atomic, write_text_atomic
     from .plots import pyplot, save_figure
 
-    result = {**frontier(files), "created": timestamp()}
+    result = {**frontier(files, axis), "created": timestamp()}
+    _, x, stem, title, xlabel = AXES[axis]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "frontier.json", result)
-    write_text_atomic(out / "frontier.md", _markdown(result))
+    write_json_atomic(out / f"{stem}.json", result)
+    write_text_atomic(out / f"{stem}.md", _markdown(result))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, method in enumerate(dict.fromkeys(pt["method"] for pt in result["points"])):
         mine = [pt for pt in result["points"] if pt["method"] == method]
-        ax.errorbar([pt["macs_share"] for pt in mine], [pt["fid"]["mean"] for pt in mine],
-                    yerr=[pt["fid"].get("std", 0.0) for pt in mine], marker="osD^vP*X"[i % 8], capsize=3, label=method)
-    ax.set_xlabel("effective MACs (share of the dense model)")
+        ax.errorbar([pt[x] for pt in mine], [pt["fid"]["mean"] for pt in mine],
+                    yerr=[pt["fid"].get("std", 0.0) for pt in mine], marker="osD^vP*X"[i % 8], capsize=3, label=mine[0]["label"])
+    if axis == "steps":
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({pt["steps"] for pt in result["points"]}), [str(v) for v in sorted({pt["steps"] for pt in result["points"]})])
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (mean ± std over seeds)")
-    ax.set_title(f"{result['protocol']['model']}: FID against effective MACs", fontsize=10)
+    ax.set_title(f"{result['protocol']['model']}: {title}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(plt, fig, out / "frontier.png")
-    return {"json": out / "frontier.json", "markdown": out / "frontier.md", "plot": out / "frontier.png"}
+    ax.legend(fontsize=7)
+    save_figure(plt, fig, out / f"{stem}.png")
+    return {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}

@@ -254,6 +254,18 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     files[1].write_text(json.dumps(other, default=str))
     with pytest.raises(SparseDeployError, match="steps differ"):
         frontier(files)
+    # Along the other axis: the same MACs budget at two fine-tuning budgets gives FID against steps,
+    # and a different MACs budget is refused there.
+    longer = {**record, "settings": {**record["settings"], "steps": 4 * record["settings"]["steps"]}}
+    files[1].write_text(json.dumps(longer, default=str))
+    written = write_frontier(files, tmp_path / "budgets", axis="steps")
+    assert written["json"].name == "budgets.json" and written["plot"].stat().st_size > 0
+    steps = [p["steps"] for p in json.loads(written["json"].read_text())["points"] if p["method"] == "fixed"]
+    assert steps == [record["settings"]["steps"], 4 * record["settings"]["steps"]]
+    assert "| fixed masks, fine-tuned | " in written["markdown"].read_text()
+    files[1].write_text(json.dumps(low, default=str))
+    with pytest.raises(SparseDeployError, match="macs_budget differ"):
+        frontier(files, axis="steps")
 
 
 # ----------------------------------------------------------------------------- report
