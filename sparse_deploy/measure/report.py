@@ -290,6 +290,9 @@ def methods_time_line(methods: dict[str, Any]) -> str:
     total = {k: sum(r.get(k) or 0.0 for r in runs) for k in ("train_seconds", "sample_seconds", "feature_seconds")}
     resumed = sum(1 for r in runs if r.get("train_resumed"))
     note = f" ({resumed} runs resumed from a checkpoint: their training time is the resumed part only)" if resumed else ""
+    elsewhere = sorted({r["train_device"] for r in runs if r.get("train_device") and r["train_device"] != "cpu"})
+    if elsewhere:  # drawn with --no-score on another device, scored here
+        note += f"; fine-tuning and sampling ran on {', '.join(elsewhere)} for some runs (their times are that device's)"
     return (f"Time on this machine, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
             f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
             f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "

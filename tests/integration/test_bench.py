@@ -26,7 +26,7 @@ from sparse_deploy.measure.engine_latency import LatencyConfig, latency_filename
 from sparse_deploy.measure.grids import sample_grids
 from sparse_deploy.measure.machine import engine_memory
 from sparse_deploy.measure.macs_check import mac_report, macs_crosscheck
-from sparse_deploy.measure.methods import MethodsConfig, methods_unsupported, run_methods
+from sparse_deploy.measure.methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
 from sparse_deploy.measure.recipes import METHOD_LABELS, METHODS, TRAIN_COST_METHODS, method_train_config
 from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
 from sparse_deploy.measure.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
@@ -268,6 +268,64 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
         frontier(files, axis="steps")
 
 
+def test_methods_drawn_without_the_fid_network_are_scored_elsewhere_without_training(tmp_path, fmnist_data, monkeypatch, capsys):
+    """--no-score on a machine without Inception (a GPU machine), then scoring where it is: nothing trains twice."""
+    import dataclasses
+    import shutil
+
+    import sparse_deploy.train as train_mod
+    from sparse_deploy import fid
+
+    torch.manual_seed(0)
+    dense = save_checkpoint(tmp_path / "dense", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
+    config = MethodsConfig(model="tiny-dit", dense_checkpoint=str(dense), steps=1, num_samples=8, seeds=(0, 1), sample_steps=1,
+                           sample_batch=8, work=str(tmp_path / "gpu"), batch_size=4, data=fmnist_data, device="cpu",
+                           methods=("dense", "fixed"))
+
+    def no_network(*_a, **_k):
+        raise AssertionError("--no-score must not touch the FID network")
+
+    monkeypatch.setattr(fid, "features_from_images", no_network)
+    monkeypatch.setattr(fid, "reference_stats", no_network)
+    assert main(["--device", "cpu", "methods", "--model", "tiny-dit", "--dense-checkpoint", str(dense), "--steps", "1",
+                 "--num-samples", "8", "--seeds", "0", "--sample-steps", "1", "--sample-batch", "8", "--batch-size", "4",
+                 "--data", fmnist_data, "--methods", "dense,fixed", "--work", config.work, "--no-score"]) == 0
+    assert "fine-tuned and sampled 2 run(s)" in capsys.readouterr().out
+    drawn = draw_methods(config)  # seed 0 is drawn already (reused), seed 1 is new
+    assert [(p.parent.parent.name, p.parent.name) for p in drawn] == [("dense", "seed0"), ("fixed", "seed0"), ("dense", "seed1"),
+                                                                      ("fixed", "seed1")]
+    assert not list(Path(config.work).rglob("result.json"))
+    record = json.loads(drawn[1].read_text())
+    assert record["device"] == "cpu" and len(record["manifest"]["masked_layers"]) == 12 and record["key"]["method"] == "fixed"
+
+    # Only samples.npz and drawn.json travel; the other machine scores them and trains nothing.
+    other = tmp_path / "cpu"
+    for path in drawn:
+        dest = other / path.parent.relative_to(config.work)
+        dest.mkdir(parents=True)
+        shutil.copy(path, dest)
+        shutil.copy(path.parent / "samples.npz", dest)
+
+    def no_training(*_a, **_k):
+        raise AssertionError("samples drawn with these settings should have been reused")
+
+    monkeypatch.setattr(train_mod, "train", no_training)
+    reference = _Reference(np.random.default_rng(1).standard_normal((40, 6)))
+    scored = run_methods(dataclasses.replace(config, work=str(other)), features=_fake_features, reference=reference)
+    here = run_methods(config, features=_fake_features, reference=reference)  # scoring where they were drawn: the same
+    assert [r["fid"] for r in scored["runs"]] == [r["fid"] for r in here["runs"]]
+    runs = {(r["method"], r["seed"]): r for r in scored["runs"]}
+    assert runs["fixed", 1]["masked_layers"] == 12 and runs["fixed", 1]["train_device"] == "cpu"
+    assert np.isfinite(runs["fixed", 1]["vs_dense"]["fid"])
+    assert draw_methods(config) == []  # every run is scored now: nothing left to draw
+    # Samples drawn under other settings are not reused: that run trains again.
+    (other / "fixed" / "seed1" / "result.json").unlink()
+    stale = json.loads((other / "fixed" / "seed1" / "drawn.json").read_text())
+    (other / "fixed" / "seed1" / "drawn.json").write_text(json.dumps({**stale, "key": {**stale["key"], "steps": 2}}))
+    with pytest.raises(AssertionError, match="should have been reused"):
+        run_methods(dataclasses.replace(config, work=str(other)), features=_fake_features, reference=reference)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -371,6 +429,9 @@ def test_method_spread_says_which_gaps_the_seeds_resolve():
     one_seed = {"settings": {}, "summary": {"dense": entry("dense", [10.0])}}
     assert "no run-to-run spread" in methods_spread_lines(one_seed)[0]
     assert "fine-tuning 2.0 min, sampling 1.0 min, Inception features 4.0 min" in methods_time_line(record)
+    assert "ran on" not in methods_time_line(record)
+    drawn_on_gpu = {**record, "runs": [{**r, "train_device": "cuda:0"} for r in record["runs"]]}
+    assert "fine-tuning and sampling ran on cuda:0" in methods_time_line(drawn_on_gpu)
 
 
 def test_mac_report_of_a_sparse_checkpoint_checks_its_masks_in_the_graph(tmp_path, caplog):
