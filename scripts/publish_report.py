@@ -9,6 +9,7 @@ re-running after a new benchmark replaces the section.
         --json-dir docs/results/bench-fmnist-dit --intro "Date, machine and context of the run (words, not figures)"
 
 ``--json-dir`` also copies the report's JSON results (the data behind every table and plot) there.
+``--markdown frontier.md`` (or ``budgets.md``) publishes a ``bench frontier``/``bench budgets`` folder.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def replace_between_markers(text: str, key: str, body: str) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("report", type=Path, help="report folder holding report.md and its plots")
+    p.add_argument("report", type=Path, help="report folder holding report.md (or --markdown) and its plots")
+    p.add_argument("--markdown", default="report.md", help="the Markdown file in it (frontier.md, budgets.md: bench frontier/budgets)")
     p.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
     p.add_argument("--images", type=Path, required=True, help="where the plots are copied (inside docs/)")
     p.add_argument("--title", help="section heading (default: 'Benchmark report: <folder>')")
@@ -63,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intro", help="a paragraph put before the report (date, machine, context)")
     args = p.parse_args(argv)
 
-    report_md = args.report / "report.md"
+    report_md = args.report / args.markdown
     if not report_md.is_file():
-        raise SparseDeployError(f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report --out {args.report}")
+        raise SparseDeployError(f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report --out {args.report}"
+                                " (or bench frontier/budgets --out for their .md)")
     if not args.images.resolve().is_relative_to(args.results.parent.resolve()):
         raise SparseDeployError(f"--images must be inside {args.results.parent} (the page links the plots relatively)")
     prefix = args.images.resolve().relative_to(args.results.parent.resolve()).as_posix()

@@ -482,6 +482,14 @@ def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tm
     assert published == sorted(p.name for p in (tmp_path / "report").glob("*.json")) and "methods.json" in published
     assert all((docs / "results" / "r" / n).read_bytes() == (tmp_path / "report" / n).read_bytes() for n in published)
     assert publish.main([str(tmp_path / "nothing"), "--images", str(docs / "images")]) == 2  # one error line, no traceback
+    # A bench frontier/budgets folder publishes its own Markdown the same way.
+    front = tmp_path / "front"
+    front.mkdir()
+    (front / "frontier.md").write_text("# FID against effective MACs\n\n| a |\n\n![FID against effective MACs](frontier.png)\n")
+    (front / "frontier.png").write_bytes(b"png")
+    assert publish.main([str(front), "--markdown", "frontier.md", "--results", str(docs / "RESULTS.md"),
+                         "--images", str(docs / "images" / "f")]) == 0
+    assert "](images/f/frontier.png)" in (docs / "RESULTS.md").read_text() and (docs / "images" / "f" / "frontier.png").is_file()
 
 
 def test_bench_all_on_a_latent_preset_without_data(tmp_path, monkeypatch, caplog):
