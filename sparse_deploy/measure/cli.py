@@ -137,10 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("frontier", help="FID against effective MACs from method comparisons at several --macs-budget levels")
     p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
     p.add_argument("--out", type=Path, required=True, help="folder for frontier.json, frontier.md and frontier.png")
+    p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
 
     p = sub.add_parser("budgets", help="FID against fine-tuning steps from method comparisons at several --steps budgets")
     p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
     p.add_argument("--out", type=Path, required=True, help="folder for budgets.json, budgets.md and budgets.png")
+    p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
 
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
@@ -341,14 +343,14 @@ def _report_command(args: argparse.Namespace, command: str) -> None:
 def _frontier_command(args: argparse.Namespace, command: str) -> None:
     from .frontier import write_frontier
 
-    for name, path in write_frontier(args.results, args.out).items():
+    for name, path in write_frontier(args.results, args.out, methods=args.methods).items():
         print(f"{name}: {path}")
 
 
 def _budgets_command(args: argparse.Namespace, command: str) -> None:
     from .frontier import write_frontier
 
-    for name, path in write_frontier(args.results, args.out, axis="steps").items():
+    for name, path in write_frontier(args.results, args.out, axis="steps", methods=args.methods).items():
         print(f"{name}: {path}")
 
 

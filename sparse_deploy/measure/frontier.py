@@ -42,8 +42,11 @@ def _protocol(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {k: (record.get("dense_checkpoint", {}).get("weights_sha256") if k == "dense_checkpoint" else s.get(k)) for k in keys}
 
 
-def frontier(files: Sequence[str | Path], axis: str = "macs") -> dict[str, Any]:
-    """One point per (method, MACs budget) or per (method, fine-tuning steps): FID over seeds, MACs share, steps."""
+def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """One point per (method, MACs budget) or per (method, fine-tuning steps): FID over seeds, MACs share, steps.
+
+    ``methods`` keeps only those methods' points (default: every method of every file).
+    """
     if axis not in AXES:
         raise SparseDeployError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
     keys = (*_SHARED, AXES[axis][0])
@@ -66,13 +69,15 @@ def frontier(files: Sequence[str | Path], axis: str = "macs") -> dict[str, Any]:
             raise SparseDeployError(f"'{path}' was measured under another protocol ({', '.join(diff)} differ); "
                                     "join only comparisons run with the same settings")
         for method, s in summary.items():
-            if not s["fid"].get("n"):
+            if not s["fid"].get("n") or (methods is not None and method not in methods):
                 continue
             points.append({
                 "method": method, "label": s["label"], "macs_budget": record["settings"].get("macs_budget"),
                 "steps": record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,
                 "fid": s["fid"], "kid": s.get("kid"), "source": str(path),
             })
+    if not points:
+        raise SparseDeployError(f"none of the files holds a scored run of {', '.join(methods or [])}")
     x = AXES[axis][1]
     points.sort(key=lambda p: (p["method"], p[x]))
     return {"axis": axis, "protocol": protocol, "points": points}
@@ -103,12 +108,12 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 
-def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "macs") -> dict[str, Path]:
+def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "macs", methods: Sequence[str] | None = None) -> dict[str, Path]:
     """``frontier.{json,md,png}`` (axis "macs") or ``budgets.{json,md,png}`` (axis "steps") in ``out``."""
     from ..provenance import timestamp, write_json_atomic, write_text_atomic
     from .plots import pyplot, save_figure
 
-    result = {**frontier(files, axis), "created": timestamp()}
+    result = {**frontier(files, axis, methods), "created": timestamp()}
     _, x, stem, title, xlabel = AXES[axis]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
