@@ -127,6 +127,7 @@ def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "ma
                     yerr=[pt["fid"].get("std", 0.0) for pt in mine], marker="osD^vP*X"[i % 8], capsize=3, label=mine[0]["label"])
     if axis == "steps":
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the budgets measured are labelled
         ax.set_xticks(sorted({pt["steps"] for pt in result["points"]}), [str(v) for v in sorted({pt["steps"] for pt in result["points"]})])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (mean ± std over seeds)")
