@@ -71,6 +71,8 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
         for method, s in summary.items():
             if not s["fid"].get("n") or (methods is not None and method not in methods):
                 continue
+            if axis == "macs" and method == "dense" and record["settings"].get("macs_budget") is not None:
+                continue  # dense is never budgeted: its point comes from the full-coverage comparison
             points.append({
                 "method": method, "label": s["label"], "macs_budget": record["settings"].get("macs_budget"),
                 "steps": record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,

@@ -251,6 +251,7 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     assert [p["macs_budget"] for p in srste] == [None, 0.8] and srste[0]["macs"] == full_macs
     assert written["plot"].stat().st_size > 0 and "| SR-STE + distillation (SparseDM) | 0.8 |" in written["markdown"].read_text()
     assert {p["method"] for p in frontier(files, methods=["fixed"])["points"]} == {"fixed"}
+    assert [p["macs_budget"] for p in points if p["method"] == "dense"] == [None]  # one dense point, not one per budget
     other = {**low, "settings": {**low["settings"], "steps": 2}}
     files[1].write_text(json.dumps(other, default=str))
     with pytest.raises(SparseDeployError, match="steps differ"):
