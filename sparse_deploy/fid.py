@@ -16,8 +16,9 @@ gives slightly different features, so scores from the two are not interchangeabl
 Pure math (:func:`frechet_distance`, :func:`kid_from_features`, :func:`stats_from_features`) has
 no I/O. :func:`reference_stats` caches features of a source under ``.cache/fid/``, keyed by a hash
 of the source's content, the count, the preprocessing and the network file. On a miss it first
-looks for the same key in ``weights/fid/`` (``python -m sparse_deploy.shipped reference`` writes those files; the repository
-ships the first 1,000 Fashion-MNIST test images', so a fresh clone's demo skips that Inception pass).
+looks for the same key in ``weights/fid/`` (written by ``python -m sparse_deploy.shipped reference``;
+the repository ships the features of the first 1,000 Fashion-MNIST test images, so a fresh clone's
+demo skips that Inception pass).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ PREPROCESSING = (
 # Bump when anything that changes cached features changes (preprocessing code, dtype, layout).
 _CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache/fid")
-# Reference features shipped with the repository (float32, compressed; see ship_reference).
+# Reference features shipped with the repository (float32, compressed; shipped.ship_reference writes them).
 SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "weights" / "fid"
 
 

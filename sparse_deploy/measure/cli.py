@@ -134,15 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="JSON + Markdown + plots from the results in a folder")
     p.add_argument("--out", type=Path, required=True, help="report folder holding the *.json results")
 
-    p = sub.add_parser("frontier", help="FID against effective MACs from method comparisons at several --macs-budget levels")
-    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
-    p.add_argument("--out", type=Path, required=True, help="folder for frontier.json, frontier.md and frontier.png")
-    p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
-
-    p = sub.add_parser("budgets", help="FID against fine-tuning steps from method comparisons at several --steps budgets")
-    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
-    p.add_argument("--out", type=Path, required=True, help="folder for budgets.json, budgets.md and budgets.png")
-    p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
+    for name, axis, what in (("frontier", "effective MACs", "--macs-budget levels"), ("budgets", "fine-tuning steps", "--steps budgets")):
+        p = sub.add_parser(name, help=f"FID against {axis} from method comparisons at several {what}")
+        p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
+        p.add_argument("--out", type=Path, required=True, help=f"folder for {name}.json, {name}.md and {name}.png")
+        p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
 
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
@@ -340,17 +336,12 @@ def _report_command(args: argparse.Namespace, command: str) -> None:
         print(f"{name}: {path}")
 
 
-def _frontier_command(args: argparse.Namespace, command: str) -> None:
+def _join_command(args: argparse.Namespace, command: str) -> None:
+    """``frontier`` (FID against MACs) or ``budgets`` (FID against fine-tuning steps): comparisons joined along one axis."""
     from .frontier import write_frontier
 
-    for name, path in write_frontier(args.results, args.out, methods=args.methods).items():
-        print(f"{name}: {path}")
-
-
-def _budgets_command(args: argparse.Namespace, command: str) -> None:
-    from .frontier import write_frontier
-
-    for name, path in write_frontier(args.results, args.out, axis="steps", methods=args.methods).items():
+    axis = "macs" if args.command == "frontier" else "steps"
+    for name, path in write_frontier(args.results, args.out, axis=axis, methods=args.methods).items():
         print(f"{name}: {path}")
 
 
@@ -360,7 +351,7 @@ def _all_command(args: argparse.Namespace, command: str) -> None:
 
 _COMMANDS = {
     "latency": _latency_command, "train-cost": _train_cost_command, "macs": _macs_command, "methods": _methods_command,
-    "grids": _grids_command, "report": _report_command, "frontier": _frontier_command, "budgets": _budgets_command,
+    "grids": _grids_command, "report": _report_command, "frontier": _join_command, "budgets": _join_command,
     "all": _all_command,
 }
 

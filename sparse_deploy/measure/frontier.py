@@ -79,7 +79,8 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
                 "fid": s["fid"], "kid": s.get("kid"), "source": str(path),
             })
     if not points:
-        raise SparseDeployError(f"none of the files holds a scored run of {', '.join(methods or [])}")
+        which = f" of {', '.join(methods)}" if methods else ""
+        raise SparseDeployError(f"none of the files holds a scored run{which}; check --methods against their method lists")
     x = AXES[axis][1]
     points.sort(key=lambda p: (p["method"], p[x]))
     return {"axis": axis, "protocol": protocol, "points": points}
