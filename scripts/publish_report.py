@@ -3,7 +3,8 @@
 The report's Markdown (written by ``python -m sparse_deploy.bench report`` from the JSON of the
 run) goes between two marker lines in the results file, its headings one level down, and the
 plots it shows are copied next to the docs so the page renders on GitHub. Nothing is retyped:
-re-running after a new benchmark replaces the section.
+re-running after a new benchmark replaces the section (``--section NAME`` names the section when
+the fuller run was written to another folder).
 
     .venv/bin/python scripts/publish_report.py reports/fmnist-dit --images docs/images/bench-fmnist-dit \\
         --json-dir docs/results/bench-fmnist-dit --intro "Date, machine and context of the run (words, not figures)"
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", help="section heading (default: 'Benchmark report: <folder>')")
     p.add_argument("--json-dir", type=Path, help="also copy the report's *.json results here (e.g. docs/results/<name>)")
     p.add_argument("--intro", help="a paragraph put before the report (date, machine, context)")
+    p.add_argument("--section", help="the marker name of the section to write or replace (default: the report folder's name); "
+                                     "lets a fuller run of the same grid, written to another folder, replace the earlier section in place")
     args = p.parse_args(argv)
 
     report_md = args.report / args.markdown
@@ -88,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             copied.append(src.name)
         body += f"\nThe JSON behind this section: {', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n" if copied else ""
     text = args.results.read_text() if args.results.is_file() else "# Results\n"
+    key = args.section or args.report.name
     with atomic_path(args.results) as tmp:
-        tmp.write_text(replace_between_markers(text, args.report.name, body))
-    print(f"{args.results}: section '{args.report.name}' from {report_md}, {len(images)} plots in {args.images}")
+        tmp.write_text(replace_between_markers(text, key, body))
+    print(f"{args.results}: section '{key}' from {report_md}, {len(images)} plots in {args.images}")
     return 0
 
 

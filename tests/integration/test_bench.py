@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -486,6 +487,14 @@ def test_publish_report_copies_the_report_and_its_plots_into_the_results_page(tm
     assert published == sorted(p.name for p in (tmp_path / "report").glob("*.json")) and "methods.json" in published
     assert all((docs / "results" / "r" / n).read_bytes() == (tmp_path / "report" / n).read_bytes() for n in published)
     assert publish.main([str(tmp_path / "nothing"), "--images", str(docs / "images")]) == 2  # one error line, no traceback
+    # A fuller run written to another folder replaces the section it names, in place.
+    (docs / "RESULTS.md").write_text(page + "\n## Later\n")
+    shutil.copytree(tmp_path / "report", tmp_path / "report-all")
+    assert publish.main([str(tmp_path / "report-all"), "--section", "report", "--results", str(docs / "RESULTS.md"),
+                         "--images", str(docs / "images" / "r"), "--intro", "Fuller."]) == 0
+    page = (docs / "RESULTS.md").read_text()
+    assert page.count("<!-- report:report begin") == 1 and "report-all begin" not in page and "\nFuller.\n" in page
+    assert page.index("<!-- report:report end") < page.index("## Later")
     # A bench frontier/budgets folder publishes its own Markdown the same way.
     front = tmp_path / "front"
     front.mkdir()
