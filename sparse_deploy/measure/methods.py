@@ -208,6 +208,8 @@ def _stored_draw(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
+    import torch
+
     from ..backends import load_runner
     from ..backends.device import torch_device
     from ..checkpoint import read_manifest
@@ -230,7 +232,7 @@ def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, fol
     manifest = read_manifest(ckpt)
     drawn = {"key": key, "checkpoint": str(ckpt), "manifest": {k: manifest.get(k) for k in ("masked_layers", "coverage")},
              "resumed": resumed, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
-             "device": str(torch_device(config.device)), "created": timestamp()}
+             "device": str(torch_device(config.device)), "torch_threads": torch.get_num_threads(), "created": timestamp()}
     write_json_atomic(folder / DRAWN, drawn)
     return {**drawn, "images": images}
 
@@ -284,6 +286,7 @@ def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: d
         "train_seconds_per_step": drawn["train_seconds"] / config.steps if trained else None,
         "sample_seconds": drawn["sample_seconds"],
         "train_device": drawn["device"],
+        "train_torch_threads": drawn.get("torch_threads"),  # absent from samples drawn before it was recorded
         "feature_seconds": feature_seconds,
         "num_samples": int(len(images)),
         "fid": fid.frechet_distance(*fid.stats_from_features(feats), reference.mu, reference.sigma),

@@ -293,6 +293,9 @@ def methods_time_line(methods: dict[str, Any]) -> str:
     elsewhere = sorted({r["train_device"] for r in runs if r.get("train_device") and r["train_device"] != "cpu"})
     if elsewhere:  # drawn with --no-score on another device, scored here
         note += f"; fine-tuning and sampling ran on {', '.join(elsewhere)} for some runs (their times are that device's)"
+    threads = sorted({r["train_torch_threads"] for r in runs if r.get("train_torch_threads")})
+    if len(threads) > 1:  # e.g. runs added later beside another job: their seconds per step are not comparable
+        note += f"; the runs were drawn with {' or '.join(map(str, threads))} torch threads (their seconds per step differ for that reason too)"
     return (f"Time on this machine, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
             f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
             f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "

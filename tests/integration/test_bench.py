@@ -321,6 +321,7 @@ def test_methods_drawn_without_the_fid_network_are_scored_elsewhere_without_trai
     assert [r["fid"] for r in scored["runs"]] == [r["fid"] for r in here["runs"]]
     runs = {(r["method"], r["seed"]): r for r in scored["runs"]}
     assert runs["fixed", 1]["masked_layers"] == 12 and runs["fixed", 1]["train_device"] == "cpu"
+    assert runs["fixed", 1]["train_torch_threads"] == torch.get_num_threads()
     assert np.isfinite(runs["fixed", 1]["vs_dense"]["fid"])
     assert draw_methods(config) == []  # every run is scored now: nothing left to draw
     # Samples drawn under other settings are not reused: that run trains again.
@@ -437,6 +438,9 @@ def test_method_spread_says_which_gaps_the_seeds_resolve():
     assert "ran on" not in methods_time_line(record)
     drawn_on_gpu = {**record, "runs": [{**r, "train_device": "cuda:0"} for r in record["runs"]]}
     assert "fine-tuning and sampling ran on cuda:0" in methods_time_line(drawn_on_gpu)
+    assert "torch threads" not in methods_time_line(record)
+    mixed = {**record, "runs": [{**r, "train_torch_threads": 1 + i % 2} for i, r in enumerate(record["runs"])]}
+    assert "drawn with 1 or 2 torch threads" in methods_time_line(mixed)
 
 
 def test_mac_report_of_a_sparse_checkpoint_checks_its_masks_in_the_graph(tmp_path, caplog):
