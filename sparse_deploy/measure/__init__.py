@@ -13,7 +13,8 @@ One module per measurement (``python -m sparse_deploy.bench`` runs them, :mod:`.
 ``grids``           sample grids of several engines from the same seed
 ``report``          ``report.json`` and ``report.md`` from the results in a folder
 ``plots``           the report's figures
-``frontier``        FID against effective MACs across ``--macs-budget`` levels
+``frontier``        FID against effective MACs across ``--macs-budget`` levels (or against ``--steps`` budgets)
+``merge``           comparisons of one protocol run at different times joined into one
 ==================  ===========================================================================
 
 Submodules import torch, ONNX and the backends lazily: importing this package needs no GPU.

@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True, help=f"folder for {name}.json, {name}.md and {name}.png")
         p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
 
+    p = sub.add_parser("merge", help="join method comparisons of one protocol (e.g. methods added later) into one methods.json")
+    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods' (a method x seed in several: the first wins)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the joined methods.json (then: bench report --out it)")
+
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
@@ -345,6 +349,16 @@ def _join_command(args: argparse.Namespace, command: str) -> None:
         print(f"{name}: {path}")
 
 
+def _merge_command(args: argparse.Namespace, command: str) -> None:
+    from .merge import merge_methods
+
+    result = merge_methods(args.results, command=command)
+    print(f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} runs, {len(result['reruns'])} re-runs set aside)")
+    for m, s in result["summary"].items():
+        f = s["fid"]
+        print(f"{m:>14}: FID {f['mean']:.2f} +- {f['std']:.2f} (n={f['n']})")
+
+
 def _all_command(args: argparse.Namespace, command: str) -> None:
     print(f"report: {run_all(args, command)}")
 
@@ -352,7 +366,7 @@ def _all_command(args: argparse.Namespace, command: str) -> None:
 _COMMANDS = {
     "latency": _latency_command, "train-cost": _train_cost_command, "macs": _macs_command, "methods": _methods_command,
     "grids": _grids_command, "report": _report_command, "frontier": _join_command, "budgets": _join_command,
-    "all": _all_command,
+    "merge": _merge_command, "all": _all_command,
 }
 
 

@@ -25,7 +25,7 @@ from .machine import record
 from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config
 from .timing import spread, time_call
 
-__all__ = ["draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
+__all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,14 @@ def method_macs(preset) -> dict[str, Any]:
     return {"dense_macs": cov.model_macs, "effective_sparse_macs": cov.effective_macs, "sparse_share": cov.sparse_share}
 
 
+def budget_text(settings: dict[str, Any]) -> str:
+    """The comparison's budget in words, from its settings (:class:`MethodsConfig` as a dict)."""
+    macs = settings.get("macs_budget")
+    return (f"{settings['steps']} fine-tuning steps per method (one-shot: none), {settings['num_samples']} samples per run, "
+            f"{len(settings['seeds'])} seed(s), {settings['scheduler'].upper()} {settings['sample_steps']} steps"
+            + (f", sparse methods at {macs:g} of the dense MACs (--macs-budget)" if macs is not None else ""))
+
+
 def summarise(runs: list[dict[str, Any]], order: list[str], macs: dict[str, Any]) -> dict[str, Any]:
     """Per method: FID, KID, FID and pixel error against the dense samples, step time (spread over seeds) and MACs."""
     summary = {}
@@ -417,9 +425,7 @@ def run_methods(
     results = {
         "model": preset.name,
         "label": config.label,
-        "budget": f"{config.steps} fine-tuning steps per method (one-shot: none), {config.num_samples} samples per run, "
-        f"{len(config.seeds)} seed(s), {config.scheduler.upper()} {config.sample_steps} steps"
-        + (f", sparse methods at {config.macs_budget:g} of the dense MACs (--macs-budget)" if config.macs_budget is not None else ""),
+        "budget": budget_text(settings),
         "dense_checkpoint": {"path": str(config.dense_checkpoint), "weights_sha256": dense_sha, "step": dense_manifest.get("step"),
                              "complete": dense_manifest.get("complete")},
         "reference": {"source": config.reference, "num": int(len(np.asarray(reference.features))),

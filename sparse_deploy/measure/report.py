@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SparseDeployError
+from .merge import merged_lines
 
 __all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line", "paired_gap"]
 
@@ -188,7 +189,8 @@ def _methods_section(methods: dict[str, Any], plots: dict[str, str]) -> list[str
     out += ["", f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
             f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
             "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features)."]
-    out += ["", *methods_spread_lines(methods), "", methods_time_line(methods)]
+    merged = merged_lines(methods)
+    out += ["", *methods_spread_lines(methods), "", methods_time_line(methods), *(["", *merged] if merged else [])]
     for key, title in (("fid_methods", "FID per method"), ("fid_vs_macs", "FID against effective MACs")):
         if plots.get(key):
             out += ["", f"![{title}]({plots[key]})"]
@@ -298,8 +300,9 @@ def methods_time_line(methods: dict[str, Any]) -> str:
         note += f"; the runs were drawn with {' or '.join(map(str, threads))} torch threads (their seconds per step differ for that reason too)"
     return (f"Time on this machine, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
             f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
-            f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
-            "the reference statistics are cached).")
+            + (f"the joined comparisons' invocations ran {methods.get('seconds', 0) / 60:.1f} min in all." if methods.get("merged_from") else
+               f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
+               "the reference statistics are cached)."))
 
 
 def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, Path]], str] | None:
@@ -315,12 +318,18 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
             return pairs, caption
     methods = results.get("methods")
     if methods:
+        # Dense and the recommended recipe from one comparison (a merged one's re-runs included), else the next
+        # recipe whose grid is still on this machine: a merged comparison's older run folders may be gone.
         first_seed = methods["settings"]["seeds"][0]
-        runs = {r["method"]: r for r in methods["runs"] if r["seed"] == first_seed}
-        sparse = next((m for m in ("srste+kd", "srste", "ste", "fixed", "oneshot") if m in runs), None)
-        if "dense" in runs and sparse:
-            pairs = [(runs[m]["label"], Path(runs[m]["grid"])) for m in ("dense", sparse)]
-            if all(p.is_file() for _, p in pairs):
+        by_source: dict[Any, dict[str, dict[str, Any]]] = {}
+        for source, r in [*((r.get("merged_from"), r) for r in methods["runs"]),
+                          *((r.get("rerun_from"), r) for r in methods.get("reruns") or [])]:
+            if r["seed"] == first_seed and r.get("grid") and Path(r["grid"]).is_file():
+                by_source.setdefault(source, {})[r["method"]] = r
+        for sparse in ("srste+kd", "srste", "ste", "fixed", "oneshot"):
+            runs = next((rs for rs in by_source.values() if "dense" in rs and sparse in rs), None)
+            if runs:
+                pairs = [(runs[m]["label"], Path(runs[m]["grid"])) for m in ("dense", sparse)]
                 return pairs, f"Method-comparison samples of seed {first_seed}, same noise and labels (one column per class)."
     return None
 

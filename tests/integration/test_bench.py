@@ -583,3 +583,56 @@ def test_paired_gap_resolves_what_the_seeds_share():
     fixed_line = next(line for line in lines if line.startswith("- fixed"))
     assert "not resolved by this run" in fixed_line  # unpaired: the shared spread hides a gap of 0.95
     assert "paired by seed (same noise and labels, 4 seeds): +0.95" in fixed_line and "larger than 2 standard errors" in fixed_line
+
+
+def _comparison(methods: tuple[str, ...], fid_of, steps: int = 600, command: str = "cmd", grids: dict | None = None) -> dict:
+    """A ``bench methods`` record with these methods x seeds 0-3 and FIDs ``fid_of(method, seed)``."""
+    from sparse_deploy.measure.methods import budget_text, summarise
+
+    settings = {"model": "fmnist-dit", "steps": steps, "num_samples": 500, "seeds": [0, 1, 2, 3], "sample_steps": 25, "scheduler": "ddim",
+                "reference": "fashion-mnist:test", "ref_num": None, "lr": None, "warmup_steps": 120, "batch_size": None, "kd_weight": 0.1,
+                "kid_subsets": 100, "data": None, "macs_budget": None, "methods": list(methods)}
+    runs = [{"method": m, "seed": s, "label": METHOD_LABELS[m], "fid": fid_of(m, s), "kid": {"mean": 0.01}, "effective_macs": None,
+             "grid": str((grids or {}).get(m, "gone/grid.png")), "train_torch_threads": 2} for s in range(4) for m in methods]
+    macs = {"dense_macs": 1000, "effective_sparse_macs": 600, "sparse_share": 0.8}
+    return machine.record("methods", command, settings, {
+        "model": "fmnist-dit", "label": "600-step budget", "budget": budget_text(settings),
+        "dense_checkpoint": {"path": "d", "weights_sha256": "abc", "step": 18000}, "reference": {"source": "fashion-mnist:test", "num": 10000,
+        "identity": {"sha256": "ref"}}, "preprocessing": "pp", "fid_note": "note.", "macs": macs, "runs": runs,
+        "summary": summarise(runs, list(methods), macs)}, time.perf_counter())
+
+
+def test_merge_joins_comparisons_of_one_protocol_and_checks_the_reruns(tmp_path):
+    from sparse_deploy.measure.merge import merge_methods
+
+    base = {"dense": 50.0, "fixed": 68.0, "srste+kd": 66.0, "ste": 70.0, "srste": 69.0}
+    save_grid(np.zeros((4, 8, 8, 1), np.uint8), tmp_path / "g.png")
+    first = _comparison(("dense", "fixed", "srste+kd"), lambda m, s: base[m] + s, command="cmd first")
+    later = _comparison(("dense", "ste", "srste"), lambda m, s: base[m] + s + (0.01 if m == "dense" else 0.0), command="cmd later",
+                        grids={"dense": tmp_path / "g.png", "srste": tmp_path / "g.png"})
+    files = [tmp_path / "first.json", tmp_path / "later.json"]
+    for path, rec in zip(files, (first, later)):
+        path.write_text(json.dumps(rec))
+    assert main(["merge", *map(str, files), "--out", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "methods.json").read_text())
+    assert merged["kind"] == "methods" and merged["settings"]["methods"] == ["dense", "fixed", "ste", "srste", "srste+kd"]
+    assert [(r["method"], r["seed"]) for r in merged["runs"][:5]] == [(m, 0) for m in merged["settings"]["methods"]]
+    dense = [r for r in merged["runs"] if r["method"] == "dense"]
+    assert [r["fid"] for r in dense] == [50.0, 51.0, 52.0, 53.0] and {r["merged_from"] for r in dense} == {str(files[0])}
+    assert len(merged["reruns"]) == 4 and all(abs(r["difference"] - 0.01) < 1e-9 for r in merged["reruns"])
+    assert merged["summary"]["ste"]["fid"]["mean"] == 71.5 and merged["summary"]["ste"]["fid"]["n"] == 4
+    assert merged["budget"].startswith("600 fine-tuning steps") and merged["seconds"] == first["seconds"] + later["seconds"]
+    # The report reads it like any comparison, says where its runs came from, and shows the grids still on disk.
+    write_report(tmp_path / "all")
+    md = (tmp_path / "all" / "report.md").read_text()
+    assert "| plain STE | 71.50 ± 1.29 |" in md and "Joined by `bench merge` from 2 comparisons" in md and "command `cmd later`" in md
+    assert "their FIDs differ from the kept runs by at most 0.0100" in md and "invocations ran" in md
+    assert (tmp_path / "all" / "samples_dense_vs_sparse.png").is_file()  # SR-STE's grid: SparseDM's folder is gone
+    # Comparisons measured differently never share a table; other files are refused with the reason.
+    files[1].write_text(json.dumps(_comparison(("dense", "ste"), lambda m, s: 1.0, steps=150)))
+    with pytest.raises(SparseDeployError, match="steps differ"):
+        merge_methods(files)
+    files[1].write_text(json.dumps({"kind": "latency"}))
+    with pytest.raises(SparseDeployError, match="not a method comparison"):
+        merge_methods(files)
+    assert main(["merge", str(files[0]), str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
