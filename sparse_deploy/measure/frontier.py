@@ -73,9 +73,12 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
                 continue
             if axis == "macs" and method == "dense" and record["settings"].get("macs_budget") is not None:
                 continue  # dense is never budgeted: its point comes from the full-coverage comparison
+            untrained = method == "oneshot"  # trains nothing: one point at 0 steps, not one per fine-tuning budget
+            if axis == "steps" and untrained and any(p["method"] == method for p in points):
+                continue
             points.append({
                 "method": method, "label": s["label"], "macs_budget": record["settings"].get("macs_budget"),
-                "steps": record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,
+                "steps": 0 if untrained else record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,
                 "fid": s["fid"], "kid": s.get("kid"), "source": str(path),
             })
     if not points:
@@ -107,7 +110,8 @@ def _markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |")
         else:
             kid = f"{k['mean']:.4f} ± {k.get('std', 0):.4f}" if k.get("n") else "-"
-            lines.append(f"| {pt['label']} | {pt['steps']} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
+            steps = "0 (trains nothing; not plotted)" if pt["steps"] == 0 else pt["steps"]
+            lines.append(f"| {pt['label']} | {steps} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
     return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 
@@ -124,14 +128,17 @@ def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "ma
     write_text_atomic(out / f"{stem}.md", _markdown(result))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, method in enumerate(dict.fromkeys(pt["method"] for pt in result["points"])):
-        mine = [pt for pt in result["points"] if pt["method"] == method]
+    # Along the steps axis (log scale) a method that trains nothing has no curve; its row in the table says its FID.
+    plotted = [pt for pt in result["points"] if axis != "steps" or pt["steps"] > 0]
+    for i, method in enumerate(dict.fromkeys(pt["method"] for pt in plotted)):
+        mine = [pt for pt in plotted if pt["method"] == method]
         ax.errorbar([pt[x] for pt in mine], [pt["fid"]["mean"] for pt in mine],
                     yerr=[pt["fid"].get("std", 0.0) for pt in mine], marker="osD^vP*X"[i % 8], capsize=3, label=mine[0]["label"])
     if axis == "steps":
         ax.set_xscale("log")
         ax.minorticks_off()  # only the budgets measured are labelled
-        ax.set_xticks(sorted({pt["steps"] for pt in result["points"]}), [str(v) for v in sorted({pt["steps"] for pt in result["points"]})])
+        ticks = sorted({pt["steps"] for pt in plotted})
+        ax.set_xticks(ticks, [str(v) for v in ticks])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (mean ± std over seeds)")
     ax.set_title(f"{result['protocol']['model']}: {title}", fontsize=10)

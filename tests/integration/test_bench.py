@@ -266,6 +266,8 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     steps = [p["steps"] for p in json.loads(written["json"].read_text())["points"] if p["method"] == "fixed"]
     assert steps == [record["settings"]["steps"], 4 * record["settings"]["steps"]]
     assert "| fixed masks, fine-tuned | " in written["markdown"].read_text()
+    oneshot = [p for p in json.loads(written["json"].read_text())["points"] if p["method"] == "oneshot"]
+    assert [p["steps"] for p in oneshot] == [0] and "| 0 (trains nothing; not plotted) |" in written["markdown"].read_text()
     assert main(["budgets", *map(str, files), "--methods", "fixed", "--out", str(tmp_path / "cli-budgets")]) == 0  # the command line
     assert {p["method"] for p in json.loads((tmp_path / "cli-budgets" / "budgets.json").read_text())["points"]} == {"fixed"}
     files[1].write_text(json.dumps(low, default=str))
