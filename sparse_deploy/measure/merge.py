@@ -126,6 +126,10 @@ def merged_lines(methods: dict[str, Any]) -> list[str]:
     for s in sources:
         lines.append(f"- `{s['file']}` ({s.get('created')}, {s.get('machine')}, {s.get('torch_threads')} torch threads): "
                      f"{', '.join(s.get('methods') or [])}, seeds {', '.join(map(str, s.get('seeds') or []))}; command `{s.get('command')}`.")
+    machines = list(dict.fromkeys(s.get("machine") for s in sources))
+    if len(machines) > 1:
+        lines += ["", f"The sources ran on different machines ({'; '.join(map(str, machines))}): their fine-tuning seconds per step "
+                      "are not comparable across sources; FID and KID are (the same protocol, checked)."]
     reruns = methods.get("reruns") or []
     if reruns:
         worst = max(reruns, key=lambda r: abs(r["difference"]))

@@ -298,7 +298,8 @@ def methods_time_line(methods: dict[str, Any]) -> str:
     threads = sorted({r["train_torch_threads"] for r in runs if r.get("train_torch_threads")})
     if len(threads) > 1:  # e.g. runs added later beside another job: their seconds per step are not comparable
         note += f"; the runs were drawn with {' or '.join(map(str, threads))} torch threads (their seconds per step differ for that reason too)"
-    return (f"Time on this machine, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
+    where = "on the machines that ran them (see below)" if methods.get("merged_from") else "on this machine"
+    return (f"Time {where}, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
             f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
             + (f"the joined comparisons' invocations ran {methods.get('seconds', 0) / 60:.1f} min in all." if methods.get("merged_from") else
                f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "

@@ -612,6 +612,7 @@ def test_merge_joins_comparisons_of_one_protocol_and_checks_the_reruns(tmp_path)
     first = _comparison(("dense", "fixed", "srste+kd"), lambda m, s: base[m] + s, command="cmd first")
     later = _comparison(("dense", "ste", "srste"), lambda m, s: base[m] + s + (0.01 if m == "dense" else 0.0), command="cmd later",
                         grids={"dense": tmp_path / "g.png", "srste": tmp_path / "g.png"})
+    later["machine"] = {**later["machine"], "description": "another machine"}
     files = [tmp_path / "first.json", tmp_path / "later.json"]
     for path, rec in zip(files, (first, later)):
         path.write_text(json.dumps(rec))
@@ -629,6 +630,7 @@ def test_merge_joins_comparisons_of_one_protocol_and_checks_the_reruns(tmp_path)
     md = (tmp_path / "all" / "report.md").read_text()
     assert "| plain STE | 71.50 ± 1.29 |" in md and "Joined by `bench merge` from 2 comparisons" in md and "command `cmd later`" in md
     assert "their FIDs differ from the kept runs by at most 0.0100" in md and "invocations ran" in md
+    assert "another machine): their fine-tuning seconds per step are not comparable" in md
     assert (tmp_path / "all" / "samples_dense_vs_sparse.png").is_file()  # SR-STE's grid: SparseDM's folder is gone
     # Comparisons measured differently never share a table; other files are refused with the reason.
     files[1].write_text(json.dumps(_comparison(("dense", "ste"), lambda m, s: 1.0, steps=150)))
