@@ -59,7 +59,9 @@ def _training_args(train_config: dict[str, Any], out: str | Path | None = None) 
             flags.append((flag, train_config[key]))
     if out is not None:
         flags.append(("--out", out))
-    return [str(part) for pair in flags for part in pair]
+    # Runs recorded before the option existed all warmed their EMA up from the first step.
+    ema_warmup = "--ema-warmup" if train_config.get("ema_warmup", True) else "--no-ema-warmup"
+    return [str(part) for pair in flags for part in pair] + [ema_warmup]
 
 
 def training_commands(train_config: dict[str, Any]) -> list[str]:
@@ -274,7 +276,8 @@ def pretrain_commands(model: str, runs: str | Path) -> list[tuple[list[str], Pat
     chain = [(["--model", model, "--out", str(runs / "pretrain"), "--preview", "0"], runs / "pretrain")]
     if train.refine_steps:
         chain.append((["--model", model, "--init", str(runs / "pretrain" / "checkpoint"), "--steps", str(train.refine_steps),
-                       "--lr", str(train.refine_lr or train.lr), "--out", str(runs / "pretrain2"), "--preview", "0"], runs / "pretrain2"))
+                       "--lr", str(train.refine_lr or train.lr),
+                       "--warmup-steps", str(train.warmup_steps), "--ema", str(train.ema_decay), "--ema-warmup", "--out", str(runs / "pretrain2"), "--preview", "0"], runs / "pretrain2"))
     return chain
 
 

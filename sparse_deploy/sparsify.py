@@ -44,6 +44,7 @@ from .presets import Preset
 
 __all__ = [
     "MODES",
+    "MASK_INITS",
     "SparsityConfig",
     "LayerChoice",
     "CoverageReport",
@@ -64,6 +65,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODES = ("srste", "ste", "fixed", "oneshot", "maskllm")
+#: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (``sparse_deploy.reconstruct``):
+#: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
+MASK_INITS = ("magnitude", "wanda", "sparsegpt")
 LEARNED_MASK_MODES = ("srste", "ste", "maskllm")
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
@@ -96,6 +100,11 @@ class SparsityConfig:
             at the deployment shape stay dense (``sparse_deploy.latency``). None: no such filter.
         latency_batch: the deployment batch the profile is read at (rows = rows per sample x batch).
         latency_dtype: the engines' precision the profile is read at: ``fp16`` or ``bf16``.
+        mask_init: where the masks start (:data:`MASK_INITS`): ``magnitude``, or calibrated on
+            ``calib_samples`` noised training inputs, layer by layer on the already pruned model
+            (``wanda``; ``sparsegpt`` also reconstructs the kept weights). The one-shot criterion
+            with ``oneshot``, the mask start of every other mode.
+        calib_samples: calibration inputs of a calibrated ``mask_init``.
     """
 
     mode: str = "srste"
@@ -118,6 +127,8 @@ class SparsityConfig:
     latency_profile: str | None = None
     latency_batch: int = 8
     latency_dtype: str = "fp16"
+    mask_init: str = "magnitude"
+    calib_samples: int = 512
 
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
@@ -143,6 +154,10 @@ class SparsityConfig:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.latency_batch < 1 or self.latency_dtype not in ("fp16", "bf16"):
             raise SparseDeployError(f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}")
+        if self.mask_init not in MASK_INITS:
+            raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
+        if self.calib_samples < 1:
+            raise SparseDeployError(f"--calib-samples must be >= 1, got {self.calib_samples}")
         unknown = [t for t in self.types if t not in _TYPES]
         if unknown:
             raise SparseDeployError(f"unknown layer types {unknown}; choose from {list(_TYPES)}")

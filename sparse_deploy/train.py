@@ -37,6 +37,7 @@ from .guards import check_output_dir
 from .models import build_model, example_inputs, short_name
 from .presets import Preset
 from .provenance import recover_dir, write_json_atomic
+from .reconstruct import calibrate_masks_, calibration_summary
 from .resume import check_resumable, rewrite_metrics, sync_file
 from .sampling import sample, save_grid, to_uint8, training_scheduler
 from .schedule import training_target
@@ -86,13 +87,15 @@ def _device_precision(device: torch.device) -> MixedPrecision:
     return choose_precision(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
-def ema_decay_at(decay: float, step: int) -> float:
-    """EMA decay with the usual warm-up ``(1 + step) / (10 + step)``.
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
+    """EMA decay at ``step``, with the usual from-scratch warm-up ``(1 + step) / (10 + step)`` when ``warmup``.
 
-    Without it, a from-scratch run's EMA keeps ``decay ** steps`` of the random init
-    (0.999 ** 2000 = 13%), which is enough to turn samples into noise.
+    Without the warm-up, a from-scratch run's EMA keeps ``decay ** steps`` of the random init
+    (0.999 ** 2000 = 13%), which is enough to turn samples into noise. A fine-tuning run starts its
+    EMA at the pretrained weights, which are worth keeping: there the warm-up would make the EMA
+    follow the first, noisiest steps, and it is off (``TrainConfig.ema_warmup``).
     """
-    return min(decay, (1 + step) / (10 + step))
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 @torch.no_grad()
@@ -198,6 +201,7 @@ class TrainingRun:
     amp: MixedPrecision = field(default_factory=MixedPrecision)
     scaler: "torch.amp.GradScaler | None" = None  # fp16 autocast only
     layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
+    calibration: dict | None = None  # the calibrated mask start (reconstruct.calibration_summary), None for magnitude
 
     @property
     def learns_masks(self) -> bool:
@@ -238,7 +242,7 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
 
     images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
     alphas = training_scheduler(preset.schedule).alphas_cumprod
-    coverage = None
+    coverage = calibration = None
     if config.sparsity is not None:
         choice = select_layers(model, config.sparsity)
         if config.sparsity.latency_profile:
@@ -246,6 +250,8 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
         if config.sparsity.macs_budget is not None:
             _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
         sparsify_(model, config.sparsity, choice.selected)
+        calibration = calibration_summary(
+            calibrate_masks_(model, config.sparsity, preset, images, labels, alphas, seed=config.seed), config.sparsity)
         coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
         log.info("coverage: %s", coverage.summary())
     model.to(device)
@@ -262,7 +268,7 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
     amp = amp if amp is not None else _device_precision(device)
     return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, dist, features,
-                       amp, amp.scaler(device))
+                       amp, amp.scaler(device), calibration=calibration)
 
 
 def _apply_latency_profile(model, preset: Preset, choice, sparsity: SparsityConfig) -> None:
@@ -371,7 +377,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     if sparsity is not None and sparsity.pruned_decay:
         decay_pruned_(model, 1.0 - run.sched.get_last_lr()[0] * sparsity.pruned_decay)
     run.sched.step()
-    _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step))
+    _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step, config.ema_warmup))
     names = ("loss", "loss_eps", "loss_kd", "loss_sigma", "loss_feat")
     return {"step": step + 1, **dict(zip(names, losses)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
             "amp": run.amp.dtype, "grad_scale": grad_scale}
@@ -408,7 +414,7 @@ def _train(config: TrainConfig, dist: Distributed) -> Path:
     run = prepare_run(config, device, dist)
     log.info("mixed precision: %s%s", run.amp.dtype, " with loss scaling" if run.scaler else "")
     if run.coverage is not None and dist.main:
-        write_json_atomic(out / "coverage.json", run.coverage.to_dict())
+        write_json_atomic(out / "coverage.json", {**run.coverage.to_dict(), "mask_start": run.calibration})
     start = _resume_(run, ckpt_dir) if prior is not None else 0
     run.train_model = dist.wrap(run.model)
     finished = prior is not None and prior.get("complete") and start >= run.train_steps
@@ -492,6 +498,7 @@ def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
         "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
         "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
         "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
+        "mask_start": {k: v for k, v in run.calibration.items() if k != "layers"} if run.calibration else None,
         "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": run.device.type},
         "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
                         "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},

@@ -9,7 +9,7 @@ from .errors import SparseDeployError
 from .presets import DEFAULT_PRESET, PRESETS
 from .settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 from .sources import is_path, run_preset
-from .sparsify import MODES, SparsityConfig
+from .sparsify import MASK_INITS, MODES, SparsityConfig
 from .train_config import LR_SCHEDULES, TrainConfig
 
 _SPARSE = SparsityConfig()  # the flag defaults are the config's
@@ -62,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)")
-    p.add_argument("--ema", type=float, dest="ema_decay")
+    p.add_argument("--ema", type=float, dest="ema_decay",
+                   help="EMA decay (default: the preset's from scratch; when fine-tuning, a horizon of a tenth of the run)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="the from-scratch EMA warm-up (1+step)/(10+step) (default: on from scratch, off when fine-tuning from --init/--weights)")
+    p.add_argument("--mask-init", choices=MASK_INITS, default=_SPARSE.mask_init,
+                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
+                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed); the one-shot criterion with "
+                        f"--sparsity oneshot (default {_SPARSE.mask_init})")
+    p.add_argument("--calib-samples", type=int, default=_SPARSE.calib_samples,
+                   help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
@@ -83,7 +92,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                   include=comma_list(args.include), exclude=comma_list(args.exclude), adaln=args.adaln,
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
                                   tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
-                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype)
+                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype,
+                                  mask_init=args.mask_init, calib_samples=args.calib_samples)
     teacher = args.init or weights
     distil = sparsity is not None and bool(teacher)  # sparse fine-tuning from dense weights: the teacher is there
     kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
@@ -91,7 +101,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
     return TrainConfig(
         preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )

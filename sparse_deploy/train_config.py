@@ -12,9 +12,17 @@ from .presets import Preset
 from .sources import run_preset
 from .sparsify import SparsityConfig
 
-__all__ = ["TrainConfig", "LR_SCHEDULES"]
+__all__ = ["TrainConfig", "LR_SCHEDULES", "EMA_HORIZON_SHARE", "finetune_ema_decay"]
 
 LR_SCHEDULES = ("constant", "cosine")
+
+#: A fine-tuning run's EMA averages over about this share of its steps (its horizon ``1 / (1 - decay)``).
+EMA_HORIZON_SHARE = 0.1
+
+
+def finetune_ema_decay(pretrain_decay: float, steps: int) -> float:
+    """The EMA decay of a fine-tuning run of ``steps``: a horizon of ``EMA_HORIZON_SHARE`` of the run, at most the pretraining decay."""
+    return min(pretrain_decay, max(0.0, 1.0 - 1.0 / max(EMA_HORIZON_SHARE * steps, 1.0)))
 
 
 @dataclass
@@ -30,6 +38,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.99, 0.999)
     warmup_steps: int | None = None
     ema_decay: float | None = None
+    ema_warmup: bool | None = None  # the from-scratch EMA warm-up (default: on from scratch, off when fine-tuning)
     lr_schedule: str | None = None  # constant | cosine (default: the preset's)
     grad_clip: float = 1.0
     checkpoint_every: int | None = None
@@ -50,14 +59,25 @@ class TrainConfig:
         """The run's preset: from --init's manifest or --weights' config when they carry one, else by name."""
         return run_preset(self.preset, self.weights, self.init)
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the run starts from pretrained weights (``--init`` or ``--weights``) rather than from scratch."""
+        return self.init is not None or self.weights is not None
+
     def validate(self) -> "TrainConfig":
         preset = self.model_preset()
         self.preset = preset.name
         d = preset.train
-        for name, default in (("steps", d.dense_steps if self.sparsity is None else d.sparse_steps),
-                              ("batch_size", d.batch_size), ("lr", d.lr if self.sparsity is None else d.sparse_lr or d.lr), ("warmup_steps", d.warmup_steps),
-                              ("ema_decay", d.ema_decay), ("checkpoint_every", d.checkpoint_every),
-                              ("lr_schedule", d.lr_schedule)):
+        if self.steps is None:
+            self.steps = d.dense_steps if self.sparsity is None else d.sparse_steps
+        tune = self.fine_tunes
+        # Fine-tuning a converged model (dense or sparse) is not pretraining: the fine-tuning rate, a short
+        # warm-up, and an EMA that starts at the pretrained weights and averages over a tenth of the run
+        # (docs/RESULTS.md, "Fine-tuning that does no harm").
+        for name, default in (("batch_size", d.batch_size), ("lr", (d.sparse_lr or d.lr) if tune or self.sparsity else d.lr),
+                              ("warmup_steps", min(d.warmup_steps, max(self.steps // 20, 1)) if tune else d.warmup_steps),
+                              ("ema_decay", finetune_ema_decay(d.ema_decay, self.steps) if tune else d.ema_decay),
+                              ("ema_warmup", not tune), ("checkpoint_every", d.checkpoint_every), ("lr_schedule", d.lr_schedule)):
             if getattr(self, name) is None:
                 setattr(self, name, default)
         oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SparseDeployError
+from .recipes import trains
 
 __all__ = ["frontier", "write_frontier", "AXES"]
 
@@ -73,7 +74,7 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
                 continue
             if axis == "macs" and method == "dense" and record["settings"].get("macs_budget") is not None:
                 continue  # dense is never budgeted: its point comes from the full-coverage comparison
-            untrained = method == "oneshot"  # trains nothing: one point at 0 steps, not one per fine-tuning budget
+            untrained = not trains(method)  # trains nothing: one point at 0 steps, not one per fine-tuning budget
             if axis == "steps" and untrained and any(p["method"] == method for p in points):
                 continue
             points.append({

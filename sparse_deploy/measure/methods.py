@@ -22,7 +22,7 @@ from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_WEIGHT
 from ..sources import run_preset
 from .machine import record
-from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config
+from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config, trains
 from .timing import spread, time_call
 
 __all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
@@ -108,14 +108,20 @@ class MethodsConfig:
             raise SparseDeployError(problem)
         if self.reference is None:
             self.reference = "fashion-mnist:test"
-        if self.warmup_steps is None:
-            self.warmup_steps = min(preset.train.warmup_steps, max(self.steps // 5, 1))
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.work is None:  # one folder per budget: a different budget never meets stored runs of another
             macs = f"-macs{self.macs_budget:g}" if self.macs_budget is not None else ""
             self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{self.ref_num or 'all'}{macs}"
         return self
+
+    def resolved_training(self, method: str) -> dict[str, Any] | None:
+        """The fine-tuning settings a trained method runs with once defaults are filled in (None: it trains nothing)."""
+        if not trains(method) or self.steps == 0:
+            return None
+        tconfig = method_train_config(method, self.model, "unused", steps=self.steps, init=self.dense_checkpoint,
+                                      kd_weight=self.kd_weight, macs_budget=self.macs_budget, **self.train_overrides())
+        return {k: getattr(tconfig, k) for k in ("lr", "warmup_steps", "lr_schedule", "ema_decay", "ema_warmup", "batch_size")}
 
     def run_key(self, method: str, seed: int, dense_sha: str | None) -> dict[str, Any]:
         """What a stored per-run result must match to be reused."""
@@ -127,6 +133,7 @@ class MethodsConfig:
             **({"recipe": list(METHOD_RECIPES[method])} if method not in FIRST_METHODS else {}),
             **({"macs_budget": self.macs_budget} if self.macs_budget is not None and method != "dense" else {}),
             **({"dense_lr": "fine-tuning"} if method == "dense" else {}),
+            **({"training": self.resolved_training(method)} if trains(method) else {}),
         }
 
     def train_overrides(self) -> dict[str, Any]:
@@ -217,12 +224,15 @@ def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, fol
     from ..sampling import save_grid
     from ..train import train
 
-    log.info("%s seed %d: training %d steps", method, seed, 0 if method == "oneshot" else config.steps)
-    tconfig = method_train_config(method, preset.name, folder, steps=config.steps, init=config.dense_checkpoint, seed=seed,
-                                  kd_weight=config.kd_weight, device=config.device, macs_budget=config.macs_budget,
-                                  **config.train_overrides())
+    log.info("%s seed %d: training %d steps", method, seed, config.steps if trains(method) else 0)
     resumed = (folder / "checkpoint" / "manifest.json").is_file()
-    ckpt, train_seconds = time_call(lambda: train(tconfig))
+    if method == "start":  # the starting model itself, sampled as every method is
+        ckpt, train_seconds = Path(config.dense_checkpoint), 0.0
+    else:
+        tconfig = method_train_config(method, preset.name, folder, steps=config.steps, init=config.dense_checkpoint, seed=seed,
+                                      kd_weight=config.kd_weight, device=config.device, macs_budget=config.macs_budget,
+                                      **config.train_overrides())
+        ckpt, train_seconds = time_call(lambda: train(tconfig))
     with load_runner(ckpt, device=config.device) as runner:
         (images, labels), sample_seconds = time_call(lambda: draw_samples(
             runner, preset, config.num_samples, seed, config.sample_steps, config.scheduler, config.sample_batch))
@@ -273,14 +283,14 @@ def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: d
     ref_features = np.asarray(reference.features)
     subset = min(1000, len(feats), len(ref_features))
     kid_mean, kid_std = fid.kid_from_features(feats, ref_features, config.kid_subsets, subset)
-    trained = config.steps and method != "oneshot" and not drawn["resumed"]
+    trained = config.steps and trains(method) and not drawn["resumed"]
     manifest = drawn["manifest"]
     run: dict[str, Any] = {
         "method": method,
         "label": METHOD_LABELS[method],
         "seed": seed,
         "checkpoint": str(drawn["checkpoint"]),
-        "train_steps": 0 if method == "oneshot" else config.steps,
+        "train_steps": config.steps if trains(method) else 0,
         "train_seconds": drawn["train_seconds"],
         "train_resumed": drawn["resumed"],
         "train_seconds_per_step": drawn["train_seconds"] / config.steps if trained else None,

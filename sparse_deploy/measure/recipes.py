@@ -16,28 +16,48 @@ from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 
 __all__ = ["METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
-           "method_train_config"]
+           "UNTRAINED", "trains", "method_train_config"]
 
 DEFAULT_PRUNED_DECAY = 5.0
-# method -> (sparsity mode, output distillation, block distillation weight, pruned-weight decay)
-METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float]] = {
-    "dense": (None, False, 0.0, 0.0),
-    "oneshot": ("oneshot", False, 0.0, 0.0),
-    "fixed": ("fixed", False, 0.0, 0.0),
-    "fixed+kd+feat": ("fixed", True, DEFAULT_KD_FEATURES, 0.0),
-    "ste": ("ste", False, 0.0, 0.0),
-    "srste": ("srste", False, 0.0, 0.0),
-    "srste+kd": ("srste", True, 0.0, 0.0),
-    "srste+kd+feat": ("srste", True, DEFAULT_KD_FEATURES, 0.0),
-    "srste+kd+dd": ("srste", True, 0.0, DEFAULT_PRUNED_DECAY),
-    "maskllm+kd": ("maskllm", True, 0.0, 0.0),
+# method -> (sparsity mode, output distillation, block distillation weight, pruned-weight decay, mask start)
+METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float, str]] = {
+    "start": (None, False, 0.0, 0.0, "magnitude"),  # the starting model itself: trains nothing
+    "dense": (None, False, 0.0, 0.0, "magnitude"),
+    "oneshot": ("oneshot", False, 0.0, 0.0, "magnitude"),
+    "oneshot-wanda": ("oneshot", False, 0.0, 0.0, "wanda"),
+    "oneshot-sparsegpt": ("oneshot", False, 0.0, 0.0, "sparsegpt"),
+    "fixed": ("fixed", False, 0.0, 0.0, "magnitude"),
+    "fixed-sparsegpt": ("fixed", False, 0.0, 0.0, "sparsegpt"),
+    "fixed+kd+feat": ("fixed", True, DEFAULT_KD_FEATURES, 0.0, "magnitude"),
+    "fixed+kd+feat-sparsegpt": ("fixed", True, DEFAULT_KD_FEATURES, 0.0, "sparsegpt"),
+    "ste": ("ste", False, 0.0, 0.0, "magnitude"),
+    "srste": ("srste", False, 0.0, 0.0, "magnitude"),
+    "srste+kd": ("srste", True, 0.0, 0.0, "magnitude"),
+    "srste+kd-sparsegpt": ("srste", True, 0.0, 0.0, "sparsegpt"),
+    "srste+kd+feat": ("srste", True, DEFAULT_KD_FEATURES, 0.0, "magnitude"),
+    "srste+kd+feat-sparsegpt": ("srste", True, DEFAULT_KD_FEATURES, 0.0, "sparsegpt"),
+    "srste+kd+dd": ("srste", True, 0.0, DEFAULT_PRUNED_DECAY, "magnitude"),
+    "maskllm+kd": ("maskllm", True, 0.0, 0.0, "magnitude"),
 }
+UNTRAINED = ("start", "oneshot", "oneshot-wanda", "oneshot-sparsegpt")  # train nothing: one point at 0 steps
+
+
+def trains(method: str) -> bool:
+    """Whether ``method`` fine-tunes (the starting model and one-shot pruning do not)."""
+    return method not in UNTRAINED
 METHODS = tuple(METHOD_RECIPES)
 METHOD_LABELS = {
+    "start": "starting model (no fine-tuning)",
     "dense": "dense (continued training)",
     "oneshot": "one-shot magnitude 2:4 (no training)",
+    "oneshot-wanda": "one-shot Wanda 2:4, calibrated (no training)",
+    "oneshot-sparsegpt": "one-shot SparseGPT 2:4, calibrated and reconstructed (no training)",
     "fixed": "fixed masks, fine-tuned",
+    "fixed-sparsegpt": "fixed masks from SparseGPT, fine-tuned",
     "fixed+kd+feat": "fixed masks + output and block distillation",
+    "fixed+kd+feat-sparsegpt": "fixed masks from SparseGPT + output and block distillation",
+    "srste+kd-sparsegpt": "SparseDM (SR-STE + distillation) from SparseGPT masks",
+    "srste+kd+feat-sparsegpt": "SR-STE from SparseGPT masks + output and block distillation",
     "ste": "plain STE",
     "srste": "SR-STE",
     "srste+kd": "SR-STE + distillation (SparseDM)",
@@ -46,7 +66,7 @@ METHOD_LABELS = {
     "maskllm+kd": "learned masks (MaskLLM-style) + distillation",
 }
 FIRST_METHODS = ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")  # their stored run keys predate recipes
-TRAIN_COST_METHODS = tuple(m for m in METHODS if m != "oneshot")
+TRAIN_COST_METHODS = tuple(m for m in METHODS if trains(m))
 
 
 def method_train_config(
@@ -59,16 +79,11 @@ def method_train_config(
 
     if method not in METHODS:
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
-    mode, kd, kd_features, pruned_decay = METHOD_RECIPES[method]
+    mode, kd, kd_features, pruned_decay, mask_init = METHOD_RECIPES[method]
     config = TrainConfig(
         preset=preset, out=str(out), steps=steps, init=None if init is None else str(init), seed=seed,
-        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay, macs_budget=macs_budget) if mode else None,
+        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay, macs_budget=macs_budget, mask_init=mask_init) if mode else None,
         kd_weight=kd_weight if kd else 0.0,
         kd_features=kd_features, preview=0, **overrides,
-    ).validate()
-    if mode is None and init is not None and "lr" not in overrides:
-        # Continued dense training at the sparse methods' fine-tuning rate: the fair reference. At the
-        # from-scratch rate it first moves a converged model away from its optimum (docs/RESULTS.md).
-        d = config.model_preset().train
-        config.lr = d.sparse_lr or d.lr
+    ).validate()  # dense from init: the fine-tuning settings (TrainConfig.validate), the fair reference
     return config

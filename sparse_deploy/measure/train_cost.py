@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import SparseDeployError
 from ..sources import run_preset
 from .machine import record
-from .recipes import METHODS, TRAIN_COST_METHODS, method_train_config
+from .recipes import METHODS, TRAIN_COST_METHODS, method_train_config, trains
 from .timing import clock_name, run_interleaved, summarize
 
 __all__ = ["run_train_cost"]
@@ -99,7 +99,7 @@ def run_train_cost(
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
     from ..distributed import DistEnv, resolve_device
 
-    unknown = [m for m in methods if m not in METHODS or m == "oneshot"]
+    unknown = [m for m in methods if m not in METHODS or not trains(m)]
     if unknown:
         raise SparseDeployError(f"train-cost methods must be among {', '.join(TRAIN_COST_METHODS)}; got {unknown}")
     if data is None and run_preset(model).dataset is None:
