@@ -9,9 +9,9 @@ deployment shape (a Linear ``[out, in]`` fed ``rows_per_sample * batch`` rows). 
   tensor (``torch.sparse.to_sparse_semi_structured``: cuSPARSELt, else CUTLASS), interleaved,
   with CUDA events, medians and spread (:func:`time_linear`), and collects those rows into a
   latency profile (JSON, written by ``make gpu-check`` as ``reports/gpu/gemm.json``),
-* reads such a profile back and keeps dense every selected layer whose 2:4 kernel is not faster
-  at the deployment shape (:func:`apply_latency_profile`, ``train --latency-profile``), saying
-  which and why in the coverage report.
+* reads such a profile back (:func:`load_latency_profile`); a training run's
+  ``--latency-profile`` then keeps dense every selected layer whose 2:4 kernel is not faster at
+  the deployment shape (:func:`sparse_deploy.learn.layer_choice.apply_latency_profile`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.sparse import to_sparse_semi_structured
 
 from .errors import SparseDeployError
-from .models import short_name
+from .macs import forward_with_hooks
+from .masks import PATTERN_M, PATTERN_N, nm_mask
+from .models import build_model, example_inputs, short_name
+from .presets import get_preset
+from .timing import ratio, run_interleaved, summarize
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -38,7 +43,6 @@ __all__ = [
     "time_linear",
     "LatencyProfile",
     "load_latency_profile",
-    "apply_latency_profile",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,8 +77,6 @@ def layer_rows(model: nn.Module, inputs: Sequence[torch.Tensor | None]) -> dict[
     A layer called more than once (diffusers' DiT reuses block 0's conditioning embedder) keeps
     the rows of its largest call.
     """
-    from .macs import forward_with_hooks
-
     rows: dict[str, int] = {}
 
     def record(name: str, module: nn.Module, args: tuple, _out: Any) -> None:
@@ -87,9 +89,6 @@ def layer_rows(model: nn.Module, inputs: Sequence[torch.Tensor | None]) -> dict[
 
 def linear_shapes(preset_name: str) -> list[LinearShape]:
     """Every distinct Linear shape of a preset (e.g. ``dit-xl``), from a forward pass on the meta device."""
-    from .models import build_model, example_inputs
-    from .presets import get_preset
-
     preset = get_preset(preset_name)
     with torch.device("meta"):
         model = build_model(preset, None, announce_random=False)
@@ -105,8 +104,6 @@ def linear_shapes(preset_name: str) -> list[LinearShape]:
 
 
 def _semi_structured(weight: torch.Tensor) -> torch.Tensor:
-    from torch.sparse import to_sparse_semi_structured
-
     return to_sparse_semi_structured(weight)
 
 
@@ -135,9 +132,6 @@ def time_linear(
         ``{"dense": summary, "sparse": summary, "speedup": dense/sparse medians, "max_rel_err": ...}``
         (seconds per call), or ``{"error": why}`` when the 2:4 tensor cannot be made for this shape.
     """
-    from .measure.timing import ratio, run_interleaved, summarize
-    from .masks import PATTERN_M, PATTERN_N, nm_mask
-
     gen = torch.Generator(device=device).manual_seed(seed)  # drawn where they are used: no large host copies
     weight = torch.randn(out_features, in_features, generator=gen, device=device).to(dtype)
     weight = weight * nm_mask(weight, PATTERN_N, PATTERN_M)
@@ -204,46 +198,3 @@ def load_latency_profile(path: str | Path) -> LatencyProfile:
     if not profile.entries:
         raise SparseDeployError(f"--latency-profile '{path}' holds no timings")
     return profile
-
-
-def apply_latency_profile(
-    choice, rows_per_sample: dict[str, int], shapes: dict[str, tuple[int, int]], profile: LatencyProfile, *, batch: int, dtype: str,
-) -> list[str]:
-    """Move from ``choice.selected`` to ``choice.skipped`` every layer whose 2:4 kernel is not faster.
-
-    Args:
-        choice: a :class:`sparsify.LayerChoice`, changed in place.
-        rows_per_sample: rows each layer multiplies per sample (:func:`layer_rows` at batch 1).
-        shapes: ``(out, in)`` of each layer.
-        profile: the target GPU's timings.
-        batch: the deployment batch; a layer's GEMM has ``rows_per_sample * batch`` rows.
-        dtype: ``fp16`` or ``bf16``, the engines' precision.
-
-    Returns:
-        The selected layers the profile has no timing for (they stay 2:4; logged).
-    """
-    kept, unprofiled = [], []
-    for name in choice.selected:
-        if name not in shapes:  # a Conv2d: the profile times Linear layers only
-            kept.append(name)
-            unprofiled.append(name)
-            continue
-        rows = rows_per_sample.get(name, 1) * batch
-        found = profile.lookup(*shapes[name], rows, dtype)
-        if found is None:
-            kept.append(name)
-            unprofiled.append(name)
-            continue
-        measured_rows, entry = found
-        speedup = float(entry["speedup"]["median"])
-        if speedup > 1.0:
-            kept.append(name)
-        else:
-            choice.skipped[name] = (
-                f"kept dense by --latency-profile: on {profile.gpu} the 2:4 {dtype} GEMM is not faster at "
-                f"{shapes[name][0]}x{shapes[name][1]}, {measured_rows} rows (dense/2:4 time {speedup:.2f})"
-            )
-    choice.selected[:] = kept
-    if unprofiled:
-        log.warning("--latency-profile has no timing for %d selected layer(s) at this shape (kept 2:4): %s", len(unprofiled), unprofiled[:4])
-    return unprofiled

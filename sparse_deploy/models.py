@@ -16,8 +16,9 @@ from torch import nn
 
 from .errors import SparseDeployError
 from .presets import Preset
+from .sources import diffusers_class, resolve_source
 
-__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "diffusers_class", "load_pretrained_weights", "example_inputs"]
+__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "load_pretrained_weights", "example_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +49,6 @@ class Denoiser(nn.Module):
         return self.net(sample, timestep, class_labels=class_labels, return_dict=False)[0]
 
 
-def diffusers_class(family: str):
-    """The diffusers class of a model family: ``dit`` or ``unet``."""
-    try:
-        if family == "dit":
-            from diffusers import DiTTransformer2DModel as cls
-        else:
-            from diffusers import UNet2DModel as cls
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        raise SparseDeployError(f"cannot import diffusers ({exc}); run 'make setup' to install the pinned version") from exc
-    return cls
-
-
 def _disable_internal_label_dropout(net: nn.Module) -> None:
     # diffusers' LabelEmbedding drops labels at random in train mode. The training loop drops
     # them itself so that student and teacher see the same labels; the null-label row of the
@@ -75,8 +64,6 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
     With no weights the model is randomly initialised, and a warning says so: fine for latency
     work, meaningless for image quality.
     """
-    from .sources import resolve_source
-
     cls = diffusers_class(preset.family)
     if weights is not None:
         weights = resolve_source(weights).weights

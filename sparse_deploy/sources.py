@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SparseDeployError
-from .presets import DEFAULT_PRESET, PRESETS, Preset, family_of, get_preset, preset_from_config, preset_from_manifest
+from .presets import PRESETS, Preset, family_of, get_preset, preset_from_config
 from .schedule import check_schedule
 
-__all__ = ["ModelSource", "resolve_source", "resolve_vae", "load_vae", "source_preset", "run_preset", "run_vae", "is_path"]
+__all__ = ["ModelSource", "diffusers_class", "resolve_source", "resolve_vae", "load_vae", "source_preset", "is_path"]
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,20 @@ def load_vae(path: str | Path):
     return vae.eval()
 
 
+def diffusers_class(family: str):
+    """The diffusers class of a model family: ``dit`` or ``unet``."""
+    try:
+        if family == "dit":
+            from diffusers import DiTTransformer2DModel as cls
+        else:
+            from diffusers import UNet2DModel as cls
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        raise SparseDeployError(f"cannot import diffusers ({exc}); run 'make setup' to install the pinned version") from exc
+    return cls
+
+
 def _layout(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A model config with the class defaults filled in, comparable across JSON round trips."""
-    from .models import diffusers_class
-
     params = inspect.signature(diffusers_class(family).__init__).parameters
     full = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
     full.update({k: v for k, v in kwargs.items() if k in params})
@@ -266,37 +276,3 @@ def source_preset(source: ModelSource, model: str | None = None) -> Preset:
             f"(that is {'preset ' if builtin else 'a custom layout, '}'{preset.name}'); drop --model, the config says the layout"
         )
     return preset
-
-
-def run_preset(model: str | None, weights: str | Path | None = None, init: str | Path | None = None) -> Preset:
-    """The preset of a stage's inputs: a dense checkpoint's, else the weights' config, else ``--model``.
-
-    ``model`` may itself be a pipeline folder, model folder or file (then it is the weights).
-    """
-    if is_path(model):
-        if weights is not None:
-            raise SparseDeployError(f"--model '{model}' is a path and --weights '{weights}' too; pass the model once")
-        model, weights = None, model
-    if init is not None and model in PRESETS:
-        return get_preset(model)  # the init checkpoint's preset is checked where it is loaded
-    if init is not None:
-        from .checkpoint import read_manifest
-
-        preset = preset_from_manifest(read_manifest(init))
-        if model is not None and preset.name != model:
-            raise SparseDeployError(f"--init checkpoint is preset '{preset.name}', not '{model}'; drop --model")
-        return preset
-    if weights is not None:
-        return source_preset(resolve_source(weights), model)
-    return get_preset(model or DEFAULT_PRESET)
-
-
-def run_vae(vae: str | Path | None, weights: str | Path | None = None) -> str | None:
-    """The VAE folder of a stage: ``--vae`` resolved, else the ``--weights`` pipeline's own VAE."""
-    if vae is not None:
-        return str(resolve_vae(vae))
-    if weights is not None:
-        source = resolve_source(weights)
-        if source.vae_dir is not None:
-            return str(source.vae_dir)
-    return None

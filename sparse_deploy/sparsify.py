@@ -1,28 +1,16 @@
-"""Masked layers, the straight-through estimators, layer selection and the final bake.
+"""Masked layers, layer selection, coverage and the final bake: what every stage needs of a 2:4 model.
 
-A selected ``nn.Linear`` / ``nn.Conv2d`` keeps its dense ``weight`` (the parameter the
-optimizer updates) and gains a bool buffer ``weight_mask``; its forward uses ``weight * mask``.
-How gradients reach the dense weight depends on the mode:
+A selected ``nn.Linear`` / ``nn.Conv2d`` keeps its dense ``weight`` and gains a bool buffer
+``weight_mask``; its forward uses ``weight * mask``. That is all a checkpoint, an export or a
+runner needs; :func:`bake_` writes the masks into the weights and removes all mask machinery,
+leaving plain diffusers modules whose weights hold exact zeros.
 
-* ``srste`` - SparseDM's improved STE (SR-STE): dL/dW = dL/d(W*M) + decay * (1 - M) * W,
-  masks recomputed from the dense weights every ``mask_every`` steps.
-* ``ste`` - plain STE: the same with decay 0.
-* ``fixed`` - masks computed once; pruned weights get no gradient (NVIDIA ASP / Model
-  Optimizer style).
-* ``oneshot`` - masks computed once, no training at all (magnitude pruning baseline).
-* ``maskllm`` - learnable masks in the manner of MaskLLM (NeurIPS 2024): every group of 4 holds
-  logits over its six 2:4 patterns, initialised to favour the magnitude pattern; training
-  multiplies the weight by a Gumbel-softmax mixture of patterns (temperature annealed down,
-  logit scale annealed up, so the sampled mask hardens), and the deployed mask is the argmax
-  pattern. Weights and logits are learned together.
-
-Independently of the mode, ``pruned_decay`` applies a decoupled decay to the currently pruned
-weights after every optimizer step (``w <- w * (1 - lr * pruned_decay)``, as AdamW decays, so
-Adam's normalisation cannot swallow it as it does SR-STE's gradient term): pruned weights
-shrink steadily unless their gradient keeps them alive, which lets masks settle (CAST-style).
-
-:func:`bake_` writes the masks into the weights and removes all mask machinery, leaving
-plain diffusers modules whose weights hold exact zeros.
+What the modes do (:mod:`sparse_deploy.modes`) while they train - SR-STE and STE gradients,
+learned MaskLLM-style pattern logits, mask refresh, decoupled decay of pruned weights - lives in
+:mod:`sparse_deploy.learn.masking`, which gives a masked layer its training weight
+(``mask_training``); without one a masked layer always uses the hard mask. The one piece of a
+mode kept here is the storage it adds to a layer: ``maskllm``'s pattern logits, which its
+checkpoints hold.
 """
 
 from __future__ import annotations
@@ -39,11 +27,11 @@ from torch import nn
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
 from .models import short_name
-from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
+from .modes import MODES, get_mode
+from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, is_nm_sparse, nm_mask, pattern_index
 from .presets import Preset
 
 __all__ = [
-    "MODES",
     "MASK_INITS",
     "SparsityConfig",
     "LayerChoice",
@@ -51,24 +39,16 @@ __all__ = [
     "pruned_macs",
     "select_layers",
     "sparsify_",
-    "refresh_masks_",
     "masked_modules",
     "bake_",
     "coverage_report",
-    "SRSTE",
-    "set_mask_temperature_",
-    "set_grad_scale_",
-    "decay_pruned_",
-    "mask_logit_parameters",
 ]
 
 log = logging.getLogger(__name__)
 
-MODES = ("srste", "ste", "fixed", "oneshot", "maskllm")
-#: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (``sparse_deploy.reconstruct``):
+#: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (``sparse_deploy.learn.reconstruct``):
 #: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
 MASK_INITS = ("magnitude", "wanda", "sparsegpt")
-LEARNED_MASK_MODES = ("srste", "ste", "maskllm")
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
 
@@ -77,7 +57,7 @@ class SparsityConfig:
     """How to sparsify a model.
 
     Attributes:
-        mode: ``srste`` | ``ste`` | ``fixed`` | ``oneshot`` (see module docstring).
+        mode: a name in :data:`sparse_deploy.modes.MODES` (``srste`` | ``ste`` | ``fixed`` | ``oneshot`` | ``maskllm``).
         pattern: always ``"2:4"`` (:data:`~sparse_deploy.masks.PATTERN`), the only pattern TensorRT and
             cuSPARSELt run; recorded so that every artifact says which pattern it holds, and any
             other value is refused by :meth:`validate`.
@@ -94,7 +74,7 @@ class SparsityConfig:
         tau: ``maskllm``: Gumbel-softmax temperature at the first and last step (annealed geometrically).
         logit_scale: ``maskllm``: logit multiplier at the first and last step (annealed linearly).
         macs_budget: effective MACs as a share of the dense model's; only the least sensitive
-            selected layers go 2:4 until it is met (``sparse_deploy.sensitivity``). None: all.
+            selected layers go 2:4 until it is met (``sparse_deploy.learn.sensitivity``). None: all.
         latency_profile: a GEMM latency profile of the target GPU (``make gpu-check``'s
             ``reports/gpu/gemm.json``); selected Linear layers whose 2:4 kernel is not faster there
             at the deployment shape stay dense (``sparse_deploy.latency``). None: no such filter.
@@ -131,8 +111,7 @@ class SparsityConfig:
     calib_samples: int = 512
 
     def validate(self) -> "SparsityConfig":
-        if self.mode not in MODES:
-            raise SparseDeployError(f"unknown sparsity mode '{self.mode}'; choose one of: {', '.join(MODES)}")
+        mode = get_mode(self.mode)
         if self.pattern != PATTERN:
             raise SparseDeployError(
                 f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and cuSPARSELt run {PATTERN} only"
@@ -141,9 +120,10 @@ class SparsityConfig:
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
         if self.mask_every < 1:
             raise SparseDeployError(f"--mask-every must be >= 1, got {self.mask_every}")
-        if self.pruned_decay < 0 or (self.pruned_decay and self.mode not in LEARNED_MASK_MODES):
+        if self.pruned_decay < 0 or (self.pruned_decay and not mode.learns_masks):
+            learned = ", ".join(name for name, m in MODES.items() if m.learns_masks)
             raise SparseDeployError(
-                f"--pruned-decay must be >= 0 and needs a mode that learns masks ({', '.join(LEARNED_MASK_MODES)}); "
+                f"--pruned-decay must be >= 0 and needs a mode that learns masks ({learned}); "
                 f"got {self.pruned_decay} with mode {self.mode}"
             )
         if len(self.tau) != 2 or min(self.tau) <= 0 or len(self.logit_scale) != 2 or min(self.logit_scale) <= 0:
@@ -165,19 +145,13 @@ class SparsityConfig:
 
     @property
     def effective_decay(self) -> float:
-        return self.decay if self.mode == "srste" else 0.0
+        """SR-STE's decay as this mode applies it (0 for a mode without the decay term)."""
+        return self.decay if get_mode(self.mode).decays_pruned else 0.0
 
     @property
     def learns_masks(self) -> bool:
-        """Whether masks are recomputed from the dense weights during training."""
-        return self.mode in LEARNED_MASK_MODES
-
-    def schedule_at(self, step: int, total: int) -> tuple[float, float]:
-        """``maskllm``: the Gumbel temperature and logit scale at ``step`` of ``total``."""
-        progress = min(1.0, step / max(total - 1, 1))
-        tau = self.tau[0] * (self.tau[1] / self.tau[0]) ** progress
-        scale = self.logit_scale[0] + (self.logit_scale[1] - self.logit_scale[0]) * progress
-        return tau, scale
+        """Whether masks are recomputed during training (:attr:`~sparse_deploy.modes.SparsityMode.learns_masks`)."""
+        return get_mode(self.mode).learns_masks
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,48 +165,17 @@ class SparsityConfig:
         return cls(**data)
 
 
-class SRSTE(torch.autograd.Function):
-    """Forward ``W * M``; backward ``g + decay * (1 - M) * W`` to the dense weight (decay 0: plain STE)."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-        ctx.save_for_backward(weight, mask)
-        ctx.decay = decay
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        weight, mask = ctx.saved_tensors
-        grad = grad_output
-        if ctx.decay:
-            grad = grad + ctx.decay * (~mask).to(weight.dtype) * weight
-        return grad, None, None
-
-
 class _MaskedMixin:
     """Mixed into a Linear/Conv2d by class swap; keeps parameter names (and checkpoints) unchanged."""
 
     weight_mask: torch.Tensor
     sparsity_mode: str
-    sparsity_decay: float
 
     def masked_weight(self) -> torch.Tensor:
-        mask = self.weight_mask
-        if self.sparsity_mode in ("srste", "ste") and torch.is_grad_enabled():
-            # Under fp16 loss scaling the upstream gradient arrives multiplied by the scale: so must the decay.
-            return SRSTE.apply(self.weight, mask, self.sparsity_decay * self.__dict__.get("grad_scale", 1.0))
-        if self.sparsity_mode == "maskllm" and self.training and torch.is_grad_enabled():
-            return self.weight * self.soft_mask()
-        return self.weight * mask  # fixed/oneshot, and every mode at inference: the hard mask
-
-    def soft_mask(self) -> torch.Tensor:
-        """``maskllm``: a Gumbel-softmax mixture of the 2:4 patterns per group (differentiable in the logits)."""
-        tau, scale = getattr(self, "mask_tau", 1.0), getattr(self, "mask_scale", 1.0)
-        logits = self.mask_logits * scale
-        uniform = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
-        probs = torch.softmax((logits - torch.log(-torch.log(uniform))) / tau, dim=-1)
-        groups = probs @ nm_patterns(PATTERN_N, PATTERN_M).to(probs)
-        return from_groups(groups, self.weight.shape).to(self.weight.dtype)
+        training = self.__dict__.get("mask_training")  # set by sparse_deploy.learn.masking while a run trains
+        if training is not None and torch.is_grad_enabled():
+            return training.weight(self)
+        return self.weight * self.weight_mask  # every mode at inference: the hard mask
 
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
@@ -320,8 +263,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
         module.__class__ = _MASKED[type(module)]
         module.register_buffer("weight_mask", nm_mask(module.weight, PATTERN_N, PATTERN_M))
         module.sparsity_mode = config.mode
-        module.sparsity_decay = config.effective_decay
-        if config.mode == "maskllm":
+        if get_mode(config.mode).mask_logits:
             prior = nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
             module.mask_logits = nn.Parameter(prior.reshape(-1, 6).to(module.weight.device))
     log.info("masked %d layers with %s %s masks", len(layers), PATTERN, config.mode)
@@ -331,63 +273,6 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
 def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The masked layers of ``model`` by (diffusers) name."""
     return {short_name(n): m for n, m in model.named_modules() if isinstance(m, _MaskedMixin)}
-
-
-def _hard_mask(module: nn.Module) -> torch.Tensor:
-    logits = getattr(module, "mask_logits", None)
-    if logits is None:
-        return nm_mask(module.weight, PATTERN_N, PATTERN_M)  # SR-STE / STE: magnitude of the dense weight
-    chosen = nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
-    shape = module.weight.shape
-    return from_groups(chosen.reshape(to_groups(module.weight, PATTERN_M).shape), shape)
-
-
-@torch.no_grad()
-def refresh_masks_(model: nn.Module, layer_flips: dict[str, float] | None = None) -> float:
-    """Recompute every mask (magnitude of the dense weight, or the argmax pattern of learned logits).
-
-    Returns the share of all mask entries that flipped; ``layer_flips``, when given, receives each
-    layer's own share.
-    """
-    flipped = total = 0
-    for name, module in masked_modules(model).items():
-        new = _hard_mask(module)
-        changed = int((new != module.weight_mask).sum())
-        flipped += changed
-        total += new.numel()
-        if layer_flips is not None:
-            layer_flips[name] = changed / new.numel()
-        module.weight_mask.copy_(new)
-    return flipped / max(total, 1)
-
-
-def set_mask_temperature_(model: nn.Module, tau: float, scale: float) -> None:
-    """``maskllm``: set the Gumbel temperature and logit scale every masked layer samples with."""
-    for module in masked_modules(model).values():
-        module.mask_tau, module.mask_scale = tau, scale
-
-
-def set_grad_scale_(model: nn.Module, scale: float) -> None:
-    """Tell the SR-STE layers the current loss scale (fp16 ``GradScaler``; 1 otherwise).
-
-    SR-STE adds ``decay * (1 - M) * W`` to the gradient inside backward; with a scaled loss the rest
-    of that gradient is ``scale`` times too large until the optimizer unscales it, so the decay term
-    is scaled alike and comes out exact.
-    """
-    for module in masked_modules(model).values():
-        module.grad_scale = float(scale)
-
-
-def mask_logit_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learnable mask logits of ``maskllm`` layers (their own optimizer group: no weight decay)."""
-    return [module.mask_logits for module in masked_modules(model).values() if hasattr(module, "mask_logits")]
-
-
-@torch.no_grad()
-def decay_pruned_(model: nn.Module, factor: float) -> None:
-    """Multiply the currently pruned weights of every masked layer by ``factor`` (decoupled decay)."""
-    for module in masked_modules(model).values():
-        module.weight.mul_(torch.where(module.weight_mask, 1.0, factor).to(module.weight.dtype))
 
 
 @torch.no_grad()
@@ -403,7 +288,7 @@ def bake_(model: nn.Module) -> list[str]:
         del module.weight_mask
         if "mask_logits" in module._parameters:
             del module.mask_logits
-        for attr in ("sparsity_mode", "sparsity_decay", "mask_tau", "mask_scale", "grad_scale"):
+        for attr in ("sparsity_mode", "mask_training"):
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)

@@ -55,7 +55,7 @@ def killed_at_step(monkeypatch):
     step n would (the checkpoints before it are written); the real update is back after the block."""
     import contextlib
 
-    from sparse_deploy import train as train_mod
+    from sparse_deploy.learn import train as train_mod
 
     real_update = train_mod._ema_update_
 

@@ -28,9 +28,11 @@ from .. import checkpoint as ckpt
 from .. import models
 from ..errors import SparseDeployError
 from ..models import Denoiser
+from ..modes import MODES, ONESHOT
 from ..presets import Preset, get_preset, preset_from_manifest
 from ..provenance import sha256_file
-from ..sources import resolve_source, run_preset
+from ..inputs import run_preset
+from ..sources import resolve_source
 from ..sparsify import SparsityConfig, bake_, select_layers, sparsify_
 from .config import ExportConfig
 
@@ -142,7 +144,7 @@ def _load_dense_checkpoint(path: Path) -> tuple[Denoiser, list[str]]:
 def _oneshot(base: Loader) -> Loader:
     def load() -> tuple[Denoiser, list[str]]:
         model = copy.deepcopy(base()[0])
-        config = SparsityConfig(mode="oneshot")
+        config = SparsityConfig(mode=ONESHOT)
         choice = select_layers(model, config)
         sparsify_(model, config, layers=choice.selected)
         layers = bake_(model)
@@ -190,6 +192,12 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
     )
 
 
+def _fine_tuned(mode: str | None) -> bool:
+    """Whether a checkpoint of ``mode`` was trained after its masks were set (a mode this version does not know: assumed so)."""
+    known = MODES.get(mode) if mode is not None else None
+    return known.trains if known is not None else True
+
+
 def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset) -> dict[str, GraphSource]:
     """A checkpoint with masks: its own baked masks for the sparse graph, its dense parent for the dense one."""
     identity = _checkpoint_identity(path, manifest)
@@ -202,7 +210,7 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
     sources: dict[str, GraphSource] = {}
     if "sparse" in config.kinds:
         sources["sparse"] = GraphSource(
-            "sparse", {**identity, "masks": "checkpoint", "fine_tuned": mode != "oneshot"}, _Once(load_sparse),
+            "sparse", {**identity, "masks": "checkpoint", "fine_tuned": _fine_tuned(mode)}, _Once(load_sparse),
             [f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks baked into the weights"],
         )
     if "dense" in config.kinds:
@@ -239,7 +247,7 @@ def _base_sources(config: ExportConfig, base: _Base) -> dict[str, GraphSource]:
                 "one-shot pruning; export a sparse (fine-tuned) checkpoint, or drop --require-masks for a one-shot "
                 "magnitude 2:4 baseline with no fine-tuning"
             )
-        oneshot = SparsityConfig(mode="oneshot")
+        oneshot = SparsityConfig(mode=ONESHOT)
         sources["sparse"] = GraphSource(
             "sparse",
             {**base.identity, "masks": "oneshot-magnitude", "fine_tuned": False, "sparsity": oneshot.to_dict()},

@@ -145,11 +145,12 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ..backends.torch24 import to_semi_structured_
-    from ..measure.timing import ratio, run_interleaved, summarize
+    from ..timing import ratio, run_interleaved, summarize
     from ..models import build_model
     from ..presets import get_preset
     from ..provenance import write_json_atomic
     from ..sampling import sample
+    from ..modes import ONESHOT
     from ..sparsify import SparsityConfig, bake_, select_layers, sparsify_
 
     preset = get_preset(args.e2e_model)
@@ -157,7 +158,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     with torch.device(DEVICE):  # random init straight on the GPU (DiT-XL: seconds instead of a minute on the CPU)
         dense = build_model(preset, None, announce_random=False)
     dense = dense.to(DEVICE)  # buffers diffusers builds from numpy start on the CPU
-    config = SparsityConfig(mode="oneshot")
+    config = SparsityConfig(mode=ONESHOT)
     layers = select_layers(dense, config).selected
     sparsify_(dense, config, layers)
     bake_(dense)

@@ -6,7 +6,7 @@
   model (dense and sparse), interleaved A B A B ... after warm-up; median, IQR, p10-p90, the
   dense/sparse ratio per batch size, peak memory and engine size (:mod:`.engine_latency`).
 * ``train-cost --model M --steps K``: seconds per fine-tuning step of dense, fixed, ste, srste and
-  srste+kd training, interleaved, each timing one :func:`sparse_deploy.train.train_step` (:mod:`.train_cost`).
+  srste+kd training, interleaved, each timing one :func:`sparse_deploy.learn.train.train_step` (:mod:`.train_cost`).
 * ``macs --model M``: per-layer and total MACs from the model, cross-checked against the exported
   ONNX graph (:func:`sparse_deploy.macs.onnx_macs`); dense vs effective sparse MACs (:mod:`.macs_check`).
 * ``methods --model M --dense-checkpoint DIR --steps N``: dense (continued), one-shot, fixed, STE,
@@ -37,7 +37,7 @@ from ..cliargs import comma_ints, comma_list
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_device, check_output_dir
 from ..settings import CPU_PRECISION, DEFAULT_KD_WEIGHT, GPU_PRECISION
-from ..sources import run_preset
+from ..inputs import run_preset
 from .engine_latency import LatencyConfig, latency_filename, run_latency
 from .grids import sample_grids
 from .machine import command_line, write_record

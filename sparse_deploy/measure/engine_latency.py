@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SparseDeployError
 from .machine import artifact_size, engine_memory_isolated, record
-from .timing import clock_name, ratio, run_interleaved, summarize
+from ..timing import clock_name, ratio, run_interleaved, summarize
 
 __all__ = ["LatencyConfig", "engine_info", "engine_names", "run_latency", "latency_filename"]
 

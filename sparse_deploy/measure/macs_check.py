@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SparseDeployError
-from ..sources import run_preset
+from ..inputs import run_preset
 from .machine import record
 
 __all__ = ["macs_crosscheck", "mac_report"]

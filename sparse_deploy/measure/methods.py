@@ -20,10 +20,10 @@ import numpy as np
 
 from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_WEIGHT
-from ..sources import run_preset
+from ..inputs import run_preset
 from .machine import record
-from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config, trains
-from .timing import spread, time_call
+from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, START, method_train_config, trains
+from ..timing import spread, time_call
 
 __all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
 
@@ -222,11 +222,11 @@ def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, fol
     from ..checkpoint import read_manifest
     from ..provenance import atomic_path, timestamp, write_json_atomic
     from ..sampling import save_grid
-    from ..train import train
+    from ..learn.train import train
 
     log.info("%s seed %d: training %d steps", method, seed, config.steps if trains(method) else 0)
     resumed = (folder / "checkpoint" / "manifest.json").is_file()
-    if method == "start":  # the starting model itself, sampled as every method is
+    if method == START:  # the starting model itself, sampled as every method is
         ckpt, train_seconds = Path(config.dense_checkpoint), 0.0
     else:
         tconfig = method_train_config(method, preset.name, folder, steps=config.steps, init=config.dense_checkpoint, seed=seed,

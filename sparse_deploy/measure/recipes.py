@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SparseDeployError
+from ..learn.config import TrainConfig
+from ..modes import get_mode
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
+from ..sparsify import SparsityConfig
 
 __all__ = ["METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
-           "UNTRAINED", "trains", "method_train_config"]
+           "START", "UNTRAINED", "trains", "method_train_config"]
 
 DEFAULT_PRUNED_DECAY = 5.0
 # method -> (sparsity mode, output distillation, block distillation weight, pruned-weight decay, mask start)
@@ -39,12 +42,18 @@ METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float, str]] = {
     "srste+kd+dd": ("srste", True, 0.0, DEFAULT_PRUNED_DECAY, "magnitude"),
     "maskllm+kd": ("maskllm", True, 0.0, 0.0, "magnitude"),
 }
-UNTRAINED = ("start", "oneshot", "oneshot-wanda", "oneshot-sparsegpt")  # train nothing: one point at 0 steps
+START = "start"  # the starting model itself, sampled as every method is
 
 
 def trains(method: str) -> bool:
-    """Whether ``method`` fine-tunes (the starting model and one-shot pruning do not)."""
-    return method not in UNTRAINED
+    """Whether ``method`` fine-tunes: its mode trains (:mod:`sparse_deploy.modes`; one-shot does not), and the starting model does not."""
+    recipe = METHOD_RECIPES.get(method)
+    if recipe is None:  # a method of another version (a merged methods.json): it was trained
+        return True
+    return get_mode(recipe[0]).trains if recipe[0] is not None else method != START
+
+
+UNTRAINED = tuple(m for m in METHOD_RECIPES if not trains(m))  # train nothing: one point at 0 steps
 METHODS = tuple(METHOD_RECIPES)
 METHOD_LABELS = {
     "start": "starting model (no fine-tuning)",
@@ -72,11 +81,8 @@ TRAIN_COST_METHODS = tuple(m for m in METHODS if trains(m))
 def method_train_config(
     method: str, preset: str, out: str | Path, *, steps: int, init: str | Path | None, seed: int = 0,
     kd_weight: float = DEFAULT_KD_WEIGHT, macs_budget: float | None = None, **overrides: Any,
-):
-    """The :class:`~sparse_deploy.train.TrainConfig` of one method of :data:`METHODS`."""
-    from ..sparsify import SparsityConfig
-    from ..train import TrainConfig
-
+) -> TrainConfig:
+    """The :class:`~sparse_deploy.learn.config.TrainConfig` of one method of :data:`METHODS`."""
     if method not in METHODS:
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
     mode, kd, kd_features, pruned_decay, mask_init = METHOD_RECIPES[method]

@@ -1,6 +1,6 @@
 """Seconds per fine-tuning step of each method, interleaved method by method.
 
-Each timed call is one :func:`sparse_deploy.train.train_step` of a prepared run, so the figure is
+Each timed call is one :func:`sparse_deploy.learn.train.train_step` of a prepared run, so the figure is
 the cost of a step as training pays it (mask refresh, batch draw, forward, teacher forward for
 distillation, backward, clipping, AdamW, LR schedule, EMA update).
 """
@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import SparseDeployError
-from ..sources import run_preset
+from ..inputs import run_preset
 from .machine import record
 from .recipes import METHODS, TRAIN_COST_METHODS, method_train_config, trains
-from .timing import clock_name, run_interleaved, summarize
+from ..timing import clock_name, run_interleaved, summarize
 
 __all__ = ["run_train_cost"]
 
@@ -50,7 +50,7 @@ def _prepare_runs(model: str, methods: Sequence[str], init: Path, folder: Path, 
     """One prepared training run per method, sharing one copy of the dataset."""
     import torch
 
-    from ..train import prepare_run
+    from ..learn.train import prepare_run
 
     runs: dict[str, Any] = {}
     shared = None
@@ -69,7 +69,7 @@ def _prepare_runs(model: str, methods: Sequence[str], init: Path, folder: Path, 
 
 def _step_tasks(runs: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     """One callable per method that runs its next training step."""
-    from ..train import train_step
+    from ..learn.train import train_step
 
     counters = {m: 0 for m in runs}
 
@@ -97,7 +97,7 @@ def run_train_cost(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
-    from ..distributed import DistEnv, resolve_device
+    from ..learn.distributed import DistEnv, resolve_device
 
     unknown = [m for m in methods if m not in METHODS or not trains(m)]
     if unknown:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_deploy import train as train_mod
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import read_manifest
-from sparse_deploy.distributed import DistEnv, resolve_device
+from sparse_deploy.learn.distributed import DistEnv, resolve_device
 from sparse_deploy.sparsify import SparsityConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of PyTorch and a GPU")]

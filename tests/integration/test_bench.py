@@ -30,7 +30,7 @@ from sparse_deploy.measure.macs_check import mac_report, macs_crosscheck
 from sparse_deploy.measure.methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
 from sparse_deploy.measure.recipes import METHOD_LABELS, METHODS, TRAIN_COST_METHODS, method_train_config
 from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
-from sparse_deploy.measure.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
+from sparse_deploy.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
 from sparse_deploy.measure.train_cost import run_train_cost
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
@@ -216,7 +216,7 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     with np.load(runs["dense"]["samples"]) as d, np.load(runs["oneshot"]["samples"]) as o:
         assert np.array_equal(d["labels"], o["labels"]) and d["images"].shape == (8, 16, 16, 1)
 
-    import sparse_deploy.train as train_mod
+    import sparse_deploy.learn.train as train_mod
 
     def no_training(*_a, **_k):
         raise AssertionError("a stored result should have been reused")
@@ -280,7 +280,7 @@ def test_methods_drawn_without_the_fid_network_are_scored_elsewhere_without_trai
     import dataclasses
     import shutil
 
-    import sparse_deploy.train as train_mod
+    import sparse_deploy.learn.train as train_mod
     from sparse_deploy import fid
 
     torch.manual_seed(0)

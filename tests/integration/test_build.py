@@ -226,7 +226,7 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     from sparse_deploy.backends import trt as trt_backend
     from sparse_deploy.export import read_onnx_manifest
 
-    from sparse_deploy.models import diffusers_class
+    from sparse_deploy.sources import diffusers_class
 
     diffusers_class("dit")  # imported before the stand-in: diffusers probes for an installed tensorrt
     flag_names = ("DIRECT_IO", "SPARSE_WEIGHTS", "STRICT_NANS", "TF32")

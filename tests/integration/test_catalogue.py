@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_deploy import train as train_mod
+from sparse_deploy.learn import train as train_mod
+from sparse_deploy.learn.cli import main as train_main
 from sparse_deploy.checkpoint import LEGACY_TRAINING_STATE, MANIFEST, TRAINING_STATE
 from sparse_deploy.provenance import seal
 
@@ -66,7 +67,7 @@ def _train_argv(out: Path, data: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, fmnist_data) -> Path:
     out = tmp_path_factory.mktemp("cat") / "dense"
-    assert train_mod.main(_train_argv(out, fmnist_data)) == 0
+    assert train_main(_train_argv(out, fmnist_data)) == 0
     return out
 
 
@@ -87,7 +88,7 @@ DIFFERENT_RUNS = {
 def test_a_different_config_is_refused_before_anything_is_written(capsys, finished_run, fmnist_data, name):
     # The data flag must be replaced, not repeated: build the argv with the override last (argparse keeps the last).
     extra, expected = DIFFERENT_RUNS[name]
-    line = refused(capsys, train_mod.main, _train_argv(finished_run, fmnist_data, *extra), finished_run)
+    line = refused(capsys, train_main, _train_argv(finished_run, fmnist_data, *extra), finished_run)
     assert "different run" in line and expected in line
     assert "another --out" in line and "delete" in line
     assert not (finished_run / "coverage.json").exists()
@@ -96,7 +97,7 @@ def test_a_different_config_is_refused_before_anything_is_written(capsys, finish
 def test_the_same_config_is_a_no_op_on_a_finished_run(caplog, finished_run, fmnist_data):
     before = snapshot(finished_run)
     caplog.set_level("INFO")
-    assert train_mod.main(_train_argv(finished_run, fmnist_data, "--checkpoint-every", "5")) == 0  # not identity
+    assert train_main(_train_argv(finished_run, fmnist_data, "--checkpoint-every", "5")) == 0  # not identity
     assert "already complete" in caplog.text
     assert snapshot(finished_run) == before
 
@@ -108,7 +109,7 @@ def test_a_planted_pickle_is_never_loaded(capsys, tmp_path, finished_run, fmnist
 
     (out / "checkpoint" / TRAINING_STATE).unlink()
     (out / "checkpoint" / LEGACY_TRAINING_STATE).write_bytes(planted_pickle(marker))
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
+    line = refused(capsys, train_main, _train_argv(out, fmnist_data), out)
     assert "pickled training state" in line
     assert not marker.exists()
 
@@ -120,12 +121,12 @@ def test_a_pickle_under_the_state_name_is_refused(capsys, tmp_path, finished_run
 
     state = out / "checkpoint" / TRAINING_STATE
     state.write_bytes(planted_pickle(marker))
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
+    line = refused(capsys, train_main, _train_argv(out, fmnist_data), out)
     assert TRAINING_STATE in line and "hash" in line
     manifest = json.loads((out / "checkpoint" / MANIFEST).read_text())  # even with a matching hash: unreadable, not run
     manifest["training_state_sha256"] = hashlib.sha256(state.read_bytes()).hexdigest()
     (out / "checkpoint" / MANIFEST).write_text(json.dumps(seal(manifest)))
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data), out)
+    line = refused(capsys, train_main, _train_argv(out, fmnist_data), out)
     assert "unreadable" in line
     assert not marker.exists()
 
@@ -135,7 +136,7 @@ def test_a_torn_metrics_line_is_tolerated_on_resume(tmp_path, finished_run, fmni
     shutil.copytree(finished_run, out)
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 3, "lo')
-    assert train_mod.main(_train_argv(out, fmnist_data)) == 0
+    assert train_main(_train_argv(out, fmnist_data)) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
 
@@ -164,13 +165,13 @@ BAD_TRAIN_FLAGS = {
 def test_bad_train_flags_are_refused_before_work(capsys, tmp_path, fmnist_data, name):
     extra, expected = BAD_TRAIN_FLAGS[name]
     out = tmp_path / "run"
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data, *extra), tmp_path)
+    line = refused(capsys, train_main, _train_argv(out, fmnist_data, *extra), tmp_path)
     assert expected in line
     assert not out.exists()
 
 
 def test_kd_weight_nan_is_refused(capsys, tmp_path, finished_run, fmnist_data):
-    line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--sparsity", "srste", "--init",
+    line = refused(capsys, train_main, _train_argv(tmp_path / "run", fmnist_data, "--sparsity", "srste", "--init",
                                                        str(finished_run / "checkpoint"), "--kd-weight", "nan"), tmp_path)
     assert "--kd-weight" in line
 
@@ -178,9 +179,9 @@ def test_kd_weight_nan_is_refused(capsys, tmp_path, finished_run, fmnist_data):
 def test_out_that_is_a_file_is_refused(capsys, tmp_path, fmnist_data):
     target = tmp_path / "file"
     target.write_text("keep me")
-    line = refused(capsys, train_mod.main, _train_argv(target, fmnist_data), tmp_path)
+    line = refused(capsys, train_main, _train_argv(target, fmnist_data), tmp_path)
     assert "--out" in line and "is a file" in line
-    line = refused(capsys, train_mod.main, _train_argv(target / "below", fmnist_data), tmp_path)
+    line = refused(capsys, train_main, _train_argv(target / "below", fmnist_data), tmp_path)
     assert "--out" in line
 
 
@@ -190,7 +191,7 @@ def test_out_without_write_permission_is_refused(capsys, tmp_path, fmnist_data):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        line = refused(capsys, train_mod.main, _train_argv(locked / "run", fmnist_data), tmp_path)
+        line = refused(capsys, train_main, _train_argv(locked / "run", fmnist_data), tmp_path)
         assert "not writable" in line
     finally:
         locked.chmod(0o700)
@@ -209,7 +210,7 @@ def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoin
     import safetensors.torch
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data, "--steps", "1", "--out", str(tmp_path / "fresh")), out)
+    line = refused(capsys, train_main, _train_argv(out, fmnist_data, "--steps", "1", "--out", str(tmp_path / "fresh")), out)
     assert "No space left" in line and "free some space" in line
     assert snapshot(out / "checkpoint") == ckpt_before
     assert not (tmp_path / "fresh" / "checkpoint").exists()
@@ -341,7 +342,7 @@ def test_an_edited_checkpoint_manifest_is_refused(capsys, tmp_path, engines):
 def test_fid_bad_sources(capsys, tmp_path):
     import numpy as np
 
-    from sparse_deploy import fid_cli
+    from sparse_deploy.fid import cli as fid_cli
 
     good = tmp_path / "good"
     good.mkdir()
@@ -483,6 +484,6 @@ def test_a_pickled_diffusers_folder_is_never_loaded(capsys, tmp_path, fmnist_dat
     for f in folder.glob("*.safetensors"):
         f.unlink()
     (folder / "diffusion_pytorch_model.bin").write_bytes(planted_pickle(marker))
-    line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path)
+    line = refused(capsys, train_main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path)
     assert "could not load diffusers weights" in line
     assert not marker.exists()

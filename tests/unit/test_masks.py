@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_deploy.masks import eligibility, is_nm_sparse, nm_mask, nm_violations
+from sparse_deploy.masks import eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, nm_violations, pattern_index
 
 
 def test_linear_mask_groups_along_input_features():
@@ -145,3 +145,17 @@ def test_unsupported_shapes_raise():
         nm_mask(torch.ones(8, 16, 3))
     with pytest.raises(ValueError):
         nm_violations(torch.ones(8, 6))
+
+
+def test_patterns_are_the_six_2_4_choices_and_index_round_trips():
+    patterns = nm_patterns(2, 4)
+    assert patterns.shape == (6, 4) and torch.equal(patterns.sum(1), torch.full((6,), 2.0))
+    assert len({tuple(r.tolist()) for r in patterns}) == 6
+    for shape in ((16, 32), (8, 16, 3, 3)):
+        w = torch.randn(shape)
+        mask = nm_mask(w)
+        index = pattern_index(mask)
+        rebuilt = patterns[index.reshape(-1)].reshape(*index.shape, 4)
+        assert torch.equal(from_groups(rebuilt.bool(), w.shape), mask)
+    with pytest.raises(ValueError, match="not exact 2:4"):
+        pattern_index(torch.ones(4, 16, dtype=torch.bool))

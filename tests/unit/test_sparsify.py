@@ -1,4 +1,4 @@
-"""Masked layers, SR-STE gradients, layer selection, mask refresh, bake and MAC coverage."""
+"""Masked layers, layer selection, the sparsity config, bake and MAC coverage (their training: learn/test_masking.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,7 @@ from sparse_deploy.macs import layer_macs
 from sparse_deploy.masks import PATTERN, is_nm_sparse, nm_mask
 from sparse_deploy.models import build_model, example_inputs
 from sparse_deploy.presets import get_preset
-from sparse_deploy.sparsify import (
-    SRSTE,
-    SparsityConfig,
-    bake_,
-    coverage_report,
-    masked_modules,
-    refresh_masks_,
-    select_layers,
-    sparsify_,
-)
+from sparse_deploy.sparsify import SparsityConfig, bake_, coverage_report, masked_modules, select_layers, sparsify_
 
 DIT_BLOCK_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
 
@@ -42,61 +33,6 @@ def _fresh(preset: str, seed: int = 0) -> nn.Module:
 
 
 # --- the straight-through estimators -------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(8, 16), (4, 8, 3, 3)])
-def test_srste_gradient_formula(shape):
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
-    mask = nm_mask(w)
-    upstream = torch.randn(shape, generator=gen, dtype=torch.float64)
-    lam = 0.37  # large, so that a missing or misplaced decay term cannot hide in rounding
-    out = SRSTE.apply(w, mask, lam)
-    assert_close(out, w.detach() * mask)
-    out.backward(upstream)
-    expected = upstream + lam * (~mask).to(torch.float64) * w.detach()
-    assert_close(w.grad, expected, rtol=0, atol=1e-15)
-    # Kept weights see only the upstream gradient; pruned ones also the decay towards zero.
-    assert_close(w.grad[mask], upstream[mask], rtol=0, atol=0)
-
-
-def test_plain_ste_passes_dense_gradient_unchanged():
-    gen = torch.Generator().manual_seed(1)
-    w = torch.randn(8, 16, generator=gen, dtype=torch.float64, requires_grad=True)
-    mask = nm_mask(w)
-    upstream = torch.randn(8, 16, generator=gen, dtype=torch.float64)
-    SRSTE.apply(w, mask, 0.0).backward(upstream)
-    assert_close(w.grad, upstream, rtol=0, atol=0)
-    assert torch.all(w.grad[~mask] != 0)  # pruned weights still receive the dense gradient
-
-
-def _masked_linear(mode: str, decay: float = 2e-4) -> nn.Sequential:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 8)).double()
-    sparsify_(model, SparsityConfig(mode=mode, decay=decay), layers=["0"])
-    return model
-
-
-@pytest.mark.parametrize("mode,decay", [("srste", 0.5), ("ste", 0.5), ("fixed", 0.5)])
-def test_masked_linear_gradients_by_mode(mode, decay):
-    model = _masked_linear(mode, decay)
-    layer = model[0]
-    assert type(layer).__name__ == "MaskedLinear"
-    mask = layer.weight_mask.clone()
-    x = torch.randn(5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    upstream = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    out = model(x)
-    assert_close(out, x @ (layer.weight.detach() * mask).t() + layer.bias.detach())
-    out.backward(upstream)
-    dense_grad = upstream.t() @ x  # dL/d(W*M)
-    if mode == "fixed":
-        expected = dense_grad * mask
-        assert torch.all(layer.weight.grad[~mask] == 0)
-    elif mode == "ste":
-        expected = dense_grad  # decay is forced to 0 outside srste
-    else:
-        expected = dense_grad + decay * (~mask).double() * layer.weight.detach()
-    assert_close(layer.weight.grad, expected, rtol=0, atol=1e-12)
-
 
 # --- layer selection -----------------------------------------------------------------------
 
@@ -164,41 +100,6 @@ def test_sparsify_rejects_unknown_layer_names(tiny_dit):
 
 
 # --- masks follow the dense weights ---------------------------------------------------------
-
-def test_refresh_masks_follows_dense_weights():
-    model = _fresh("tiny-dit")
-    names = sparsify_(model, SparsityConfig())
-    layers = masked_modules(model)
-    assert sorted(layers) == sorted(names)
-    for layer in layers.values():
-        assert torch.equal(layer.weight_mask, nm_mask(layer.weight))
-    assert refresh_masks_(model) == 0.0  # nothing changed yet
-    layer = layers["transformer_blocks.0.attn1.to_q"]
-    with torch.no_grad():
-        row = layer.weight[0, :4]
-        dropped = (~layer.weight_mask[0, :4]).nonzero().flatten()
-        row[dropped[0]] = 100.0  # a pruned weight becomes the largest of its group
-    assert not layer.weight_mask[0, dropped[0]]
-    flipped = refresh_masks_(model)
-    total = sum(m.weight_mask.numel() for m in layers.values())
-    assert flipped == pytest.approx(2 / total)  # one weight in, one out
-    assert layer.weight_mask[0, dropped[0]]
-    assert layer.weight_mask[0, :4].sum() == 2
-    for layer in layers.values():
-        assert torch.equal(layer.weight_mask, nm_mask(layer.weight))
-
-
-def test_fixed_mode_keeps_masks_at_sparsify_time_but_refresh_recomputes():
-    # refresh_masks_ is what the loop calls for srste/ste; the loop never calls it for fixed.
-    model = _fresh("tiny-dit")
-    sparsify_(model, SparsityConfig(mode="fixed"))
-    layer = masked_modules(model)["transformer_blocks.1.ff.net.2"]
-    before = layer.weight_mask.clone()
-    with torch.no_grad():
-        layer.weight.mul_(-1)  # same magnitudes: same mask
-    refresh_masks_(model)
-    assert torch.equal(layer.weight_mask, before)
-
 
 # --- bake ----------------------------------------------------------------------------------
 
@@ -285,3 +186,16 @@ def test_the_pattern_is_one_constant_recorded_everywhere():
     assert PATTERN == "2:4"
     assert SparsityConfig().to_dict()["pattern"] == "2:4"
     assert SparsityConfig.from_dict({"mode": "ste", "n": 2, "m": 4}).validate().pattern == "2:4"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
+    (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
+    (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
+    (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
+])
+def test_new_settings_validate(kwargs, match):
+    from sparse_deploy.errors import SparseDeployError
+
+    with pytest.raises(SparseDeployError, match=match):
+        SparsityConfig(**kwargs).validate()

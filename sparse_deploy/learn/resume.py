@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE, read_manifest
-from .errors import SparseDeployError
-from .provenance import write_text_atomic
-from .sparsify import SparsityConfig
+from ..checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE, read_manifest
+from ..errors import SparseDeployError
+from ..provenance import write_text_atomic
+from ..sparsify import SparsityConfig
 
 __all__ = ["NOT_IDENTITY", "differing_settings", "check_resumable", "read_metrics", "rewrite_metrics", "sync_file"]
 

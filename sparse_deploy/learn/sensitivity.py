@@ -14,9 +14,9 @@ from typing import Sequence
 
 import torch
 
-from .errors import SparseDeployError
-from .masks import nm_mask
-from .models import short_name
+from ..errors import SparseDeployError
+from ..masks import nm_mask
+from ..models import short_name
 
 __all__ = ["layer_sensitivity", "choose_for_budget", "BudgetChoice"]
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from .cliargs import comma_floats, comma_list
-from .errors import SparseDeployError
-from .presets import DEFAULT_PRESET, PRESETS
-from .settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
-from .sources import is_path, run_preset
-from .sparsify import MASK_INITS, MODES, SparsityConfig
-from .train_config import LR_SCHEDULES, TrainConfig
+from ..cliargs import comma_floats, comma_list
+from ..errors import SparseDeployError, cli_entry
+from ..inputs import run_preset
+from ..modes import MODES, get_mode
+from ..presets import DEFAULT_PRESET, PRESETS
+from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
+from ..sources import is_path
+from ..sparsify import MASK_INITS, SparsityConfig
+from .config import LR_SCHEDULES, TrainConfig
+from .distributed import DistEnv
+from .train import train
 
 _SPARSE = SparsityConfig()  # the flag defaults are the config's
 
-__all__ = ["DESCRIPTION", "build_parser", "config_from_args"]
+__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "main"]
 
 DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
 
@@ -32,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder")
     p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
     p.add_argument("--sparsity", choices=("none", *MODES), default="none",
-                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
-                        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
+                   help="none: dense training; " + ", ".join(f"{m.name} ({m.help})" if m.help else m.name for m in MODES.values()))
     p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
     p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
     p.add_argument("--kd-weight", type=float, default=None, help=f"distillation weight (default {DEFAULT_KD_WEIGHT} when sparse from --init or --weights, else 0)")
@@ -95,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                   latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype,
                                   mask_init=args.mask_init, calib_samples=args.calib_samples)
     teacher = args.init or weights
-    distil = sparsity is not None and bool(teacher)  # sparse fine-tuning from dense weights: the teacher is there
+    # sparse fine-tuning from dense weights: the teacher is there, and the mode distils by default
+    distil = sparsity is not None and bool(teacher) and get_mode(sparsity.mode).distils_by_default
     kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
     kd_features = args.kd_features if args.kd_features is not None else (DEFAULT_KD_FEATURES if distil else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
@@ -106,3 +110,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sparse_deploy.train``: the flags onto a :class:`TrainConfig`, then :func:`~sparse_deploy.learn.train.train`."""
+    ckpt = train(config_from_args(build_parser().parse_args(argv)))
+    if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
+        print(f"checkpoint: {ckpt}")
+    return 0

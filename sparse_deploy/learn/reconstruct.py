@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import SparseDeployError
-from .masks import PATTERN_M, PATTERN_N, nm_mask, pattern_index
-from .sparsify import MASK_INITS, masked_modules
+from ..errors import SparseDeployError
+from ..masks import PATTERN_M, PATTERN_N, nm_mask, pattern_index
+from ..sparsify import MASK_INITS, masked_modules
 
 __all__ = [
     "CRITERIA",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import SparseDeployError, cli_entry
-from .fid import (DEFAULT_CACHE_DIR, INCEPTION_PACKAGE, INCEPTION_SHA256, PREPROCESSING, frechet_distance, kid_from_features,
-                  reference_stats)
-from .guards import check_output_dir, check_output_file
+from ..backends.device import torch_device
+from ..errors import SparseDeployError, cli_entry
+from ..guards import check_output_dir, check_output_file
+from ..provenance import library_versions, timestamp, write_json_atomic
+from . import (DEFAULT_CACHE_DIR, INCEPTION_PACKAGE, INCEPTION_SHA256, PREPROCESSING, frechet_distance, kid_from_features,
+               reference_stats)
 
 __all__ = ["main"]
 
@@ -50,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(cache_dir, "--cache-dir")
     if args.json:
         check_output_file(args.json, "--json")
-    from .backends.device import torch_device
-
     device = torch_device(args.device)
     stats = [
         reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet, device=device)
@@ -75,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"KID {mean:.6f} +- {std:.6f}  ({args.kid_subsets} subsets of {size}{note})")
     print(f"preprocessing: {PREPROCESSING}")
     if args.json:
-        from .provenance import library_versions, timestamp, write_json_atomic
-
         result.update(created=timestamp(), versions=library_versions())
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

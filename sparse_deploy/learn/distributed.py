@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import SparseDeployError
+from ..errors import SparseDeployError
 
 __all__ = ["DistEnv", "Distributed", "resolve_device", "state_digest"]
 
@@ -67,7 +67,7 @@ def resolve_device(request: str, env: DistEnv, cuda_devices: int | None = None) 
         env: this process's rank layout.
         cuda_devices: how many CUDA devices are visible (default: ask PyTorch).
     """
-    from .backends.device import torch_device
+    from ..backends.device import torch_device
 
     return torch_device(request, env.local_rank, env.world_size, cuda_devices)
 

@@ -19,9 +19,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from .errors import SparseDeployError
-from .models import Denoiser
-from .provenance import atomic_dir, sha256_file, timestamp, write_json_atomic
+from ..errors import SparseDeployError
+from ..models import Denoiser
+from ..provenance import atomic_dir, sha256_file, timestamp, write_json_atomic
 
 __all__ = ["DIFFUSERS_DIR", "write_diffusers", "write_run_diffusers"]
 
@@ -39,8 +39,8 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
         weights: the pipeline folder, model folder or file the run started from.
         info: extra provenance for ``sparse_deploy.json``.
     """
-    from .schedule import DEFAULT_SCHEDULE
-    from .sources import resolve_source
+    from ..schedule import DEFAULT_SCHEDULE
+    from ..sources import resolve_source
 
     if any(hasattr(m, "weight_mask") for m in model.modules()):
         raise SparseDeployError("write_diffusers needs a baked model (sparsify.bake_): diffusers cannot load mask buffers")
@@ -61,7 +61,7 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
                     shutil.copy2(entry, tmp / entry.name)
         model.net.save_pretrained(str(tmp / component), safe_serialization=True)
         if not (tmp / "scheduler").exists():
-            from .schedule import training_scheduler
+            from ..schedule import training_scheduler
 
             training_scheduler(preset.schedule or DEFAULT_SCHEDULE).save_pretrained(str(tmp / "scheduler"))
         if not (tmp / "model_index.json").exists() and preset.family == "unet":
@@ -85,8 +85,8 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
 
 def write_run_diffusers(run_dir: str | Path, checkpoint: str | Path, weights: str | Path | None = None) -> Path:
     """``<run>/diffusers/`` from a run's checkpoint: its inference (EMA) model, masks baked."""
-    from .checkpoint import load_checkpoint
-    from .sparsify import bake_
+    from ..checkpoint import load_checkpoint
+    from ..sparsify import bake_
 
     model, manifest = load_checkpoint(checkpoint)
     layers = sorted(bake_(model))

@@ -1,4 +1,4 @@
-"""Latency-aware layer selection from a synthetic GEMM profile (the kit writes real ones on a GPU)."""
+"""Which selected layers stay dense: a synthetic GEMM latency profile (``--latency-profile``) and the MACs budget."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from sparse_deploy import latency
-from sparse_deploy import train as train_mod
 from sparse_deploy.errors import SparseDeployError
-from sparse_deploy.models import build_model, example_inputs
-from sparse_deploy.presets import get_preset
+from sparse_deploy.learn import train as train_mod
+from sparse_deploy.learn.layer_choice import apply_latency_profile
 from sparse_deploy.sparsify import LayerChoice, SparsityConfig
 
 
@@ -22,31 +21,11 @@ def _profile(path, speedups: dict[tuple[int, int], float], rows=(16, 128), gpu="
     return str(path)
 
 
-def test_rows_per_sample_of_each_linear():
-    preset = get_preset("tiny-dit")
-    model = build_model(preset, announce_random=False)
-    rows = latency.layer_rows(model, example_inputs(preset, 1))
-    tokens = (preset.sample_size // 4) ** 2  # patch 4 on 16x16: 16 tokens
-    assert rows["transformer_blocks.0.attn1.to_q"] == rows["transformer_blocks.1.ff.net.2"] == tokens
-    assert rows["transformer_blocks.0.norm1.linear"] == 1  # adaLN: one row per sample
-
-
-def test_profile_lookup_and_errors(tmp_path):
-    profile = latency.load_latency_profile(_profile(tmp_path / "p.json", {(32, 32): 1.5}, rows=(16, 1024)))
-    assert profile.lookup(32, 32, 20, "fp16")[0] == 16 and profile.lookup(32, 32, 600, "fp16")[0] == 1024  # nearest in log rows
-    assert profile.lookup(32, 32, 16, "bf16") is None and profile.lookup(64, 32, 16, "fp16") is None
-    with pytest.raises(SparseDeployError, match="does not exist; make one with make gpu-check"):
-        latency.load_latency_profile(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(SparseDeployError, match="not a GEMM latency profile"):
-        latency.load_latency_profile(tmp_path / "bad.json")
-
-
 def test_layers_whose_2_4_kernel_is_not_faster_stay_dense(tmp_path):
     choice = LayerChoice(selected=["a", "b", "c"])
     profile = latency.load_latency_profile(_profile(tmp_path / "p.json", {(32, 32): 0.95, (128, 32): 1.2}))
-    unprofiled = latency.apply_latency_profile(choice, {"a": 16, "b": 16, "c": 16}, {"a": (32, 32), "b": (128, 32), "c": (64, 64)},
-                                               profile, batch=8, dtype="fp16")
+    unprofiled = apply_latency_profile(choice, {"a": 16, "b": 16, "c": 16}, {"a": (32, 32), "b": (128, 32), "c": (64, 64)},
+                                       profile, batch=8, dtype="fp16")
     assert choice.selected == ["b", "c"] and unprofiled == ["c"]
     assert "kept dense by --latency-profile" in choice.skipped["a"] and "Synthetic GPU" in choice.skipped["a"] and "128 rows" in choice.skipped["a"]
 

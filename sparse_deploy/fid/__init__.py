@@ -19,6 +19,9 @@ of the source's content, the count, the preprocessing and the network file. On a
 looks for the same key in ``weights/fid/`` (written by ``python -m sparse_deploy.shipped reference``;
 the repository ships the features of the first 1,000 Fashion-MNIST test images, so a fresh clone's
 demo skips that Inception pass).
+
+The package is this library (one namespace, so ``fid.features_from_images`` is one name for every
+caller); :mod:`.cli` is its command line, ``python -m sparse_deploy.fid``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_files, read_idx
-from .errors import SparseDeployError
+from ..data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_files, read_idx
+from ..errors import SparseDeployError
 
 __all__ = [
     "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
@@ -67,7 +70,7 @@ PREPROCESSING = (
 _CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache/fid")
 # Reference features shipped with the repository (float32, compressed; shipped.ship_reference writes them).
-SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "weights" / "fid"
+SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parents[2] / "weights" / "fid"
 
 
 # ----------------------------------------------------------------------------- the network
@@ -95,7 +98,7 @@ def inception_path() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    from .provenance import sha256_file
+    from ..provenance import sha256_file
 
     return sha256_file(path)
 
@@ -437,7 +440,7 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
 
 def source_identity(source: str | Path, num: int | None = None) -> dict:
     """What makes a source's features what they are: kind, content hash, count (no images decoded)."""
-    from .provenance import sha256_file
+    from ..provenance import sha256_file
 
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
@@ -519,7 +522,7 @@ def reference_stats(
     pass without TF32 matches the CPU one to float32 rounding). On a cache miss a file of
     ``shipped_dir`` with the same key (and intact features) stands in for the Inception pass.
     """
-    from .provenance import atomic_path, library_versions, timestamp
+    from ..provenance import atomic_path, library_versions, timestamp
 
     identity = source_identity(source, num)
     network = inception_path()
@@ -580,9 +583,3 @@ def _read_shipped(path: Path, key: str) -> np.ndarray | None:
     except Exception as exc:
         log.warning("ignoring the unreadable shipped reference %s (%s: %s)", path, exc.__class__.__name__, exc)
     return None
-
-
-if __name__ == "__main__":  # python -m sparse_deploy.fid: the command line lives in fid_cli
-    from .fid_cli import main
-
-    raise SystemExit(main())

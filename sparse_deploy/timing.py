@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SparseDeployError
+from .errors import SparseDeployError
 
 __all__ = ["time_call", "clock_name", "interleaved_order", "run_interleaved", "summarize", "ratio", "spread"]
 

@@ -6,11 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .errors import SparseDeployError
-from .guards import check_device, check_finite, check_positive
-from .presets import Preset
-from .sources import run_preset
-from .sparsify import SparsityConfig
+from ..errors import SparseDeployError
+from ..guards import check_device, check_finite, check_positive
+from ..inputs import run_preset
+from ..modes import MODES
+from ..presets import Preset
+from ..sparsify import SparsityConfig
 
 __all__ = ["TrainConfig", "LR_SCHEDULES", "EMA_HORIZON_SHARE", "finetune_ema_decay"]
 
@@ -80,8 +81,8 @@ class TrainConfig:
                               ("ema_warmup", not tune), ("checkpoint_every", d.checkpoint_every), ("lr_schedule", d.lr_schedule)):
             if getattr(self, name) is None:
                 setattr(self, name, default)
-        oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
-        check_positive("--steps", self.steps, 0 if oneshot else 1)
+        mode = MODES.get(self.sparsity.mode) if self.sparsity is not None else None  # an unknown one: sparsity.validate() says so
+        check_positive("--steps", self.steps, mode.min_steps if mode is not None else 1)
         check_positive("--batch-size", self.batch_size)
         check_positive("--checkpoint-every", self.checkpoint_every)
         check_positive("--warmup-steps", self.warmup_steps, 0)

@@ -1,0 +1,492 @@
+"""One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe).
+
+Sparse fine-tuning = masks (``sparsify``) + improved STE + output distillation from the frozen
+dense model::
+
+    L = mean||eps - eps_S(x_t, t)||^2 + kd_weight * mean||eps_T(x_t, t) - eps_S(x_t, t)||^2
+
+The teacher runs under ``no_grad``. Every step draws its batch, labels-to-drop, timesteps and
+noise from a generator seeded by ``(seed, step)``, so a resumed run continues exactly where the
+killed one stopped. ``python -m sparse_deploy.train --help`` lists the flags.
+
+On CUDA the forward pass runs under bf16 autocast where the GPU supports it, else fp16 autocast with
+a ``GradScaler`` (SR-STE's decay term is scaled with the loss, so unscaling leaves it exact); the
+choice (:class:`MixedPrecision`) is written into every metrics row and checkpoint manifest.
+Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`` (PyTorch DDP,
+:mod:`sparse_deploy.distributed`): ``--batch-size`` is the global batch, split across the ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
+from ..errors import SparseDeployError
+from ..guards import check_output_dir
+from ..inputs import run_vae
+from ..models import build_model, example_inputs, short_name
+from ..modes import get_mode
+from ..presets import Preset
+from ..provenance import recover_dir, write_json_atomic
+from ..sampling import sample, save_grid, to_uint8, training_scheduler
+from ..schedule import training_target
+from ..sparsify import CoverageReport, SparsityConfig, coverage_report, select_layers
+from .config import TrainConfig
+from .datasets import make_dataset
+from .diffusers_out import write_run_diffusers
+from .distributed import DistEnv, Distributed, resolve_device, state_digest
+from .layer_choice import choose_by_latency_, choose_by_macs_budget_
+from .masking import (
+    decay_pruned_, mask_logit_parameters, mask_schedule, refresh_masks_, set_grad_scale_, set_mask_temperature_,
+    sparsify_for_training_,
+)
+from .reconstruct import calibrate_masks_, calibration_summary
+from .resume import check_resumable, rewrite_metrics, sync_file
+
+__all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """The autocast dtype of the training forward pass: ``fp32`` (none), ``bf16`` or ``fp16``.
+
+    fp16 gradients underflow without loss scaling, so ``fp16`` comes with a ``GradScaler``;
+    bf16 has fp32's range and needs none.
+    """
+
+    dtype: str = "fp32"
+
+    @property
+    def scaled(self) -> bool:
+        return self.dtype == "fp16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
+
+    def scaler(self, device: torch.device) -> "torch.amp.GradScaler | None":
+        return torch.amp.GradScaler(device.type) if self.scaled else None
+
+
+def choose_precision(device_type: str, bf16_supported: bool) -> MixedPrecision:
+    """bf16 autocast on a CUDA GPU that supports it, fp16 (with loss scaling) on one that does not, fp32 on the CPU."""
+    if device_type != "cuda":
+        return MixedPrecision("fp32")
+    return MixedPrecision("bf16" if bf16_supported else "fp16")
+
+
+def _device_precision(device: torch.device) -> MixedPrecision:
+    return choose_precision(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
+    """EMA decay at ``step``, with the usual from-scratch warm-up ``(1 + step) / (10 + step)`` when ``warmup``.
+
+    Without the warm-up, a from-scratch run's EMA keeps ``decay ** steps`` of the random init
+    (0.999 ** 2000 = 13%), which is enough to turn samples into noise. A fine-tuning run starts its
+    EMA at the pretrained weights, which are worth keeping: there the warm-up would make the EMA
+    follow the first, noisiest steps, and it is off (``TrainConfig.ema_warmup``).
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+@torch.no_grad()
+def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+LR_FLOOR = 0.01  # cosine decays to this share of the peak learning rate
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant or cosine decay to LR_FLOOR."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step + 1 - warmup) / (total - warmup))
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _inference_copy(ema: torch.nn.Module, sparsity: SparsityConfig | None) -> torch.nn.Module:
+    """The EMA model with masks recomputed from its own dense weights (SR-STE / STE)."""
+    model = copy.deepcopy(ema).cpu().eval()
+    if sparsity is not None and sparsity.learns_masks:
+        refresh_masks_(model)
+    return model
+
+
+def preview_grid(model: torch.nn.Module, path: Path, per_class: int, steps: int, seed: int = 0) -> Path:
+    """A grid of samples, one row per class (or one block if unconditional), DDIM, fixed seed."""
+    preset = model.preset
+    classes = preset.num_classes or 1
+    labels = [c for c in range(classes) for _ in range(per_class)] if preset.num_classes else None
+    images, _ = sample(model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels)
+    return save_grid(to_uint8(images), path, nrow=per_class)
+
+
+_BLOCK_PREFIXES = ("transformer_blocks.", "down_blocks.", "mid_block", "up_blocks.")
+
+
+class FeatureTaps:
+    """Forward hooks that keep the output of every block (DiT transformer block, UNet down/mid/up block).
+
+    Student and teacher get one each; :meth:`loss` is the mean over blocks of
+    ``||f_S - f_T||^2 / ||f_T||^2`` (normalised so every block counts alike). Under torchrun the
+    normaliser is the global batch's (``reduce`` averages it over ranks), so the gradient DDP averages
+    equals one process's at the same global batch.
+    """
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
+        self.outputs: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+        self.handles = []
+        for role, model in (("student", student), ("teacher", teacher)):
+            for name, module in model.named_modules():
+                short = short_name(name)
+                depth = short.count(".")
+                if any(short.startswith(p) for p in _BLOCK_PREFIXES) and depth == (0 if short == "mid_block" else 1):
+                    self.handles.append(module.register_forward_hook(self._keep(role)))
+        if not self.handles:
+            raise SparseDeployError("--kd-features found no transformer/UNet blocks to distil in this model")
+
+    def _keep(self, role: str):
+        def hook(_module, _inputs, output):
+            self.outputs[role].append(output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    def clear(self) -> None:
+        self.outputs = {"student": [], "teacher": []}
+
+    def loss(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        pairs = list(zip(self.outputs["student"], self.outputs["teacher"]))
+        scale = torch.stack([t.detach().float().pow(2).mean() for _, t in pairs])
+        scale = (reduce(scale) if reduce is not None else scale).clamp_min(1e-8)
+        terms = torch.stack([(s.float() - t.float()).pow(2).mean() for s, t in pairs])
+        self.clear()
+        return (terms / scale).mean()
+
+
+@dataclass
+class TrainingRun:
+    """Everything one optimisation step touches: built by :func:`prepare_run`, advanced by :func:`train_step`.
+
+    :func:`train` wraps these two with resume, checkpoints and logs; the training-cost benchmark
+    (``sparse_deploy.bench train-cost``) times :func:`train_step` alone.
+    """
+
+    config: TrainConfig
+    preset: Preset
+    device: torch.device
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    teacher: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    images: torch.Tensor
+    labels: torch.Tensor
+    alphas: torch.Tensor
+    coverage: CoverageReport | None = None
+    train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper
+    dist: Distributed | None = None  # None: one process
+    features: "FeatureTaps | None" = None
+    amp: MixedPrecision = field(default_factory=MixedPrecision)
+    scaler: "torch.amp.GradScaler | None" = None  # fp16 autocast only
+    layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
+    calibration: dict | None = None  # the calibrated mask start (reconstruct.calibration_summary), None for magnitude
+
+    @property
+    def learns_masks(self) -> bool:
+        return self.config.sparsity is not None and self.config.sparsity.learns_masks
+
+    @property
+    def train_steps(self) -> int:
+        """Optimisation steps of the run: ``config.steps``, or 0 for one-shot pruning."""
+        sparsity = self.config.sparsity
+        return self.config.steps if (sparsity is None or get_mode(sparsity.mode).trains) else 0
+
+
+def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | None = None, amp: MixedPrecision | None = None) -> TrainingRun:
+    """Build the model (dense start, then masks), teacher, EMA, optimizer, schedule and data; writes nothing.
+
+    ``config`` must be validated; the global torch seed should be set first (random init).
+    ``amp`` defaults to what the device supports (:func:`choose_precision`).
+    """
+    preset = config.model_preset()
+    # Model: dense start (random, diffusers weights or a dense checkpoint), then masks.
+    teacher = None
+    if config.init is not None:
+        manifest = read_manifest(config.init)
+        if manifest.get("masked_layers"):
+            raise SparseDeployError(f"--init '{config.init}' is a sparse checkpoint; start fine-tuning from the dense one")
+        model, _ = load_checkpoint(config.init)
+        if manifest["preset"] != preset.name:
+            raise SparseDeployError(f"--init checkpoint is preset '{manifest['preset']}', not '{preset.name}'")
+        preset = model.preset  # as recorded: its model config and schedule
+    else:
+        model = build_model(preset, config.weights)
+    if config.kd_weight:
+        teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    elif preset.learned_sigma and config.sparsity is not None:
+        log.warning("'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance channels get no loss and will drift", preset.name)
+
+    images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
+    alphas = training_scheduler(preset.schedule).alphas_cumprod
+    coverage = calibration = None
+    if config.sparsity is not None:
+        choice = select_layers(model, config.sparsity)
+        if config.sparsity.latency_profile:
+            choose_by_latency_(model, preset, choice, config.sparsity)
+        if config.sparsity.macs_budget is not None:
+            choose_by_macs_budget_(model, preset, choice, images, labels, alphas, config.sparsity.macs_budget, seed=config.seed)
+        sparsify_for_training_(model, config.sparsity, choice.selected)
+        calibration = calibration_summary(
+            calibrate_masks_(model, config.sparsity, preset, images, labels, alphas, seed=config.seed), config.sparsity)
+        coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
+        log.info("coverage: %s", coverage.summary())
+    model.to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    logits = mask_logit_parameters(model)
+    logit_ids = {id(p) for p in logits}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in logit_ids]}]
+    if logits:  # maskllm: the mask logits learn at their own rate, without weight decay
+        groups.append({"params": logits, "lr": config.sparsity.mask_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+    total = config.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule))
+    alphas = alphas.to(device)
+    features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
+    amp = amp if amp is not None else _device_precision(device)
+    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, dist, features,
+                       amp, amp.scaler(device), calibration=calibration)
+
+
+def train_step(run: TrainingRun, step: int) -> dict[str, float]:
+    """One optimisation step (mask refresh, batch, loss, backward, AdamW, schedule, EMA).
+
+    The global batch, labels-to-drop, timesteps and noise come from a generator seeded by
+    ``(seed, step)`` alone; under torchrun each rank keeps its slice of them. Returns the step's
+    metrics row (``step`` counts from 1; losses are the means over the global batch).
+    """
+    config, preset, device, model = run.config, run.preset, run.device, run.model
+    train_model = run.train_model if run.train_model is not None else model
+    dist = run.dist if run.dist is not None else Distributed(DistEnv(), device)
+    c = preset.in_channels
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919)
+    sparsity = config.sparsity
+    flipped = 0.0
+    if run.learns_masks and step % sparsity.mask_every == 0:
+        layers: dict[str, float] = {}
+        flipped = refresh_masks_(model, layers)
+        for name, share in layers.items():
+            run.layer_flips.setdefault(name, []).append(share)
+    if sparsity is not None and get_mode(sparsity.mode).mask_logits:
+        set_mask_temperature_(model, *mask_schedule(sparsity, step, run.train_steps))
+        # The Gumbel noise of this step: the same on every rank, so the ranks' masks stay identical.
+        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + 1)
+    idx = torch.randint(0, len(run.images), (config.batch_size,), generator=gen)
+    x0, y = run.images[idx], run.labels[idx]
+    if preset.num_classes:
+        drop = torch.rand(len(y), generator=gen) < config.cfg_drop
+        y = dist.shard(torch.where(drop, torch.full_like(y, preset.null_class), y)).to(device)
+    else:
+        y = None
+    t = dist.shard(torch.randint(0, len(run.alphas), (len(x0),), generator=gen)).to(device)
+    noise = dist.shard(torch.randn(x0.shape, generator=gen)).to(device)
+    x0 = dist.shard(x0).to(device)
+    a = run.alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    grad_scale = run.scaler.get_scale() if run.scaler is not None else 1.0
+    set_grad_scale_(model, grad_scale)  # SR-STE's decay term joins the scaled gradient; unscaling leaves it exact
+    with torch.autocast(device.type, dtype=run.amp.torch_dtype, enabled=run.amp.torch_dtype is not None):
+        full = train_model(x_t, t, y).float()
+        pred = full[:, :c]
+        loss_eps = torch.nn.functional.mse_loss(pred, training_target(preset.schedule, x0, noise, a))
+        loss = loss_eps
+        loss_kd = loss_sigma = torch.zeros(())
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher = run.teacher(x_t, t, y).float()
+            loss_kd = torch.nn.functional.mse_loss(pred, teacher[:, :c])
+            loss = loss + config.kd_weight * loss_kd
+            if preset.learned_sigma:  # the variance channels have no other target: match the teacher's
+                loss_sigma = torch.nn.functional.mse_loss(full[:, c:], teacher[:, c:])
+                loss = loss + loss_sigma
+        loss_feat = torch.zeros(())
+        if run.features is not None:
+            loss_feat = run.features.loss(reduce=dist.mean_tensor)
+            loss = loss + config.kd_features * loss_feat
+    # One all-reduce: the log shows the global batch's losses, and every rank sees a bad loss together.
+    losses = dist.mean([float(v.item()) for v in (loss, loss_eps, loss_kd, loss_sigma, loss_feat)])
+    if not math.isfinite(losses[0]):
+        raise SparseDeployError(f"loss became {losses[0]} at step {step}; lower --lr or check the data")
+    run.opt.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.opt)  # clip the true gradient, not the scaled one
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.opt)  # skipped when the gradient overflowed; the scale then drops
+        run.scaler.update()
+    else:
+        run.opt.step()
+    if sparsity is not None and sparsity.pruned_decay:
+        decay_pruned_(model, 1.0 - run.sched.get_last_lr()[0] * sparsity.pruned_decay)
+    run.sched.step()
+    _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step, config.ema_warmup))
+    names = ("loss", "loss_eps", "loss_kd", "loss_sigma", "loss_feat")
+    return {"step": step + 1, **dict(zip(names, losses)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
+            "amp": run.amp.dtype, "grad_scale": grad_scale}
+
+
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) training; returns the checkpoint folder ``<out>/checkpoint``.
+
+    Under torchrun every rank calls this; rank 0 alone writes (see :mod:`sparse_deploy.distributed`).
+    """
+    config.validate()
+    env = DistEnv.from_env()
+    device = resolve_device(config.device, env)
+    dist = Distributed(env, device).start()  # the rank's GPU is made current before anything touches CUDA
+    try:
+        return _train(config, dist)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Distributed) -> Path:
+    device = dist.device
+    dist.check_batch(config.batch_size)
+    out = Path(config.out)
+    ckpt_dir = out / "checkpoint"
+    check_output_dir(out, "--out")
+    # Nothing is written into the run folder before this check: another run's folder is refused whole.
+    if dist.main:
+        recover_dir(ckpt_dir)
+    dist.barrier()
+    prior = check_resumable(out, ckpt_dir, config)
+    torch.manual_seed(config.seed)
+
+    run = prepare_run(config, device, dist)
+    log.info("mixed precision: %s%s", run.amp.dtype, " with loss scaling" if run.scaler else "")
+    if run.coverage is not None and dist.main:
+        write_json_atomic(out / "coverage.json", {**run.coverage.to_dict(), "mask_start": run.calibration})
+    start = _resume_(run, ckpt_dir) if prior is not None else 0
+    run.train_model = dist.wrap(run.model)
+    finished = prior is not None and prior.get("complete") and start >= run.train_steps
+    elapsed = _train_steps(run, out, ckpt_dir, start)
+    if finished:
+        log.info("%s is already complete at step %d with this config; nothing to train", ckpt_dir, start)
+    else:
+        _save(run, out, ckpt_dir, run.train_steps)
+    dist.barrier()
+    if dist.main:
+        _finish(run, out, ckpt_dir, start, elapsed, finished)
+    return ckpt_dir
+
+
+def _resume_(run: TrainingRun, ckpt_dir: Path) -> int:
+    """Load the student, EMA, optimizer, schedule (and loss scale) of the last checkpoint; returns its step."""
+    state = load_training_state(ckpt_dir, run.device)
+    ema_model, _ = load_checkpoint(ckpt_dir)
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(ema_model.state_dict())
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    start = int(state["step"])
+    log.info("resuming %s from step %d of %d", ckpt_dir, start, run.config.steps)
+    return start
+
+
+def _train_steps(run: TrainingRun, out: Path, ckpt_dir: Path, start: int) -> float:
+    """Steps ``start`` to the end, a metrics row each and a checkpoint every ``checkpoint_every``; returns the seconds taken."""
+    config, dist, train_steps = run.config, run.dist, run.train_steps
+    metrics_path = out / "metrics.jsonl"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        # Drop rows a killed run wrote past its last checkpoint: the resumed run writes them again.
+        rewrite_metrics(metrics_path, start)
+        rewrite_metrics(out / "mask_flips.jsonl", start)
+    metrics = metrics_path.open("a") if dist.main else None
+    desc = f"train {run.preset.name} {config.sparsity.mode if config.sparsity else 'dense'}"
+    bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=desc, disable=not dist.main)
+    run.model.train()
+    t0 = time.perf_counter()
+    for step in bar:
+        row = train_step(run, step)
+        if metrics is not None:
+            metrics.write(json.dumps(row) + "\n")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", flips=f"{row['mask_flips']:.1e}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < train_steps:
+            if metrics is not None:
+                sync_file(metrics)
+            _save(run, out, ckpt_dir, step + 1)
+    if metrics is not None:
+        sync_file(metrics)
+        metrics.close()
+    return time.perf_counter() - t0
+
+
+def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
+    """The checkpoint at ``step`` (rank 0 writes it, after every rank's state was found identical) and the mask-flip row."""
+    config, dist, model, ema = run.config, run.dist, run.model, run.ema
+    # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
+    digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                            **{f"ema.{k}": v for k, v in ema.state_dict().items()}}), "weights or masks")
+    if not dist.main:
+        return
+    if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
+        row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
+               "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
+        with (out / "mask_flips.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            sync_file(fh)
+        run.layer_flips.clear()
+    coverage = run.coverage
+    info = {
+        "step": step,
+        "complete": step >= run.train_steps,
+        "train_config": config.to_dict(),
+        "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
+        "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
+        "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
+        "mask_start": {k: v for k, v in run.calibration.items() if k != "layers"} if run.calibration else None,
+        "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": run.device.type},
+        "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
+                        "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},
+    }
+    training_state = {"model": model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "step": step,
+                      "scaler": run.scaler.state_dict() if run.scaler is not None else None}
+    save_checkpoint(ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info, training_state=training_state)
+
+
+def _finish(run: TrainingRun, out: Path, ckpt_dir: Path, start: int, elapsed: float, finished: bool) -> None:
+    """Rank 0 after the last checkpoint: the timing line, the preview grid and the diffusers model (each unless already there)."""
+    config, train_steps = run.config, run.train_steps
+    if train_steps > start:
+        log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
+    if config.preview and not (finished and (out / "samples.png").exists()):
+        final, _ = load_checkpoint(ckpt_dir)
+        grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)
+        log.info("wrote preview grid %s", grid)
+    if run.coverage is not None:
+        log.info("coverage: %s", run.coverage.summary())
+    if not (finished and (out / "diffusers" / "sparse_deploy.json").exists()):
+        log.info("wrote diffusers model %s", write_run_diffusers(out, ckpt_dir, config.weights))
