@@ -26,6 +26,7 @@ from typing import Any
 from .contract import contract_problem
 from .errors import SparseDeployError
 from .onnx_files import data_problem
+from .presets import PRESETS
 from .provenance import seal_problem, sha256_file, write_manifest
 
 __all__ = [
@@ -95,8 +96,6 @@ class Artifact:
 
 def rebuild_hint(path: str | Path, preset: str | None = None) -> str:
     """How to (re)build the engine at ``path``: for ``preset``, else the preset its folder is named after."""
-    from .presets import PRESETS
-
     model = next((m for m in (preset, Path(path).parent.name) if m in PRESETS), None)
     if model is None:
         return "make engine MODEL=<preset> (python -m sparse_deploy.build --model <preset>; presets: " + ", ".join(PRESETS) + ")"

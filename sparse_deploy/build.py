@@ -40,19 +40,40 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .artifacts import ENGINE_FORMAT, Artifact, engine_path, manifest_path, read_engine_manifest, stale_reason, write_artifact_manifest
+from .artifacts import (
+    ENGINE_FORMAT,
+    Artifact,
+    engine_path,
+    manifest_path,
+    read_engine_manifest,
+    stale_reason,
+    write_artifact_manifest,
+)
 from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
 from .backends.ort import ort_session
 from .contract import BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
-from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_profile_arguments, add_source_arguments, config_from_args, export_all
+from .export import (
+    PARITY_TOLERANCE,
+    ExportConfig,
+    ExportedGraph,
+    add_profile_arguments,
+    add_source_arguments,
+    config_from_args,
+    export_all,
+)
 from .export.verify import max_abs_err, tolerance_bound
 from .guards import check_output_dir
+from .lazy import lazy_import
 from .masks import PATTERN
 from .onnx_files import data_path, describe_data, share_mode
 from .presets import PRESET_SPEC, Preset, preset_from_manifest
 from .provenance import atomic_path, library_versions, sha256_file, timestamp
 from .schedule import schedule_record
+
+ort = lazy_import("onnxruntime", "building an ONNX Runtime engine", "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)")
+poly_trt = lazy_import("polygraphy.backend.trt", "building a TensorRT engine")
+poly_logger = lazy_import("polygraphy.logger", "building a TensorRT engine")
 
 __all__ = [
     "BACKENDS",
@@ -191,8 +212,6 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
     Returns:
         Backend-specific manifest entries.
     """
-    import onnxruntime as ort
-
     external = data_path(onnx_path).is_file()
     data_path(out).unlink(missing_ok=True)  # never let an old engine's weights sit beside a new graph
     with atomic_path(out) as tmp:
@@ -300,13 +319,12 @@ class _ListHandler(logging.Handler):
 @contextlib.contextmanager
 def _capture_polygraphy_log() -> Iterator[list[str]]:
     """Route Polygraphy's logger (which carries TensorRT's INFO lines at VERBOSE) into a list."""
-    from polygraphy.logger import G_LOGGER
-
     handler = _ListHandler()
     py_logger = logging.getLogger("Polygraphy")
-    saved = (G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, py_logger.level, py_logger.propagate)
-    G_LOGGER.use_python_logging_system = True
-    G_LOGGER.module_severity = G_LOGGER.VERBOSE
+    g_logger = poly_logger.G_LOGGER
+    saved = (g_logger.use_python_logging_system, g_logger.module_severity, py_logger.level, py_logger.propagate)
+    g_logger.use_python_logging_system = True
+    g_logger.module_severity = g_logger.VERBOSE
     py_logger.addHandler(handler)
     py_logger.setLevel(1)
     py_logger.propagate = False
@@ -314,7 +332,7 @@ def _capture_polygraphy_log() -> Iterator[list[str]]:
         yield handler.lines
     finally:
         py_logger.removeHandler(handler)
-        G_LOGGER.use_python_logging_system, G_LOGGER.module_severity = saved[0], saved[1]
+        g_logger.use_python_logging_system, g_logger.module_severity = saved[0], saved[1]
         py_logger.setLevel(saved[2])
         py_logger.propagate = saved[3]
 
@@ -354,8 +372,6 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
     Inputs are the contract's sample inputs at the profile's min and opt batch (the null label is
     last in every batch of 2+). Raises :class:`SparseDeployError` when the engine is off.
     """
-    from polygraphy.backend.trt import TrtRunner
-
     tol = TRT_CHECK_TOLERANCE["reduced" if contract.precision == "fp16" or tf32 else "fp32"]
     session = ort_session(onnx_path)
     name = contract.output_names[0]
@@ -366,7 +382,7 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
         "batches": {},
     }
     failures = []
-    with TrtRunner(engine) as runner:
+    with poly_trt.TrtRunner(engine) as runner:
         for batch in sorted({contract.profile.min, contract.profile.opt}):
             feeds = contract.sample_inputs(batch, seed=31 + batch)
             want = session.run([name], feeds)[0].astype(np.float32)
@@ -390,10 +406,9 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
         the engine inspector's per-layer view).
     """
     trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine
 
     p = contract.profile
-    profile = Profile()
+    profile = poly_trt.Profile()
     for spec in contract.inputs:
         profile.add(spec.name, min=spec.concrete(p.min), opt=spec.concrete(p.opt), max=spec.concrete(p.max))
     flags: list[str] = []
@@ -401,19 +416,19 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
     def record_flags(_builder, _network, config) -> None:
         flags[:] = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
 
-    config = PostprocessConfig(CreateConfig(
+    config = poly_trt.PostprocessConfig(poly_trt.CreateConfig(
         sparse_weights=sparse,
         tf32=tf32,
         profiles=[profile],
         load_timing_cache=str(timing_cache),
         profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
     ), record_flags)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    network = poly_trt.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _capture_polygraphy_log() as lines, atomic_path(out) as tmp:
         try:
-            engine = EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
+            engine = poly_trt.EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
             inspector = engine.create_engine_inspector()
             info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
             del inspector
@@ -427,7 +442,7 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
         if missing:
             raise SparseDeployError(f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for '{out.name}'; not kept")
         check = check_trt_engine(engine, onnx_path, contract, tf32=tf32)
-        SaveEngine(engine, str(tmp))()
+        poly_trt.SaveEngine(engine, str(tmp))()
         del engine
     eligible, picked = parse_sparsity_log(lines)
     inspected = parse_inspector(info)

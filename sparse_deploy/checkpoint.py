@@ -16,12 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from .errors import SparseDeployError
+from .masks import PATTERN
 from .models import Denoiser, build_model
 from .presets import PRESET_SPEC, preset_from_manifest
-from .provenance import atomic_dir, library_versions, seal, seal_problem, sha256_file, timestamp
-from .masks import PATTERN
+from .provenance import (
+    atomic_dir,
+    library_versions,
+    seal,
+    seal_problem,
+    sha256_file,
+    timestamp,
+)
 from .sparsify import SparsityConfig, masked_modules, sparsify_
 from .statefile import load_state, save_state
 
@@ -49,8 +58,6 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (and optionally the training state) to the folder ``path``, atomically."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_file(_state_for_safetensors(model), str(tmp / WEIGHTS))
@@ -113,9 +120,6 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser,
     Returns:
         ``(model, manifest)``; the model is in eval mode and keeps its masks (see ``bake_``).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     manifest = read_manifest(path)
     weights = path / WEIGHTS

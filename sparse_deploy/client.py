@@ -25,8 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import SparseDeployError, cli_entry, require
-from .sampling import parse_labels
+from .errors import SparseDeployError, cli_entry
+from .lazy import require
+from .provenance import timestamp, write_json_atomic
+from .sampling import parse_labels, save_grid, save_pngs
 
 __all__ = [
     "PROTOCOLS",
@@ -297,8 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from .provenance import timestamp, write_json_atomic
-
     args = build_parser().parse_args(argv)
     labels = parse_labels(args.labels)
     if args.num < 1:
@@ -321,8 +321,6 @@ def main(argv: list[str] | None = None) -> int:
             f"p90 {fmt(lat['p90_ms'])} ms, p99 {fmt(lat['p99_ms'])} ms; wrote {args.out / 'load-test.json'}"
         )
         return 1 if report["failed"] else 0
-
-    from .sampling import save_grid, save_pngs
 
     batch = args.batch or args.num
     if batch < 1:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import SparseDeployError
-from .presets import Preset
+from .presets import PRESET_SPEC, PRESETS, Preset, get_preset, preset_from_manifest
 from .settings import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH
 
 __all__ = [
@@ -153,7 +153,6 @@ class IOContract:
     def _num_classes(self) -> int:
         if self.num_classes is not None:
             return max(self.num_classes, 1)
-        from .presets import get_preset
 
         return max(get_preset(self.preset).num_classes, 1)
 
@@ -191,8 +190,6 @@ def contract_problem(manifest: dict[str, Any]) -> str | None:
     batch profile. The precision is the contract's; a top-level ``precision`` (manifests written
     before there was one field) must agree with it.
     """
-    from .presets import PRESET_SPEC, PRESETS, preset_from_manifest
-
     preset = manifest.get("preset")
     precision = manifest.get("precision", precision_of(manifest))
     if preset not in PRESETS and not isinstance(manifest.get(PRESET_SPEC), dict):

@@ -7,7 +7,6 @@ FID's sources (:mod:`sparse_deploy.fid`) and the shipped reference features read
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 from pathlib import Path

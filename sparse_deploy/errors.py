@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
 from typing import Callable
 
-__all__ = ["SparseDeployError", "cli_entry", "require", "os_error_sentence"]
+__all__ = ["SparseDeployError", "cli_entry", "os_error_sentence"]
 
 
 class SparseDeployError(Exception):
     """A problem with the user's input or environment; the message says what and how to fix it."""
 
 
-def require(module: str, purpose: str, install: str):
-    """Import an optional dependency, or raise one sentence saying what is missing and how to get it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except Exception as exc:  # ImportError, or a broken native library behind it
-        raise SparseDeployError(
-            f"{purpose} needs the Python module '{module}', which could not be imported ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); install it with: {install}"
-        ) from exc
-
-
 def os_error_sentence(exc: OSError) -> str:
     """An OSError as one sentence with what to do (written files stay whole: they are renamed into place)."""
-    import errno
-
     where = f" on '{exc.filename}'" if exc.filename else ""
     what = exc.strerror or str(exc) or exc.__class__.__name__
     hint = {

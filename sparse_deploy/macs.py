@@ -7,8 +7,16 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import onnx
 import torch
+from onnx import helper, shape_inference
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from .lazy import lazy_import
+
+ort_shapes = lazy_import("onnxruntime.tools.symbolic_shape_infer", "counting the MACs of an ONNX graph")
 
 __all__ = ["forward_with_hooks", "layer_macs", "total_macs", "OnnxMacs", "onnx_macs"]
 
@@ -57,9 +65,6 @@ def layer_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, in
 @torch.no_grad()
 def total_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     """All MACs of one forward pass, attention matmuls included (PyTorch's FLOP counter / 2)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     # The fused CPU attention kernel has no FLOP formula registered; the math backend
     # decomposes into matmuls the counter sees.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -142,12 +147,10 @@ def _fix_batch(model, batch: int) -> None:
 
 def _infer_shapes(model):
     try:  # ONNX Runtime's symbolic inference follows shapes through Shape -> Gather -> Reshape chains
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except Exception:  # pragma: no cover - onnxruntime is a dependency
-        from onnx import shape_inference
-
+        inference = ort_shapes.SymbolicShapeInference
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
         return shape_inference.infer_shapes(model, data_prop=True)
-    return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False, verbose=0)
+    return inference.infer_shapes(model, auto_merge=False, guess_output_rank=False, verbose=0)
 
 
 def onnx_macs(graph, batch: int = 1) -> OnnxMacs:
@@ -166,9 +169,6 @@ def onnx_macs(graph, batch: int = 1) -> OnnxMacs:
     Raises:
         ValueError: when a counted node's shapes cannot be inferred.
     """
-    import onnx
-    from onnx import helper
-
     model = onnx.load(str(graph)) if not isinstance(graph, onnx.ModelProto) else graph
     model = copy.deepcopy(model)
     _fix_batch(model, batch)

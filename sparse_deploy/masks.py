@@ -10,6 +10,8 @@ Layout rules follow what TensorRT's sparse kernels accept:
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import torch
 
 __all__ = [
@@ -120,8 +122,6 @@ def nm_patterns(n: int = 2, m: int = 4) -> torch.Tensor:
 
     Rows are in lexicographic order of the kept indices: for 2:4, ``(0,1), (0,2), (0,3), (1,2), (1,3), (2,3)``.
     """
-    from itertools import combinations
-
     rows = [[1.0 if i in keep else 0.0 for i in range(m)] for keep in combinations(range(m), n)]
     return torch.tensor(rows)
 

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import SparseDeployError
@@ -97,9 +99,6 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
 
 def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
     """Load a safetensors state dict (diffusers names, with or without the ``net.`` prefix)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists():
         raise SparseDeployError(f"weights file '{path}' does not exist; check the path")

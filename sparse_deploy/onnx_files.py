@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from .provenance import sha256_file
 
 __all__ = ["DATA_SUFFIX", "data_path", "describe_data", "data_problem", "artifact_files", "save_with_external_data", "share_mode"]
@@ -64,8 +66,6 @@ def save_with_external_data(model, graph: str | Path) -> None:
     The reference stored in the graph is the data file's final name, so write into the folder
     the pair will live in (a staging folder renamed file by file is fine: names are kept).
     """
-    import onnx
-
     graph = Path(graph)
     data = data_path(graph)
     data.unlink(missing_ok=True)  # save_model appends to an existing data file

@@ -30,6 +30,8 @@ import copy
 import math
 from typing import Any, Iterator
 
+import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -101,9 +103,6 @@ def fp32_op_dtypes(onnx_model) -> dict[str, dict[str, int]]:
     The dtype of a node's first input comes from ONNX shape inference (graph inputs, initializers
     and inferred value infos).
     """
-    import numpy as np
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(onnx_model)
     graph = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}

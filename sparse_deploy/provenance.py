@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +23,6 @@ _LIBS = ("sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygrap
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries that shape artifacts (None where not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {"python": platform.python_version()}
     for lib in _LIBS:
         try:
@@ -62,9 +63,6 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         renameat2 = libc.renameat2

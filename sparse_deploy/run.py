@@ -23,9 +23,18 @@ import torch
 
 from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
-from .provenance import library_versions, timestamp, write_json_atomic
 from .guards import check_finite, check_output_dir
-from .sampling import TRAIN_TIMESTEPS, class_rows, decode, make_scheduler, parse_labels, sample_request, save_grid, save_pngs
+from .provenance import library_versions, timestamp, write_json_atomic
+from .sampling import (
+    TRAIN_TIMESTEPS,
+    class_rows,
+    decode,
+    make_scheduler,
+    parse_labels,
+    sample_request,
+    save_grid,
+    save_pngs,
+)
 from .sources import load_vae
 
 __all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]  # decode lives in sampling, load_vae in sources; named here for older callers

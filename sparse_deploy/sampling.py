@@ -17,11 +17,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from .cliargs import comma_ints
 from .errors import SparseDeployError
 from .presets import Preset
-from .schedule import DEFAULT_SCHEDULE
+from .provenance import atomic_path
+from .schedule import DEFAULT_SCHEDULE, sampling_scheduler
+from .schedule import training_scheduler as _training
 
 __all__ = [
     "SCHEDULERS",
@@ -49,16 +53,12 @@ TRAIN_TIMESTEPS = DEFAULT_SCHEDULE["num_train_timesteps"]
 
 def training_scheduler(schedule: dict | None = None):
     """The training noise schedule as a diffusers scheduler (default: linear, 1000 steps)."""
-    from .schedule import training_scheduler as _training
-
     return _training(schedule)
 
 
 def make_scheduler(name: str, schedule: dict | None = None):
     """A diffusers scheduler for sampling: ``ddpm``, ``ddim`` or ``dpm`` (DPM-Solver++ multistep),
     with the model's schedule when it has one (``Preset.schedule``)."""
-    from .schedule import sampling_scheduler
-
     return sampling_scheduler(name, schedule)
 
 
@@ -126,8 +126,6 @@ def sample(
     timesteps = sched.timesteps
     iterator = timesteps
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(timesteps, desc="sampling", unit="step")
     c = preset.in_channels
     for t in iterator:
@@ -178,8 +176,6 @@ def sample_request(
     Yields:
         ``(batch seed, samples, labels)`` per batch, in order.
     """
-    from tqdm.auto import tqdm
-
     starts = range(0, num, batch)
     for start in tqdm(starts, desc="batches", unit="batch", disable=not progress or len(starts) < 2):
         n = min(batch, num - start)
@@ -217,8 +213,6 @@ def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> t
 
 
 def _pil(arr: np.ndarray):
-    from PIL import Image
-
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
@@ -228,8 +222,6 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, pad
     ``scale`` enlarges the grid by nearest-neighbour; by default small images (< 64 px) are
     enlarged so that each tile is at least 56 px wide.
     """
-    from .provenance import atomic_path
-
     b, h, w, c = images.shape
     if scale is None:
         scale = max(1, 56 // w)
@@ -266,8 +258,6 @@ def class_rows(labels: Sequence[int] | None) -> tuple[list[int], int | None]:
 
 def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") -> list[Path]:
     """Write one PNG per image into ``folder``, each through a temporary name (never half-written)."""
-    from .provenance import atomic_path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 from .errors import SparseDeployError
+from .lazy import lazy_import
+
+diffusers = lazy_import("diffusers", "the noise schedule", "make setup (the pinned diffusers of pyproject.toml)")
 
 __all__ = [
     "DEFAULT_SCHEDULE",
@@ -65,8 +68,6 @@ def _schedule(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _scheduler_class(name: str):
-    import diffusers
-
     return getattr(diffusers, name)
 
 

@@ -26,14 +26,33 @@ import argparse
 import json
 import logging
 import shlex
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from . import fid
+from .backends import load_runner
+from .checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from .contract import PRECISIONS, float_dtype
+from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
 from .errors import SparseDeployError, cli_entry
+from .measure.methods import draw_samples
+from .models import build_model
+from .presets import get_preset
+from .provenance import (
+    atomic_dir,
+    atomic_path,
+    library_versions,
+    sha256_file,
+    timestamp,
+    write_json_atomic,
+)
+from .sampling import class_rows, save_grid
 
 __all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "ship_reference", "training_command",
            "main"]
@@ -66,8 +85,6 @@ def _training_args(train_config: dict[str, Any], out: str | Path | None = None) 
 
 def training_commands(train_config: dict[str, Any]) -> list[str]:
     """Every dense run behind a config, oldest first: a run started with ``--init`` names its parent."""
-    from .checkpoint import read_manifest
-
     chain = [training_command(train_config)]
     seen = set()
     while train_config.get("init") and str(train_config["init"]) not in seen:
@@ -84,9 +101,6 @@ def training_commands(train_config: dict[str, Any]) -> list[str]:
 
 
 def _data_identity(train_config: dict[str, Any]) -> dict[str, Any]:
-    from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
-    from .provenance import sha256_file
-
     data = train_config.get("data")
     if data and not str(data).startswith("fashion-mnist"):
         return {"source": data}
@@ -98,9 +112,6 @@ def _data_identity(train_config: dict[str, Any]) -> dict[str, Any]:
 
 def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16") -> Path:
     """Write a dense checkpoint's (EMA) model as a diffusers folder with its manifest, atomically."""
-    from .checkpoint import load_checkpoint
-    from .provenance import atomic_dir, library_versions, sha256_file, timestamp
-
     dtype = getattr(torch, float_dtype(precision))  # float_dtype refuses an unknown precision
     model, manifest = load_checkpoint(checkpoint)
     if manifest.get("masked_layers"):
@@ -153,8 +164,6 @@ def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
 
 def verify_weights(folder: str | Path) -> dict[str, Any]:
     """Check every file of a shipped weights folder against its manifest; return the manifest."""
-    from .provenance import sha256_file
-
     folder = Path(folder)
     manifest = read_weights_manifest(folder)
     for name, digest in manifest.get("files", {}).items():
@@ -169,10 +178,6 @@ def verify_weights(folder: str | Path) -> dict[str, Any]:
 
 def weights_to_checkpoint(folder: str | Path, out: str | Path) -> Path:
     """A dense checkpoint (fp32 model) from a verified shipped weights folder; its manifest names the source."""
-    from .checkpoint import save_checkpoint
-    from .models import build_model
-    from .presets import get_preset
-
     manifest = verify_weights(folder)
     model = build_model(get_preset(manifest["preset"]), folder).float().eval()
     info = {
@@ -192,12 +197,6 @@ def score_weights(
 
     Records the result (with its protocol) in the folder's manifest and writes ``samples.png``.
     """
-    from . import fid
-    from .backends import load_runner
-    from .measure.methods import draw_samples
-    from .provenance import timestamp, write_json_atomic
-    from .sampling import class_rows, save_grid
-
     manifest = verify_weights(folder)
     with tempfile.TemporaryDirectory(prefix="shipped-") as tmp:
         ckpt = weights_to_checkpoint(folder, Path(tmp) / "dense")
@@ -233,11 +232,6 @@ def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, o
     key, the source's identity, the preprocessing, the network's and the features' SHA-256, the
     command, the versions.
     """
-    import numpy as np
-
-    from . import fid
-    from .provenance import atomic_path, library_versions, sha256_file, timestamp, write_json_atomic
-
     out = Path(out) if out is not None else fid.SHIPPED_REFERENCE_DIR
     stats = fid.reference_stats(source, num, cache_dir=cache_dir, shipped_dir=None)
     features = np.ascontiguousarray(stats.features, dtype=np.float32)
@@ -269,8 +263,6 @@ def pretrain_commands(model: str, runs: str | Path) -> list[tuple[list[str], Pat
     Each entry is ``(python -m sparse_deploy.train arguments, run folder)``; the last run's
     checkpoint is the one shipped.
     """
-    from .presets import get_preset
-
     train = get_preset(model).train
     runs = Path(runs)
     chain = [(["--model", model, "--out", str(runs / "pretrain"), "--preview", "0"], runs / "pretrain")]
@@ -286,9 +278,6 @@ def pretrain(model: str, runs: str | Path, out: str | Path, score: bool = True) 
 
     Each run resumes from its last checkpoint when re-run, and is a no-op once complete.
     """
-    import subprocess
-    import sys
-
     chain = pretrain_commands(model, runs)
     for args, _ in chain:
         command = [sys.executable, "-m", "sparse_deploy.train", *args]

@@ -18,6 +18,7 @@ preset's name and defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -27,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SparseDeployError
+from .lazy import lazy_import
 from .presets import PRESETS, Preset, family_of, get_preset, preset_from_config
 from .schedule import check_schedule
+
+diffusers = lazy_import("diffusers", "building and loading diffusers models", "make setup (the pinned diffusers of pyproject.toml)")
 
 __all__ = ["ModelSource", "diffusers_class", "resolve_source", "resolve_vae", "load_vae", "source_preset", "is_path"]
 
@@ -210,10 +214,8 @@ def resolve_vae(path: str | Path) -> Path:
 def load_vae(path: str | Path):
     """A diffusers AutoencoderKL from a local pipeline or VAE folder (never downloads)."""
     path = resolve_vae(path)
-    from diffusers import AutoencoderKL
-
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+        vae = diffusers.AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as exc:
         raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
     return vae.eval()
@@ -221,14 +223,7 @@ def load_vae(path: str | Path):
 
 def diffusers_class(family: str):
     """The diffusers class of a model family: ``dit`` or ``unet``."""
-    try:
-        if family == "dit":
-            from diffusers import DiTTransformer2DModel as cls
-        else:
-            from diffusers import UNet2DModel as cls
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        raise SparseDeployError(f"cannot import diffusers ({exc}); run 'make setup' to install the pinned version") from exc
-    return cls
+    return diffusers.DiTTransformer2DModel if family == "dit" else diffusers.UNet2DModel
 
 
 def _layout(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +250,6 @@ def source_preset(source: ModelSource, model: str | None = None) -> Preset:
     ``model`` (a preset name) is needed only for a bare ``.safetensors`` file; with a config it
     must match the config's layout.
     """
-    import dataclasses
-
     if source.config is None:
         if model is None:
             raise SparseDeployError(f"'{source.path}' is a bare .safetensors file with no config.json beside it; pass --model PRESET to say its layout")

@@ -26,9 +26,17 @@ from torch import nn
 
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
+from .masks import (
+    PATTERN,
+    PATTERN_M,
+    PATTERN_N,
+    eligibility,
+    is_nm_sparse,
+    nm_mask,
+    pattern_index,
+)
 from .models import short_name
 from .modes import MODES, get_mode
-from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, is_nm_sparse, nm_mask, pattern_index
 from .presets import Preset
 
 __all__ = [

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .errors import SparseDeployError
 
@@ -54,8 +56,6 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` (the caller makes it atomic, e.g. inside ``atomic_dir``)."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, tensors)
     save_file(tensors, str(path), metadata={"format": STATE_FORMAT, "state": json.dumps(skeleton)})
@@ -64,8 +64,6 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a state written by :func:`save_state`; a damaged file is one SparseDeployError."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as fh:

@@ -17,7 +17,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from . import fid
+from .backends import load_runner
+from .checkpoint import read_manifest
 from .errors import SparseDeployError, cli_entry
+from .measure.methods import draw_samples
+from .provenance import timestamp, write_json_atomic
 from .settings import CPU_PRECISION
 
 __all__ = ["demo_summary", "format_summary", "main"]
@@ -37,11 +42,6 @@ def demo_summary(
     reference: str = "fashion-mnist:test", seed: int = 0, cache_dir: str | Path = ".cache/fid",
 ) -> dict[str, Any]:
     """Coverage, MACs, engines and dense-vs-sparse FID of one fine-tuning run and its engines."""
-    from . import fid
-    from .backends import load_runner
-    from .measure.methods import draw_samples
-    from .checkpoint import read_manifest
-
     run, engines = Path(run), Path(engines)
     manifest = read_manifest(run / "checkpoint")
     coverage_path = run / "coverage.json"
@@ -120,8 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from .provenance import timestamp, write_json_atomic
-
     args = _parser().parse_args(argv)
     if args.num < 2 or args.ref_num < 2 or args.steps < 1:
         raise SparseDeployError("--num and --ref-num must be at least 2, --steps at least 1")

@@ -12,6 +12,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from .errors import SparseDeployError
 
@@ -21,7 +23,6 @@ __all__ = ["time_call", "clock_name", "interleaved_order", "run_interleaved", "s
 def _cuda_ready(device: str) -> bool:
     if device != "cuda":
         return False
-    import torch
 
     return torch.cuda.is_available()
 
@@ -33,8 +34,6 @@ def time_call(fn: Callable[[], Any], device: str = "cpu") -> tuple[Any, float]:
     with the device synchronised before and after; otherwise ``time.perf_counter``.
     """
     if _cuda_ready(device):
-        import torch
-
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -70,8 +69,6 @@ def run_interleaved(
         Seconds per timed call, by task name (``repeats`` values each, in round order, so
         ``times[A][i]`` and ``times[B][i]`` come from the same round).
     """
-    from tqdm.auto import tqdm
-
     if repeats < 1 or warmup < 0:
         raise SparseDeployError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     names = list(tasks)

@@ -23,6 +23,10 @@ from pathlib import Path
 
 from ..errors import SparseDeployError
 from .base import ENGINE_FORMAT, Runner, read_engine_manifest
+from .ort import OrtRunner
+from .pytorch import TorchRunner
+from .torch24 import Torch24Runner
+from .trt import TrtRunner
 
 __all__ = ["BACKENDS", "ENGINE_FORMAT", "Runner", "load_runner", "read_engine_manifest"]
 
@@ -48,12 +52,9 @@ def load_runner(path: str | Path, device: str = "auto", backend: str = "auto") -
         if not (path / "manifest.json").is_file():
             raise SparseDeployError(f"'{path}' is a folder without manifest.json: neither an engine nor a checkpoint")
         if backend == "torch24":
-            from .torch24 import Torch24Runner
-
             return Torch24Runner(path, device)
         if backend not in ("auto", "torch"):
             raise SparseDeployError(f"'{path}' is a checkpoint folder: it runs on the torch or torch24 backend, not {backend}")
-        from .pytorch import TorchRunner
 
         return TorchRunner(path, device)
 
@@ -62,11 +63,7 @@ def load_runner(path: str | Path, device: str = "auto", backend: str = "auto") -
     if backend not in ("auto", engine_backend):
         raise SparseDeployError(f"'{engine}' is a {engine_backend} engine; it cannot run on the {backend} backend")
     if engine_backend == "onnxruntime":
-        from .ort import OrtRunner
-
         return OrtRunner(engine, manifest, device)
     if engine_backend == "tensorrt":
-        from .trt import TrtRunner
-
         return TrtRunner(engine, manifest, device)
     raise SparseDeployError(f"'{engine}' names an unknown backend '{engine_backend}' in its manifest; rebuild it")

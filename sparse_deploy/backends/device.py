@@ -8,6 +8,12 @@ import shutil
 import subprocess
 from typing import Any
 
+import torch
+
+from ..errors import SparseDeployError
+from ..guards import check_device
+from ..lazy import missing_reason, require
+
 __all__ = ["torch_device", "cuda_device", "tensorrt_version", "tensorrt_unavailable_reason", "import_tensorrt", "TENSORRT_INSTALL"]
 
 log = logging.getLogger(__name__)
@@ -22,8 +28,6 @@ def cuda_device() -> dict[str, Any] | None:
     Asks PyTorch first; a CPU-only PyTorch next to a GPU falls back to ``nvidia-smi``.
     """
     try:
-        import torch
-
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
             return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
@@ -54,11 +58,6 @@ def torch_device(request: str, local_rank: int = 0, world_size: int = 1, cuda_de
         local_rank / world_size: this process's place under torchrun (0 / 1 alone).
         cuda_devices: how many CUDA devices are visible (default: ask PyTorch).
     """
-    import torch
-
-    from ..errors import SparseDeployError
-    from ..guards import check_device
-
     check_device(request)
     count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
     if request == "cpu" or (request == "auto" and count == 0):
@@ -80,16 +79,12 @@ def torch_device(request: str, local_rank: int = 0, world_size: int = 1, cuda_de
 
 def import_tensorrt():
     """``import tensorrt`` or raise one sentence saying how to get it."""
-    from ..errors import require
-
     return require("tensorrt", "building or running a TensorRT engine", TENSORRT_INSTALL)
 
 
 def tensorrt_version() -> str | None:
     try:
-        import tensorrt
-
-        return str(tensorrt.__version__)
+        return str(import_tensorrt().__version__)
     except Exception:
         return None
 
@@ -99,9 +94,7 @@ def tensorrt_unavailable_reason() -> str | None:
     reasons = []
     if cuda_device() is None:
         reasons.append("no CUDA GPU is visible")
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    detail = missing_reason("tensorrt")
+    if detail is not None:
         reasons.append(f"TensorRT is not installed ({detail}; {TENSORRT_INSTALL})")
     return " and ".join(reasons) or None

@@ -10,7 +10,8 @@ import torch
 
 from ..artifacts import ENGINE_FORMAT, rebuild_hint, source_graph
 from ..contract import IOContract
-from ..errors import SparseDeployError, require
+from ..errors import SparseDeployError
+from ..lazy import lazy_import
 from .base import Runner
 from .device import cuda_device
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _INSTALL = "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)"
+ort = lazy_import("onnxruntime", "ONNX Runtime sessions", _INSTALL)
 
 
 def ort_session(
@@ -37,7 +39,6 @@ def ort_session(
             level, where to save the optimized model, ...).
         fix: appended to the error, e.g. ``"; rebuild the engine with make engine"``.
     """
-    ort = require("onnxruntime", "ONNX Runtime sessions", _INSTALL)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if configure is not None:
@@ -63,7 +64,6 @@ def choose_providers(device: str, contract: IOContract, *, sparse: bool, cache_d
     With the TensorRT provider, 2:4 sparse kernels are enabled for sparse graphs
     (``trt_sparsity_enable``) and the engine is built for the contract's batch profile.
     """
-    ort = require("onnxruntime", "the ONNX Runtime backend", _INSTALL)
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device not in ("auto", "cuda"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.sparse import to_sparse_semi_structured
 
 from ..checkpoint import load_checkpoint
 from ..contract import contract_for
@@ -34,8 +35,6 @@ def to_semi_structured_(model: nn.Module, layers: list[str]) -> tuple[list[str],
         ``(converted, skipped)``: the layers now on 2:4 kernels, and the others with the reason
         (not a Linear, or a shape/dtype the kernels refuse).
     """
-    from torch.sparse import to_sparse_semi_structured
-
     modules = {short_name(name): m for name, m in model.named_modules()}
     converted: list[str] = []
     skipped: dict[str, str] = {}

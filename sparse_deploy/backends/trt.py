@@ -15,8 +15,11 @@ import torch
 
 from ..contract import IOContract
 from ..errors import SparseDeployError
+from ..lazy import lazy_import
 from .base import Runner, rebuild_hint
 from .device import cuda_device, import_tensorrt
+
+poly_trt = lazy_import("polygraphy.backend.trt", "running a TensorRT engine")
 
 __all__ = ["TrtRunner", "check_engine_compatible"]
 
@@ -53,16 +56,13 @@ class TrtRunner(Runner):
         super().__init__(path, manifest, IOContract.from_dict(manifest["contract"]))
         trt = import_tensorrt()
         check_engine_compatible(path, manifest, str(trt.__version__), cuda_device())
-        from polygraphy.backend.trt import EngineFromBytes
-        from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner
-
         try:
-            self.engine = EngineFromBytes(path.read_bytes())()
+            self.engine = poly_trt.EngineFromBytes(path.read_bytes())()
         except Exception as exc:  # Polygraphy raises PolygraphyException on a bad plan
             raise SparseDeployError(f"TensorRT cannot deserialize '{path}' ({str(exc).splitlines()[0]}); rebuild with {rebuild_hint(path, manifest.get('preset'))}") from exc
         if self.engine is None:
             raise SparseDeployError(f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path, manifest.get('preset'))}")
-        self._runner = PolygraphyTrtRunner(self.engine)
+        self._runner = poly_trt.TrtRunner(self.engine)
 
     @property
     def device_type(self) -> str:

@@ -22,7 +22,13 @@ from .cli import add_profile_arguments, add_source_arguments, config_from_args, 
 from .config import ExportConfig
 from .graph import EXPORTER, OPSET, ExportedGraph, export_all, export_graph
 from .plan import GraphSource, plan_sources
-from .verify import PARITY_BATCHES, PARITY_TOLERANCE, check_parity, check_sparsity, layer_initializers
+from .verify import (
+    PARITY_BATCHES,
+    PARITY_TOLERANCE,
+    check_parity,
+    check_sparsity,
+    layer_initializers,
+)
 
 __all__ = [
     "KINDS",

@@ -25,16 +25,33 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..artifacts import KINDS, ONNX_FORMAT, Artifact, graph_path, manifest_path, read_onnx_manifest, stale_reason, write_artifact_manifest
+from ..artifacts import (
+    KINDS,
+    ONNX_FORMAT,
+    Artifact,
+    graph_path,
+    manifest_path,
+    read_onnx_manifest,
+    stale_reason,
+    write_artifact_manifest,
+)
 from ..contract import PRECISIONS, IOContract, contract_for, float_dtype
 from ..errors import SparseDeployError
 from ..masks import PATTERN
 from ..models import Denoiser
 from ..onnx_files import data_path, describe_data, save_with_external_data
-from ..precision import FP32_OPS, fp16_attention, fp32_op_dtypes, fp32_ops_problem, to_fp16
+from ..precision import (
+    FP32_OPS,
+    fp16_attention,
+    fp32_op_dtypes,
+    fp32_ops_problem,
+    to_fp16,
+)
 from ..presets import PRESET_SPEC, Preset
 from ..provenance import library_versions, sha256_file, timestamp
 from ..schedule import schedule_record
@@ -95,8 +112,6 @@ def _torch_export(model: nn.Module, contract: IOContract, raw: Path) -> None:
 
 def _write_staged(model: nn.Module, contract: IOContract, stage: Path, name: str, external: bool) -> Path:
     """Export into ``stage`` under the final file name (an external-data graph names its data file)."""
-    import onnx
-
     raw = stage / "raw" / name  # over 2 GiB, torch writes one file per initializer here
     raw.parent.mkdir()
     _torch_export(model, contract, raw)
@@ -111,8 +126,6 @@ def _write_staged(model: nn.Module, contract: IOContract, stage: Path, name: str
 
 def _verify(staged: Path, model: Denoiser, export_model: nn.Module, contract: IOContract, sparse_layers: Sequence[str], kind: str) -> dict[str, Any]:
     """Parity, the fp32 ops of an fp16 graph, and 2:4 sparsity: the manifest entries, or an error."""
-    import onnx
-
     fp16 = contract.precision == "fp16"
     parity = verify.check_parity(staged, model, contract, fp16_reference=export_model if fp16 else None)
     onnx_model = onnx.load(str(staged))
@@ -205,8 +218,6 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
     A reused graph is returned with the manifest it has on disk, untouched (its contract keeps the
     batch profile it was exported with: the graph's batch axis is dynamic either way).
     """
-    from tqdm.auto import tqdm
-
     preset, sources = plan_sources(config)
     out = Path(config.out) if config.out is not None else Path("export") / preset.name
     results: list[ExportedGraph] = []

@@ -27,11 +27,11 @@ import torch
 from .. import checkpoint as ckpt
 from .. import models
 from ..errors import SparseDeployError
+from ..inputs import run_preset
 from ..models import Denoiser
 from ..modes import MODES, ONESHOT
 from ..presets import Preset, get_preset, preset_from_manifest
 from ..provenance import sha256_file
-from ..inputs import run_preset
 from ..sources import resolve_source
 from ..sparsify import SparsityConfig, bake_, select_layers, sparsify_
 from .config import ExportConfig

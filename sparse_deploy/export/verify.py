@@ -21,13 +21,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from ..backends.ort import ort_session
 from ..contract import IOContract, float_dtype
 from ..errors import SparseDeployError
+from ..lazy import lazy_import
 from ..models import short_name
 from ..precision import FP32_OPS, fp16_attention
+
+poly_logger = lazy_import("polygraphy.logger", "the 2:4 check of an export")
+poly_sparse = lazy_import("polygraphy.tools.sparse", "the 2:4 check of an export")
 
 __all__ = ["PARITY_BATCHES", "PARITY_TOLERANCE", "max_abs_err", "tolerance_bound", "check_parity", "check_sparsity", "layer_initializers", "torch_inputs"]
 
@@ -149,8 +154,6 @@ def layer_initializers(onnx_model, model: nn.Module, precision: str) -> dict[str
     Matched by content: the exporter keeps Gemm and Conv weights as they are (``[out, in]``,
     ``[K, C, R, S]``) but pre-transposes MatMul weights to ``[in, out]`` and renames them.
     """
-    from onnx import numpy_helper
-
     by_content: dict[tuple, str] = {}
     for init in onnx_model.graph.initializer:
         if init.data_type in (1, 10):  # FLOAT, FLOAT16
@@ -197,12 +200,10 @@ def check_sparsity(onnx_model, model: nn.Module, precision: str, sparse_layers: 
     layer's weight is reported sparse. A dense graph should report none; any it does report is
     recorded and logged (a dense checkpoint may hold structured zeros of its own).
     """
-    from polygraphy.logger import G_LOGGER
-    from polygraphy.tools.sparse import SparsityPruner
-
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL), warnings.catch_warnings():
+    g_logger = poly_logger.G_LOGGER
+    with g_logger.verbosity(g_logger.CRITICAL), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruner = SparsityPruner(onnx_model)
+        pruner = poly_sparse.SparsityPruner(onnx_model)
         pruner.check()
     sparse_tensors = set(pruner.sparse_tensors)
     inits = layer_initializers(onnx_model, model, precision)

@@ -38,10 +38,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import scipy.linalg
 import torch
+from PIL import Image
+from tqdm import tqdm
 
-from ..data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_files, read_idx
+from ..data import (
+    IMAGE_SUFFIXES,
+    fashion_mnist_images_file,
+    idx_shape,
+    image_files,
+    read_idx,
+)
 from ..errors import SparseDeployError
+from ..provenance import atomic_path, library_versions, sha256_file, timestamp
 
 __all__ = [
     "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
@@ -98,8 +108,6 @@ def inception_path() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    from ..provenance import sha256_file
-
     return sha256_file(path)
 
 
@@ -205,8 +213,6 @@ def features_from_images(
             CPU and TF32 is off on a GPU, so features match the CPU-computed reference statistics
             to float32 rounding (TF32 convolutions would not).
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise SparseDeployError(f"batch size must be at least 1, got {batch_size}")
     n = len(images)
@@ -253,8 +259,6 @@ def stats_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    import scipy.linalg
-
     with warnings.catch_warnings():
         # Covariances from fewer samples than dimensions are singular; sqrtm then warns, and the
         # result is still usable (checked below).
@@ -414,8 +418,6 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
     PNG, JPEG, BMP, WebP; sorted by path, searched recursively), or an ``.npz`` holding one uint8
     array ``[N, H, W(, C)]`` (or several, one named ``images``).
     """
-    from PIL import Image
-
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
         arr = _fashion_mnist_images(fashion_mnist_images_file(str(where)))
@@ -440,8 +442,6 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
 
 def source_identity(source: str | Path, num: int | None = None) -> dict:
     """What makes a source's features what they are: kind, content hash, count (no images decoded)."""
-    from ..provenance import sha256_file
-
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
         path = fashion_mnist_images_file(str(where))
@@ -522,8 +522,6 @@ def reference_stats(
     pass without TF32 matches the CPU one to float32 rounding). On a cache miss a file of
     ``shipped_dir`` with the same key (and intact features) stands in for the Inception pass.
     """
-    from ..provenance import atomic_path, library_versions, timestamp
-
     identity = source_identity(source, num)
     network = inception_path()
     key = _cache_key(identity, _network_sha256(network))

@@ -12,8 +12,15 @@ from ..backends.device import torch_device
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_dir, check_output_file
 from ..provenance import library_versions, timestamp, write_json_atomic
-from . import (DEFAULT_CACHE_DIR, INCEPTION_PACKAGE, INCEPTION_SHA256, PREPROCESSING, frechet_distance, kid_from_features,
-               reference_stats)
+from . import (
+    DEFAULT_CACHE_DIR,
+    INCEPTION_PACKAGE,
+    INCEPTION_SHA256,
+    PREPROCESSING,
+    frechet_distance,
+    kid_from_features,
+    reference_stats,
+)
 
 __all__ = ["main"]
 

@@ -30,7 +30,14 @@ runs before anything else is known to be installed.
 
 from __future__ import annotations
 
-from .cli import DEFAULT_BUDGET_S, PART_CAPS, REPORT_RESERVE_S, build_parser, main, run_part
+from .cli import (
+           DEFAULT_BUDGET_S,
+           PART_CAPS,
+           REPORT_RESERVE_S,
+           build_parser,
+           main,
+           run_part,
+)
 from .machine import GPU_WHEELS, no_gpu_reason
 from .parts import PARTS, gemm_shapes
 from .report import write_report

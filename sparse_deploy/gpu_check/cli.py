@@ -20,9 +20,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cliargs import comma_list
+from ..errors import SparseDeployError
+from ..lazy import lazy_import
+from ..provenance import timestamp
 from .machine import REPO, download_wheels, gpu_facts, install_wheels, no_gpu_reason
 from .parts import PART_FUNCS, PARTS
 from .report import load_json, write_report
+
+# Imports PyTorch: loaded only when a run on a GPU machine writes its report.
+host = lazy_import("sparse_deploy.measure.machine")
 
 __all__ = ["PART_CAPS", "DEFAULT_BUDGET_S", "REPORT_RESERVE_S", "MIN_PART_S", "run_part", "build_parser", "main"]
 
@@ -72,8 +79,6 @@ def _child_env(site: Path | None) -> dict[str, str]:
 
 
 def _parts(text: str) -> tuple[str, ...]:
-    from ..cliargs import comma_list
-
     parts = comma_list(text)
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -99,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ..measure.machine import machine_info
-    from ..provenance import timestamp
-
     started = time.perf_counter()
     deadline = started + args.budget
     out = args.out
@@ -131,7 +133,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         records.append(record)
         print(f"gpu-check: {name} {record['status']} in {record['seconds']} s", flush=True)
     report = {"kind": "gpu-check", "created": timestamp(), "command": shlex.join(["python", "-m", "sparse_deploy.gpu_check", *argv]),
-              "budget_s": args.budget, "seconds": round(time.perf_counter() - started, 1), "machine": {**gpu_facts(), "host": machine_info()},
+              "budget_s": args.budget, "seconds": round(time.perf_counter() - started, 1), "machine": {**gpu_facts(), "host": host.machine_info()},
               "wheels": wheels, "parts": records}
     written = write_report(out, report)
     print(f"gpu-check: wrote {written['markdown']} and {written['json']}")
@@ -143,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "wheels":
-        from ..errors import SparseDeployError
-
         try:
             wheels = download_wheels(args.wheels)
         except SparseDeployError as exc:

@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import SparseDeployError
+from ..lazy import lazy_import
+
+# The kit runs before anything is known to be installed: PyTorch is imported when a fact is first read.
+torch = lazy_import("torch", "the GPU check", "the machine's own PyTorch with CUDA")
+
 __all__ = ["REPO", "GPU_WHEELS", "WHEEL_LIMIT_BYTES", "no_gpu_reason", "gpu_facts", "download_wheels", "install_wheels"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,18 +29,17 @@ WHEEL_LIMIT_BYTES = 64 * 2**20
 def no_gpu_reason() -> str | None:
     """Why there is nothing to check here (no PyTorch, or no CUDA GPU visible to it), or None."""
     try:
-        import torch
-    except Exception as exc:  # noqa: BLE001 - any import failure means the same here
-        return f"this Python ({sys.executable}) cannot import PyTorch ({exc.__class__.__name__}: {exc})"
-    if not torch.cuda.is_available():
+        cuda = torch.cuda
+    except ImportError as exc:  # any failure to import PyTorch (lazy.MissingDependency) means the same here
+        cause = exc.__cause__ or exc
+        return f"this Python ({sys.executable}) cannot import PyTorch ({cause.__class__.__name__}: {cause})"
+    if not cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         return f"PyTorch {torch.__version__} ({build}) sees no CUDA GPU"
     return None
 
 
 def gpu_facts() -> dict[str, Any]:
-    import torch
-
     facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
     try:
         props = torch.cuda.get_device_properties(0)
@@ -53,8 +58,6 @@ def gpu_facts() -> dict[str, Any]:
 
 def download_wheels(dest: Path) -> list[Path]:
     """``pip download`` :data:`GPU_WHEELS` (no dependencies, pure Python) into ``dest``; checks the size limit."""
-    from ..errors import SparseDeployError
-
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
            "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *GPU_WHEELS]

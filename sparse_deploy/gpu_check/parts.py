@@ -6,10 +6,31 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..lazy import lazy_import
+from ..modes import ONESHOT
+from ..provenance import timestamp, write_json_atomic
 from .machine import REPO, gpu_facts
+
+# The kit's parent process imports only the standard library (tests/integration/test_gpu_check.py): what a
+# part needs is imported in the child process that runs it, on first use.
+torch = lazy_import("torch", "the GPU check", "the machine's own PyTorch with CUDA")
+pytest = lazy_import("pytest", "the GPU check's tests part", "pip install pytest")
+latency = lazy_import("sparse_deploy.latency")
+timing = lazy_import("sparse_deploy.timing")
+models = lazy_import("sparse_deploy.models")
+presets = lazy_import("sparse_deploy.presets")
+sampling = lazy_import("sparse_deploy.sampling")
+sparsify = lazy_import("sparse_deploy.sparsify")
+torch24 = lazy_import("sparse_deploy.backends.torch24")
+device = lazy_import("sparse_deploy.backends.device")
+build = lazy_import("sparse_deploy.build")
+export = lazy_import("sparse_deploy.export")
+engine_latency = lazy_import("sparse_deploy.measure.engine_latency")
 
 __all__ = ["PARTS", "PART_FUNCS", "GEMM_PRESETS", "E2E_BATCHES", "SAMPLE_STEPS", "gemm_shapes", "gemm_row",
            "part_tests", "part_gemm", "part_e2e", "part_tensorrt"]
@@ -27,7 +48,6 @@ DEVICE = "cuda"  # where the parts compute (the unit tests run them on "cpu" wit
 
 
 def _parse_junit(path: Path) -> dict[str, Any]:
-    import xml.etree.ElementTree as ET
 
     out: dict[str, Any] = {"passed": [], "failed": [], "skipped": [], "errors": []}
     if not path.is_file():
@@ -45,10 +65,6 @@ def _parse_junit(path: Path) -> dict[str, Any]:
 
 
 def part_tests(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import pytest
-
-    from ..provenance import write_json_atomic
-
     xml = out / "tests.xml"
     rc = pytest.main([str(REPO / "tests" / "gpu"), "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"])
     record = {"pytest_exit_code": int(rc), **_parse_junit(xml)}
@@ -63,11 +79,9 @@ def part_tests(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def gemm_shapes(presets: Sequence[str] = GEMM_PRESETS) -> list[dict[str, Any]]:
     """Every distinct Linear shape of the presets, with the presets and layer count using it."""
-    from ..latency import linear_shapes
-
     merged: dict[tuple[int, int, int], dict[str, Any]] = {}
     for preset in presets:
-        for shape in linear_shapes(preset):
+        for shape in latency.linear_shapes(preset):
             entry = merged.setdefault(shape.key, {**shape.to_dict(), "presets": {}})
             entry["presets"][preset] = len(shape.layers)
     return sorted(merged.values(), key=lambda e: (-e["rows_per_sample"], e["in"], e["out"]))
@@ -80,19 +94,14 @@ def gemm_row(shape: dict[str, Any], batch: int, dtype: str, timing: dict[str, An
 
 
 def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from ..latency import GEMM_BATCHES, PROFILE_FORMAT, time_linear
-    from ..provenance import timestamp, write_json_atomic
-
     facts = gpu_facts()
     shapes = gemm_shapes(GEMM_PRESETS)
-    batches = (1, 8, 64) if args.quick else GEMM_BATCHES
+    batches = (1, 8, 64) if args.quick else latency.GEMM_BATCHES
     repeats = 5 if args.quick else 15
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     backend = "cuSPARSELt" if torch.backends.cusparselt.is_available() else "CUTLASS"
     record: dict[str, Any] = {
-        "format": PROFILE_FORMAT, "gpu": facts.get("gpu"), "facts": facts, "created": timestamp(), "kernel": f"to_sparse_semi_structured ({backend})",
+        "format": latency.PROFILE_FORMAT, "gpu": facts.get("gpu"), "facts": facts, "created": timestamp(), "kernel": f"to_sparse_semi_structured ({backend})",
         "method": "F.linear(x, W) against F.linear(x, W_2:4) on the same 2:4-masked weight; each sample 10 back-to-back calls between "
                   f"CUDA events; dense and 2:4 interleaved, 3 warm-up rounds dropped, {repeats} timed; seconds per call",
         "shapes": shapes, "batches": list(batches), "entries": [], "complete": False,
@@ -100,8 +109,8 @@ def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     for shape in shapes:  # written after every shape: a time-out keeps what was measured
         for dtype, torch_dtype in dtypes.items():
             for batch in batches:
-                timing = time_linear(shape["out"], shape["in"], shape["rows_per_sample"] * batch, torch_dtype, device=DEVICE, repeats=repeats)
-                record["entries"].append(gemm_row(shape, batch, dtype, timing))
+                measured = latency.time_linear(shape["out"], shape["in"], shape["rows_per_sample"] * batch, torch_dtype, device=DEVICE, repeats=repeats)
+                record["entries"].append(gemm_row(shape, batch, dtype, measured))
         write_json_atomic(out / "gemm.json", record)
     record["complete"] = True
     write_json_atomic(out / "gemm.json", record)
@@ -116,8 +125,6 @@ def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 def _cuda_graph(model, inputs):
     """A function replaying one denoiser call captured in a CUDA graph: it copies its arguments into the
     captured inputs and returns the captured output tensor (raises where capture fails)."""
-    import torch
-
     static = [t.clone() if t is not None else None for t in inputs]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -140,47 +147,34 @@ def _cuda_graph(model, inputs):
 
 
 def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import copy
-
-    import torch
-
-    from ..backends.torch24 import to_semi_structured_
-    from ..timing import ratio, run_interleaved, summarize
-    from ..models import build_model
-    from ..presets import get_preset
-    from ..provenance import write_json_atomic
-    from ..sampling import sample
-    from ..modes import ONESHOT
-    from ..sparsify import SparsityConfig, bake_, select_layers, sparsify_
-
-    preset = get_preset(args.e2e_model)
+    preset = presets.get_preset(args.e2e_model)
     torch.manual_seed(0)
     with torch.device(DEVICE):  # random init straight on the GPU (DiT-XL: seconds instead of a minute on the CPU)
-        dense = build_model(preset, None, announce_random=False)
+        dense = models.build_model(preset, None, announce_random=False)
     dense = dense.to(DEVICE)  # buffers diffusers builds from numpy start on the CPU
-    config = SparsityConfig(mode=ONESHOT)
-    layers = select_layers(dense, config).selected
-    sparsify_(dense, config, layers)
-    bake_(dense)
+    config = sparsify.SparsityConfig(mode=ONESHOT)
+    layers = sparsify.select_layers(dense, config).selected
+    sparsify.sparsify_(dense, config, layers)
+    sparsify.bake_(dense)
     dense = dense.half().eval()
     sparse = copy.deepcopy(dense)
-    converted, skipped = to_semi_structured_(sparse, layers)
+    converted, skipped = torch24.to_semi_structured_(sparse, layers)
     record: dict[str, Any] = {"model": preset.name, "precision": "fp16", "weights": "random init, one-shot magnitude 2:4 masks",
                               "sparse_layers": len(layers), "converted_layers": len(converted), "skipped_layers": skipped,
                               "sampling": f"{SAMPLE_STEPS} DDIM steps (sampling.sample: CPU scheduler, GPU denoiser)", "batches": []}
-    models = {"dense": dense, "sparse": sparse}
+    pair = {"dense": dense, "sparse": sparse}
     repeats = 5 if args.quick else 20
     sample_repeats = 1 if args.quick else 2
 
     def compare(tasks: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, Any]:
         with torch.no_grad():
-            times = run_interleaved(tasks, rounds, warmup, DEVICE)
-        return {"dense": summarize(times["dense"]), "sparse": summarize(times["sparse"]), "ratio": ratio(times["dense"], times["sparse"])}
+            times = timing.run_interleaved(tasks, rounds, warmup, DEVICE)
+        return {"dense": timing.summarize(times["dense"]), "sparse": timing.summarize(times["sparse"]), "ratio": timing.ratio(times["dense"], times["sparse"])}
 
     def sampler(run: Callable, batch: int) -> Callable[[], Any]:
         def denoise(s, ts, labels):
             return run(s.to(DEVICE).half(), ts.to(DEVICE), None if labels is None else labels.to(DEVICE)).float().cpu()
-        return lambda: sample(denoise, preset, batch=batch, steps=SAMPLE_STEPS, scheduler="ddim", seed=0)
+        return lambda: sampling.sample(denoise, preset, batch=batch, steps=SAMPLE_STEPS, scheduler="ddim", seed=0)
 
     inputs = {}
     for batch in E2E_BATCHES:  # eager first, for every batch: a failed graph capture below cannot cost these figures
@@ -195,8 +189,8 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             want, got = dense(x, t, y).float(), sparse(x, t, y).float()
         entry["parity"] = {"max_abs_err": float((got - want).abs().max()), "max_abs_ref": float(want.abs().max()),
                            "relative": float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))}
-        entry["eager"] = compare({name: (lambda m=m: m(x, t, y)) for name, m in models.items()}, repeats, 5)
-        entry["sampling"] = compare({name: sampler(m, batch) for name, m in models.items()}, sample_repeats, 1)
+        entry["eager"] = compare({name: (lambda m=m: m(x, t, y)) for name, m in pair.items()}, repeats, 5)
+        entry["sampling"] = compare({name: sampler(m, batch) for name, m in pair.items()}, sample_repeats, 1)
         write_json_atomic(out / "e2e.json", record)
     failed = None
     for entry in record["batches"]:  # then CUDA-graph replay of the same calls, until a capture fails
@@ -205,7 +199,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             continue
         x, t, y = inputs[entry["batch"]]
         try:
-            graphs = {name: _cuda_graph(m, (x, t, y)) for name, m in models.items()}
+            graphs = {name: _cuda_graph(m, (x, t, y)) for name, m in pair.items()}
             entry["cuda_graph"] = compare({name: (lambda g=g: g(x, t, y)) for name, g in graphs.items()}, repeats, 5)
             entry["cuda_graph"]["sampling"] = compare({name: sampler(g, entry["batch"]) for name, g in graphs.items()}, sample_repeats, 1)
             del graphs
@@ -224,21 +218,15 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def part_tensorrt(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from ..backends.device import tensorrt_unavailable_reason
-    from ..measure.engine_latency import LatencyConfig, run_latency
-    from ..build import BuildConfig, build_engines
-    from ..export import ExportConfig
-    from ..provenance import write_json_atomic
-
-    reason = tensorrt_unavailable_reason()
+    reason = device.tensorrt_unavailable_reason()
     if reason:
         record = {"skipped": f"no TensorRT engines: {reason}"}
         write_json_atomic(out / "tensorrt.json", record)
         return record
     work = out / "tensorrt-work"
-    config = BuildConfig(export=ExportConfig(model=args.trt_model, out=work / "export", precisions=("fp16",), max_batch=64, opt_batch=8),
+    config = build.BuildConfig(export=export.ExportConfig(model=args.trt_model, out=work / "export", precisions=("fp16",), max_batch=64, opt_batch=8),
                          backend="tensorrt", engine_dir=work / "engines")
-    report = build_engines(config)
+    report = build.build_engines(config)
     engines = {e.kind: e for e in report.engines}
     record: dict[str, Any] = {"model": args.trt_model, "engines": {}}
     for kind, e in engines.items():
@@ -247,7 +235,7 @@ def part_tensorrt(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                                                                 "engine_check", "sparse_picked_modules", "sparse_eligible_modules", "sparse_layers",
                                                                 "build_seconds")}
     write_json_atomic(out / "tensorrt.json", record)
-    latency = run_latency(LatencyConfig(engines=(str(engines["dense"].path), str(engines["sparse"].path)), batches=E2E_BATCHES,
+    latency = engine_latency.run_latency(engine_latency.LatencyConfig(engines=(str(engines["dense"].path), str(engines["sparse"].path)), batches=E2E_BATCHES,
                                         repeats=20, warmup=5, e2e_repeats=0 if args.quick else 2, steps=SAMPLE_STEPS, memory=False))
     record["latency"] = {"batches": latency["batches"], "reference": latency["reference"], "candidate": latency["candidate"]}
     write_json_atomic(out / "tensorrt.json", record)

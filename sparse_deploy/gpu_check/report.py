@@ -7,7 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..lazy import lazy_import, load
+from ..provenance import write_json_atomic, write_text_atomic
 from .parts import PARTS, SAMPLE_STEPS
+
+matplotlib = lazy_import("matplotlib", "the GPU check's plots")
+pyplot = lazy_import("matplotlib.pyplot", "the GPU check's plots")
 
 __all__ = ["write_report", "load_json"]
 
@@ -115,11 +120,9 @@ def _markdown(report: dict[str, Any], results: dict[str, Any], plots: dict[str, 
 
 def _plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
     try:
-        import matplotlib
-
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # noqa: BLE001 - plots are optional; the tables carry the numbers
+        plt = load(pyplot)
+    except ImportError as exc:  # plots are optional (lazy.MissingDependency): the tables carry the numbers
         log.warning("no plots: matplotlib unavailable (%s)", exc)
         return {}
     plots = {}
@@ -165,8 +168,6 @@ def _plots(out: Path, results: dict[str, Any]) -> dict[str, str]:
 
 def write_report(out: Path, report: dict[str, Any]) -> dict[str, Path]:
     """``report.json`` (``report`` plus every part's results), ``report.md`` and the plots, in ``out``."""
-    from ..provenance import write_json_atomic, write_text_atomic
-
     results = {name: data for name in PARTS if (data := load_json(out / f"{name}.json")) is not None}
     plots = _plots(out, results)
     full = {**report, "results": results, "plots": plots}

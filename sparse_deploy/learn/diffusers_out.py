@@ -19,9 +19,16 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..checkpoint import load_checkpoint
 from ..errors import SparseDeployError
+from ..lazy import lazy_import
 from ..models import Denoiser
 from ..provenance import atomic_dir, sha256_file, timestamp, write_json_atomic
+from ..schedule import DEFAULT_SCHEDULE, training_scheduler
+from ..sources import resolve_source
+from ..sparsify import bake_
+
+diffusers = lazy_import("diffusers", "writing a diffusers model", "make setup (the pinned diffusers of pyproject.toml)")
 
 __all__ = ["DIFFUSERS_DIR", "write_diffusers", "write_run_diffusers"]
 
@@ -39,9 +46,6 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
         weights: the pipeline folder, model folder or file the run started from.
         info: extra provenance for ``sparse_deploy.json``.
     """
-    from ..schedule import DEFAULT_SCHEDULE
-    from ..sources import resolve_source
-
     if any(hasattr(m, "weight_mask") for m in model.modules()):
         raise SparseDeployError("write_diffusers needs a baked model (sparsify.bake_): diffusers cannot load mask buffers")
     source = resolve_source(weights) if weights is not None else None
@@ -61,12 +65,8 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
                     shutil.copy2(entry, tmp / entry.name)
         model.net.save_pretrained(str(tmp / component), safe_serialization=True)
         if not (tmp / "scheduler").exists():
-            from ..schedule import training_scheduler
-
             training_scheduler(preset.schedule or DEFAULT_SCHEDULE).save_pretrained(str(tmp / "scheduler"))
         if not (tmp / "model_index.json").exists() and preset.family == "unet":
-            import diffusers
-
             write_json_atomic(tmp / "model_index.json", {
                 "_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
                 "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", (preset.schedule or DEFAULT_SCHEDULE)["_class_name"]],
@@ -85,9 +85,6 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
 
 def write_run_diffusers(run_dir: str | Path, checkpoint: str | Path, weights: str | Path | None = None) -> Path:
     """``<run>/diffusers/`` from a run's checkpoint: its inference (EMA) model, masks baked."""
-    from ..checkpoint import load_checkpoint
-    from ..sparsify import bake_
-
     model, manifest = load_checkpoint(checkpoint)
     layers = sorted(bake_(model))
     return write_diffusers(

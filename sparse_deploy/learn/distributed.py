@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..backends.device import torch_device
 from ..errors import SparseDeployError
 
 __all__ = ["DistEnv", "Distributed", "resolve_device", "state_digest"]
@@ -67,8 +68,6 @@ def resolve_device(request: str, env: DistEnv, cuda_devices: int | None = None) 
         env: this process's rank layout.
         cuda_devices: how many CUDA devices are visible (default: ask PyTorch).
     """
-    from ..backends.device import torch_device
-
     return torch_device(request, env.local_rank, env.world_size, cuda_devices)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import SparseDeployError
 from ..masks import PATTERN_M, PATTERN_N, nm_mask, pattern_index
@@ -306,8 +307,6 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
         Per layer: ``error`` (relative output error on its calibration inputs, :func:`output_error`)
         and ``magnitude_error`` (the magnitude mask's, on the same inputs).
     """
-    from tqdm.auto import tqdm
-
     if criterion not in CRITERIA:
         raise SparseDeployError(f"unknown mask criterion '{criterion}'; choose one of: {', '.join(CRITERIA)}")
     calibration = (calibration or CalibrationConfig()).validate()

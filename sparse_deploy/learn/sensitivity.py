@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import SparseDeployError
 from ..masks import nm_mask
@@ -33,8 +34,6 @@ def layer_sensitivity(
     *, batches: int = 4, batch_size: int = 64, seed: int = 0, conditional: bool = True,
 ) -> dict[str, float]:
     """Loss increase of the dense ``model`` when each layer alone is 2:4-masked (same batches for all)."""
-    from tqdm.auto import tqdm
-
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     inputs = []

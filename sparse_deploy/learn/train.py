@@ -28,10 +28,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, load_training_state, read_manifest, save_checkpoint
+from ..checkpoint import (
+    load_checkpoint,
+    load_training_state,
+    read_manifest,
+    save_checkpoint,
+)
 from ..errors import SparseDeployError
 from ..guards import check_output_dir
 from ..inputs import run_vae
@@ -48,7 +52,12 @@ from .diffusers_out import write_run_diffusers
 from .distributed import DistEnv, Distributed, resolve_device, state_digest
 from .layer_choice import choose_by_latency_, choose_by_macs_budget_
 from .masking import (
-    decay_pruned_, mask_logit_parameters, mask_schedule, refresh_masks_, set_grad_scale_, set_mask_temperature_,
+    decay_pruned_,
+    mask_logit_parameters,
+    mask_schedule,
+    refresh_masks_,
+    set_grad_scale_,
+    set_mask_temperature_,
     sparsify_for_training_,
 )
 from .reconstruct import calibrate_masks_, calibration_summary

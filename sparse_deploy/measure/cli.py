@@ -33,17 +33,25 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..backends import read_engine_manifest
+from ..backends.device import tensorrt_unavailable_reason
+from ..build import BuildConfig, build_engines
+from ..checkpoint import read_manifest
 from ..cliargs import comma_ints, comma_list
 from ..errors import SparseDeployError, cli_entry
+from ..export import ExportConfig
 from ..guards import check_device, check_output_dir
-from ..settings import CPU_PRECISION, DEFAULT_KD_WEIGHT, GPU_PRECISION
 from ..inputs import run_preset
+from ..settings import CPU_PRECISION, DEFAULT_KD_WEIGHT, GPU_PRECISION
 from .engine_latency import LatencyConfig, latency_filename, run_latency
+from .frontier import write_frontier
 from .grids import sample_grids
 from .machine import command_line, write_record
 from .macs_check import mac_report
+from .merge import merge_methods
 from .methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
 from .recipes import METHODS, TRAIN_COST_METHODS
+from .report import write_report
 from .train_cost import run_train_cost
 
 __all__ = ["build_parser", "default_engines", "run_all", "main"]
@@ -190,8 +198,6 @@ def _print_latency(result: dict[str, Any]) -> None:
 
 
 def _resolve_all_sources(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    from ..checkpoint import read_manifest
-
     sparse = Path(args.checkpoint) if args.checkpoint else Path("runs") / args.model / "srste" / "checkpoint"
     if not (sparse / "manifest.json").is_file():
         if args.checkpoint:
@@ -209,8 +215,6 @@ def _resolve_all_sources(args: argparse.Namespace) -> tuple[Path | None, Path | 
 def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
     """The backend and precisions ``bench all`` times unless told: TensorRT fp16 on a GPU with TensorRT
     (fp32 engines would mostly measure the absence of tensor cores), ONNX Runtime fp32 on a CPU."""
-    from ..backends.device import tensorrt_unavailable_reason
-
     if device != "cpu" and tensorrt_unavailable_reason() is None:
         return "tensorrt", (GPU_PRECISION,)
     return "onnxruntime", (CPU_PRECISION,)
@@ -218,9 +222,6 @@ def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
 
 def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip: set[str]) -> tuple[dict[str, dict[str, Path]], list]:
     """The dense and sparse engines ``bench all`` times (by precision, then kind), unless latency and grids are skipped."""
-    from ..build import BuildConfig, build_engines
-    from ..export import ExportConfig
-
     backend, precisions = default_engines(args.device)
     if args.precision:
         precisions = tuple(args.precision)
@@ -254,8 +255,6 @@ def _all_methods(args: argparse.Namespace, dense_ckpt: Path | None, out: Path, c
 
 def run_all(args: argparse.Namespace, command: str) -> Path:
     """Every benchmark into ``args.out``, then the report; steps named in ``--skip`` are left out."""
-    from .report import write_report
-
     out = args.out or _default_out(args.model)
     out.mkdir(parents=True, exist_ok=True)
     sparse_ckpt, dense_ckpt = _resolve_all_sources(args)
@@ -325,8 +324,6 @@ def _methods_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _grids_command(args: argparse.Namespace, command: str) -> None:
-    from ..backends import read_engine_manifest
-
     model = read_engine_manifest(args.engines[0], verify=False)[1]["preset"] if not Path(args.engines[0]).is_dir() else None
     out = args.out or _default_out(model)
     result = sample_grids(args.engines, out, per_class=args.per_class, steps=args.steps, device=args.device, command=command)
@@ -334,24 +331,18 @@ def _grids_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _report_command(args: argparse.Namespace, command: str) -> None:
-    from .report import write_report
-
     for name, path in write_report(args.out, command=command).items():
         print(f"{name}: {path}")
 
 
 def _join_command(args: argparse.Namespace, command: str) -> None:
     """``frontier`` (FID against MACs) or ``budgets`` (FID against fine-tuning steps): comparisons joined along one axis."""
-    from .frontier import write_frontier
-
     axis = "macs" if args.command == "frontier" else "steps"
     for name, path in write_frontier(args.results, args.out, axis=axis, methods=args.methods).items():
         print(f"{name}: {path}")
 
 
 def _merge_command(args: argparse.Namespace, command: str) -> None:
-    from .merge import merge_methods
-
     result = merge_methods(args.results, command=command)
     print(f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} runs, {len(result['reruns'])} re-runs set aside)")
     for m, s in result["summary"].items():

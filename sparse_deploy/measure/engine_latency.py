@@ -13,9 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
+from ..backends import load_runner
 from ..errors import SparseDeployError
-from .machine import artifact_size, engine_memory_isolated, record
+from ..sampling import sample
 from ..timing import clock_name, ratio, run_interleaved, summarize
+from .machine import artifact_size, engine_memory_isolated, record
 
 __all__ = ["LatencyConfig", "engine_info", "engine_names", "run_latency", "latency_filename"]
 
@@ -112,10 +116,6 @@ def _profile_problem(by_name: Mapping[str, Any], batch: int) -> str | None:
 
 def _time_batch(config: LatencyConfig, by_name: Mapping[str, Any], batch: int, pair: tuple[str, str]) -> dict[str, Any]:
     """Per-call (and end-to-end) timings of every engine at ``batch``, interleaved."""
-    import torch
-
-    from ..sampling import sample
-
     reference, candidate = pair
     devices = {n: r.device_type for n, r in by_name.items()}
     first = next(iter(by_name.values()))
@@ -160,8 +160,6 @@ def _add_memory(config: LatencyConfig, engines: dict[str, dict[str, Any]], names
 
 def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, Any]:
     """Time both engines per denoiser call and end to end, interleaved, at every batch size."""
-    from ..backends import load_runner
-
     config.validate()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:

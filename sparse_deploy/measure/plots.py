@@ -1,7 +1,9 @@
-"""The benchmark plots (matplotlib, Agg backend), each drawn from one result record.
+"""The benchmark plots (matplotlib, Agg backend), each drawn from what it is given.
 
 :func:`pyplot` and :func:`save_figure` are the two steps every figure here (and the frontier's)
-goes through: a headless backend, then a tight layout written atomically.
+goes through: a headless backend, then a tight layout written atomically. The plots take the
+result record and the order of what they draw (``names``) as arguments; the report
+(:mod:`.report`) decides that order.
 """
 
 from __future__ import annotations
@@ -11,26 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from .report import ordered
+from ..lazy import lazy_import
+from ..provenance import atomic_path
+
+matplotlib = lazy_import("matplotlib", "plotting the benchmark report")
+_pyplot = lazy_import("matplotlib.pyplot", "plotting the benchmark report")
 
 __all__ = ["pyplot", "save_figure", "plot_latency", "plot_train_cost", "plot_fid_methods", "plot_fid_vs_macs", "plot_samples"]
 
 
 def pyplot():
     """``matplotlib.pyplot`` on the headless Agg backend."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _pyplot
 
 
 def save_figure(plt, fig, path: Path) -> Path:
     """Lay out, write and close one figure."""
-    from ..provenance import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
@@ -65,9 +66,9 @@ def plot_latency(record: dict[str, Any], path: Path) -> Path:
     return save_figure(plt, fig, path)
 
 
-def plot_train_cost(record: dict[str, Any], path: Path) -> Path:
+def plot_train_cost(record: dict[str, Any], names: list[str], path: Path) -> Path:
+    """Seconds per fine-tuning step of the methods ``names`` of a train-cost record, in that order."""
     plt = pyplot()
-    names = [n for n, _ in ordered(record["methods"], record["settings"].get("methods"))]
     med = [record["methods"][m]["median"] for m in names]
     lo = [record["methods"][m]["median"] - record["methods"][m]["p10"] for m in names]
     hi = [record["methods"][m]["p90"] - record["methods"][m]["median"] for m in names]
@@ -79,10 +80,10 @@ def plot_train_cost(record: dict[str, Any], path: Path) -> Path:
     return save_figure(plt, fig, path)
 
 
-def plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
+def plot_fid_methods(record: dict[str, Any], names: list[str], path: Path) -> Path:
+    """FID per method (``names``, in that order) of a method comparison: mean and spread over seeds, each seed."""
     plt = pyplot()
     summary = record["summary"]
-    names = [n for n, _ in ordered(summary, record["settings"].get("methods"))]
     fig, ax = plt.subplots(figsize=(7.5, 4))
     x = range(len(names))
     ax.bar(x, [summary[m]["fid"].get("mean", float("nan")) for m in names], yerr=[summary[m]["fid"].get("std", 0) for m in names],
@@ -100,11 +101,13 @@ def plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
     return save_figure(plt, fig, path)
 
 
-def plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
+def plot_fid_vs_macs(record: dict[str, Any], names: list[str], path: Path) -> Path:
+    """FID against effective MACs, one point per method of ``names`` (in that order) of a method comparison."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     markers = "osD^vP*X"
-    for i, (m, v) in enumerate(ordered(record["summary"], record["settings"].get("methods"))):
+    for i, m in enumerate(names):
+        v = record["summary"][m]
         if not v["fid"].get("n"):
             continue
         ax.errorbar([v["macs"] / 1e6], [v["fid"]["mean"]], yerr=[v["fid"]["std"]], marker=markers[i % len(markers)], capsize=4,
@@ -118,8 +121,7 @@ def plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
 
 
 def plot_samples(pairs: list[tuple[str, Path]], path: Path) -> Path:
-    from PIL import Image
-
+    """Sample grids side by side, each ``(title, grid.png)``."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
     for ax, (title, grid) in zip(axes[0], pairs):

@@ -17,7 +17,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import SparseDeployError
+from ..provenance import (
+    library_versions,
+    timestamp,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .merge import merged_lines
+from .plots import (
+    plot_fid_methods,
+    plot_fid_vs_macs,
+    plot_latency,
+    plot_samples,
+    plot_train_cost,
+)
 
 __all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line", "paired_gap"]
 
@@ -81,6 +94,11 @@ def ordered(by_name: dict[str, Any], order: list[str] | None) -> list[tuple[str,
     """``by_name``'s items in the run's order (the JSON files store keys sorted)."""
     names = [n for n in (order or []) if n in by_name] + [n for n in by_name if n not in (order or [])]
     return [(n, by_name[n]) for n in names]
+
+
+def _names(by_name: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """The methods of a record in the order its settings list them (what the plots draw, in order)."""
+    return [name for name, _ in ordered(by_name, record["settings"].get("methods"))]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -356,9 +374,6 @@ def write_report(folder: str | Path, command: str | None = None) -> dict[str, Pa
 
 
 def _write_report(folder: Path, results: dict[str, Any], command: str | None) -> dict[str, Path]:
-    from ..provenance import library_versions, timestamp, write_json_atomic, write_text_atomic
-    from .plots import plot_fid_methods, plot_fid_vs_macs, plot_latency, plot_samples, plot_train_cost
-
     plots: dict[str, str] = {}
     written: dict[str, Path] = {}
     for record in results["latency"]:
@@ -366,12 +381,14 @@ def _write_report(folder: Path, results: dict[str, Any], command: str | None) ->
         written[record["file"]] = plot_latency(record, png)
         plots[record["file"]] = png.name
     if results.get("train_cost"):
-        written["train_cost"] = plot_train_cost(results["train_cost"], folder / "train_cost.png")
+        cost = results["train_cost"]
+        written["train_cost"] = plot_train_cost(cost, _names(cost["methods"], cost), folder / "train_cost.png")
         plots["train_cost"] = "train_cost.png"
     methods = results.get("methods")
     if methods and methods.get("summary"):
-        written["fid_methods"] = plot_fid_methods(methods, folder / "fid_methods.png")
-        written["fid_vs_macs"] = plot_fid_vs_macs(methods, folder / "fid_vs_macs.png")
+        names = _names(methods["summary"], methods)
+        written["fid_methods"] = plot_fid_methods(methods, names, folder / "fid_methods.png")
+        written["fid_vs_macs"] = plot_fid_vs_macs(methods, names, folder / "fid_vs_macs.png")
         plots.update(fid_methods="fid_methods.png", fid_vs_macs="fid_vs_macs.png")
     pair = _grid_pair(results, folder)
     if pair:

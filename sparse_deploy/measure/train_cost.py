@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
+from ..checkpoint import save_checkpoint
 from ..errors import SparseDeployError
 from ..inputs import run_preset
+from ..learn.distributed import DistEnv, resolve_device
+from ..learn.train import prepare_run, train_step
+from ..models import build_model
+from ..timing import clock_name, run_interleaved, summarize
 from .machine import record
 from .recipes import METHODS, TRAIN_COST_METHODS, method_train_config, trains
-from ..timing import clock_name, run_interleaved, summarize
 
 __all__ = ["run_train_cost"]
 
@@ -33,10 +38,6 @@ def _dense_init(preset_name: str, dense_checkpoint: str | Path | None) -> Iterat
     if dense_checkpoint is not None:
         yield Path(dense_checkpoint)
         return
-    import torch
-
-    from ..checkpoint import save_checkpoint
-    from ..models import build_model
 
     with tempfile.TemporaryDirectory(prefix="bench-init-") as tmp:
         torch.manual_seed(0)
@@ -48,10 +49,6 @@ def _dense_init(preset_name: str, dense_checkpoint: str | Path | None) -> Iterat
 def _prepare_runs(model: str, methods: Sequence[str], init: Path, folder: Path, steps: int, device: str, dev,
                   overrides: dict[str, Any]) -> dict[str, Any]:
     """One prepared training run per method, sharing one copy of the dataset."""
-    import torch
-
-    from ..learn.train import prepare_run
-
     runs: dict[str, Any] = {}
     shared = None
     for method in methods:
@@ -69,8 +66,6 @@ def _prepare_runs(model: str, methods: Sequence[str], init: Path, folder: Path, 
 
 def _step_tasks(runs: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     """One callable per method that runs its next training step."""
-    from ..learn.train import train_step
-
     counters = {m: 0 for m in runs}
 
     def step_fn(method: str) -> Callable[[], Any]:
@@ -97,8 +92,6 @@ def run_train_cost(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Seconds per optimisation step of each method, interleaved method by method, ``warmup`` rounds dropped."""
-    from ..learn.distributed import DistEnv, resolve_device
-
     unknown = [m for m in methods if m not in METHODS or not trains(m)]
     if unknown:
         raise SparseDeployError(f"train-cost methods must be among {', '.join(TRAIN_COST_METHODS)}; got {unknown}")

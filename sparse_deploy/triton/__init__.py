@@ -14,8 +14,21 @@ writes a repository; ``python -m sparse_deploy.triton.server --repository triton
 Nothing here imports Triton, tritonclient or a GPU library at import time.
 """
 
-from .pipeline import PIPELINE_INPUTS, PipelineRequest, PipelineSettings, parse_request, pipeline_outputs
-from .repository import FLAVOURS, RepositoryConfig, RepositoryReport, denoiser_config, generate_repository, pipeline_config
+from .pipeline import (
+    PIPELINE_INPUTS,
+    PipelineRequest,
+    PipelineSettings,
+    parse_request,
+    pipeline_outputs,
+)
+from .repository import (
+    FLAVOURS,
+    RepositoryConfig,
+    RepositoryReport,
+    denoiser_config,
+    generate_repository,
+    pipeline_config,
+)
 
 __all__ = [
     "FLAVOURS",

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from ..errors import cli_entry
 from ..guards import check_output_dir
-from .repository import FLAVOURS, ORT_ACCELERATORS, RepositoryConfig, generate_repository
+from .repository import (
+    FLAVOURS,
+    ORT_ACCELERATORS,
+    RepositoryConfig,
+    generate_repository,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

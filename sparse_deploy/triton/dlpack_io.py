@@ -9,22 +9,19 @@ that stub), so the models declare none.
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch.utils.dlpack import from_dlpack, to_dlpack
 
 __all__ = ["to_triton", "from_triton"]
 
 
 def to_triton(pb_utils, name: str, array: np.ndarray):
     """A ``pb_utils.Tensor`` named ``name`` holding ``array`` (copied, C order)."""
-    import torch
-    from torch.utils.dlpack import to_dlpack
-
     return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.array(array, copy=True, order="C"))))
 
 
 def from_triton(tensor) -> np.ndarray:
     """A request or response tensor as a numpy copy."""
-    from torch.utils.dlpack import from_dlpack
-
     try:
         capsule = tensor.to_dlpack()
     except Exception:

@@ -16,13 +16,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-try:  # only importable inside Triton's Python backend
-    import triton_python_backend_utils as pb_utils
-except ImportError:  # pragma: no cover - imported outside Triton (docs, import checks)
-    pb_utils = None
+from sparse_deploy.backends import load_runner
+from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.lazy import lazy_import
+from sparse_deploy.triton.dlpack_io import from_triton as _array
+from sparse_deploy.triton.dlpack_io import to_triton
 
-from sparse_deploy.triton.dlpack_io import from_triton as _array, to_triton  # noqa: E402
+# Only importable inside Triton's Python backend (the stub provides it); nothing here needs it before then.
+pb_utils = lazy_import("triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend")
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -36,8 +39,6 @@ def _error(message: str, code: str = "INTERNAL"):
 
 class TritonPythonModel:
     def initialize(self, args):
-        from sparse_deploy.backends import load_runner
-
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.runner = load_runner(Path(__file__).parent / params["engine"], device=params.get("device", "cpu"))
@@ -50,14 +51,10 @@ class TritonPythonModel:
         print(f"sparse-deploy: denoiser {self.runner!r} ready", flush=True)
 
     def _run(self, arrays):
-        import torch
-
         out = self.runner(**{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays)})
         return out.numpy().astype(self.output.dtype, copy=False)
 
     def execute(self, requests):
-        from sparse_deploy.errors import SparseDeployError
-
         feeds, errors = [], {}
         for i, request in enumerate(requests):
             arrays = []

@@ -16,13 +16,24 @@ import json
 import traceback
 
 import numpy as np
+import torch
 
-try:  # only importable inside Triton's Python backend
-    import triton_python_backend_utils as pb_utils
-except ImportError:  # pragma: no cover - imported outside Triton (docs, import checks)
-    pb_utils = None
+from sparse_deploy.contract import float_dtype
+from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.lazy import lazy_import
+from sparse_deploy.sampling import SCHEDULERS, make_scheduler
+from sparse_deploy.sources import load_vae
+from sparse_deploy.triton.dlpack_io import from_triton as _array
+from sparse_deploy.triton.dlpack_io import to_triton
+from sparse_deploy.triton.pipeline import (
+    PIPELINE_INPUTS,
+    PipelineSettings,
+    parse_request,
+    run_request,
+)
 
-from sparse_deploy.triton.dlpack_io import from_triton as _array, to_triton  # noqa: E402
+# Only importable inside Triton's Python backend (the stub provides it); nothing here needs it before then.
+pb_utils = lazy_import("triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend")
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -46,11 +57,6 @@ def _error(message: str, code: str):
 
 class TritonPythonModel:
     def initialize(self, args):
-        import torch
-
-        from sparse_deploy.contract import float_dtype
-        from sparse_deploy.triton.pipeline import PIPELINE_INPUTS, PipelineSettings
-
         # The loop's own tensor work is tiny; leave the cores to the denoiser.
         torch.set_num_threads(1)
         config = json.loads(args["model_config"])
@@ -59,16 +65,11 @@ class TritonPythonModel:
         self.preset = self.settings.model_preset()
         self.input_names = [t.name for t in PIPELINE_INPUTS]
         self.float_dtype = np.dtype(float_dtype(self.settings.precision))
-        # Import the schedulers and the decoder now, not on the first request.
-        from sparse_deploy.run import decode  # noqa: F401
-        from sparse_deploy.sampling import SCHEDULERS, make_scheduler
-
+        # Make the schedulers now (diffusers is imported on first use), not on the first request.
         for name in SCHEDULERS:
             make_scheduler(name)
         self.vae = None
         if self.settings.vae:
-            from sparse_deploy.sources import load_vae
-
             self.vae = load_vae(self.settings.vae)
         elif self.preset.latent:
             _log("warn", f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
@@ -77,8 +78,6 @@ class TritonPythonModel:
              f"denoiser max batch {self.settings.max_batch}")
 
     def _denoise(self, sample, timestep, class_labels):
-        import torch
-
         inputs = [
             _tensor("sample", sample.numpy().astype(self.float_dtype)),
             # Per-row scalars are declared dims [1] (reshaped to [batch] for the model): send [batch, 1].
@@ -95,9 +94,6 @@ class TritonPythonModel:
         return torch.from_numpy(np.array(out, dtype=np.float32))
 
     def execute(self, requests):
-        from sparse_deploy.errors import SparseDeployError
-        from sparse_deploy.triton.pipeline import parse_request, run_request
-
         responses = []
         for request in requests:
             try:

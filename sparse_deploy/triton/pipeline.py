@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import SparseDeployError
 from ..presets import Preset, get_preset
-from ..sampling import SCHEDULERS, TRAIN_TIMESTEPS, DenoiseFn
+from ..sampling import SCHEDULERS, TRAIN_TIMESTEPS, DenoiseFn, decode, sample
 
 __all__ = [
     "PipelineTensor",
@@ -230,9 +230,6 @@ def run_request(request: PipelineRequest, denoise: DenoiseFn, preset: Preset, va
         ``{"images": uint8 [N, H, W, C], "samples": float32 [N, C, S, S], "labels": int64 [N]}``
         (``labels`` only for class-conditional models).
     """
-    from ..sampling import decode
-    from ..sampling import sample
-
     x, y = sample(
         denoise, preset, batch=request.num_images, steps=request.steps, scheduler=request.scheduler,
         seed=request.seed, labels=list(request.labels) if request.labels else None, guidance=request.guidance,

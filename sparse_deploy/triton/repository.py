@@ -28,14 +28,16 @@ from typing import Any
 
 from ..artifacts import manifest_path as engine_manifest_path
 from ..artifacts import read_engine_manifest
-from ..artifacts import source_graph as _source_onnx  # the graph an engine was built from, if still there and unchanged
+from ..artifacts import (
+    source_graph as _source_onnx,  # the graph an engine was built from, if still there and unchanged
+)
 from ..contract import IOContract, precision_of
 from ..errors import SparseDeployError
 from ..onnx_files import data_path
 from ..presets import PRESETS, Preset, preset_from_manifest
+from ..provenance import atomic_dir, timestamp, write_manifest
 from ..sampling import training_scheduler
 from ..sources import resolve_vae
-from ..provenance import atomic_dir, timestamp, write_manifest
 from .pbtxt import Enum, to_pbtxt
 from .pipeline import PIPELINE_INPUTS, PipelineSettings, pipeline_outputs
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -120,8 +121,6 @@ def _die_with_parent():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
     except (OSError, AttributeError):
         return None

@@ -216,12 +216,12 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     with np.load(runs["dense"]["samples"]) as d, np.load(runs["oneshot"]["samples"]) as o:
         assert np.array_equal(d["labels"], o["labels"]) and d["images"].shape == (8, 16, 16, 1)
 
-    import sparse_deploy.learn.train as train_mod
+    from sparse_deploy.measure import methods as methods_mod
 
     def no_training(*_a, **_k):
         raise AssertionError("a stored result should have been reused")
 
-    monkeypatch.setattr(train_mod, "train", no_training)
+    monkeypatch.setattr(methods_mod, "train", no_training)
     again = run_methods(config, features=_fake_features, reference=reference)
     assert [r["fid"] for r in again["runs"]] == [r["fid"] for r in record["runs"]]
     config.num_samples = 6
@@ -280,8 +280,8 @@ def test_methods_drawn_without_the_fid_network_are_scored_elsewhere_without_trai
     import dataclasses
     import shutil
 
-    import sparse_deploy.learn.train as train_mod
     from sparse_deploy import fid
+    from sparse_deploy.measure import methods as methods_mod
 
     torch.manual_seed(0)
     dense = save_checkpoint(tmp_path / "dense", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
@@ -316,7 +316,7 @@ def test_methods_drawn_without_the_fid_network_are_scored_elsewhere_without_trai
     def no_training(*_a, **_k):
         raise AssertionError("samples drawn with these settings should have been reused")
 
-    monkeypatch.setattr(train_mod, "train", no_training)
+    monkeypatch.setattr(methods_mod, "train", no_training)
     reference = _Reference(np.random.default_rng(1).standard_normal((40, 6)))
     scored = run_methods(dataclasses.replace(config, work=str(other)), features=_fake_features, reference=reference)
     here = run_methods(config, features=_fake_features, reference=reference)  # scoring where they were drawn: the same
@@ -546,12 +546,12 @@ def test_method_comparison_says_what_it_needs_for_other_presets():
 
 
 def test_bench_all_times_fp16_tensorrt_on_a_gpu_and_fp32_onnx_runtime_on_a_cpu(monkeypatch):
-    from sparse_deploy.backends import device
+    from sparse_deploy.measure import cli
 
-    monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: None)  # a GPU with TensorRT
+    monkeypatch.setattr(cli, "tensorrt_unavailable_reason", lambda: None)  # a GPU with TensorRT
     assert default_engines("auto") == ("tensorrt", ("fp16",))
     assert default_engines("cpu") == ("onnxruntime", ("fp32",))
-    monkeypatch.setattr(device, "tensorrt_unavailable_reason", lambda: "no CUDA GPU is visible")
+    monkeypatch.setattr(cli, "tensorrt_unavailable_reason", lambda: "no CUDA GPU is visible")
     assert default_engines("auto") == ("onnxruntime", ("fp32",))
     assert build_parser().parse_args(["all"]).precision is None  # decided where the engines are built
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_deploy.learn import train as train_mod
 from sparse_deploy.learn.cli import main as train_main
 from sparse_deploy.checkpoint import LEGACY_TRAINING_STATE, MANIFEST, TRAINING_STATE
 from sparse_deploy.provenance import seal
@@ -207,9 +206,10 @@ def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoin
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "training_state.safetensors")
 
-    import safetensors.torch
+    from sparse_deploy import checkpoint, statefile
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(checkpoint, "save_file", full)  # the weights and the training state: both land on a full disk
+    monkeypatch.setattr(statefile, "save_file", full)
     line = refused(capsys, train_main, _train_argv(out, fmnist_data, "--steps", "1", "--out", str(tmp_path / "fresh")), out)
     assert "No space left" in line and "free some space" in line
     assert snapshot(out / "checkpoint") == ckpt_before

@@ -5,7 +5,6 @@ MACs budget (the layer math itself: tests/unit/learn/test_masking.py)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from torch.testing import assert_close
 
 from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, load_checkpoint
-from sparse_deploy.masks import is_nm_sparse, nm_mask, nm_patterns, pattern_index
+from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules, sparsify_
 
 STEPS = 4

@@ -89,11 +89,9 @@ def test_score_records_fid_and_a_class_per_row_grid(monkeypatch, tmp_path, packe
 
     monkeypatch.setattr(fid, "reference_stats", lambda *a, **k: Ref())
     monkeypatch.setattr(fid, "features_from_images", lambda images, **k: images.reshape(len(images), -1)[:, :4].astype(np.float64) / 255)
-    from sparse_deploy import sampling
-
     grids = []
-    real_save_grid = sampling.save_grid
-    monkeypatch.setattr(sampling, "save_grid", lambda images, path, nrow=None: grids.append(nrow) or real_save_grid(images, path, nrow))
+    real_save_grid = shipped.save_grid
+    monkeypatch.setattr(shipped, "save_grid", lambda images, path, nrow=None: grids.append(nrow) or real_save_grid(images, path, nrow))
     result = shipped.score_weights(packed, num=12, steps=2, batch=6)
     manifest = json.loads((packed / "MANIFEST.json").read_text())
     assert manifest["fid"]["value"] == pytest.approx(result["value"]) and manifest["fid"]["samples"] == 12

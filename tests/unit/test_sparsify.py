@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.macs import layer_macs
-from sparse_deploy.masks import PATTERN, is_nm_sparse, nm_mask
+from sparse_deploy.masks import PATTERN, is_nm_sparse
 from sparse_deploy.models import build_model, example_inputs
 from sparse_deploy.presets import get_preset
 from sparse_deploy.sparsify import SparsityConfig, bake_, coverage_report, masked_modules, select_layers, sparsify_
