@@ -84,7 +84,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint's manifest, with errors that say how to fix a wrong path."""
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"checkpoint '{path}' does not exist; train one first ('make train-dense', 'make train-sparse') or fix the path")
+        raise SparseDeployError(f"checkpoint '{path}' does not exist; train one first ('make dense', 'make train-sparse') or fix the path")
     if path.is_file():
         raise SparseDeployError(
             f"'{path}' is a file; --checkpoint takes a checkpoint folder holding {MANIFEST} and {WEIGHTS} "

@@ -49,4 +49,5 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
             print("interrupted", file=sys.stderr)
             return 130
 
+    wrapper.is_cli_entry = True  # every command's main is one of these (tests/unit/test_package.py)
     return wrapper

@@ -28,7 +28,6 @@ __all__ = [
     "training_scheduler",
     "sampling_scheduler",
     "prediction_type",
-    "variance_type",
     "training_target",
     "schedule_record",
 ]
@@ -74,11 +73,6 @@ def _scheduler_class(name: str):
 def prediction_type(config: dict[str, Any] | None) -> str:
     """``epsilon`` | ``v_prediction`` | ``sample``: what the model's first channels predict."""
     return _schedule(config).get("prediction_type", "epsilon")
-
-
-def variance_type(config: dict[str, Any] | None) -> str | None:
-    """The schedule's variance type (``learned_range`` when a DDPM sampler uses the model's variance)."""
-    return _schedule(config).get("variance_type")
 
 
 def training_scheduler(config: dict[str, Any] | None = None):

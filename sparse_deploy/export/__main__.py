@@ -1,5 +1,6 @@
-"""``python -m sparse_deploy.export``."""
+"""``python -m sparse_deploy.export``: see :mod:`sparse_deploy.export.cli`."""
 
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,8 +24,9 @@ machine without a CUDA GPU it prints one sentence and exits 0 having done nothin
 
 The package: :mod:`.machine` (what the machine has, the wheels), :mod:`.parts` (the four parts),
 :mod:`.report` (``report.json``, ``report.md``, plots) and :mod:`.cli` (arguments, each part in a
-time-boxed process). No module here imports more than the standard library at its top: the kit
-runs before anything else is known to be installed.
+time-boxed process). No module here imports more than the standard library at its top (PyTorch,
+pytest, matplotlib and the rest of sparse_deploy are declared with :func:`sparse_deploy.lazy.lazy_import`
+and load in the process that runs a part): the kit runs before anything else is known to be installed.
 """
 
 from __future__ import annotations

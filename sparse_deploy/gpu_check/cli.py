@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cliargs import comma_list
-from ..errors import SparseDeployError
+from ..errors import SparseDeployError, cli_entry
 from ..lazy import lazy_import
 from ..provenance import timestamp
 from .machine import REPO, download_wheels, gpu_facts, install_wheels, no_gpu_reason
@@ -140,6 +140,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

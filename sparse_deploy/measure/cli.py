@@ -371,7 +371,3 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out, "--out")
     _COMMANDS[args.command](args, command)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -450,7 +450,7 @@ def test_export_refusals(capsys, tmp_path, engines):
 def test_triton_refusals(capsys, tmp_path, engines):
     import socket
 
-    from sparse_deploy.triton import __main__ as generate
+    from sparse_deploy.triton import cli as generate
     from sparse_deploy.triton import server
 
     empty = tmp_path / "repo"

@@ -302,7 +302,7 @@ def test_pipeline_config_parses_and_describes_the_pipeline(engines, tmp_path):
 
 
 def test_cli_writes_a_repository(engines, tmp_path, capsys):
-    from sparse_deploy.triton.__main__ import main
+    from sparse_deploy.triton.cli import main
 
     assert main(["--engine", str(engines["fp32"]), "--out", str(tmp_path / "r"), "--name", "dit", "--pipeline-name", "dit-pipeline"]) == 0
     assert (tmp_path / "r" / "dit" / "config.pbtxt").is_file() and (tmp_path / "r" / "dit-pipeline" / "1" / "model.py").is_file()
