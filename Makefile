@@ -1,6 +1,7 @@
 # Thin wrappers: all logic lives in the sparse_deploy package.
 # `make demo` sets up a fresh machine and runs the main job on the embedded default (CPU).
-# `make test` sets up and runs the test suite.
+# `make test` sets up, runs the linter and the formatter check, then the whole test suite;
+# `make test-unit` runs the unit tests alone (under a minute).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WEIGHTS := weights/$(MODEL)
 DENSE  := $(RUNS)/dense/checkpoint
 
-.PHONY: setup data demo test test-gpu gpu-check gpu-wheels pretrain fid-reference dense train-sparse export engine run bench triton triton-serve triton-load clean
+.PHONY: setup data demo test test-unit lint test-gpu gpu-check gpu-wheels pretrain fid-reference dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
@@ -61,8 +62,17 @@ demo: train-sparse
 	$(PY) -m sparse_deploy.summary --run $(RUNS)/srste --engines engines/$(MODEL)
 	@echo "sample grids (one row per class): samples/$(MODEL)/dense/grid.png samples/$(MODEL)/sparse/grid.png"
 
-test: setup data
+test: lint data
 	$(PY) -m pytest tests -q
+
+# ruff (pinned in the test extra, configured in pyproject.toml): lint findings and formatting, the whole tree.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# The unit tests (tests/unit: pure logic on tiny models, no dataset needed): under a minute.
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
 
 test-gpu: setup
 	$(PY) -m pytest tests/gpu -m gpu -q -rs

@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-dir", type=Path, help="also copy the report's *.json results here (e.g. docs/results/<name>)")
     p.add_argument("--intro", help="a paragraph put before the report (date, machine, context)")
     p.add_argument("--section", help="the marker name of the section to write or replace (default: the report folder's name); "
-                                     "lets a fuller run of the same grid, written to another folder, replace the earlier section in place")
+                                     "lets a fuller run of the same grid, written to another folder, replace the earlier " "section in place")
     args = p.parse_args(argv)
 
     report_md = args.report / args.markdown
     if not report_md.is_file():
-        raise SparseDeployError(f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report --out {args.report}"
+        raise SparseDeployError(f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report " f"--out {args.report}"
                                 " (or bench frontier/budgets --out for their .md)")
     if not args.images.resolve().is_relative_to(args.results.parent.resolve()):
         raise SparseDeployError(f"--images must be inside {args.results.parent} (the page links the plots relatively)")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_path(args.json_dir / src.name) as tmp:
                 shutil.copyfile(src, tmp)
             copied.append(src.name)
-        body += f"\nThe JSON behind this section: {', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n" if copied else ""
+        body += "\nThe JSON behind this section: " f"{', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n" if copied else ""
     text = args.results.read_text() if args.results.is_file() else "# Results\n"
     key = args.section or args.report.name
     with atomic_path(args.results) as tmp:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     report.update(
-        engine=str(args.engine or f"{args.model} sparse fp32 ONNX Runtime engine built for this run ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})"),
+        engine=str(args.engine or f"{args.model} sparse fp32 ONNX Runtime engine built for this run " f"({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})"),
         flavour="python (ONNX Runtime CPU inside the Python backend)", pipeline_instances=args.pipeline_instances,
         denoiser_instances=args.instances, denoiser_max_batch=repository.max_batch, command=" ".join([Path(sys.executable).name, *sys.argv]),
         machine={"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     lat = {k: ("n/a" if v is None else f"{v:.1f}") for k, v in report["latency"].items()}
     print(json.dumps({k: report[k] for k in ("requests", "succeeded", "failed", "wall_s", "throughput_rps", "images_per_s")}))
     print(
-        f"{args.concurrency} clients x {args.duration:.0f} s, {args.steps} steps, {args.num} image(s)/request over {args.protocol}: "
-        f"{report['requests']} requests, {report['failed']} failed, {report['throughput_rps']:.2f} req/s, "
-        f"latency p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms; wrote {args.json}"
+        f"{args.concurrency} clients x {args.duration:.0f} s, {args.steps} steps, {args.num} " f"image(s)/request over {args.protocol}: "
+        f"{report['requests']} requests, {report['failed']} failed, " f"{report['throughput_rps']:.2f} req/s, "
+        f"latency p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms; " f"wrote {args.json}"
     )
     if report["errors"]:
         print("errors:", *report["errors"], sep="\n  ")

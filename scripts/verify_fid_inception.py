@@ -169,11 +169,11 @@ def check_structure(rep: Report, net) -> None:
     conv_w = sum(m.weight.numel() for _, m in convs)
     bn = sum(m.beta.numel() + m.mean.numel() + m.var.numel() for _, m in convs)
     rep.check("parameter count", params == EXPECTED_PARAMS,
-              f"{params:,} = {conv_w:,} conv weights + {bn:,} batch-norm beta/mean/var (expected {EXPECTED_PARAMS:,})")
+              f"{params:,} = {conv_w:,} conv weights + {bn:,} batch-norm beta/mean/var (expected " f"{EXPECTED_PARAMS:,})")
     rep.check("conv count", len(convs) == EXPECTED_CONVS, f"{len(convs)} convolutions (expected {EXPECTED_CONVS})")
     names = {n for _, m in convs for n, _ in m.named_parameters()}
     rep.check("conv parameters", names == {"weight", "beta", "mean", "var"} and not list(net.buffers()),
-              f"each conv holds {sorted(names)} (no bias, no gamma: TF batch norm with scale=False), no buffers")
+              f"each conv holds {sorted(names)} (no bias, no gamma: TF batch norm with " "scale=False), no buffers")
 
     layers = net.net.layers
     groups = _group(layers)
@@ -216,7 +216,7 @@ def check_structure(rep: Report, net) -> None:
             if len(pools) != len(spec):
                 bad.append(f"{group}: {len(pools)} pools")
                 continue
-            for pool, (kind, k, s, p) in zip(pools, spec):
+            for pool, (kind, k, s, p) in zip(pools, spec, strict=True):
                 ref = F.max_pool2d(x, k, s, p) if kind == "max" else F.avg_pool2d(x, k, s, p, count_include_pad=False)
                 out = pool(x)
                 if out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-6):
@@ -236,7 +236,7 @@ def _natural_crops(n: int = 16, size: int = 256) -> np.ndarray:
     rng = np.random.default_rng(0)
     ys = rng.integers(0, img.shape[0] - size, n)
     xs = rng.integers(0, img.shape[1] - size, n)
-    return np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs)])
+    return np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
 
 
 def check_behaviour(rep: Report, net) -> None:
@@ -253,7 +253,7 @@ def check_behaviour(rep: Report, net) -> None:
                 break
             trunk = child(trunk)
     rep.check("output", tuple(out.shape) == (4, 2048) and torch.isfinite(out).all().item() and out.min().item() >= 0,
-              f"shape {list(out.shape)}, min {out.min().item():.3g}, max {out.max().item():.3g} (post-ReLU)")
+              f"shape {list(out.shape)}, min {out.min().item():.3g}, max {out.max().item():.3g} " "(post-ReLU)")
     pooled = trunk.mean(dim=(2, 3))
     rep.check("output = pool3", tuple(trunk.shape[1:]) == (2048, 8, 8) and torch.allclose(out, pooled, atol=1e-5, rtol=1e-5),
               f"last mixed block {list(trunk.shape[1:])}, min {trunk.min().item():.3g}; "
@@ -302,7 +302,7 @@ def check_behaviour(rep: Report, net) -> None:
         f_half = net(((x_half - 128) / 128).contiguous()).numpy()
     rel = np.linalg.norm(f_half - many, axis=1) / np.linalg.norm(many, axis=1)
     rep.info("resize sensitivity", f"features with half-pixel bilinear differ from TF1 legacy bilinear by "
-             f"{rel.mean():.1%} (relative L2, mean of 8 Fashion-MNIST images): state the resize next to every FID")
+             f"{rel.mean():.1%} (relative L2, mean of 8 Fashion-MNIST images): state the resize " "next to every FID")
 
 
 # ----------------------------------------------------------------------------- 4. sanity FIDs
@@ -357,7 +357,7 @@ def sanity_fids(rep: Report, num: int, num_other: int, batch: int, cache_dir: st
     t0 = time.time()
     ref = fid.reference_stats("fashion-mnist:test", 2 * num, cache_dir=cache_dir, batch_size=batch)
     half_a, half_b = ref.features[:num], ref.features[num:]
-    print(f"  Fashion-MNIST test features: {2 * num} images, {'from cache' if ref.cached else f'{time.time() - t0:.0f} s'}", flush=True)
+    print(f"  Fashion-MNIST test features: {2 * num} images, " f"{'from cache' if ref.cached else f'{time.time() - t0:.0f} s'}", flush=True)
 
     def score(label: str, feats_b: np.ndarray, seconds: float | None) -> dict:
         value = fid.fid_from_features(half_a, feats_b)
@@ -365,7 +365,7 @@ def sanity_fids(rep: Report, num: int, num_other: int, batch: int, cache_dir: st
         row = {"fid": value, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": min(kid_size, len(feats_b)),
                "n_a": len(half_a), "n_b": len(feats_b), "inception_s": seconds}
         results[label] = row
-        print(f"  FID {value:9.3f}   KID {kid_mean:.5f} +- {kid_std:.5f}   {label} (n={len(half_a)} vs {len(feats_b)})"
+        print(f"  FID {value:9.3f}   KID {kid_mean:.5f} +- {kid_std:.5f}   {label} (n={len(half_a)} " f"vs {len(feats_b)})"
               + (f", Inception {seconds} s" if seconds else ""), flush=True)
         return row
 
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     rep = Report()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, " f"{platform.processor() or platform.machine()}")
     print("1. file", flush=True)
     check_file(rep)
     net = fid.load_inception()

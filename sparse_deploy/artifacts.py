@@ -187,7 +187,7 @@ def read_engine_manifest(path: str | Path, *, verify: bool = True) -> tuple[Path
         raise SparseDeployError(f"'{path}' is a folder, not an engine file (a checkpoint folder needs a manifest.json)")
     if not mpath.is_file():
         raise SparseDeployError(
-            f"'{path}' has no manifest '{mpath.name}' beside it, so it is not a sparse-deploy engine; build one with {rebuild_hint(path)}"
+            f"'{path}' has no manifest '{mpath.name}' beside it, so it is not a sparse-deploy " f"engine; build one with {rebuild_hint(path)}"
         )
     manifest, problem = _parse(mpath)
     hint = rebuild_hint(path, _hint_preset(manifest) if manifest is not None else None)
@@ -267,7 +267,7 @@ def stale_reason(path: str | Path, inputs: dict[str, Any]) -> str | None:
     if problem:
         return _say("its manifest", problem)
     if manifest.get("fingerprint") != fingerprint(inputs) or manifest["format"] != inputs.get("format"):
-        return f"changed: {', '.join(_changed(manifest.get('fingerprint_inputs') or {}, inputs)) or 'fingerprint'}"
+        return "changed: " f"{', '.join(_changed(manifest.get('fingerprint_inputs') or {}, inputs)) or 'fingerprint'}"
     problem = _file_problem(path, manifest)
     if problem:
         return _say("the file", problem)

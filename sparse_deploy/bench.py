@@ -1,4 +1,4 @@
-"""``python -m sparse_deploy.bench``: the measurement commands of :mod:`sparse_deploy.measure` (see :mod:`sparse_deploy.measure.cli`)."""
+"""``python -m sparse_deploy.bench``: the measurement commands of :mod:`sparse_deploy.measure` (:mod:`.measure.cli`)."""
 
 from .measure.cli import main
 

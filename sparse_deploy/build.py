@@ -34,9 +34,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class BuildConfig:
     max_batch: int | None = None
     opt_batch: int | None = None
 
-    def validate(self) -> "BuildConfig":
+    def validate(self) -> BuildConfig:
         if self.backend not in BACKENDS:
             raise SparseDeployError(f"unknown --backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
         self.profile.validate()
@@ -232,7 +233,7 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
         tol = PARITY_TOLERANCE[contract.precision]
         err, bound = max_abs_err(got, want), tolerance_bound(tol, want)
         if not err <= bound:
-            raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept")
+            raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> " f"{bound:.3g}); not kept")
     share_mode(out)
     return {
         "ort_optimization_level": level,
@@ -393,7 +394,7 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
                 failures.append(f"batch {batch}: max abs err {err:.3g} > {bound:.3g}")
     results["passed"] = not failures
     if failures:
-        raise SparseDeployError(f"the TensorRT engine built from '{onnx_path}' does not match ONNX Runtime ({'; '.join(failures)}); not kept")
+        raise SparseDeployError(f"the TensorRT engine built from '{onnx_path}' does not match ONNX Runtime " f"({'; '.join(failures)}); not kept")
     return results
 
 
@@ -435,12 +436,12 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
         except Exception as exc:  # Polygraphy turns TensorRT errors into PolygraphyException
             errors = [line for line in lines if "[E]" in line or "ERROR" in line.upper()][-3:]
             raise SparseDeployError(
-                f"TensorRT could not build '{out.name}' from '{onnx_path}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
+                f"TensorRT could not build '{out.name}' from '{onnx_path}' " f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
                 + (f"; {' | '.join(errors)}" if errors else "") + ")"
             ) from exc
         missing = [f for f, wanted in (("SPARSE_WEIGHTS", sparse), ("TF32", tf32)) if wanted and f not in flags]
         if missing:
-            raise SparseDeployError(f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for '{out.name}'; not kept")
+            raise SparseDeployError(f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for " f"'{out.name}'; not kept")
         check = check_trt_engine(engine, onnx_path, contract, tf32=tf32)
         poly_trt.SaveEngine(engine, str(tmp))()
         del engine
@@ -552,7 +553,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparse_deploy.build",
-        description="Export (reusing up-to-date ONNX graphs) and build dense/sparse engines: TensorRT on a GPU, "
+        description="Export (reusing up-to-date ONNX graphs) and build dense/sparse engines: TensorRT on " "a GPU, "
         "ONNX Runtime otherwise.",
     )
     add_source_arguments(parser)
@@ -562,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
     parser.add_argument("--force", action="store_true", help="re-export and rebuild even when up to date")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false",
-                        help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the manifest)")
+                        help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the " "manifest)")
     return parser
 
 
@@ -577,11 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.engine_dir, "--engine-dir")
     report = build_engines(config)
     if report.fallback_reason:
-        print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines instead")
+        print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines " "instead")
     for e in report.engines:
         extra = ""
         if e.backend == "tensorrt" and e.kind == "sparse":
-            extra = f", sparse kernels picked for {len(e.manifest.get('sparse_picked_modules', []))}/{len(e.manifest['sparse_layers'])} masked layers"
+            extra = ", sparse kernels picked for " f"{len(e.manifest.get('sparse_picked_modules', []))}/{len(e.manifest['sparse_layers'])} masked layers"
         print(f"{e.path}  ({'up to date' if e.reused else 'built'}{extra})")
     return 0
 

@@ -19,9 +19,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class PipelineClient:
         else:
             self._client = self._mod.InferenceServerClient(url)
 
-    def __enter__(self) -> "PipelineClient":
+    def __enter__(self) -> PipelineClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,7 +203,7 @@ class LoadTestConfig:
     warmup: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "LoadTestConfig":
+    def validate(self) -> LoadTestConfig:
         if not 1 <= self.concurrency <= 256:
             raise SparseDeployError(f"--concurrency must be between 1 and 256, got {self.concurrency}")
         if not 0 < self.duration <= 3600:
@@ -278,7 +279,7 @@ def load_test(config: LoadTestConfig) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparse_deploy.client",
-        description="Get images from the Triton sampling pipeline, or (with --duration) run a bounded load test on loopback.",
+        description="Get images from the Triton sampling pipeline, or (with --duration) run a bounded " "load test on loopback.",
     )
     parser.add_argument("--url", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001, gRPC)")
     parser.add_argument("--protocol", default="grpc", choices=PROTOCOLS)
@@ -316,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         lat = report["latency"]
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
         print(
-            f"{report['requests']} requests in {report['wall_s']:.1f} s with {args.concurrency} clients: {report['failed']} failed, "
-            f"{report['throughput_rps']:.2f} req/s ({report['images_per_s']:.2f} img/s), latency p50 {fmt(lat['p50_ms'])} ms, "
-            f"p90 {fmt(lat['p90_ms'])} ms, p99 {fmt(lat['p99_ms'])} ms; wrote {args.out / 'load-test.json'}"
+            f"{report['requests']} requests in {report['wall_s']:.1f} s with {args.concurrency} " f"clients: {report['failed']} failed, "
+            f"{report['throughput_rps']:.2f} req/s ({report['images_per_s']:.2f} img/s), latency " f"p50 {fmt(lat['p50_ms'])} ms, "
+            f"p90 {fmt(lat['p90_ms'])} ms, p99 {fmt(lat['p99_ms'])} ms; wrote " f"{args.out / 'load-test.json'}"
         )
         return 1 if report["failed"] else 0
 

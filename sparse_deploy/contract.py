@@ -76,7 +76,7 @@ class BatchProfile:
     max: int = DEFAULT_MAX_BATCH
 
     @classmethod
-    def from_flags(cls, max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None) -> "BatchProfile":
+    def from_flags(cls, max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None) -> BatchProfile:
         """The profile ``--max-batch`` / ``--opt-batch`` ask for (opt defaults to ``min(DEFAULT_OPT_BATCH, max)``)."""
         if not 1 <= max_batch <= MAX_PROFILE_BATCH:
             raise SparseDeployError(f"--max-batch must be between 1 and {MAX_PROFILE_BATCH}, got {max_batch}")
@@ -85,7 +85,7 @@ class BatchProfile:
             raise SparseDeployError(f"--opt-batch must be between 1 and --max-batch {max_batch}, got {opt}")
         return cls(min=1, opt=opt, max=max_batch)
 
-    def validate(self) -> "BatchProfile":
+    def validate(self) -> BatchProfile:
         if not 1 <= self.min <= self.opt <= self.max:
             raise SparseDeployError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
         return self
@@ -95,7 +95,7 @@ class BatchProfile:
         if not self.min <= batch <= self.max:
             raise SparseDeployError(
                 f"batch {batch} is outside the {where}'s profile [{self.min}, {self.max}] "
-                f"(classifier-free guidance doubles the batch); lower --batch or rebuild with --max-batch {batch}"
+                "(classifier-free guidance doubles the batch); lower --batch or rebuild with " f"--max-batch {batch}"
             )
 
 
@@ -160,7 +160,7 @@ class IOContract:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "IOContract":
+    def from_dict(cls, data: dict[str, Any]) -> IOContract:
         return cls(
             preset=data["preset"],
             precision=data["precision"],
@@ -203,10 +203,10 @@ def contract_problem(manifest: dict[str, Any]) -> str | None:
     except (KeyError, TypeError, ValueError, SparseDeployError) as exc:
         return f"its contract or preset is incomplete or malformed ({exc.__class__.__name__}: {exc})"
     if spec.name != preset or contract.preset != preset or contract.precision != precision:
-        return f"its contract is for {contract.preset}/{contract.precision} but it says {preset}/{precision}"
+        return f"its contract is for {contract.preset}/{contract.precision} but it says " f"{preset}/{precision}"
     expected = contract_for(spec, precision, contract.profile)
     if contract.num_classes is None:  # written before contracts recorded num_classes
         contract = dataclasses.replace(contract, num_classes=expected.num_classes)
     if contract != expected:
-        return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at {precision} has"
+        return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at " f"{precision} has"
     return None

@@ -74,16 +74,18 @@ def fashion_mnist_dirs() -> list[Path]:
 
 
 def find_fashion_mnist(root: str | Path | None = None, stems: tuple[str, ...] = FMNIST_FILES["train"]) -> Path:
-    """The folder holding the idx files ``stems`` (each raw or .gz; default: the train split's images and
-    labels): ``root``, else the first of :func:`fashion_mnist_dirs` that has them; or an error saying how to get them."""
+    """The folder holding the idx files ``stems`` (each raw or .gz; default: the train split's images and labels).
+
+    ``root``, else the first of :func:`fashion_mnist_dirs` that has them; or an error saying how to get them.
+    """
     candidates = [Path(root)] if root else fashion_mnist_dirs()
     for folder in candidates:
         if all((folder / stem).exists() or (folder / f"{stem}.gz").exists() for stem in stems):
             return folder
     raise SparseDeployError(
-        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install them with "
-        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does this), or point "
-        f"--data fashion-mnist:DIR or {FMNIST_ENV}=DIR at a folder holding {' and '.join(f'{s}.gz' for s in stems)}"
+        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install " "them with "
+        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does " "this), or point "
+        f"--data fashion-mnist:DIR or {FMNIST_ENV}=DIR at a folder holding " f"{' and '.join(f'{s}.gz' for s in stems)}"
     )
 
 
@@ -98,7 +100,7 @@ def _split_stems(split: str) -> tuple[str, str]:
 
 
 def fashion_mnist_images_file(split: str = "train", root: str | Path | None = None) -> Path:
-    """The idx file (raw or .gz) of a Fashion-MNIST split's images, found as :func:`find_fashion_mnist` finds folders."""
+    """The idx file (raw or .gz) of a Fashion-MNIST split's images, looked up as :func:`find_fashion_mnist` does."""
     stem = _split_stems(split)[0]
     return _idx_file(find_fashion_mnist(root, (stem,)), stem)
 
@@ -111,6 +113,6 @@ def fashion_mnist_arrays(split: str = "train", root: str | Path | None = None) -
 
 
 def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """The image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder`` and, when ``recursive``, below it, sorted by path."""
+    """The image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder`` (and below it when ``recursive``), sorted."""
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -187,7 +188,7 @@ def load_latency_profile(path: str | Path) -> LatencyProfile:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparseDeployError(f"--latency-profile '{path}' is not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-        raise SparseDeployError(f"--latency-profile '{path}' is not a GEMM latency profile (format {PROFILE_FORMAT} expected)")
+        raise SparseDeployError(f"--latency-profile '{path}' is not a GEMM latency profile (format {PROFILE_FORMAT} " "expected)")
     profile = LatencyProfile(gpu=str(data.get("gpu") or "?"), source=str(path))
     for row in data.get("entries", []):
         try:

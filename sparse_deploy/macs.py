@@ -4,8 +4,9 @@ from an exported ONNX graph (:func:`onnx_macs`) to cross-check what the engines 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import onnx
 import torch
@@ -113,8 +114,9 @@ def _einsum_macs(equation: str, shapes: list[list[int]]) -> int:
     if len(lhs) < 2 or any("..." in term for term in lhs):
         return 0
     sizes: dict[str, int] = {}
-    for term, shape in zip(lhs, shapes):
-        for letter, size in zip(term, shape):
+    # Inferred shapes may be missing or of another rank: what pairs up counts, as it always has.
+    for term, shape in zip(lhs, shapes, strict=False):
+        for letter, size in zip(term, shape, strict=False):
             sizes[letter] = int(size)
     return _prod(sizes.values())
 

@@ -88,7 +88,7 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
     model = Denoiser(preset, net)
     if weights is None and announce_random:
         log.warning(
-            "preset '%s' starts from RANDOM weights: fine for latency work, meaningless for image quality "
+            "preset '%s' starts from RANDOM weights: fine for latency work, meaningless for " "image quality "
             "(pass --weights or --checkpoint for a pretrained model)",
             preset.name,
         )
@@ -104,7 +104,7 @@ def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
         raise SparseDeployError(f"weights file '{path}' does not exist; check the path")
     if path.is_dir():
         raise SparseDeployError(
-            f"'{path}' is a folder without config.json; pass a diffusers model folder or a .safetensors file"
+            f"'{path}' is a folder without config.json; pass a diffusers model folder or a " ".safetensors file"
         )
     try:
         state = load_file(str(path))
@@ -116,7 +116,7 @@ def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
     if missing or unexpected:
         raise SparseDeployError(
             f"weights in '{path}' do not fit preset '{model.preset.name}': "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. " f"{unexpected[:2]}); "
             "pick the preset these weights were trained for"
         )
     log.info("loaded weights from %s", path)

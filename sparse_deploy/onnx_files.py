@@ -46,7 +46,7 @@ def data_problem(graph: str | Path, manifest: dict[str, Any]) -> str | None:
         return None
     path = Path(graph).with_name(entry["file"])
     if not path.is_file():
-        return f"its external-data file '{path.name}' is missing (it must stay beside '{Path(graph).name}')"
+        return f"its external-data file '{path.name}' is missing (it must stay beside " f"'{Path(graph).name}')"
     if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
         return f"its external-data file '{path.name}' does not match the sha256 in the manifest"
     return None

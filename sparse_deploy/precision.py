@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx

@@ -103,7 +103,7 @@ class Preset:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preset":
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
         """The inverse of :meth:`to_dict` (as read back from a JSON manifest)."""
         data = dict(data)
         for key in ("include", "exclude", "adaln"):
@@ -197,7 +197,7 @@ PRESETS: dict[str, Preset] = {
             latent=False,
             dataset="fashion-mnist",
             train=_FMNIST_TRAIN,
-            description="embedded default: class-conditional DiT (6 blocks, hidden 128, patch 4) on Fashion-MNIST 28x28",
+            description="embedded default: class-conditional DiT (6 blocks, hidden 128, patch 4) on " "Fashion-MNIST 28x28",
         ),
         _dit(
             "tiny-dit",
@@ -266,7 +266,7 @@ def family_of(class_name: str | None) -> str:
     """``dit`` or ``unet`` for a diffusers class name, or an error naming the supported ones."""
     if class_name not in _FAMILIES:
         raise SparseDeployError(
-            f"diffusers class '{class_name}' is not supported; the toolchain takes {' or '.join(_FAMILIES)}"
+            f"diffusers class '{class_name}' is not supported; the toolchain takes " f"{' or '.join(_FAMILIES)}"
         )
     return _FAMILIES[class_name]
 
@@ -294,17 +294,17 @@ def preset_from_config(
     out_channels = int(kwargs.get("out_channels") or in_channels)
     if out_channels not in (in_channels, 2 * in_channels):
         raise SparseDeployError(
-            f"model '{name}' outputs {out_channels} channels for {in_channels} in: only epsilon (C) or epsilon + sigma (2C) are supported"
+            f"model '{name}' outputs {out_channels} channels for {in_channels} in: only epsilon " "(C) or epsilon + sigma (2C) are supported"
         )
     sample_size = _square(kwargs.get("sample_size", 32), f"model '{name}' sample_size")
     if family == "dit":
         if kwargs.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-            raise SparseDeployError(f"DiT '{name}' uses norm_type '{kwargs['norm_type']}'; only ada_norm_zero (class-conditional DiT) is supported")
+            raise SparseDeployError(f"DiT '{name}' uses norm_type '{kwargs['norm_type']}'; only ada_norm_zero " "(class-conditional DiT) is supported")
         num_classes = int(kwargs.get("num_embeds_ada_norm") or 1000)
         rules: dict[str, Any] = dict(include=DIT_INCLUDE, adaln=DIT_ADALN)
     elif family == "unet":
         if kwargs.get("class_embed_type") is not None:
-            raise SparseDeployError(f"UNet '{name}' uses class_embed_type '{kwargs['class_embed_type']}'; only a plain class table (num_class_embeds) is supported")
+            raise SparseDeployError(f"UNet '{name}' uses class_embed_type '{kwargs['class_embed_type']}'; only a plain " "class table (num_class_embeds) is supported")
         embeds = int(kwargs.get("num_class_embeds") or 0)
         num_classes = embeds - 1 if embeds > 1 else 0
         rules = dict(include=UNET_INCLUDE, exclude=UNET_EXCLUDE)

@@ -11,9 +11,10 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "recover_dir", "write_json_atomic", "write_text_atomic", "timestamp",
            "MANIFEST_SEAL", "seal", "seal_problem", "write_manifest"]

@@ -69,13 +69,13 @@ class RunConfig:
     device: str = "auto"
     backend: str = "auto"
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         for flag, value in (("--num", self.num), ("--batch", self.batch), ("--steps", self.steps)):
             if value < 1:
                 raise SparseDeployError(f"{flag} must be at least 1, got {value}")
         check_finite("--guidance", self.guidance, 0)
         if self.steps > TRAIN_TIMESTEPS:
-            raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {self.steps}")
+            raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), " f"got {self.steps}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SparseDeployError(f"unknown --device '{self.device}'; use auto, cpu or cuda")
         make_scheduler(self.scheduler)  # the one place that knows the scheduler names
@@ -84,7 +84,7 @@ class RunConfig:
 
 
 def generate(runner: Runner, config: RunConfig) -> tuple[torch.Tensor, list[int] | None, list[int]]:
-    """Draw ``config.num`` samples in batches (``sampling.sample_request``); returns ``(samples, labels, seeds per batch)``."""
+    """Draw ``config.num`` samples in batches (``sampling.sample_request``): ``(samples, labels, batch seeds)``."""
     outs, all_labels, seeds = [], [], []
     for seed, x, y in sample_request(
         runner, runner.preset, num=config.num, batch=config.batch, seed=config.seed, labels=config.labels, progress=True,
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(
-        f"wrote {record['num']} images + grid.png to {args.out} ({record['backend']}, {record['precision']}, "
-        f"{record['steps']} {record['scheduler']} steps, {record['sampling_seconds']:.1f} s; decode: {record['decode']})"
+        f"wrote {record['num']} images + grid.png to {args.out} ({record['backend']}, " f"{record['precision']}, "
+        f"{record['steps']} {record['scheduler']} steps, {record['sampling_seconds']:.1f} s; " f"decode: {record['decode']})"
     )
     return 0
 

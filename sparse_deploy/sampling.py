@@ -12,8 +12,9 @@ samples into uint8 images.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,14 +106,14 @@ def sample(
         ``(samples, labels)``: samples in the model's space (pixels in [-1, 1] or latents).
     """
     if not 1 <= steps <= TRAIN_TIMESTEPS:
-        raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {steps}")
+        raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), " f"got {steps}")
     if not math.isfinite(guidance):
         raise SparseDeployError(f"--guidance must be a finite number, got {guidance}")
     if batch < 1:
         raise SparseDeployError(f"--batch must be at least 1, got {batch}")
     use_cfg = guidance != 1.0
     if use_cfg and not preset.num_classes:
-        raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional")
+        raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is " "unconditional")
     gen = torch.Generator().manual_seed(seed)
     y = _labels_tensor(preset, labels, batch, gen)
     sched = make_scheduler(scheduler, preset.schedule)
@@ -209,7 +210,7 @@ def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> t
     flat = channels.flatten(1)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
     scaled = (channels - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-8)[:, None, None, None] * 2 - 1
-    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
+    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: " "not decoded images)"
 
 
 def _pil(arr: np.ndarray):
@@ -275,5 +276,5 @@ def parse_labels(text: str | None) -> tuple[int, ...] | None:
         return None
     labels = comma_ints(text, what="--labels as comma-separated class ids like 0,1,2")
     if not labels:
-        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it for random labels")
+        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it " "for random labels")
     return labels

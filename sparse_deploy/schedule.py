@@ -58,7 +58,7 @@ def check_schedule(config: dict[str, Any], where: str = "scheduler config") -> d
         raise SparseDeployError(f"{where}: scheduler class '{cls}' is not supported; use one of {', '.join(_SUPPORTED)}")
     pred = config.get("prediction_type", "epsilon")
     if pred not in PREDICTION_TYPES:
-        raise SparseDeployError(f"{where}: prediction_type '{pred}' is not supported; use one of {', '.join(PREDICTION_TYPES)}")
+        raise SparseDeployError(f"{where}: prediction_type '{pred}' is not supported; use one of " f"{', '.join(PREDICTION_TYPES)}")
     return config
 
 

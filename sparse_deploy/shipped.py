@@ -117,7 +117,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     if manifest.get("masked_layers"):
         raise SparseDeployError(f"'{checkpoint}' is a sparse checkpoint; ship the dense model it was fine-tuned from")
     if not manifest.get("complete", False):
-        raise SparseDeployError(f"'{checkpoint}' is not complete (step {manifest.get('step')}); finish or resume its training first")
+        raise SparseDeployError(f"'{checkpoint}' is not complete (step {manifest.get('step')}); finish or resume its " "training first")
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
     with atomic_dir(out) as tmp:
@@ -155,7 +155,7 @@ def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise SparseDeployError(f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make pretrain')")
+        raise SparseDeployError(f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make " "pretrain')")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -170,7 +170,7 @@ def verify_weights(folder: str | Path) -> dict[str, Any]:
         path = folder / name
         if not path.is_file() or sha256_file(path) != digest:
             raise SparseDeployError(
-                f"'{path}' is missing or does not match {MANIFEST} (corrupt, edited, or a Git LFS pointer); "
+                f"'{path}' is missing or does not match {MANIFEST} (corrupt, edited, or a Git LFS " "pointer); "
                 f"restore it with 'git checkout {folder}' or rebuild it with 'make pretrain'"
             )
     return manifest
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.num < 2 or args.steps < 1:
             raise SparseDeployError("--num must be at least 2 and --steps at least 1")
         result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
-        print(f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs {result['reference']} "
+        print(f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs " f"{result['reference']} "
               f"n={result['reference_num']}; {result['preprocessing']})")
     elif args.command == "reference":
         if args.num < 2:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (``sparse_deploy.learn.reconstruct``):
+#: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (:mod:`.learn.reconstruct`):
 #: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
 MASK_INITS = ("magnitude", "wanda", "sparsegpt")
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
@@ -118,11 +118,11 @@ class SparsityConfig:
     mask_init: str = "magnitude"
     calib_samples: int = 512
 
-    def validate(self) -> "SparsityConfig":
+    def validate(self) -> SparsityConfig:
         mode = get_mode(self.mode)
         if self.pattern != PATTERN:
             raise SparseDeployError(
-                f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and cuSPARSELt run {PATTERN} only"
+                f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and " f"cuSPARSELt run {PATTERN} only"
             )
         if not 0 <= self.decay < float("inf"):  # also refuses nan
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
@@ -135,13 +135,13 @@ class SparsityConfig:
                 f"got {self.pruned_decay} with mode {self.mode}"
             )
         if len(self.tau) != 2 or min(self.tau) <= 0 or len(self.logit_scale) != 2 or min(self.logit_scale) <= 0:
-            raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}")
+            raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, " f"{self.logit_scale}")
         if self.mask_lr <= 0 or self.mask_prior < 0:
             raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.latency_batch < 1 or self.latency_dtype not in ("fp16", "bf16"):
-            raise SparseDeployError(f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}")
+            raise SparseDeployError("--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got " f"{self.latency_batch}, {self.latency_dtype!r}")
         if self.mask_init not in MASK_INITS:
             raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
         if self.calib_samples < 1:
@@ -165,7 +165,7 @@ class SparsityConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SparsityConfig":
+    def from_dict(cls, data: dict) -> SparsityConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         if "pattern" not in data and "n" in data and "m" in data:  # written before the pattern was one constant
             data = {**data, "pattern": f"{data['n']}:{data['m']}"}
@@ -222,8 +222,8 @@ def select_layers(model: nn.Module, config: SparsityConfig, preset: Preset | Non
     unmatched = [p for p in include if not any(fnmatch.fnmatchcase(short_name(n), p) for n, _ in candidates)]
     if unmatched:
         raise SparseDeployError(
-            f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names look like "
-            f"'{short_name(candidates[0][0]) if candidates else '?'}' (glob syntax, without the 'net.' prefix)"
+            f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names " "look like "
+            f"'{short_name(candidates[0][0]) if candidates else '?'}' (glob syntax, without the " "'net.' prefix)"
         )
     choice = LayerChoice()
     for name, module in candidates:
@@ -267,7 +267,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
     for name in layers:
         module = by_name.get(name)
         if module is None or type(module) not in _MASKED:
-            raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset")
+            raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit " "this preset")
         module.__class__ = _MASKED[type(module)]
         module.register_buffer("weight_mask", nm_mask(module.weight, PATTERN_N, PATTERN_M))
         module.sparsity_mode = config.mode
@@ -300,7 +300,7 @@ def bake_(model: nn.Module) -> list[str]:
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)
-            raise SparseDeployError(f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint")
+            raise SparseDeployError(f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's " "masks are damaged); re-create the checkpoint")
         baked.append(name)
     return baked
 
@@ -336,10 +336,10 @@ class CoverageReport:
     def summary(self) -> str:
         linear_conv = sum(self.layer_macs.values())
         return (
-            f"{len(self.sparse_layers)} layers {PATTERN}-sparse ({len(self.skipped)} selected layers skipped); "
-            f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M MACs per sample "
+            f"{len(self.sparse_layers)} layers {PATTERN}-sparse ({len(self.skipped)} selected " "layers skipped); "
+            f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M " "MACs per sample "
             f"({self.sparse_macs / max(linear_conv, 1):.1%} of Linear/Conv MACs); "
-            f"effective MACs {self.effective_macs / 1e6:.1f} M ({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
+            f"effective MACs {self.effective_macs / 1e6:.1f} M " f"({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
         )
 
     def to_dict(self) -> dict:

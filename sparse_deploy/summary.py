@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def _engine(folder: Path, kind: str, precision: str) -> Path:
     matches = sorted(folder.glob(f"{kind}-{precision}.*.onnx")) + sorted(folder.glob(f"{kind}-{precision}.*.plan"))
     if not matches:
-        raise SparseDeployError(f"no {kind} {precision} engine in '{folder}'; build it with 'make engine' or 'python -m sparse_deploy.build'")
+        raise SparseDeployError(f"no {kind} {precision} engine in '{folder}'; build it with 'make engine' or 'python " "-m sparse_deploy.build'")
     return matches[0]
 
 
@@ -89,17 +89,17 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if cov.get("sparse_layers") is not None:
         lines += [
-            f"coverage         {len(cov['sparse_layers'])} layers {cov['pattern']}, {cov['sparse_share']:.1%} of the model's MACs",
-            f"MACs / sample    dense {cov['model_macs'] / 1e6:.2f} M -> effective {cov['effective_macs'] / 1e6:.2f} M "
+            f"coverage         {len(cov['sparse_layers'])} layers {cov['pattern']}, " f"{cov['sparse_share']:.1%} of the model's MACs",
+            f"MACs / sample    dense {cov['model_macs'] / 1e6:.2f} M -> effective " f"{cov['effective_macs'] / 1e6:.2f} M "
             f"({cov['effective_macs'] / cov['model_macs']:.1%})",
         ]
     for kind, e in s["engines"].items():
         lines.append(f"{kind + ' engine':<16} {e['path']} ({e['bytes'] / 1e6:.1f} MB, {e['backend']})")
     if all(e["backend"] != "tensorrt" for e in s["engines"].values()):
-        lines.append("                 no TensorRT engine was built (no GPU/TensorRT here): ONNX Runtime CPU engines, no 2:4 speed-up")
+        lines.append("                 no TensorRT engine was built (no GPU/TensorRT here): ONNX Runtime " "CPU engines, no 2:4 speed-up")
     lines += [
-        f"FID (N={f['num']} {f['sampler']} samples vs {f['reference_num']} {f['reference']} images; small N, compare side by side)",
-        f"                 dense {f['dense']:.1f} | sparse {f['sparse']:.1f} ({f['gap']:+.1%}) | sparse vs dense samples "
+        f"FID (N={f['num']} {f['sampler']} samples vs {f['reference_num']} {f['reference']} " "images; small N, compare side by side)",
+        f"                 dense {f['dense']:.1f} | sparse {f['sparse']:.1f} " f"({f['gap']:+.1%}) | sparse vs dense samples "
         f"{f['sparse_vs_dense_samples']:.1f}",
     ]
     return "\n".join(lines)

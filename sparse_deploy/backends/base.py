@@ -60,7 +60,7 @@ class Runner:
         """Release device state. Idempotent."""
         self._active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 
@@ -68,7 +68,7 @@ class Runner:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({str(self.path)!r}, preset={self.preset.name}, precision={self.contract.precision})"
+        return f"{self.__class__.__name__}({str(self.path)!r}, preset={self.preset.name}, " f"precision={self.contract.precision})"
 
     @property
     def kind(self) -> str:
@@ -96,7 +96,7 @@ class Runner:
         spec = self.contract.inputs[0]
         if sample.dim() != len(spec.shape) or tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
             raise SparseDeployError(
-                f"sample of shape {tuple(sample.shape)} does not fit {self.preset.name}'s [B, {', '.join(map(str, spec.shape[1:]))}]"
+                f"sample of shape {tuple(sample.shape)} does not fit {self.preset.name}'s [B, " f"{', '.join(map(str, spec.shape[1:]))}]"
             )
         batch = int(sample.shape[0])
         if tuple(timestep.shape) != (batch,):

@@ -18,7 +18,7 @@ __all__ = ["torch_device", "cuda_device", "tensorrt_version", "tensorrt_unavaila
 
 log = logging.getLogger(__name__)
 
-TENSORRT_INSTALL = "pip install tensorrt-cu12 (NVIDIA's wheels; needs a CUDA GPU and access to pypi.nvidia.com)"
+TENSORRT_INSTALL = "pip install tensorrt-cu12 (NVIDIA's wheels; needs a CUDA GPU and access to " "pypi.nvidia.com)"
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,7 +66,7 @@ def torch_device(request: str, local_rank: int = 0, world_size: int = 1, cuda_de
         raise SparseDeployError(f"--device {request} was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
     if request.startswith("cuda:"):
         if world_size > 1:
-            raise SparseDeployError(f"under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not {request}")
+            raise SparseDeployError("under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not " f"{request}")
         index = int(request[5:])
     else:
         index = local_rank

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def ort_session(
 
 
 def provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
-    """The name of an execution provider entry: ``"CPUExecutionProvider"`` or ``("TensorrtExecutionProvider", options)``."""
+    """The name of an execution provider entry: ``"CPUExecutionProvider"`` or ``(name, options)``."""
     return provider if isinstance(provider, str) else provider[0]
 
 
@@ -145,8 +146,8 @@ def session_problem(session, contract: IOContract) -> str | None:
         got = [(a.name, _ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
         want = [(s.name, s.dtype, list(s.shape)) for s in specs]
         fits = len(got) == len(want) and all(
-            gn == wn and gt == wt and len(gs) == len(ws) and all(not isinstance(g, int) or w == -1 or g == w for g, w in zip(gs, ws))
-            for (gn, gt, gs), (wn, wt, ws) in zip(got, want)
+            gn == wn and gt == wt and len(gs) == len(ws) and all(not isinstance(g, int) or w == -1 or g == w for g, w in zip(gs, ws, strict=True))
+            for (gn, gt, gs), (wn, wt, ws) in zip(got, want, strict=True)  # lengths checked first
         )
         if not fits:
             return f"has {what} {got}, but its manifest promises {want}"

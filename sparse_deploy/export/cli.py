@@ -24,12 +24,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinds", default="dense,sparse", help="comma-separated: dense,sparse (default both)")
     parser.add_argument(
         "--require-masks", action="store_true",
-        help="refuse a sparse export of a model without masks instead of pruning it one-shot (no fine-tuning)",
+        help="refuse a sparse export of a model without masks instead of pruning it one-shot (no " "fine-tuning)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init when no weights are given")
     parser.add_argument(
         "--external-data", action="store_true",
-        help="write weights to <graph>.onnx.data (ONNX external data); automatic for graphs over 2 GiB (DiT-XL fp32)",
+        help="write weights to <graph>.onnx.data (ONNX external data); automatic for graphs over " "2 GiB (DiT-XL fp32)",
     )
 
 

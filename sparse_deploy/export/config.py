@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..artifacts import KINDS
 from ..contract import PRECISIONS, BatchProfile
@@ -54,7 +54,7 @@ class ExportConfig:
     seed: int = 0
     external_data: bool = False
 
-    def validate(self) -> "ExportConfig":
+    def validate(self) -> ExportConfig:
         if is_path(self.model):  # a pipeline/model folder or file given as --model: it is the weights
             if self.weights is not None:
                 raise SparseDeployError(f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once")
@@ -65,7 +65,7 @@ class ExportConfig:
             raise SparseDeployError("pass either --checkpoint or --weights, not both")
         if self.model is None and self.checkpoint is None and self.weights is None:
             raise SparseDeployError(
-                "--model is required unless --checkpoint names a checkpoint or --weights a diffusers pipeline/model folder (whose config names the layout)"
+                "--model is required unless --checkpoint names a checkpoint or --weights a diffusers " "pipeline/model folder (whose config names the layout)"
             )
         _check_choices("--precision", self.precisions, PRECISIONS)
         _check_choices("--kinds", self.kinds, KINDS)

@@ -18,9 +18,10 @@ import contextlib
 import copy
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -135,8 +136,8 @@ def _load_dense_checkpoint(path: Path) -> tuple[Denoiser, list[str]]:
     model, manifest = ckpt.load_checkpoint(path)
     if manifest.get("masked_layers"):
         raise SparseDeployError(
-            f"'{path}' is a sparse checkpoint ({len(manifest['masked_layers'])} masked layers) but was given as the "
-            "dense checkpoint; point --dense-checkpoint at the dense model the sparse one was fine-tuned from"
+            f"'{path}' is a sparse checkpoint ({len(manifest['masked_layers'])} masked layers) " "but was given as the "
+            "dense checkpoint; point --dense-checkpoint at the dense model the sparse one was " "fine-tuned from"
         )
     return model, []
 
@@ -149,7 +150,7 @@ def _oneshot(base: Loader) -> Loader:
         sparsify_(model, config, layers=choice.selected)
         layers = bake_(model)
         log.warning(
-            "sparse graph = ONE-SHOT magnitude 2:4 pruning of %d layers with NO FINE-TUNING: a baseline, expect "
+            "sparse graph = ONE-SHOT magnitude 2:4 pruning of %d layers with NO FINE-TUNING: a " "baseline, expect "
             "worse samples than a fine-tuned sparse checkpoint",
             len(layers),
         )
@@ -166,7 +167,7 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
         weights = Path(dense_weights)
         if not weights.exists():
             raise SparseDeployError(
-                f"checkpoint '{path}' was fine-tuned from '{weights}', which no longer exists; pass --dense-checkpoint or --kinds sparse"
+                f"checkpoint '{path}' was fine-tuned from '{weights}', which no longer exists; pass " "--dense-checkpoint or --kinds sparse"
             )
         base = _weights_base(preset, weights)
         return GraphSource("dense", base.identity, base.load, [f"dense graph: {base.note}"])
@@ -176,14 +177,14 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
         log.warning("--dense-checkpoint %s overrides the dense checkpoint %s named in %s", dense_path, named, path)
     if dense_path is None:
         raise SparseDeployError(
-            f"checkpoint '{path}' is sparse and its manifest names no dense_checkpoint, so there is no dense "
-            "model to export; pass --dense-checkpoint DIR (the model it was fine-tuned from) or --kinds sparse"
+            f"checkpoint '{path}' is sparse and its manifest names no dense_checkpoint, so there " "is no dense "
+            "model to export; pass --dense-checkpoint DIR (the model it was fine-tuned from) or " "--kinds sparse"
         )
     dense_path = Path(dense_path)
     dense_manifest = ckpt.read_manifest(dense_path)
     if dense_manifest.get("preset") != preset.name:
         raise SparseDeployError(
-            f"dense checkpoint '{dense_path}' holds preset '{dense_manifest.get('preset')}', but the sparse "
+            f"dense checkpoint '{dense_path}' holds preset '{dense_manifest.get('preset')}', but " "the sparse "
             f"checkpoint is '{preset.name}'; pass the dense checkpoint of the same model"
         )
     return GraphSource(
@@ -193,7 +194,7 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
 
 
 def _fine_tuned(mode: str | None) -> bool:
-    """Whether a checkpoint of ``mode`` was trained after its masks were set (a mode this version does not know: assumed so)."""
+    """Whether a checkpoint of ``mode`` trained after its masks were set (a mode unknown here: assumed so)."""
     known = MODES.get(mode) if mode is not None else None
     return known.trains if known is not None else True
 
@@ -211,7 +212,7 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
     if "sparse" in config.kinds:
         sources["sparse"] = GraphSource(
             "sparse", {**identity, "masks": "checkpoint", "fine_tuned": _fine_tuned(mode)}, _Once(load_sparse),
-            [f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks baked into the weights"],
+            [f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks " "baked into the weights"],
         )
     if "dense" in config.kinds:
         sources["dense"] = _dense_parent(config, path, manifest, preset)
@@ -220,7 +221,7 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
 
 def _random_base(preset: Preset, seed: int) -> _Base:
     log.warning(
-        "no --checkpoint or --weights: exporting preset '%s' with RANDOM weights (seed %d); the graphs are "
+        "no --checkpoint or --weights: exporting preset '%s' with RANDOM weights (seed %d); " "the graphs are "
         "fine for latency work and MEANINGLESS for image quality",
         preset.name, seed,
     )
@@ -243,8 +244,8 @@ def _base_sources(config: ExportConfig, base: _Base) -> dict[str, GraphSource]:
         where = f"checkpoint '{config.checkpoint}'" if config.checkpoint is not None else base.note
         if config.require_masks:
             raise SparseDeployError(
-                f"a sparse export of a model with no masks: {where} has no masked layers and --require-masks forbids "
-                "one-shot pruning; export a sparse (fine-tuned) checkpoint, or drop --require-masks for a one-shot "
+                f"a sparse export of a model with no masks: {where} has no masked layers and " "--require-masks forbids "
+                "one-shot pruning; export a sparse (fine-tuned) checkpoint, or drop --require-masks " "for a one-shot "
                 "magnitude 2:4 baseline with no fine-tuning"
             )
         oneshot = SparsityConfig(mode=ONESHOT)
@@ -265,7 +266,7 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
         manifest = ckpt.read_manifest(path)
         if config.model is not None and manifest.get("preset") != config.model:
             raise SparseDeployError(
-                f"checkpoint '{path}' holds preset '{manifest.get('preset')}', not '{config.model}'; drop --model or pick the matching one"
+                f"checkpoint '{path}' holds preset '{manifest.get('preset')}', not '{config.model}'; " "drop --model or pick the matching one"
             )
         preset = preset_from_manifest(manifest)
         if manifest.get("masked_layers"):

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def check_parity(
     results["passed"] = not failures
     if failures:
         raise SparseDeployError(
-            f"ONNX graph '{onnx_path}' does not match PyTorch ({'; '.join(failures)}); the export is wrong and was not kept"
+            f"ONNX graph '{onnx_path}' does not match PyTorch ({'; '.join(failures)}); the export " "is wrong and was not kept"
         )
     return results
 
@@ -234,14 +235,14 @@ def check_sparsity(onnx_model, model: nn.Module, precision: str, sparse_layers: 
             if not_sparse:
                 parts.append(f"{len(not_sparse)} masked layer(s) not reported 2:4-sparse by Polygraphy: {not_sparse[:6]}")
             if missing:
-                parts.append(f"{len(missing)} masked layer(s) whose weight is not an initializer of the graph: {missing[:6]}")
+                parts.append(f"{len(missing)} masked layer(s) whose weight is not an initializer of the graph: " f"{missing[:6]}")
             raise SparseDeployError(f"sparse export failed its sparsity check ({'; '.join(parts)}); the graph was not kept")
         log.info("sparsity check: all %d masked layers are 2:4-sparse in the graph", len(sparse_layers))
     else:
         result["passed"] = True
         if sparse_tensors:
             log.warning(
-                "the dense graph holds %d weight tensor(s) that are already 2:4-sparse (%s); TensorRT would treat them as sparse",
+                "the dense graph holds %d weight tensor(s) that are already 2:4-sparse (%s); " "TensorRT would treat them as sparse",
                 len(sparse_tensors), reported_layers[:4] or sorted(sparse_tensors)[:4],
             )
     return result

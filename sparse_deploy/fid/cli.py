@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sparse_deploy.fid",
         description="FID (and KID) between two image sources with the TF-FID Inception-v3. "
-        "A source is a folder of images (PNG, JPEG, BMP, WebP), an .npz of uint8 images, fashion-mnist:test or fashion-mnist:train.",
+        "A source is a folder of images (PNG, JPEG, BMP, WebP), an .npz of uint8 images, " "fashion-mnist:test or fashion-mnist:train.",
     )
     p.add_argument("a", help="first source")
     p.add_argument("b", help="second source")

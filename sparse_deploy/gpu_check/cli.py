@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..cliargs import comma_list
 from ..errors import SparseDeployError, cli_entry
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheels", type=Path, default=REPO / ".whl", help="carried wheels (default .whl/)")
     p.add_argument("--site", type=Path, default=REPO / ".cache" / "gpu-site", help="where the wheels are unpacked (default .cache/gpu-site/)")
     p.add_argument("--e2e-model", default="dit-xl", help="preset of the end-to-end part (default dit-xl)")
-    p.add_argument("--trt-model", default="dit-s", help="preset of the TensorRT part (default dit-s: DiT-XL's export and builds do not fit the budget)")
+    p.add_argument("--trt-model", default="dit-s", help="preset of the TensorRT part (default dit-s: DiT-XL's export and builds do not fit " "the budget)")
     p.add_argument("--quick", action="store_true", help="fewer batches and repeats (a smoke run)")
     return p
 
@@ -112,10 +113,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         stale.unlink(missing_ok=True)  # a part that does not run this time leaves no old figures behind
     wheels = install_wheels(args.wheels, args.site)
     if wheels.get("error"):
-        print(f"gpu-check: the wheels in {args.wheels} did not install ({wheels['error'].splitlines()[-1]}); going on without them", flush=True)
+        print(f"gpu-check: the wheels in {args.wheels} did not install " f"({wheels['error'].splitlines()[-1]}); going on without them", flush=True)
     elif not wheels["wheels"] and importlib.util.find_spec("diffusers") is None:
         wheels["note"] = wheels.get("note", "") + "; diffusers is missing, so the gemm, e2e and tensorrt parts cannot build models"
-        print(f"gpu-check: diffusers is not installed and {args.wheels} holds no wheels: run make gpu-wheels on a machine with "
+        print(f"gpu-check: diffusers is not installed and {args.wheels} holds no wheels: run make " "gpu-wheels on a machine with "
               "internet and copy .whl/ along; the parts that build models will fail", flush=True)
     env = _child_env(args.site if wheels.get("wheels") and not wheels.get("error") else None)
     base = [sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--out", str(out), "--e2e-model", args.e2e_model, "--trt-model", args.trt_model]
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reason = no_gpu_reason()
     if reason:
-        print(f"gpu-check: nothing to do: {reason}; run it on a GPU machine (docs/RESULTS.md, 'GPU check').")
+        print(f"gpu-check: nothing to do: {reason}; run it on a GPU machine (docs/RESULTS.md, 'GPU " "check').")
         return 0
     if args.command == "part":
         if args.part is None:

@@ -32,7 +32,7 @@ def no_gpu_reason() -> str | None:
         cuda = torch.cuda
     except ImportError as exc:  # any failure to import PyTorch (lazy.MissingDependency) means the same here
         cause = exc.__cause__ or exc
-        return f"this Python ({sys.executable}) cannot import PyTorch ({cause.__class__.__name__}: {cause})"
+        return f"this Python ({sys.executable}) cannot import PyTorch ({cause.__class__.__name__}: " f"{cause})"
     if not cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         return f"PyTorch {torch.__version__} ({build}) sees no CUDA GPU"
@@ -63,11 +63,11 @@ def download_wheels(dest: Path) -> list[Path]:
            "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *GPU_WHEELS]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SparseDeployError(f"pip download failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        raise SparseDeployError("pip download failed " f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
     wheels = sorted(dest.glob("*.whl"))
     total = sum(w.stat().st_size for w in wheels)
     if total > WHEEL_LIMIT_BYTES:
-        raise SparseDeployError(f"{dest} holds {total / 2**20:.1f} MiB of wheels, over the {WHEEL_LIMIT_BYTES // 2**20} MiB that travel; remove old ones")
+        raise SparseDeployError(f"{dest} holds {total / 2**20:.1f} MiB of wheels, over the " f"{WHEEL_LIMIT_BYTES // 2**20} MiB that travel; remove old ones")
     return wheels
 
 

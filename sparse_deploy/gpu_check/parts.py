@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import copy
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..lazy import lazy_import
 from ..modes import ONESHOT
@@ -102,8 +103,8 @@ def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     backend = "cuSPARSELt" if torch.backends.cusparselt.is_available() else "CUTLASS"
     record: dict[str, Any] = {
         "format": latency.PROFILE_FORMAT, "gpu": facts.get("gpu"), "facts": facts, "created": timestamp(), "kernel": f"to_sparse_semi_structured ({backend})",
-        "method": "F.linear(x, W) against F.linear(x, W_2:4) on the same 2:4-masked weight; each sample 10 back-to-back calls between "
-                  f"CUDA events; dense and 2:4 interleaved, 3 warm-up rounds dropped, {repeats} timed; seconds per call",
+        "method": "F.linear(x, W) against F.linear(x, W_2:4) on the same 2:4-masked weight; each " "sample 10 back-to-back calls between "
+                  f"CUDA events; dense and 2:4 interleaved, 3 warm-up rounds dropped, {repeats} timed; " "seconds per call",
         "shapes": shapes, "batches": list(batches), "entries": [], "complete": False,
     }
     for shape in shapes:  # written after every shape: a time-out keeps what was measured
@@ -137,7 +138,7 @@ def _cuda_graph(model, inputs):
         output = model(*static)
 
     def replay(*args):
-        for dst, src in zip(static, args):
+        for dst, src in zip(static, args, strict=True):
             if dst is not None:
                 dst.copy_(src)
         graph.replay()
@@ -189,7 +190,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             want, got = dense(x, t, y).float(), sparse(x, t, y).float()
         entry["parity"] = {"max_abs_err": float((got - want).abs().max()), "max_abs_ref": float(want.abs().max()),
                            "relative": float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))}
-        entry["eager"] = compare({name: (lambda m=m: m(x, t, y)) for name, m in pair.items()}, repeats, 5)
+        entry["eager"] = compare({name: (lambda m=m, x=x, t=t, y=y: m(x, t, y)) for name, m in pair.items()}, repeats, 5)
         entry["sampling"] = compare({name: sampler(m, batch) for name, m in pair.items()}, sample_repeats, 1)
         write_json_atomic(out / "e2e.json", record)
     failed = None
@@ -200,7 +201,7 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         x, t, y = inputs[entry["batch"]]
         try:
             graphs = {name: _cuda_graph(m, (x, t, y)) for name, m in pair.items()}
-            entry["cuda_graph"] = compare({name: (lambda g=g: g(x, t, y)) for name, g in graphs.items()}, repeats, 5)
+            entry["cuda_graph"] = compare({name: (lambda g=g, x=x, t=t, y=y: g(x, t, y)) for name, g in graphs.items()}, repeats, 5)
             entry["cuda_graph"]["sampling"] = compare({name: sampler(g, entry["batch"]) for name, g in graphs.items()}, sample_repeats, 1)
             del graphs
         except Exception as exc:  # noqa: BLE001 - capture support varies with the kernels; say why, keep the eager figures

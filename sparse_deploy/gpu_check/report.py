@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..lazy import lazy_import, load
 from ..provenance import write_json_atomic, write_text_atomic
@@ -44,16 +45,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _markdown(report: dict[str, Any], results: dict[str, Any], plots: dict[str, str]) -> str:
     m = report["machine"]
     lines = [f"# GPU check: {m.get('gpu', '?')}", "",
-             f"{report['created']}; {m.get('gpu')} (compute capability {m.get('compute_capability')}, {m.get('memory_gib')} GiB), "
-             f"PyTorch {m.get('torch')}, CUDA {m.get('cuda')}, cuSPARSELt {m.get('cusparselt')}, Python {m.get('python')}. "
-             f"Command: `{report['command']}`. Budget {report['budget_s']} s, took {report['seconds']} s.", "",
+             f"{report['created']}; {m.get('gpu')} (compute capability " f"{m.get('compute_capability')}, {m.get('memory_gib')} GiB), "
+             f"PyTorch {m.get('torch')}, CUDA {m.get('cuda')}, cuSPARSELt {m.get('cusparselt')}, " f"Python {m.get('python')}. "
+             f"Command: `{report['command']}`. Budget {report['budget_s']} s, took " f"{report['seconds']} s.", "",
              "## Parts", ""]
     lines += _table(["part", "status", "seconds", "note"], [
         [p["part"], p["status"], p.get("seconds", ""), (p.get("reason") or (p.get("log_tail") or "").strip().splitlines()[-1:] or [""])[0][:160]]
         for p in report["parts"]])
     tests = results.get("tests")
     if tests:
-        lines += ["## tests/gpu", "", f"{len(tests['passed'])} passed, {len(tests['failed'])} failed, {len(tests['errors'])} errors, "
+        lines += ["## tests/gpu", "", f"{len(tests['passed'])} passed, {len(tests['failed'])} failed, " f"{len(tests['errors'])} errors, "
                   f"{len(tests['skipped'])} skipped (pytest exit code {tests['pytest_exit_code']}).", ""]
         if tests["skipped"] or tests["failed"] or tests["errors"]:
             lines += _table(["test", "outcome", "reason"], [[c["test"], k, c["reason"].replace("|", "/")[:200]]
@@ -83,7 +84,7 @@ def _markdown(report: dict[str, Any], results: dict[str, Any], plots: dict[str, 
     e2e = results.get("e2e")
     if e2e and e2e.get("batches"):
         lines += [f"## End to end: {e2e['model']} {e2e['precision']}, masked dense vs 2:4 kernels", "",
-                  f"{e2e['weights']}; {e2e['converted_layers']} of {e2e['sparse_layers']} 2:4 layers on semi-structured kernels. "
+                  f"{e2e['weights']}; {e2e['converted_layers']} of {e2e['sparse_layers']} 2:4 layers on " "semi-structured kernels. "
                   f"Times in ms, median (IQR); sampling: {e2e['sampling']}.", ""]
         rows = []
         for b in e2e["batches"]:
@@ -109,7 +110,7 @@ def _markdown(report: dict[str, Any], results: dict[str, Any], plots: dict[str, 
             for kind, e in trt.get("engines", {}).items():
                 picked = e.get("sparse_picked_modules") or []
                 lines += [f"- {kind}: flags {e.get('builder_flags')}, plan vs ONNX Runtime "
-                          f"{'passed' if (e.get('engine_check') or {}).get('passed') else 'FAILED'}, sparse kernels picked for "
+                          f"{'passed' if (e.get('engine_check') or {}).get('passed') else 'FAILED'}, sparse " "kernels picked for "
                           f"{len(picked)}/{len(e.get('sparse_layers') or [])} masked layers"]
             for b in (trt.get("latency") or {}).get("batches", []):
                 if "per_call_ratio" in b:

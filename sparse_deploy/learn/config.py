@@ -1,4 +1,7 @@
-"""The settings of one training run (:class:`TrainConfig`): plain values; ``validate()`` fills in the preset's defaults and checks them."""
+"""The settings of one training run (:class:`TrainConfig`).
+
+Plain values; ``validate()`` fills in the preset's defaults and checks them.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ EMA_HORIZON_SHARE = 0.1
 
 
 def finetune_ema_decay(pretrain_decay: float, steps: int) -> float:
-    """The EMA decay of a fine-tuning run of ``steps``: a horizon of ``EMA_HORIZON_SHARE`` of the run, at most the pretraining decay."""
+    """The EMA decay of a fine-tuning run of ``steps``.
+
+    A horizon of ``EMA_HORIZON_SHARE`` of the run, at most the pretraining decay.
+    """
     return min(pretrain_decay, max(0.0, 1.0 - 1.0 / max(EMA_HORIZON_SHARE * steps, 1.0)))
 
 
@@ -65,7 +71,7 @@ class TrainConfig:
         """Whether the run starts from pretrained weights (``--init`` or ``--weights``) rather than from scratch."""
         return self.init is not None or self.weights is not None
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         preset = self.model_preset()
         self.preset = preset.name
         d = preset.train
@@ -98,7 +104,7 @@ class TrainConfig:
         if self.kd_weight and self.init is None and self.weights is None:
             raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
         if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
-            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}")
+            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, " f"{self.kd_features}")
         if self.kd_features and self.init is None and self.weights is None:
             raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
         if self.sparsity is not None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ class DistEnv:
     world_size: int = 1
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
         environ = os.environ if environ is None else environ
         try:
             world = int(environ.get("WORLD_SIZE", "1"))
@@ -100,7 +100,7 @@ class Distributed:
     def main(self) -> bool:
         return self.env.main
 
-    def start(self) -> "Distributed":
+    def start(self) -> Distributed:
         """Make this rank's GPU current, then join the process group (nccl on CUDA, gloo on the CPU)."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -120,7 +120,7 @@ class Distributed:
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.world:
             raise SparseDeployError(
-                f"--batch-size {batch_size} (the global batch) must be a multiple of the {self.world} ranks, which split it evenly"
+                f"--batch-size {batch_size} (the global batch) must be a multiple of the {self.world} " "ranks, which split it evenly"
             )
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -84,7 +84,7 @@ def choose_by_latency_(model: nn.Module, preset: Preset, choice: LayerChoice, sp
     apply_latency_profile(choice, rows, shapes, profile, batch=sparsity.latency_batch, dtype=sparsity.latency_dtype)
     if not choice.selected:
         raise SparseDeployError(
-            f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel faster than dense on {profile.gpu} "
+            f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel " f"faster than dense on {profile.gpu} "
             f"at batch {sparsity.latency_batch} ({sparsity.latency_dtype}); nothing would be sparse"
         )
     log.info("--latency-profile (%s, batch %d, %s): %d layers stay 2:4", profile.gpu, sparsity.latency_batch, sparsity.latency_dtype, len(choice.selected))

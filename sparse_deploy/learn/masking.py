@@ -24,8 +24,8 @@ shrink steadily unless their gradient keeps them alive, which lets masks settle 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -136,7 +136,7 @@ def soft_mask(module: nn.Module) -> torch.Tensor:
 
 
 def mask_schedule(config: SparsityConfig, step: int, total: int) -> tuple[float, float]:
-    """``maskllm``: the Gumbel temperature (annealed geometrically) and logit scale (linearly) at ``step`` of ``total``."""
+    """``maskllm``: the Gumbel temperature (annealed geometrically) and logit scale (linearly) at ``step``."""
     progress = min(1.0, step / max(total - 1, 1))
     tau = config.tau[0] * (config.tau[1] / config.tau[0]) ** progress
     scale = config.logit_scale[0] + (config.logit_scale[1] - config.logit_scale[0]) * progress

@@ -73,11 +73,11 @@ class CalibrationConfig:
     damp: float = 0.01
     block: int = 128
 
-    def validate(self) -> "CalibrationConfig":
+    def validate(self) -> CalibrationConfig:
         if self.samples < 1 or self.batch < 1:
             raise SparseDeployError(f"--calib-samples and the calibration batch must be >= 1, got {self.samples}, {self.batch}")
         if not 0 <= self.null_share <= 1 or not 0 < self.damp < 1 or self.block % PATTERN_M or self.block < PATTERN_M:
-            raise SparseDeployError("calibration: null_share in [0, 1], damp in (0, 1) and a block that is a multiple of 4 are needed")
+            raise SparseDeployError("calibration: null_share in [0, 1], damp in (0, 1) and a block that is a multiple of " "4 are needed")
         return self
 
 
@@ -130,12 +130,12 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise SparseDeployError(f"cannot calibrate a Conv2d with padding {module.padding!r} / mode {module.padding_mode!r}; use --mask-init magnitude")
+            raise SparseDeployError(f"cannot calibrate a Conv2d with padding {module.padding!r} / mode " f"{module.padding_mode!r}; use --mask-init magnitude")
         k = module.kernel_size
         cols = nn.functional.unfold(x, k, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        b, _, l = cols.shape
+        b, _, positions = cols.shape
         c = module.in_channels
-        return cols.view(b, c, k[0] * k[1], l).permute(0, 3, 2, 1).reshape(b * l, k[0] * k[1] * c)
+        return cols.view(b, c, k[0] * k[1], positions).permute(0, 3, 2, 1).reshape(b * positions, k[0] * k[1] * c)
     raise SparseDeployError(f"cannot calibrate a {type(module).__name__}; only Linear and Conv2d layers")
 
 
@@ -163,7 +163,7 @@ def wanda_mask(weight: torch.Tensor, column_sq_norms: torch.Tensor) -> torch.Ten
 
 
 def output_error(w_new: torch.Tensor, w_old: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``||(W_new - W_old) X||^2 / ||W_old X||^2`` from ``H = X^T X`` (2-D weights): the layer's relative output error."""
+    """``||(W_new - W_old) X||^2 / ||W_old X||^2`` from ``H = X^T X`` (2-D weights): the relative output error."""
     d = (weight_2d(w_new) - weight_2d(w_old)).double()
     w = weight_2d(w_old).double()
     h = hessian.double()
@@ -199,7 +199,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as exc:  # pragma: no cover - only on degenerate inputs
-        raise SparseDeployError(f"the calibration Hessian is not positive definite ({exc}); raise the dampening or the calibration set") from exc
+        raise SparseDeployError(f"the calibration Hessian is not positive definite ({exc}); raise the dampening or " "the calibration set") from exc
     keep = torch.ones(rows, cols, dtype=torch.bool)
     for start in range(0, cols, block):
         end = min(start + block, cols)
@@ -260,7 +260,7 @@ def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], bat
         last_input = ident
     missing = [n for n in layers if n not in done]
     if missing:
-        raise SparseDeployError(f"masked layers {missing[:3]} are never called by the model's forward pass; they cannot be calibrated")
+        raise SparseDeployError(f"masked layers {missing[:3]} are never called by the model's forward pass; they " "cannot be calibrated")
     return groups
 
 
@@ -339,14 +339,14 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
         model.train(was_training)
     mean = sum(e["error"] for e in errors.values()) / len(errors)
     mean_mag = sum(e["magnitude_error"] for e in errors.values()) / len(errors)
-    log.info("calibrated %d layers (%s, %d inputs): mean relative output error %.4f (magnitude on the same inputs %.4f)",
+    log.info("calibrated %d layers (%s, %d inputs): mean relative output error %.4f (magnitude on " "the same inputs %.4f)",
              len(errors), criterion, calibration.samples, mean, mean_mag)
     return errors
 
 
 def calibrate_masks_(model: nn.Module, sparsity, preset, images: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
                      seed: int = 0, progress: bool = True) -> dict[str, dict[str, float]] | None:
-    """The mask start a :class:`~sparse_deploy.sparsify.SparsityConfig` asks for (``mask_init``), on a model just sparsified.
+    """The mask start a :class:`~sparse_deploy.sparsify.SparsityConfig` asks for (``mask_init``), on a sparsified model.
 
     ``magnitude`` leaves the masks as they are (returns None); a calibrated criterion draws
     ``sparsity.calib_samples`` inputs (:func:`calibration_batches`, seeded by ``seed``) and runs

@@ -9,8 +9,8 @@ budget ``b`` (effective MACs as a share of the dense model's), :func:`choose_for
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -88,7 +88,7 @@ def choose_for_budget(
     floor = model_macs - sum(saving.values())
     if floor > budget * model_macs:
         raise SparseDeployError(
-            f"--macs-budget {budget} is out of reach: with every eligible layer 2:4 the model keeps {floor / model_macs:.1%} "
+            f"--macs-budget {budget} is out of reach: with every eligible layer 2:4 the model " f"keeps {floor / model_macs:.1%} "
             f"of its MACs; ask for at least {floor / model_macs:.3f} or widen --include"
         )
     order = sorted(sensitivity, key=lambda k: (sensitivity[k] / max(saving[k], 1), k))

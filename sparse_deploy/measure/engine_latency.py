@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ class LatencyConfig:
     device: str = "auto"
     memory: bool = True
 
-    def validate(self) -> "LatencyConfig":
+    def validate(self) -> LatencyConfig:
         if len(self.engines) != 2:
             raise SparseDeployError(f"--engines takes two engines (dense and sparse), got {len(self.engines)}")
         if not self.batches or any(b < 1 for b in self.batches):
@@ -59,12 +60,12 @@ class LatencyConfig:
         if self.repeats < 1 or self.e2e_repeats < 0 or self.warmup < 0 or self.e2e_warmup < 0 or self.steps < 1:
             raise SparseDeployError("--repeats and --steps must be >= 1; --warmup and --e2e-repeats >= 0")
         if Path(self.engines[0]).resolve() == Path(self.engines[1]).resolve():
-            raise SparseDeployError(f"--engines names '{self.engines[0]}' twice; compare two different engines (dense and sparse)")
+            raise SparseDeployError(f"--engines names '{self.engines[0]}' twice; compare two different engines (dense and " "sparse)")
         return self
 
 
 def engine_info(runner) -> dict[str, Any]:
-    """What a result records about one engine: file, kind, backend, precision, size, hash, profile, device, backend details."""
+    """What a result records of one engine: file, kind, backend, precision, size, hash, profile, device, details."""
     manifest = runner.manifest
     return {
         "path": str(runner.path),
@@ -102,7 +103,7 @@ def _check_pair(config: LatencyConfig, runners: Sequence[Any]) -> None:
         raise SparseDeployError(f"--engines are of different models {sorted(presets)}; compare two engines of one model")
     hashes = [r.sha256 for r in runners]
     if hashes[0] is not None and hashes[0] == hashes[1]:
-        raise SparseDeployError(f"--engines '{config.engines[0]}' and '{config.engines[1]}' are the same engine (same hash); compare dense against sparse")
+        raise SparseDeployError(f"--engines '{config.engines[0]}' and '{config.engines[1]}' are the same engine (same " "hash); compare dense against sparse")
 
 
 def _profile_problem(by_name: Mapping[str, Any], batch: int) -> str | None:
@@ -150,7 +151,7 @@ def _add_memory(config: LatencyConfig, engines: dict[str, dict[str, Any]], names
     """Peak memory of every engine at the largest timed batch, each in a fresh process."""
     timed = [b["batch"] for b in per_batch if "skipped" not in b]
     batch = max(timed) if timed else 1
-    for name, path in zip(names, config.engines):
+    for name, path in zip(names, config.engines, strict=True):
         try:
             engines[name]["memory"] = engine_memory_isolated(path, batch, config.device)
         except Exception as exc:  # memory is a side figure: record why it is missing
@@ -167,7 +168,7 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
         _check_pair(config, runners)
         preset = runners[0].preset
         names = engine_names(runners)
-        by_name = dict(zip(names, runners))
+        by_name = dict(zip(names, runners, strict=True))
         devices = {n: r.device_type for n, r in by_name.items()}
         pair = ("dense", "sparse") if set(names) == {"dense", "sparse"} else (names[0], names[1])
         per_batch: list[dict[str, Any]] = []
@@ -180,7 +181,7 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
             per_batch.append(_time_batch(config, by_name, batch, pair))
         engines = {n: engine_info(r) for n, r in by_name.items()}
     if all("skipped" in b for b in per_batch):
-        raise SparseDeployError(f"no batch of --batches {list(config.batches)} fits both engines ({per_batch[0]['skipped']}); pick batches inside the profiles")
+        raise SparseDeployError(f"no batch of --batches {list(config.batches)} fits both engines " f"({per_batch[0]['skipped']}); pick batches inside the profiles")
     if config.memory:
         _add_memory(config, engines, names, per_batch)
     settings = {**asdict(config), "engines": list(config.engines), "batches": list(config.batches)}
@@ -191,7 +192,7 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
         "candidate": candidate,
         "ratio_definition": f"{reference} time / {candidate} time (> 1: {candidate} is faster)",
         "clock": {n: clock_name(d) for n, d in devices.items()},
-        "note": "per-call times include the runner's host<->device copies (runners take and return CPU tensors); "
+        "note": "per-call times include the runner's host<->device copies (runners take and return " "CPU tensors); "
         "end-to-end = the full sampling loop incl. the scheduler",
         "engines": engines,
         "batches": per_batch,

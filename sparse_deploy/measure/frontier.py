@@ -4,7 +4,8 @@ Each ``bench methods`` run (one MACs budget, every method at an equal fine-tunin
 point per method; this module joins several of them into one curve per method, so a user sees
 which recipe keeps the most quality at each compute level:
 
-    python -m sparse_deploy.bench frontier reports/b1.0/methods.json reports/b0.75/methods.json ... --out reports/frontier
+    python -m sparse_deploy.bench frontier reports/b1.0/methods.json reports/b0.75/methods.json ... \
+        --out reports/frontier
 
 writes ``frontier.json`` (every point with its source file), ``frontier.md`` and ``frontier.png``.
 Runs are only joined when they share the model, dense checkpoint, fine-tuning steps, sample count
@@ -21,8 +22,9 @@ writes ``budgets.json``, ``budgets.md`` and ``budgets.png``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import SparseDeployError
 from ..provenance import timestamp, write_json_atomic, write_text_atomic
@@ -110,7 +112,7 @@ def _markdown(result: dict[str, Any]) -> str:
         f, k = pt["fid"], pt.get("kid") or {}
         if axis == "macs":
             budget = "all eligible layers" if pt["macs_budget"] is None else f"{pt['macs_budget']:g}"
-            lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |")
+            lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± " f"{f.get('std', 0):.2f} | {f['n']} |")
         else:
             kid = f"{k['mean']:.4f} ± {k.get('std', 0):.4f}" if k.get("n") else "-"
             steps = "0 (trains nothing; not plotted)" if pt["steps"] == 0 else pt["steps"]

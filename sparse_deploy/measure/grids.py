@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ def sample_grids(
     grids = {}
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(load_runner(p, device=device)) for p in engines]
-        for name, runner in zip(engine_names(runners), runners):
+        for name, runner in zip(engine_names(runners), runners, strict=True):
             preset = runner.preset
             rows = min(max(preset.num_classes, 1), max_rows)
             labels = [c for c in range(rows) for _ in range(per_class)] if preset.num_classes else None

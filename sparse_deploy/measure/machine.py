@@ -16,10 +16,11 @@ import resource
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -99,7 +100,7 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 
 def record(kind: str, command: str | None, settings: dict[str, Any], results: dict[str, Any], started: float) -> dict[str, Any]:
-    """One result: ``kind``, ``command``, date, seconds since ``started`` (``perf_counter``), machine, versions, settings, results."""
+    """One result: ``kind``, ``command``, date, seconds since ``started``, machine, versions, settings, results."""
     return {
         "kind": kind,
         "command": command,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import onnx
 import torch
@@ -91,9 +92,9 @@ def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
         "onnx_by_op": counted.by_op,
         "relative_difference": (counted.total - model_total) / max(model_total, 1),
         "relative_difference_single_call": (counted.total - single) / max(single, 1),
-        "repeated_layers": [l["layer"] for l in layers if l["calls"] > 1],
-        "unmatched_layers": [l["layer"] for l in layers if l["onnx_macs"] is None],
-        "disagreeing_layers": [l["layer"] for l in layers if l["agrees"] is False],
+        "repeated_layers": [row["layer"] for row in layers if row["calls"] > 1],
+        "unmatched_layers": [row["layer"] for row in layers if row["onnx_macs"] is None],
+        "disagreeing_layers": [row["layer"] for row in layers if row["agrees"] is False],
         "layers": layers,
     }
 
@@ -131,7 +132,7 @@ def _graph_check(model, masked: Sequence[str], sparse_layers: Sequence[str]) -> 
         export_graph(model, masked, contract_for(model.preset, "fp32"), graph, kind="sparse" if masked else "dense", verify=False)
         check = macs_crosscheck(model, graph)
     check["onnx_graph"] = "fresh fp32 export of this model (temporary)"
-    sparse_onnx = sum(l["onnx_macs"] or 0 for l in check["layers"] if l["layer"] in set(sparse_layers))
+    sparse_onnx = sum(row["onnx_macs"] or 0 for row in check["layers"] if row["layer"] in set(sparse_layers))
     return check, sparse_onnx
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import SparseDeployError
 from .machine import record as make_record
@@ -39,9 +40,9 @@ def _load(path: Path) -> dict[str, Any]:
         raise SparseDeployError(f"cannot read '{path}' ({exc.strerror}); pass methods.json files written by "
                                 "python -m sparse_deploy.bench methods") from exc
     except ValueError as exc:
-        raise SparseDeployError(f"'{path}' is not JSON ({exc}); pass methods.json files written by python -m sparse_deploy.bench methods") from exc
+        raise SparseDeployError(f"'{path}' is not JSON ({exc}); pass methods.json files written by python -m " "sparse_deploy.bench methods") from exc
     if not isinstance(record, dict) or record.get("kind") != "methods" or "runs" not in record:
-        raise SparseDeployError(f"'{path}' is not a method comparison (kind {record.get('kind') if isinstance(record, dict) else None!r}); "
+        raise SparseDeployError(f"'{path}' is not a method comparison (kind " f"{record.get('kind') if isinstance(record, dict) else None!r}); "
                                 "pass methods.json files written by python -m sparse_deploy.bench methods")
     return record
 
@@ -71,7 +72,7 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
         other = _identity(rec)
         diff = sorted(k for k in identity if other[k] != identity[k])
         if diff:
-            raise SparseDeployError(f"'{path}' was measured under another protocol than '{first_path}' ({', '.join(diff)} differ); "
+            raise SparseDeployError(f"'{path}' was measured under another protocol than '{first_path}' ({', '.join(diff)} " "differ); "
                                     "merge only comparisons run with the same settings (re-run the missing methods with them)")
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     reruns = []
@@ -120,20 +121,20 @@ def merged_lines(methods: dict[str, Any]) -> list[str]:
     sources = methods.get("merged_from")
     if not sources:
         return []
-    lines = [f"Joined by `bench merge` from {len(sources)} comparisons of the same protocol (each method x seed from the first "
+    lines = [f"Joined by `bench merge` from {len(sources)} comparisons of the same protocol (each " "method x seed from the first "
              "file holding it):"]
     for s in sources:
-        lines.append(f"- `{s['file']}` ({s.get('created')}, {s.get('machine')}, {s.get('torch_threads')} torch threads): "
-                     f"{', '.join(s.get('methods') or [])}, seeds {', '.join(map(str, s.get('seeds') or []))}; command `{s.get('command')}`.")
+        lines.append(f"- `{s['file']}` ({s.get('created')}, {s.get('machine')}, {s.get('torch_threads')} " "torch threads): "
+                     f"{', '.join(s.get('methods') or [])}, seeds " f"{', '.join(map(str, s.get('seeds') or []))}; command `{s.get('command')}`.")
     machines = list(dict.fromkeys(s.get("machine") for s in sources))
     if len(machines) > 1:
-        lines += ["", f"The sources ran on different machines ({'; '.join(map(str, machines))}): their fine-tuning seconds per step "
+        lines += ["", f"The sources ran on different machines ({'; '.join(map(str, machines))}): their " "fine-tuning seconds per step "
                       "are not comparable across sources; FID and KID are (the same protocol, checked)."]
     reruns = methods.get("reruns") or []
     if reruns:
         worst = max(reruns, key=lambda r: abs(r["difference"]))
         which = sorted({r["method"] for r in reruns})
-        lines += ["", f"Re-run check: {len(reruns)} method x seed runs ({', '.join(which)}) were drawn again by a later comparison; "
+        lines += ["", f"Re-run check: {len(reruns)} method x seed runs ({', '.join(which)}) were drawn " "again by a later comparison; "
                       f"their FIDs differ from the kept runs by at most {abs(worst['difference']):.4f} "
-                      f"({worst['method']} seed {worst['seed']}: {worst['fid_kept']:.4f} kept, {worst['fid_rerun']:.4f} re-run)."]
+                      f"({worst['method']} seed {worst['seed']}: {worst['fid_kept']:.4f} kept, " f"{worst['fid_rerun']:.4f} re-run)."]
     return lines

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ log = logging.getLogger(__name__)
 def methods_unsupported(preset, reference: str | None, data: str | None) -> str | None:
     """Why the method comparison cannot run for ``preset`` with these sources (None: it can)."""
     if preset.latent:
-        return (f"the method comparison scores images with Inception, and '{preset.name}' samples VAE latents (decoding "
+        return (f"the method comparison scores images with Inception, and '{preset.name}' samples VAE " "latents (decoding "
                 "them is not part of the comparison): run it on a pixel-space preset, e.g. fmnist-dit")
     if preset.dataset != "fashion-mnist" and (reference is None or data is None):
-        return (f"preset '{preset.name}' has no built-in dataset: pass --data (its training images) and --reference "
+        return (f"preset '{preset.name}' has no built-in dataset: pass --data (its training images) " "and --reference "
                 "(real images to score against: a folder, an .npz, or fashion-mnist:test)")
     return None
 
@@ -112,7 +113,7 @@ class MethodsConfig:
     label: str | None = None
     macs_budget: float | None = None
 
-    def validate(self) -> "MethodsConfig":
+    def validate(self) -> MethodsConfig:
         preset = run_preset(self.model)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -130,7 +131,8 @@ class MethodsConfig:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.work is None:  # one folder per budget: a different budget never meets stored runs of another
             macs = f"-macs{self.macs_budget:g}" if self.macs_budget is not None else ""
-            self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{self.ref_num or 'all'}{macs}"
+            ref = self.ref_num or "all"
+            self.work = f"runs/{self.model}/bench-methods/steps{self.steps}-n{self.num_samples}-ref{ref}{macs}"
         return self
 
     def resolved_training(self, method: str) -> dict[str, Any] | None:
@@ -169,7 +171,7 @@ def fid_sampling_seed(seed: int) -> int:
 
 
 def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """``num`` uint8 images ``[N, H, W, C]`` and their labels (cycled over the classes; -1 when unconditional), from fixed seeds."""
+    """``num`` uint8 images ``[N, H, W, C]`` and their labels (cycled; -1 when unconditional), from fixed seeds."""
     images, labels = [], []
     classes = tuple(range(preset.num_classes)) if preset.num_classes else None
     batch = min(batch, runner.contract.profile.max)
@@ -185,11 +187,11 @@ def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str
 def _dense_manifest(config: MethodsConfig, preset) -> dict[str, Any]:
     manifest = read_manifest(config.dense_checkpoint)
     if manifest.get("masked_layers"):
-        raise SparseDeployError(f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the methods start from")
+        raise SparseDeployError(f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the " "methods start from")
     if manifest.get("preset") != preset.name:
         raise SparseDeployError(f"--dense-checkpoint holds preset '{manifest.get('preset')}', not '{preset.name}'")
     if not manifest.get("complete", True):
-        log.warning("dense checkpoint %s is not complete (step %s): the comparison starts from a partly trained model",
+        log.warning("dense checkpoint %s is not complete (step %s): the comparison starts from a partly " "trained model",
                     config.dense_checkpoint, manifest.get("step"))
     return manifest
 
@@ -202,7 +204,7 @@ def _stored_run(result_path: Path, key: dict[str, Any]) -> dict[str, Any] | None
     if stored.get("key") != key:
         changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
         raise SparseDeployError(
-            f"'{result_path}' was made with other settings ({', '.join(changed)} differ); pass another --work folder or delete it"
+            f"'{result_path}' was made with other settings ({', '.join(changed)} differ); pass " "another --work folder or delete it"
         )
     return stored
 
@@ -226,7 +228,7 @@ def _stored_draw(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
+    """Fine-tune a method for a seed, draw its samples, save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
     log.info("%s seed %d: training %d steps", method, seed, config.steps if trains(method) else 0)
     resumed = (folder / "checkpoint" / "manifest.json").is_file()
     if method == START:  # the starting model itself, sampled as every method is
@@ -341,8 +343,8 @@ def method_macs(preset) -> dict[str, Any]:
 def budget_text(settings: dict[str, Any]) -> str:
     """The comparison's budget in words, from its settings (:class:`MethodsConfig` as a dict)."""
     macs = settings.get("macs_budget")
-    return (f"{settings['steps']} fine-tuning steps per method (one-shot: none), {settings['num_samples']} samples per run, "
-            f"{len(settings['seeds'])} seed(s), {settings['scheduler'].upper()} {settings['sample_steps']} steps"
+    return (f"{settings['steps']} fine-tuning steps per method (one-shot: none), " f"{settings['num_samples']} samples per run, "
+            f"{len(settings['seeds'])} seed(s), {settings['scheduler'].upper()} " f"{settings['sample_steps']} steps"
             + (f", sparse methods at {macs:g} of the dense MACs (--macs-budget)" if macs is not None else ""))
 
 
@@ -415,7 +417,7 @@ def run_methods(
         reference = fid.reference_stats(config.reference, config.ref_num, device=device)
     order = [m for m in METHODS if m in config.methods]
     if "dense" not in order:
-        log.warning("'dense' is not among --methods: no sparse-vs-dense FID (it needs the dense samples of each seed)")
+        log.warning("'dense' is not among --methods: no sparse-vs-dense FID (it needs the dense samples " "of each seed)")
     runs = [run_one(config, preset, method, seed, dense_sha, featurize, reference) for seed in config.seeds for method in order]
     macs = method_macs(preset)
     settings = {**asdict(config), "seeds": list(config.seeds), "methods": list(order)}
@@ -428,8 +430,8 @@ def run_methods(
         "reference": {"source": config.reference, "num": int(len(np.asarray(reference.features))),
                       "identity": getattr(reference, "identity", None)},
         "preprocessing": fid.PREPROCESSING if features is None else "custom feature function (test)",
-        "fid_note": "FID against the reference set; vs_dense = FID between a method's samples and the dense method's samples "
-        "of the same seed (same noise and labels). FID is biased upward at small N: compare only at equal N.",
+        "fid_note": "FID against the reference set; vs_dense = FID between a method's samples and the " "dense method's samples "
+        "of the same seed (same noise and labels). FID is biased upward at small N: compare " "only at equal N.",
         "macs": macs,
         "runs": runs,
         "summary": summarise(runs, order, macs),

@@ -46,7 +46,7 @@ def plot_latency(record: dict[str, Any], path: Path) -> Path:
     has_e2e = any("end_to_end" in b for b in batches)
     fig, axes = plt.subplots(1, 2 if has_e2e else 1, figsize=(11 if has_e2e else 6, 4), squeeze=False)
     panels = [("per_call", "per denoiser call (ms)", 1e3)] + ([("end_to_end", "end-to-end sampling run (s)", 1.0)] if has_e2e else [])
-    for ax, (key, title, scale) in zip(axes[0], panels):
+    for ax, (key, title, scale) in zip(axes[0], panels, strict=True):
         for name, marker in ((ref, "o"), (cand, "s")):
             xs = [b["batch"] for b in batches if key in b]
             med = [b[key][name]["median"] * scale for b in batches if key in b]
@@ -62,7 +62,7 @@ def plot_latency(record: dict[str, Any], path: Path) -> Path:
         ax.legend()
     engines = record["engines"]
     fig.suptitle(f"{record['model']}: {', '.join(sorted({e['backend'] for e in engines.values()}))} "
-                 f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - {record['machine'].get('description', '')}", fontsize=9)
+                 f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - " f"{record['machine'].get('description', '')}", fontsize=9)
     return save_figure(plt, fig, path)
 
 
@@ -124,7 +124,7 @@ def plot_samples(pairs: list[tuple[str, Path]], path: Path) -> Path:
     """Sample grids side by side, each ``(title, grid.png)``."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], pairs):
+    for ax, (title, grid) in zip(axes[0], pairs, strict=True):
         with Image.open(grid) as im:
             ax.imshow(np.asarray(im.convert("L")), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=10)

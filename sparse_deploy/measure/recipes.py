@@ -46,7 +46,7 @@ START = "start"  # the starting model itself, sampled as every method is
 
 
 def trains(method: str) -> bool:
-    """Whether ``method`` fine-tunes: its mode trains (:mod:`sparse_deploy.modes`; one-shot does not), and the starting model does not."""
+    """Whether ``method`` fine-tunes: its mode says (:mod:`sparse_deploy.modes`); the starting model does not."""
     recipe = METHOD_RECIPES.get(method)
     if recipe is None:  # a method of another version (a merged methods.json): it was trained
         return True

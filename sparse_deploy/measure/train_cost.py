@@ -11,8 +11,9 @@ import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ def run_train_cost(
     results = {
         "model": model,
         "clock": clock_name(dev.type),
-        "note": "one train_step = mask refresh (srste/ste), batch draw, forward (+ teacher forward for kd), "
+        "note": "one train_step = mask refresh (srste/ste), batch draw, forward (+ teacher forward " "for kd), "
         "backward, gradient clipping, AdamW, LR schedule, EMA update",
         "methods": per_method,
     }

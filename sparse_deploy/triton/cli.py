@@ -20,13 +20,13 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparse_deploy.triton",
-        description="Write a Triton model repository (denoiser + sampling pipeline) from an engine and its manifest.",
+        description="Write a Triton model repository (denoiser + sampling pipeline) from an engine and " "its manifest.",
     )
     parser.add_argument("--engine", type=Path, required=True, help="engine file (*.trt.plan, *.ort.onnx) or its manifest")
     parser.add_argument("--out", type=Path, required=True, help="model repository folder (other models in it are kept)")
     parser.add_argument(
         "--flavour", default="auto", choices=FLAVOURS,
-        help="denoiser flavour; auto: tensorrt for a TensorRT plan, python (ONNX Runtime in the Python backend, any Triton) otherwise",
+        help="denoiser flavour; auto: tensorrt for a TensorRT plan, python (ONNX Runtime in the " "Python backend, any Triton) otherwise",
     )
     parser.add_argument("--max-batch", type=int, help="denoiser max_batch_size (default and upper bound: the engine profile's max)")
     parser.add_argument("--instances", type=int, default=1, help="denoiser instances (default 1)")
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline-name", default="pipeline", help="pipeline model name (default pipeline)")
     parser.add_argument(
         "--ort-accelerator", default="none", choices=ORT_ACCELERATORS,
-        help="onnxruntime flavour: add ONNX Runtime's TensorRT accelerator (2:4 sparsity on for sparse engines)",
+        help="onnxruntime flavour: add ONNX Runtime's TensorRT accelerator (2:4 sparsity on for " "sparse engines)",
     )
     parser.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher delay in microseconds (default 1000)")
     parser.add_argument("--vae", type=Path, help="local diffusers AutoencoderKL folder for latent models (path as seen by the server)")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(
-        f"wrote {report.denoiser} ({report.flavour} flavour, max batch {report.max_batch}) and {report.pipeline} "
-        f"to {report.root}; serve it with: python -m sparse_deploy.triton.server --repository {report.root}"
+        f"wrote {report.denoiser} ({report.flavour} flavour, max batch {report.max_batch}) " f"and {report.pipeline} "
+        f"to {report.root}; serve it with: python -m sparse_deploy.triton.server --repository " f"{report.root}"
     )
     return 0

@@ -51,7 +51,7 @@ class TritonPythonModel:
         print(f"sparse-deploy: denoiser {self.runner!r} ready", flush=True)
 
     def _run(self, arrays):
-        out = self.runner(**{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays)})
+        out = self.runner(**{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays, strict=True)})
         return out.numpy().astype(self.output.dtype, copy=False)
 
     def execute(self, requests):

@@ -74,7 +74,7 @@ class TritonPythonModel:
         elif self.preset.latent:
             _log("warn", f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
                  "min-max normalised latent channels, not decoded images")
-        _log("info", f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls '{self.settings.denoiser}', "
+        _log("info", f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls " f"'{self.settings.denoiser}', "
              f"denoiser max batch {self.settings.max_batch}")
 
     def _denoise(self, sample, timestep, class_labels):

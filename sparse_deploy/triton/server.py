@@ -42,9 +42,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_file
@@ -97,19 +97,19 @@ def find_tritonserver(python_version: str | None = None) -> TritonDistribution:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise SparseDeployError(
-            f"serving with Triton needs the tritonserver binary from the nvidia-pytriton wheel, which is not installed; install it with: {PYTRITON_INSTALL}"
+            "serving with Triton needs the tritonserver binary from the nvidia-pytriton wheel, " f"which is not installed; install it with: {PYTRITON_INSTALL}"
         )
     package = Path(list(spec.submodule_search_locations)[0])
     root = package / "tritonserver"
     binary = root / "bin" / "tritonserver"
     python_backend = root / "backends" / "python"
     if not binary.is_file() or not (python_backend / "libtriton_python.so").is_file():
-        raise SparseDeployError(f"the nvidia-pytriton install at '{package}' has no tritonserver binary or Python backend; reinstall it with: {PYTRITON_INSTALL}")
+        raise SparseDeployError(f"the nvidia-pytriton install at '{package}' has no tritonserver binary or Python " f"backend; reinstall it with: {PYTRITON_INSTALL}")
     version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         have = sorted(p.name for p in (root / "python_backend_stubs").glob("*") if p.is_dir())
-        raise SparseDeployError(f"nvidia-pytriton has Python-backend stubs for Python {', '.join(have)}, not for this Python {version}; use one of those")
+        raise SparseDeployError(f"nvidia-pytriton has Python-backend stubs for Python {', '.join(have)}, not for this " f"Python {version}; use one of those")
     libs = package.parent / "nvidia_pytriton.libs"
     caches = root / "caches"
     return TritonDistribution(binary, python_backend, stub, libs, caches if caches.is_dir() else None)
@@ -215,7 +215,7 @@ class TritonServer:
         return self.http_url if protocol == "http" else self.grpc_url
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         try:
             self.start()
         except BaseException:
@@ -254,17 +254,17 @@ class TritonServer:
             cmd.append(f"--cache-directory={dist.caches}")
         return cmd + self.extra_args
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Start the server and wait until it is ready; retries with new ports if one was taken."""
         if not self.repository.is_dir():
-            raise SparseDeployError(f"model repository '{self.repository}' does not exist; write one with python -m sparse_deploy.triton")
+            raise SparseDeployError(f"model repository '{self.repository}' does not exist; write one with python -m " "sparse_deploy.triton")
         if not repository_models(self.repository):
             raise SparseDeployError(
-                f"model repository '{self.repository}' holds no models (no <model>/config.pbtxt); write one with python -m sparse_deploy.triton"
+                f"model repository '{self.repository}' holds no models (no <model>/config.pbtxt); " "write one with python -m sparse_deploy.triton"
             )
-        for flag, port in zip(("--http-port", "--grpc-port"), self._fixed_ports):
+        for flag, port in zip(("--http-port", "--grpc-port"), self._fixed_ports, strict=True):
             if port is not None and port_in_use(self.host, port):
-                raise SparseDeployError(f"port {port} on {self.host} is already in use (another server?); pass another {flag}, or 0 for any free port")
+                raise SparseDeployError(f"port {port} on {self.host} is already in use (another server?); pass another " f"{flag}, or 0 for any free port")
         dist = find_tritonserver()
         atexit.register(self.stop)  # an interpreter exiting without __exit__ still stops it
         self._workdir = self._prepare(dist)
@@ -286,7 +286,7 @@ class TritonServer:
             try:
                 self.wait_ready(self.startup_timeout)
                 if self.process.poll() is not None:  # "ready" came from someone else on these ports
-                    raise SparseDeployError(f"tritonserver exited (status {self.process.returncode}) while another server answered on its ports")
+                    raise SparseDeployError(f"tritonserver exited (status {self.process.returncode}) while another server " "answered on its ports")
                 return self
             except SparseDeployError as exc:
                 exited = self.process.poll() is not None
@@ -370,13 +370,13 @@ class TritonServer:
 
     def __repr__(self) -> str:
         state = "running" if self.process is not None and self.process.poll() is None else "stopped"
-        return f"TritonServer({str(self.repository)!r}, http={self.http_url}, grpc={self.grpc_url}, {state})"
+        return f"TritonServer({str(self.repository)!r}, http={self.http_url}, grpc={self.grpc_url}, " f"{state})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparse_deploy.triton.server",
-        description="Serve a model repository with the tritonserver binary from the nvidia-pytriton wheel (CPU, Python backend).",
+        description="Serve a model repository with the tritonserver binary from the nvidia-pytriton " "wheel (CPU, Python backend).",
     )
     parser.add_argument("--repository", type=Path, required=True, help="model repository (python -m sparse_deploy.triton --out ...)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import read_manifest
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.learn.distributed import DistEnv, resolve_device
 from sparse_deploy.sparsify import SparsityConfig
 

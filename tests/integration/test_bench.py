@@ -1,4 +1,4 @@
-"""Measurements (sparse_deploy.measure) on tiny presets: interleaving, statistics, ratios, ONNX MAC counts, the report, methods.
+"""Measurements (sparse_deploy.measure) on tiny presets: interleaving, statistics, ratios, ONNX MACs, report, methods.
 
 Nothing here asserts a timing: only structure, order and exact arithmetic.
 """
@@ -30,11 +30,11 @@ from sparse_deploy.measure.macs_check import mac_report, macs_crosscheck
 from sparse_deploy.measure.methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
 from sparse_deploy.measure.recipes import METHOD_LABELS, METHODS, TRAIN_COST_METHODS, method_train_config
 from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
-from sparse_deploy.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
 from sparse_deploy.measure.train_cost import run_train_cost
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
 from sparse_deploy.sampling import save_grid
+from sparse_deploy.timing import clock_name, interleaved_order, ratio, run_interleaved, spread, summarize, time_call
 
 # ----------------------------------------------------------------------------- pure parts
 
@@ -179,7 +179,7 @@ def test_grids_use_the_same_seed(tiny_engines, tmp_path):
 def test_train_cost_times_every_method(fmnist_data):
     record = run_train_cost("tiny-dit", steps=1, warmup=0, batch_size=4, data=fmnist_data, device="cpu")
     assert list(record["methods"]) == list(TRAIN_COST_METHODS)
-    for name, stats in record["methods"].items():
+    for stats in record["methods"].values():
         assert stats["n"] == 1 and stats["images_per_second"] > 0
     assert record["methods"]["dense"]["relative_to_dense"] == 1.0
     assert record["methods"]["srste+kd"]["kd_weight"] == 0.1 and record["methods"]["dense"]["sparsity"] is None
@@ -372,7 +372,7 @@ def _synthetic_results(folder: Path) -> None:
         "relative_difference": 0.0, "relative_difference_single_call": 0.0, "layers": layers, "unmatched_layers": [],
         "disagreeing_layers": [], "repeated_layers": []}}, started)))
     grids = {}
-    for i, method in enumerate(("dense", "srste+kd")):
+    for method in ("dense", "srste+kd"):
         save_grid(rng.integers(0, 255, (4, 8, 8, 1), dtype=np.uint8), folder / f"grid-{method}.png")
         grids[method] = folder / f"grid-{method}.png"
     runs, summary = [], {}
@@ -614,7 +614,7 @@ def test_merge_joins_comparisons_of_one_protocol_and_checks_the_reruns(tmp_path)
                         grids={"dense": tmp_path / "g.png", "srste": tmp_path / "g.png"})
     later["machine"] = {**later["machine"], "description": "another machine"}
     files = [tmp_path / "first.json", tmp_path / "later.json"]
-    for path, rec in zip(files, (first, later)):
+    for path, rec in zip(files, (first, later), strict=True):
         path.write_text(json.dumps(rec))
     assert main(["merge", *map(str, files), "--out", str(tmp_path / "all")]) == 0
     merged = json.loads((tmp_path / "all" / "methods.json").read_text())

@@ -136,8 +136,8 @@ def test_auto_backend_without_tensorrt_says_so_and_builds_ort(tmp_path, capsys):
 def test_parse_sparsity_log_and_inspector():
     lines = [
         "[V] some other line",
-        "[V] [TRT] (Sparsity) Layers eligible for sparse math: /net/a/MatMul, /net/b/MatMul + /net/b/Add, /net/c/Conv",
-        "[V] (Sparsity) TRT inference plan picked sparse implementation for layers: /net/b/MatMul + /net/b/Add",
+        "[V] [TRT] (Sparsity) Layers eligible for sparse math: /net/a/MatMul, /net/b/MatMul " "+ /net/b/Add, /net/c/Conv",
+        "[V] (Sparsity) TRT inference plan picked sparse implementation for layers: " "/net/b/MatMul + /net/b/Add",
     ]
     eligible, picked = bd.parse_sparsity_log(lines)
     assert eligible == ["/net/a/MatMul", "/net/b/MatMul + /net/b/Add", "/net/c/Conv"]
@@ -225,7 +225,6 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
 
     from sparse_deploy.backends import trt as trt_backend
     from sparse_deploy.export import read_onnx_manifest
-
     from sparse_deploy.sources import diffusers_class
 
     diffusers_class("dit")  # imported before the stand-in: diffusers probes for an installed tensorrt

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_deploy.learn.cli import main as train_main
 from sparse_deploy.checkpoint import LEGACY_TRAINING_STATE, MANIFEST, TRAINING_STATE
+from sparse_deploy.learn.cli import main as train_main
 from sparse_deploy.provenance import seal
 
 # --- helpers -----------------------------------------------------------------------------------

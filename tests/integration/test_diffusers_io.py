@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.inputs import run_preset
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.presets import get_preset
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
-from sparse_deploy.inputs import run_preset
 from sparse_deploy.sources import resolve_source, resolve_vae, source_preset
 
 DIT_SCHEDULE = dict(num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.0005, beta_end=0.015,
@@ -182,8 +182,8 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
 
     from sparse_deploy.backends import load_runner
     from sparse_deploy.run import main as run_main
-    from sparse_deploy.sources import load_vae
     from sparse_deploy.sampling import sample
+    from sparse_deploy.sources import load_vae
 
     engine_manifest = json.loads(dit_run["sparse"].with_suffix(".json").read_text())
     assert engine_manifest["schedule"]["num_train_timesteps"] == 500
@@ -251,9 +251,9 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
 def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
     import dataclasses
 
+    from sparse_deploy.learn.train import TrainConfig, prepare_run, train_step
     from sparse_deploy.models import example_inputs
     from sparse_deploy.sparsify import SparsityConfig
-    from sparse_deploy.learn.train import TrainConfig, prepare_run, train_step
 
     def sigma_error(run) -> float:
         inputs = example_inputs(run.preset, 8, seed=1)

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.testing import assert_close
 
-from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, read_manifest
-from sparse_deploy.learn.distributed import DistEnv, Distributed, resolve_device, state_digest
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.learn import train as train_mod
+from sparse_deploy.learn.distributed import DistEnv, Distributed, resolve_device, state_digest
 from sparse_deploy.settings import DEFAULT_KD_FEATURES
 from sparse_deploy.sparsify import SparsityConfig
 
@@ -158,7 +158,7 @@ def test_torchrun_two_ranks_equal_one_process_at_the_same_global_batch(mode, sol
     ddp = tmp_path / "ddp" / "checkpoint"
     manifest = read_manifest(ddp)
     dist = manifest["distributed"]
-    # Both ranks held bit-identical weights, masks and EMA at the checkpoint (rank 0 could not have written it otherwise).
+    # Both ranks held bit-identical weights, masks and EMA at the checkpoint (else rank 0 could not have written it).
     assert dist["world_size"] == 2 and dist["per_rank_batch"] == BATCH // 2 and len(set(dist["rank_state_sha256"])) == 1
     assert len(dist["rank_state_sha256"]) == 2
     assert manifest["mixed_precision"] == {"autocast": "fp32", "grad_scaler": False, "device": "cpu"}
@@ -169,5 +169,5 @@ def test_torchrun_two_ranks_equal_one_process_at_the_same_global_batch(mode, sol
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     solo = [json.loads(line) for line in (one.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one log, written by rank 0
-    for r, s in zip(rows, solo):  # the logged loss is the global batch's, as one process logs it
+    for r, s in zip(rows, solo, strict=True):  # the logged loss is the global batch's, as one process logs it
         assert r["loss"] == pytest.approx(s["loss"], rel=1e-4)

@@ -14,8 +14,8 @@ import torch
 from sparse_deploy import export as ex
 from sparse_deploy.checkpoint import save_checkpoint
 from sparse_deploy.contract import contract_for
-from sparse_deploy.export import verify
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.export import verify
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
 from sparse_deploy.provenance import seal

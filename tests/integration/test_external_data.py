@@ -6,18 +6,18 @@ import shutil
 import warnings
 
 import numpy as np
-import torch
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx.external_data_helper import uses_external_data
 
 from sparse_deploy import build as bd
 from sparse_deploy import export as ex
 from sparse_deploy.artifacts import manifest_path
-from sparse_deploy.export import graph as export_graph_module
 from sparse_deploy.backends import load_runner
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.export import graph as export_graph_module
 from sparse_deploy.onnx_files import data_path
 from sparse_deploy.provenance import sha256_file
 from sparse_deploy.triton import repository as repo

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
-
 from sparse_deploy import gpu_check as gc
 from sparse_deploy.gpu_check import cli
 
@@ -51,7 +49,7 @@ def test_the_package_runs_as_a_module_and_imports_only_the_standard_library(tmp_
     import subprocess
 
     probe = ("import sys, sparse_deploy.gpu_check; "
-             "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if m in sys.modules))")
+             "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if " "m in sys.modules))")
     imported = subprocess.run([sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "[]"
     part = subprocess.run([sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.testing import assert_close
 
-from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, load_checkpoint
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules, sparsify_
 

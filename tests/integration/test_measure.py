@@ -1,4 +1,4 @@
-"""The measure package's contracts with the rest: one seeding rule, public runner facts, MACs without re-verification."""
+"""The measure package's contracts with the rest: one seeding rule, public runner facts, MACs without re-checks."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from sparse_deploy import shipped
-from sparse_deploy.learn import train as train_mod
 from sparse_deploy.checkpoint import load_checkpoint
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.learn import train as train_mod
 from sparse_deploy.sampling import class_rows
 from sparse_deploy.summary import format_summary
 
@@ -42,7 +42,6 @@ def test_pack_writes_a_diffusers_folder_with_its_manifest(packed, dense_ckpt):
     assert "--lr-schedule cosine" in manifest["training_command"]
     assert manifest["data"]["source"]  # the data it was trained on is named
     from diffusers import DiTTransformer2DModel
-
     from safetensors.torch import load_file
 
     DiTTransformer2DModel.from_pretrained(str(packed))  # plain diffusers loads it
@@ -55,7 +54,7 @@ def test_checkpoint_from_shipped_weights_equals_the_rounded_model(tmp_path, pack
     got, manifest = load_checkpoint(ckpt)
     want, _ = load_checkpoint(dense_ckpt)
     assert manifest["complete"] and manifest["source_weights"]["files"]
-    for (name, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items()):
+    for (name, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items(), strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b.half().float(), rtol=0, atol=0, msg=name)
 

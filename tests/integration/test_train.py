@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
+from sparse_deploy.checkpoint import MANIFEST, TRAINING_STATE, WEIGHTS, load_checkpoint, read_manifest
 from sparse_deploy.learn import train as train_mod
 from sparse_deploy.learn.cli import main as train_main
-from sparse_deploy.checkpoint import MANIFEST, TRAINING_STATE, WEIGHTS, load_checkpoint, read_manifest
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.models import Denoiser
 from sparse_deploy.provenance import seal, sha256_file
@@ -110,7 +110,7 @@ def test_distillation_teacher_is_frozen(sparse_run, dense_ckpt):
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     # Unchanged by training: still the dense checkpoint's weights.
     dense, _ = load_checkpoint(dense_ckpt)
-    for (name, p), (_, q) in zip(teacher.state_dict().items(), dense.state_dict().items()):
+    for (name, p), (_, q) in zip(teacher.state_dict().items(), dense.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     # Called once per step, under no_grad.
     assert sparse_run["teacher_calls"] == [(False, False)] * STEPS
@@ -252,8 +252,8 @@ def test_ema_warmup_forgets_random_init():
 
 
 def test_cli_distils_block_outputs_by_default_when_sparse_from_dense_weights(tmp_path, dense_ckpt):
-    from sparse_deploy.settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
     from sparse_deploy.learn.cli import build_parser, config_from_args
+    from sparse_deploy.settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 
     def config(*flags: str) -> train_mod.TrainConfig:
         return config_from_args(build_parser().parse_args(["--model", "tiny-dit", "--out", str(tmp_path / "r"), *flags]))

@@ -32,12 +32,12 @@ from sparse_deploy.triton.pbtxt import Enum, to_pbtxt
 HAVE_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
 needs_schema = pytest.mark.skipif(
-    not HAVE_TRITONCLIENT, reason="tritonclient is not installed (pip install 'tritonclient[http,grpc]==2.73.0'); it ships Triton's model_config_pb2"
+    not HAVE_TRITONCLIENT, reason="tritonclient is not installed (pip install 'tritonclient[http,grpc]==2.73.0'); it " "ships Triton's model_config_pb2"
 )
 needs_server = pytest.mark.skipif(
     not (HAVE_TRITONCLIENT and HAVE_PYTRITON),
     reason="needs tritonclient and the tritonserver binary from nvidia-pytriton "
-    "(pip install 'tritonclient[http,grpc]==2.73.0'; pip install --no-deps nvidia-pytriton==0.7.0)",
+    "(pip install 'tritonclient[http,grpc]==2.73.0'; pip install --no-deps " "nvidia-pytriton==0.7.0)",
 )
 
 MAX_BATCH = 4
@@ -98,7 +98,7 @@ def _onnx_io(path: Path, contract: IOContract) -> dict[str, tuple[str, list[int]
         out[value.name] = (ONNX_TYPES[t.elem_type], dims[1:])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     results = session.run(None, contract.sample_inputs(3))
-    for value, result in zip(graph.output, results):
+    for value, result in zip(graph.output, results, strict=True):
         assert result.shape[0] == 3
         out[value.name] = (ONNX_TYPES[value.type.tensor_type.elem_type], list(result.shape[1:]))
     return out
@@ -319,7 +319,7 @@ def test_cli_writes_a_repository(engines, tmp_path, capsys):
 def served(engines, tmp_path_factory):
     """The CPU-flavour repository of the fp32 engine, served by tritonserver on loopback; always stopped."""
     if not (HAVE_TRITONCLIENT and HAVE_PYTRITON):
-        pytest.skip("needs tritonclient and nvidia-pytriton (pip install 'tritonclient[http,grpc]==2.73.0'; pip install --no-deps nvidia-pytriton==0.7.0)")
+        pytest.skip("needs tritonclient and nvidia-pytriton (pip install " "'tritonclient[http,grpc]==2.73.0'; pip install --no-deps nvidia-pytriton==0.7.0)")
     from sparse_deploy.triton.server import TritonServer
 
     root = tmp_path_factory.mktemp("repository")

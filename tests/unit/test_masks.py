@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_deploy.masks import eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, nm_violations, pattern_index
+from sparse_deploy.masks import (
+    eligibility,
+    from_groups,
+    is_nm_sparse,
+    nm_mask,
+    nm_patterns,
+    nm_violations,
+    pattern_index,
+)
 
 
 def test_linear_mask_groups_along_input_features():

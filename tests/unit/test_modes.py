@@ -39,7 +39,7 @@ def test_the_config_reads_the_registry():
 def test_the_train_command_offers_every_mode_with_its_help():
     action = next(a for a in build_parser()._actions if a.dest == "sparsity")
     assert action.choices == ("none", *MODES)
-    assert action.help == ("none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
+    assert action.help == ("none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), " "oneshot (no training), "
                            "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
 
 

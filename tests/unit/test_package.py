@@ -78,7 +78,7 @@ def _absolute(module: str, node: ast.ImportFrom) -> str:
 
 @cache
 def imports() -> list[tuple[str, str, bool, int]]:
-    """Every import of every module: ``(module, imported, inside a function, line)``; lazy_import calls count as imports."""
+    """Every import of every module: ``(module, imported, inside a function, line)``; lazy_import calls count too."""
     found = []
     for module, path in modules().items():
         tree = ast.parse(path.read_text())

@@ -1,4 +1,4 @@
-"""Masked layers, layer selection, the sparsity config, bake and MAC coverage (their training: learn/test_masking.py)."""
+"""Masked layers, layer selection, the sparsity config, bake and MAC coverage (training: learn/test_masking.py)."""
 
 from __future__ import annotations
 

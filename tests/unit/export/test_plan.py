@@ -1,4 +1,4 @@
-"""Where the dense and sparse graphs come from (plan_sources): identities, one-shot fallback, dense parents; no model built."""
+"""Where the dense and sparse graphs come from (plan_sources): identities, one-shot, dense parents; no model built."""
 
 from __future__ import annotations
 

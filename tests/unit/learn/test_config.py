@@ -1,4 +1,4 @@
-"""TrainConfig: the preset's defaults filled in (from scratch and when fine-tuning), and one sentence per bad setting."""
+"""TrainConfig: the preset's defaults (from scratch and when fine-tuning), and one sentence per bad setting."""
 
 from __future__ import annotations
 

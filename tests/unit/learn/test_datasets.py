@@ -1,4 +1,4 @@
-"""Training datasets: Fashion-MNIST tensors, image folders, cached VAE latents, synthetic data, the make_dataset dispatcher."""
+"""Training datasets: Fashion-MNIST, image folders, cached VAE latents, synthetic data, the make_dataset dispatcher."""
 
 from __future__ import annotations
 

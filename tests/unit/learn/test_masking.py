@@ -1,4 +1,4 @@
-"""How masked layers train: SR-STE / STE gradients, MaskLLM-style logits, mask refresh, decoupled decay, loss scaling."""
+"""How masked layers train: SR-STE/STE gradients, MaskLLM-style logits, mask refresh, decoupled decay, loss scaling."""
 
 from __future__ import annotations
 

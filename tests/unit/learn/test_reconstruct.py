@@ -72,7 +72,7 @@ def test_calibration_batches_are_stratified_labelled_and_seeded():
     assert sorted((t * 20 // len(alphas)).tolist()) == list(range(20))  # one timestep per equal-width bin
     assert sorted(torch.cat([b[2] for b in batches]).tolist()) == sorted((torch.arange(20) % 10).tolist())
     again = calibration_batches(preset, images, labels, alphas, config, seed=3)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
     with pytest.raises(SparseDeployError, match="multiple of 4"):
         CalibrationConfig(block=6).validate()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ class Tensor:
         self.name, self.array = name, np.asarray(array)
 
     @classmethod
-    def from_dlpack(cls, name: str, capsule) -> "Tensor":
+    def from_dlpack(cls, name: str, capsule) -> Tensor:
         return cls(name, from_dlpack(capsule).numpy().copy())
 
     def to_dlpack(self):

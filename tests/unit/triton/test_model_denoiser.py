@@ -46,7 +46,7 @@ def test_requests_batched_together_get_what_the_runner_gives_each(model, checkpo
     feeds = [_request(1, 0), _request(2, 1)]
     responses = model.execute([pb_utils.Request(f) for f in feeds])
     assert [r.has_error() for r in responses] == [False, False]
-    for response, f in zip(responses, feeds):
+    for response, f in zip(responses, feeds, strict=True):
         out = response.outputs()["out"]
         assert out.dtype == np.float32 and out.shape == (len(f["sample"]), 1, 16, 16)
         np.testing.assert_allclose(out, _direct(checkpoint, f), rtol=1e-5, atol=1e-5)
