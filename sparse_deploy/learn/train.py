@@ -13,7 +13,7 @@ On CUDA the forward pass runs under bf16 autocast where the GPU supports it, els
 a ``GradScaler`` (SR-STE's decay term is scaled with the loss, so unscaling leaves it exact); the
 choice (:class:`MixedPrecision`) is written into every metrics row and checkpoint manifest.
 Multi-GPU: launch with ``torchrun --nproc_per_node N -m sparse_deploy.train ...`` (PyTorch DDP,
-:mod:`sparse_deploy.distributed`): ``--batch-size`` is the global batch, split across the ranks.
+:mod:`sparse_deploy.learn.distributed`): ``--batch-size`` is the global batch, split across the ranks.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
 def train(config: TrainConfig) -> Path:
     """Run (or resume) training; returns the checkpoint folder ``<out>/checkpoint``.
 
-    Under torchrun every rank calls this; rank 0 alone writes (see :mod:`sparse_deploy.distributed`).
+    Under torchrun every rank calls this; rank 0 alone writes (see :mod:`sparse_deploy.learn.distributed`).
     """
     config.validate()
     env = DistEnv.from_env()

@@ -1,9 +1,9 @@
 """Measurement: timing, memory, MACs, the method comparison, and the report built from their results.
 
-One module per measurement (``python -m sparse_deploy.bench`` runs them, :mod:`.cli`):
+One module per measurement (``python -m sparse_deploy.bench`` runs them, :mod:`.cli`), each timed
+with :mod:`sparse_deploy.timing` (the one timing function, shared with the GEMM profile and the GPU kit):
 
 ==================  ===========================================================================
-``timing``          the one timing function (CUDA events or ``perf_counter``), interleaving, statistics
 ``machine``         what a measurement ran on, process and engine memory, artifact sizes, the result record
 ``engine_latency``  dense vs sparse engine latency per denoiser call and end to end
 ``recipes``         the compared sparsification methods and the training config of each
@@ -17,5 +17,6 @@ One module per measurement (``python -m sparse_deploy.bench`` runs them, :mod:`.
 ``merge``           comparisons of one protocol run at different times joined into one
 ==================  ===========================================================================
 
-Submodules import torch, ONNX and the backends lazily: importing this package needs no GPU.
+The package sits above training (the method comparison trains each method): see docs/ARCHITECTURE.md,
+"Layers". Importing it needs no GPU library.
 """
