@@ -42,6 +42,7 @@ __all__ = [
     "sparsegpt_prune",
     "wanda_mask",
     "output_error",
+    "refit_kept",
     "reconstruct_",
     "calibrate_masks_",
     "calibration_summary",
@@ -226,6 +227,36 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
     return weight_from_2d(w, shape).to(dtype), weight_from_2d(keep, shape)
 
 
+def refit_kept(weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, chunk: int = 64) -> torch.Tensor:
+    """The kept weights that minimise the layer's output error for a fixed mask (per row, least squares).
+
+    Row ``r`` keeps the columns ``S`` of its mask; ``w'_S = (H_SS + damp I)^-1 (H w_r)_S`` is the exact
+    minimiser of ``||X (w' - w_r)||^2`` over weights supported on ``S`` (with ``H = X^T X`` dampened as
+    in :func:`sparsegpt_prune`). SparseGPT's pass only moves a pruned weight's error onto the columns
+    after it; this solves for all kept columns at once.
+    """
+    shape, dtype = weight.shape, weight.dtype
+    w = weight_2d(weight.detach()).double()
+    keep = weight_2d(mask)
+    rows, cols = w.shape
+    h = hessian.detach().double().clone()
+    dead = torch.diagonal(h) <= 0
+    h[dead, dead] = 1.0
+    h += torch.eye(cols, dtype=h.dtype) * damp * torch.diagonal(h).mean()
+    target = w @ h  # row r: (H w_r)^T, since H is symmetric
+    kept = keep.sum(dim=1)
+    if not bool((kept == kept[0]).all()):
+        raise SparseDeployError("refit_kept needs the same number of kept weights in every row (an exact N:M mask)")
+    idx = torch.sort(torch.nonzero(keep)[:, 1].view(rows, -1), dim=1).values  # [rows, k] kept columns
+    out = torch.zeros_like(w)
+    for start in range(0, rows, chunk):
+        sel = idx[start:start + chunk]
+        h_ss = h[sel.unsqueeze(-1), sel.unsqueeze(-2)]  # [c, k, k]
+        rhs = torch.gather(target[start:start + chunk], 1, sel).unsqueeze(-1)
+        out[start:start + chunk].scatter_(1, sel, torch.linalg.solve(h_ss, rhs).squeeze(-1))
+    return weight_from_2d(out, shape).to(dtype)
+
+
 # -- the model walk ---------------------------------------------------------------------------------
 
 class _Stop(Exception):
@@ -234,11 +265,11 @@ class _Stop(Exception):
 
 def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], batch) -> list[list[str]]:
     """The masked layers in the order the forward pass reaches them, grouped when they read the same input tensor."""
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, torch.Tensor]] = []  # the input tensors themselves: held, so no two can share an id
     handles = []
     for name, module in layers.items():
         def hook(_m, inputs, name=name):
-            seen.append((name, id(inputs[0])))
+            seen.append((name, inputs[0]))
         handles.append(module.register_forward_pre_hook(hook))
     try:
         model(*(v[:2] if v is not None else None for v in batch))
@@ -248,15 +279,15 @@ def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], bat
     groups: list[list[str]] = []
     last_input = None
     done: set[str] = set()
-    for name, ident in seen:
-        if name in done:  # a layer called twice in one pass: calibrated at its first call
+    for name, tensor in seen:
+        if name in done:  # a layer called twice in one pass: its group is where the pass first reaches it
             continue
         done.add(name)
-        if groups and ident == last_input:
+        if groups and tensor is last_input:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_input = ident
+        last_input = tensor
     missing = [n for n in layers if n not in done]
     if missing:
         raise SparseDeployError(f"masked layers {missing[:3]} are never called by the model's forward pass; they cannot be calibrated")
@@ -325,7 +356,8 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
                 module, h = layers[name], hessians[name] / max(rows, 1)
                 dense = module.weight.detach().clone()
                 if criterion == "sparsegpt":
-                    weight, mask = sparsegpt_prune(dense, h, calibration.damp, calibration.block)
+                    _, mask = sparsegpt_prune(dense, h, calibration.damp, calibration.block)
+                    weight = refit_kept(dense, mask, h, calibration.damp)
                 elif criterion == "wanda":
                     mask = wanda_mask(dense, torch.diagonal(h))
                     weight = dense * mask
