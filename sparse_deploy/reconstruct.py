@@ -44,7 +44,7 @@ __all__ = [
     "output_error",
     "refit_kept",
     "reconstruct_",
-    "calibrate_masks_",
+    "init_masks_",
     "calibration_summary",
 ]
 
@@ -377,30 +377,55 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
     return errors
 
 
-def calibrate_masks_(model: nn.Module, sparsity, preset, images: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
-                     seed: int = 0, progress: bool = True) -> dict[str, dict[str, float]] | None:
-    """The mask start a :class:`~sparse_deploy.sparsify.SparsityConfig` asks for (``mask_init``), on a model just sparsified.
+def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: torch.Tensor, labels: torch.Tensor,
+                alphas_cumprod: torch.Tensor, seed: int = 0, progress: bool = True) -> tuple[list[str], dict[str, dict[str, float]] | None]:
+    """Mask ``model``'s ``layers`` and start the masks where ``sparsity.mask_init`` says, in place.
 
-    ``magnitude`` leaves the masks as they are (returns None); a calibrated criterion draws
-    ``sparsity.calib_samples`` inputs (:func:`calibration_batches`, seeded by ``seed``) and runs
-    :func:`reconstruct_`. Learnable MaskLLM logits are re-initialised towards the new masks.
+    ``magnitude``: :func:`~sparse_deploy.sparsify.sparsify_` alone. ``wanda`` / ``sparsegpt``:
+    calibrated on ``sparsity.calib_samples`` inputs (:func:`calibration_batches`, seeded by ``seed``)
+    by :func:`reconstruct_`. ``modelopt:<mode>``: the masks NVIDIA Model Optimizer computes on the
+    same calibration inputs (on ``layers``, or on its default rules' layers with
+    ``sparsity.modelopt_default_rules``). Pruned entries of the dense weights are zeroed for every
+    calibrated start, so SR-STE's magnitude refresh starts from this mask; MaskLLM logits are
+    re-initialised towards it.
+
+    Returns:
+        The masked layers and, for our calibrated criteria, per-layer output errors (else None).
     """
-    if sparsity.mask_init == "magnitude":
-        return None
+    from .sparsify import sparsify_
+
+    init = sparsity.mask_init
+    if init == "magnitude":
+        return sparsify_(model, sparsity, layers), None
     batches = calibration_batches(preset, images, labels, alphas_cumprod, CalibrationConfig(samples=sparsity.calib_samples), seed)
-    errors = reconstruct_(model, sparsity.mask_init, batches, progress=progress)
+    errors = None
+    if init.startswith("modelopt:"):
+        from .modelopt_masks import modelopt_masks
+
+        masks = modelopt_masks(model, init.split(":", 1)[1], batches, None if sparsity.modelopt_default_rules else list(layers))
+        layers = sparsify_(model, sparsity, list(masks))
+        with torch.no_grad():
+            for name, module in masked_modules(model).items():
+                module.weight_mask.copy_(masks[name].to(module.weight_mask.device))
+                module.weight.mul_(module.weight_mask.to(module.weight.dtype))
+    else:
+        layers = sparsify_(model, sparsity, layers)
+        errors = reconstruct_(model, init, batches, progress=progress)
     for module in masked_modules(model).values():
         logits = getattr(module, "mask_logits", None)
         if logits is not None:
             prior = nn.functional.one_hot(pattern_index(module.weight_mask), logits.shape[-1]).to(logits.dtype) * sparsity.mask_prior
             logits.data.copy_(prior.reshape(logits.shape))
-    return errors
+    return layers, errors
 
 
 def calibration_summary(errors: dict[str, dict[str, float]] | None, sparsity) -> dict | None:
-    """What a checkpoint records of its mask start: criterion, calibration size, mean output errors."""
-    if errors is None:
+    """What a checkpoint records of its mask start: criterion, calibration size, mean output errors (None: magnitude)."""
+    if sparsity.mask_init == "magnitude":
         return None
+    if errors is None:  # Model Optimizer's masks: no output errors of ours
+        return {"mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
+                "modelopt_default_rules": sparsity.modelopt_default_rules}
     return {
         "mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
         "mean_output_error": sum(e["error"] for e in errors.values()) / len(errors),

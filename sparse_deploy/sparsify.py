@@ -58,6 +58,7 @@ __all__ = [
     "SRSTE",
     "set_mask_temperature_",
     "set_grad_scale_",
+    "set_decay_",
     "decay_pruned_",
     "mask_logit_parameters",
 ]
@@ -67,7 +68,10 @@ log = logging.getLogger(__name__)
 MODES = ("srste", "ste", "fixed", "oneshot", "maskllm")
 #: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (``sparse_deploy.reconstruct``):
 #: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
-MASK_INITS = ("magnitude", "wanda", "sparsegpt")
+MASK_INITS = ("magnitude", "wanda", "sparsegpt", "modelopt:sparse_magnitude", "modelopt:sparsegpt")
+#: ``modelopt:<mode>``: the mask NVIDIA Model Optimizer's own ``mts.sparsify`` computes (``sparse_deploy.modelopt_masks``;
+#: its sparsegpt mode keeps the mask and drops its weight update), on our layers or, with ``modelopt_default_rules``, on the
+#: layers its default rules take.
 LEARNED_MASK_MODES = ("srste", "ste", "maskllm")
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
@@ -105,6 +109,11 @@ class SparsityConfig:
             (``wanda``; ``sparsegpt`` also reconstructs the kept weights). The one-shot criterion
             with ``oneshot``, the mask start of every other mode.
         calib_samples: calibration inputs of a calibrated ``mask_init``.
+        decay_ramp: ``srste``: the share of training over which the SR-STE decay ramps linearly from 0 to
+            ``decay`` (Adaptive Sparse Trainer's ramp; 0: the full decay from the first step, as SparseDM).
+        modelopt_default_rules: with a ``modelopt:`` mask start, sparsify the layers Model Optimizer's
+            default rules take (every Linear/Conv2d it can, adaLN, timestep and output layers included)
+            instead of this selection: the model a Model Optimizer user gets.
     """
 
     mode: str = "srste"
@@ -129,6 +138,8 @@ class SparsityConfig:
     latency_dtype: str = "fp16"
     mask_init: str = "magnitude"
     calib_samples: int = 512
+    modelopt_default_rules: bool = False
+    decay_ramp: float = 0.0
 
     def validate(self) -> "SparsityConfig":
         if self.mode not in MODES:
@@ -156,6 +167,10 @@ class SparsityConfig:
             raise SparseDeployError(f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}")
         if self.mask_init not in MASK_INITS:
             raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
+        if self.modelopt_default_rules and not self.mask_init.startswith("modelopt:"):
+            raise SparseDeployError("--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)")
+        if not 0 <= self.decay_ramp <= 1:
+            raise SparseDeployError(f"--decay-ramp is a share of training in [0, 1], got {self.decay_ramp}")
         if self.calib_samples < 1:
             raise SparseDeployError(f"--calib-samples must be >= 1, got {self.calib_samples}")
         unknown = [t for t in self.types if t not in _TYPES]
@@ -171,6 +186,11 @@ class SparsityConfig:
     def learns_masks(self) -> bool:
         """Whether masks are recomputed from the dense weights during training."""
         return self.mode in LEARNED_MASK_MODES
+
+    def decay_at(self, step: int, total: int) -> float:
+        """SR-STE's decay at ``step`` of ``total``: ramped over the first ``decay_ramp`` share of training."""
+        ramp = self.decay_ramp * total
+        return self.effective_decay * (min(1.0, (step + 1) / ramp) if ramp >= 1 else 1.0)
 
     def schedule_at(self, step: int, total: int) -> tuple[float, float]:
         """``maskllm``: the Gumbel temperature and logit scale at ``step`` of ``total``."""
@@ -365,6 +385,12 @@ def set_mask_temperature_(model: nn.Module, tau: float, scale: float) -> None:
     """``maskllm``: set the Gumbel temperature and logit scale every masked layer samples with."""
     for module in masked_modules(model).values():
         module.mask_tau, module.mask_scale = tau, scale
+
+
+def set_decay_(model: nn.Module, decay: float) -> None:
+    """Set the SR-STE decay every masked layer applies to its pruned weights (``SparsityConfig.decay_at``)."""
+    for module in masked_modules(model).values():
+        module.sparsity_decay = float(decay)
 
 
 def set_grad_scale_(model: nn.Module, scale: float) -> None:

@@ -37,14 +37,14 @@ from .guards import check_output_dir
 from .models import build_model, example_inputs, short_name
 from .presets import Preset
 from .provenance import recover_dir, write_json_atomic
-from .reconstruct import calibrate_masks_, calibration_summary
+from .reconstruct import calibration_summary, init_masks_
 from .resume import check_resumable, rewrite_metrics, sync_file
 from .sampling import sample, save_grid, to_uint8, training_scheduler
 from .schedule import training_target
 from .sources import run_vae
 from .sparsify import (
     CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
-    set_grad_scale_, set_mask_temperature_, sparsify_,
+    set_decay_, set_grad_scale_, set_mask_temperature_, sparsify_,
 )
 from .train_cli import build_parser, config_from_args
 from .train_config import TrainConfig
@@ -249,9 +249,11 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
             _apply_latency_profile(model, preset, choice, config.sparsity)
         if config.sparsity.macs_budget is not None:
             _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
-        sparsify_(model, config.sparsity, choice.selected)
-        calibration = calibration_summary(
-            calibrate_masks_(model, config.sparsity, preset, images, labels, alphas, seed=config.seed), config.sparsity)
+        masked, errors = init_masks_(model, config.sparsity, choice.selected, preset, images, labels, alphas, seed=config.seed)
+        if masked != choice.selected:  # Model Optimizer's default rules chose the layers
+            choice.skipped = {k: v for k, v in choice.skipped.items() if k not in masked}
+            choice.selected[:] = masked
+        calibration = calibration_summary(errors, config.sparsity)
         coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
         log.info("coverage: %s", coverage.summary())
     model.to(device)
@@ -322,6 +324,8 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         flipped = refresh_masks_(model, layers)
         for name, share in layers.items():
             run.layer_flips.setdefault(name, []).append(share)
+    if sparsity is not None and sparsity.decay_ramp and sparsity.effective_decay:
+        set_decay_(model, sparsity.decay_at(step, run.train_steps))
     if sparsity is not None and sparsity.mode == "maskllm":
         set_mask_temperature_(model, *sparsity.schedule_at(step, run.train_steps))
         # The Gumbel noise of this step: the same on every rank, so the ranks' masks stay identical.
@@ -344,7 +348,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         full = train_model(x_t, t, y).float()
         pred = full[:, :c]
         loss_eps = torch.nn.functional.mse_loss(pred, training_target(preset.schedule, x0, noise, a))
-        loss = loss_eps
+        loss = config.data_weight * loss_eps
         loss_kd = loss_sigma = torch.zeros(())
         if run.teacher is not None:
             with torch.no_grad():

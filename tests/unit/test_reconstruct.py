@@ -8,12 +8,12 @@ from torch import nn
 from torch.testing import assert_close
 
 from sparse_deploy.errors import SparseDeployError
-from sparse_deploy.masks import is_nm_sparse, nm_mask
+from sparse_deploy.masks import from_groups, is_nm_sparse, nm_mask, nm_patterns, to_groups
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
 from sparse_deploy.reconstruct import (
     CalibrationConfig,
-    calibrate_masks_,
+    init_masks_,
     calibration_batches,
     layer_columns,
     output_error,
@@ -156,21 +156,25 @@ def test_reconstruction_beats_magnitude_on_every_layer_is_exact_2to4_and_determi
     assert baked and all(is_nm_sparse(m.weight) for n, m in model.named_modules() if n.removeprefix("net.") in baked)
 
 
-def test_calibrate_masks_is_a_no_op_for_magnitude_and_resets_maskllm_logits():
-    model, config, preset, images, labels, alphas = _tiny_masked("tiny-dit", "magnitude")
-    before = {n: m.weight_mask.clone() for n, m in masked_modules(model).items()}
-    assert calibrate_masks_(model, config, preset, images, labels, alphas, progress=False) is None
-    assert all(torch.equal(before[n], m.weight_mask) for n, m in masked_modules(model).items())
+def test_init_masks_magnitude_is_plain_sparsify_and_a_calibrated_start_resets_maskllm_logits():
+    preset = get_preset("tiny-dit")
+    images = torch.randn(32, preset.in_channels, preset.sample_size, preset.sample_size)
+    labels = torch.arange(32) % preset.num_classes
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    torch.manual_seed(0)
+    model = build_model(preset, announce_random=False)
+    config = SparsityConfig(mode="fixed")
+    selected = select_layers(model, config).selected
+    layers, errors = init_masks_(model, config, selected, preset, images, labels, alphas, progress=False)
+    assert errors is None and layers == selected
+    assert all(torch.equal(nm_mask(m.weight), m.weight_mask) for m in masked_modules(model).values())
 
     torch.manual_seed(0)
     model = build_model(preset, announce_random=False)
     ml = SparsityConfig(mode="maskllm", mask_init="wanda", calib_samples=32)
-    sparsify_(model, ml, select_layers(model, ml).selected)
-    errors = calibrate_masks_(model, ml, preset, images, labels, alphas, progress=False)
-    assert errors
+    layers, errors = init_masks_(model, ml, select_layers(model, ml).selected, preset, images, labels, alphas, progress=False)
+    assert set(errors) == set(layers)
     for module in masked_modules(model).values():
-        from sparse_deploy.masks import nm_patterns, from_groups, to_groups
-
         chosen = nm_patterns().bool()[module.mask_logits.argmax(dim=-1)]
         argmax_mask = from_groups(chosen.reshape(to_groups(module.weight, 4).shape), module.weight.shape)
         assert torch.equal(argmax_mask, module.weight_mask)
@@ -185,3 +189,5 @@ def test_unknown_criterion_and_unsparsified_model_are_refused():
         reconstruct_(model, "wanda", [], progress=False)
     with pytest.raises(SparseDeployError, match="--mask-init"):
         SparsityConfig(mask_init="random").validate()
+    with pytest.raises(SparseDeployError, match="--modelopt-default-rules"):
+        SparsityConfig(mask_init="sparsegpt", modelopt_default_rules=True).validate()
