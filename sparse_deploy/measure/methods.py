@@ -22,7 +22,7 @@ from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_WEIGHT
 from ..sources import run_preset
 from .machine import record
-from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config, trains
+from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config, recipe_key, trains
 from .timing import spread, time_call
 
 __all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
@@ -130,7 +130,7 @@ class MethodsConfig:
             "num_samples": self.num_samples, "sample_steps": self.sample_steps, "scheduler": self.scheduler,
             "reference": self.reference, "ref_num": self.ref_num, "lr": self.lr, "warmup_steps": self.warmup_steps,
             "batch_size": self.batch_size, "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
-            **({"recipe": list(METHOD_RECIPES[method])} if method not in FIRST_METHODS else {}),
+            **({"recipe": recipe_key(method)} if method not in FIRST_METHODS else {}),
             **({"macs_budget": self.macs_budget} if self.macs_budget is not None and method != "dense" else {}),
             **({"dense_lr": "fine-tuning"} if method == "dense" else {}),
             **({"training": self.resolved_training(method)} if trains(method) else {}),

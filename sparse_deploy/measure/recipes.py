@@ -16,7 +16,7 @@ from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 
 __all__ = ["Recipe", "METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
-           "UNTRAINED", "trains", "method_train_config"]
+           "UNTRAINED", "trains", "recipe_key", "method_train_config"]
 
 DEFAULT_PRUNED_DECAY = 5.0
 
@@ -67,6 +67,19 @@ METHOD_RECIPES: dict[str, Recipe] = {
     "modelopt-sat-sparsegpt-ours": Recipe("fixed", mask_init="modelopt:sparsegpt"),
 }
 METHODS = tuple(METHOD_RECIPES)
+_KEYED_FIELDS = 5  # the recipe fields stored results have always been keyed by; later fields are keyed only when set
+
+
+def recipe_key(method: str) -> list:
+    """The recipe as a stored run's key holds it: the first five fields, then later ones up to the last not at its default."""
+    recipe = METHOD_RECIPES[method]
+    values = list(recipe)
+    defaults = [Recipe._field_defaults.get(f) for f in Recipe._fields]
+    while len(values) > _KEYED_FIELDS and values[-1] == defaults[len(values) - 1]:
+        values.pop()
+    return values
+
+
 UNTRAINED = tuple(m for m, r in METHOD_RECIPES.items() if m == "start" or r.mode == "oneshot")  # one point at 0 steps
 
 
