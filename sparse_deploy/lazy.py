@@ -32,6 +32,7 @@ HEAVY = {
     "matplotlib": "plots only; slow to import",
     "diffusers": "slow to import (seconds); absent on a bare GPU machine until make gpu-wheels' " "wheels are installed",
     "psutil": "optional: process memory where /proc is not enough",
+    "modelopt": "optional: NVIDIA Model Optimizer's masks (the modelopt extra)",
     "pytest": "test extra: the GPU kit's tests part only",
     "torch": "the GPU kit's parent process runs before PyTorch is known to be importable " "(gpu_check only)",
     "sparse_deploy": "the GPU kit's parent process imports only the standard library (gpu_check only)",

@@ -56,7 +56,10 @@ log = logging.getLogger(__name__)
 
 #: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (:mod:`.learn.reconstruct`):
 #: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
-MASK_INITS = ("magnitude", "wanda", "sparsegpt")
+MASK_INITS = ("magnitude", "wanda", "sparsegpt", "modelopt:sparse_magnitude", "modelopt:sparsegpt")
+#: ``modelopt:<mode>``: the mask NVIDIA Model Optimizer's own ``mts.sparsify`` computes (``sparse_deploy.learn.modelopt_masks``;
+#: its sparsegpt mode keeps the mask and drops its weight update), on our layers or, with ``modelopt_default_rules``, on the
+#: layers its default rules take.
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
 
@@ -93,6 +96,11 @@ class SparsityConfig:
             (``wanda``; ``sparsegpt`` also reconstructs the kept weights). The one-shot criterion
             with ``oneshot``, the mask start of every other mode.
         calib_samples: calibration inputs of a calibrated ``mask_init``.
+        decay_ramp: ``srste``: the share of training over which the SR-STE decay ramps linearly from 0 to
+            ``decay`` (Adaptive Sparse Trainer's ramp; 0: the full decay from the first step, as SparseDM).
+        modelopt_default_rules: with a ``modelopt:`` mask start, sparsify the layers Model Optimizer's
+            default rules take (every Linear/Conv2d it can, adaLN, timestep and output layers included)
+            instead of this selection: the model a Model Optimizer user gets.
     """
 
     mode: str = "srste"
@@ -117,6 +125,8 @@ class SparsityConfig:
     latency_dtype: str = "fp16"
     mask_init: str = "magnitude"
     calib_samples: int = 512
+    modelopt_default_rules: bool = False
+    decay_ramp: float = 0.0
 
     def validate(self) -> SparsityConfig:
         mode = get_mode(self.mode)
@@ -144,6 +154,10 @@ class SparsityConfig:
             raise SparseDeployError("--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got " f"{self.latency_batch}, {self.latency_dtype!r}")
         if self.mask_init not in MASK_INITS:
             raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
+        if self.modelopt_default_rules and not self.mask_init.startswith("modelopt:"):
+            raise SparseDeployError("--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)")
+        if not 0 <= self.decay_ramp <= 1:
+            raise SparseDeployError(f"--decay-ramp is a share of training in [0, 1], got {self.decay_ramp}")
         if self.calib_samples < 1:
             raise SparseDeployError(f"--calib-samples must be >= 1, got {self.calib_samples}")
         unknown = [t for t in self.types if t not in _TYPES]

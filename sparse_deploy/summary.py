@@ -51,7 +51,8 @@ def demo_summary(
     result: dict[str, Any] = {
         "preset": manifest.get("preset"),
         "recipe": {"mode": sparsity.get("mode"), "kd_weight": config.get("kd_weight"), "kd_features": config.get("kd_features", 0.0),
-                   "pruned_decay": sparsity.get("pruned_decay", 0.0), "steps": manifest.get("step"), "lr": config.get("lr")},
+                   "pruned_decay": sparsity.get("pruned_decay", 0.0), "steps": manifest.get("step"), "lr": config.get("lr"),
+                   "mask_init": sparsity.get("mask_init", "magnitude")},
         "dense_source": config.get("init") or config.get("weights"),
         "coverage": {k: coverage.get(k) for k in ("pattern", "sparse_layers", "sparse_share", "model_macs", "effective_macs")},
         "engines": {},
@@ -79,7 +80,8 @@ def demo_summary(
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as a short block of text (one screen)."""
     cov, f, r = s["coverage"], s["fid"], s["recipe"]
-    recipe = f"{r['mode']}" + (f" + output distillation {r['kd_weight']}" if r.get("kd_weight") else "")
+    recipe = f"{r['mode']}" + (f" from {r['mask_init']} masks" if r.get("mask_init", "magnitude") != "magnitude" else "")
+    recipe += (f" + output distillation {r['kd_weight']}" if r.get("kd_weight") else "")
     recipe += (f" + block distillation {r['kd_features']}" if r.get("kd_features") else "")
     recipe += (f" + pruned-weight decay {r['pruned_decay']}" if r.get("pruned_decay") else "")
     lines = [

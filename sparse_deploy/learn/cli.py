@@ -70,9 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="the from-scratch EMA warm-up (1+step)/(10+step) (default: on from scratch, off when " "fine-tuning from --init/--weights)")
     p.add_argument("--mask-init", choices=MASK_INITS, default=_SPARSE.mask_init,
-                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by " "layer: wanda "
-                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed); the one-shot criterion with "
-                        f"--sparsity oneshot (default {_SPARSE.mask_init})")
+                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
+                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model Optimizer's own "
+                        "masks (modelopt:sparse_magnitude, modelopt:sparsegpt; pip install 'sparse-deploy[modelopt]'); "
+                        f"the one-shot criterion with --sparsity oneshot (default {_SPARSE.mask_init})")
+    p.add_argument("--decay-ramp", type=float, default=0.0,
+                   help="srste: ramp the SR-STE decay from 0 over this share of training (Adaptive Sparse Trainer; default 0: none)")
+    p.add_argument("--data-weight", type=float, default=1.0,
+                   help="weight of the data term ||eps - eps_S||^2 (default 1; 0 regresses on the teacher alone, as SparseDM's code)")
+    p.add_argument("--modelopt-default-rules", action="store_true",
+                   help="with --mask-init modelopt:...: sparsify the layers NVIDIA Model Optimizer's default rules take "
+                        "(adaLN, timestep and output layers too) instead of ours")
     p.add_argument("--calib-samples", type=int, default=_SPARSE.calib_samples,
                    help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})")
     p.add_argument("--checkpoint-every", type=int)
@@ -96,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                   pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
                                   tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
                                   latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype,
-                                  mask_init=args.mask_init, calib_samples=args.calib_samples)
+                                  mask_init=args.mask_init, calib_samples=args.calib_samples,
+                                  modelopt_default_rules=args.modelopt_default_rules, decay_ramp=args.decay_ramp)
     teacher = args.init or weights
     # sparse fine-tuning from dense weights: the teacher is there, and the mode distils by default
     distil = sparsity is not None and bool(teacher) and get_mode(sparsity.mode).distils_by_default
@@ -107,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
         checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features,
+        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features, data_weight=args.data_weight,
         data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
     )
 

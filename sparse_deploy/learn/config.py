@@ -56,6 +56,7 @@ class TrainConfig:
     sparsity: SparsityConfig | None = None
     kd_weight: float = 0.0
     kd_features: float = 0.0  # weight of block-output distillation from the teacher
+    data_weight: float = 1.0  # weight of the data term ||eps - eps_S||^2 (0: regress on the teacher alone, as SparseDM's code)
     data: str | None = None
     vae: str | None = None
     device: str = "auto"
@@ -107,6 +108,10 @@ class TrainConfig:
             raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, " f"{self.kd_features}")
         if self.kd_features and self.init is None and self.weights is None:
             raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
+        if not 0 <= self.data_weight < math.inf:
+            raise SparseDeployError(f"--data-weight must be finite and >= 0, got {self.data_weight}")
+        if self.data_weight == 0 and not self.kd_weight:
+            raise SparseDeployError("--data-weight 0 leaves no loss without distillation: give --kd-weight > 0 (and --init)")
         if self.sparsity is not None:
             self.sparsity.validate()
         return self

@@ -41,6 +41,8 @@ __all__ = [
     "sparsify_for_training_",
     "soft_mask",
     "mask_schedule",
+    "decay_schedule",
+    "set_decay_",
     "refresh_masks_",
     "set_mask_temperature_",
     "set_grad_scale_",
@@ -143,6 +145,12 @@ def mask_schedule(config: SparsityConfig, step: int, total: int) -> tuple[float,
     return tau, scale
 
 
+def decay_schedule(config: SparsityConfig, step: int, total: int) -> float:
+    """SR-STE's decay at ``step`` of ``total``: ramped over the first ``decay_ramp`` share of training."""
+    ramp = config.decay_ramp * total
+    return config.effective_decay * (min(1.0, (step + 1) / ramp) if ramp >= 1 else 1.0)
+
+
 def _hard_mask(module: nn.Module) -> torch.Tensor:
     logits = getattr(module, "mask_logits", None)
     if logits is None:
@@ -179,6 +187,12 @@ def set_mask_temperature_(model: nn.Module, tau: float, scale: float) -> None:
     """``maskllm``: set the Gumbel temperature and logit scale every masked layer samples with."""
     for training in _trainings(model):
         training.tau, training.scale = tau, scale
+
+
+def set_decay_(model: nn.Module, decay: float) -> None:
+    """Set the SR-STE decay every masked layer applies to its pruned weights (:func:`decay_schedule`)."""
+    for training in _trainings(model):
+        training.decay = float(decay)
 
 
 def set_grad_scale_(model: nn.Module, scale: float) -> None:

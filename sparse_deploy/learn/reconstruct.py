@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ..errors import SparseDeployError
 from ..masks import PATTERN_M, PATTERN_N, nm_mask, pattern_index
-from ..sparsify import MASK_INITS, masked_modules
+from ..sparsify import MASK_INITS, masked_modules, sparsify_
+from .modelopt_masks import modelopt_masks
 
 __all__ = [
     "CRITERIA",
@@ -43,8 +44,9 @@ __all__ = [
     "sparsegpt_prune",
     "wanda_mask",
     "output_error",
+    "refit_kept",
     "reconstruct_",
-    "calibrate_masks_",
+    "init_masks_",
     "calibration_summary",
 ]
 
@@ -227,6 +229,36 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
     return weight_from_2d(w, shape).to(dtype), weight_from_2d(keep, shape)
 
 
+def refit_kept(weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, chunk: int = 64) -> torch.Tensor:
+    """The kept weights that minimise the layer's output error for a fixed mask (per row, least squares).
+
+    Row ``r`` keeps the columns ``S`` of its mask; ``w'_S = (H_SS + damp I)^-1 (H w_r)_S`` is the exact
+    minimiser of ``||X (w' - w_r)||^2`` over weights supported on ``S`` (with ``H = X^T X`` dampened as
+    in :func:`sparsegpt_prune`). SparseGPT's pass only moves a pruned weight's error onto the columns
+    after it; this solves for all kept columns at once.
+    """
+    shape, dtype = weight.shape, weight.dtype
+    w = weight_2d(weight.detach()).double()
+    keep = weight_2d(mask)
+    rows, cols = w.shape
+    h = hessian.detach().double().clone()
+    dead = torch.diagonal(h) <= 0
+    h[dead, dead] = 1.0
+    h += torch.eye(cols, dtype=h.dtype) * damp * torch.diagonal(h).mean()
+    target = w @ h  # row r: (H w_r)^T, since H is symmetric
+    kept = keep.sum(dim=1)
+    if not bool((kept == kept[0]).all()):
+        raise SparseDeployError("refit_kept needs the same number of kept weights in every row (an exact N:M mask)")
+    idx = torch.sort(torch.nonzero(keep)[:, 1].view(rows, -1), dim=1).values  # [rows, k] kept columns
+    out = torch.zeros_like(w)
+    for start in range(0, rows, chunk):
+        sel = idx[start:start + chunk]
+        h_ss = h[sel.unsqueeze(-1), sel.unsqueeze(-2)]  # [c, k, k]
+        rhs = torch.gather(target[start:start + chunk], 1, sel).unsqueeze(-1)
+        out[start:start + chunk].scatter_(1, sel, torch.linalg.solve(h_ss, rhs).squeeze(-1))
+    return weight_from_2d(out, shape).to(dtype)
+
+
 # -- the model walk ---------------------------------------------------------------------------------
 
 class _Stop(Exception):
@@ -235,11 +267,11 @@ class _Stop(Exception):
 
 def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], batch) -> list[list[str]]:
     """The masked layers in the order the forward pass reaches them, grouped when they read the same input tensor."""
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, torch.Tensor]] = []  # the input tensors themselves: held, so no two can share an id
     handles = []
     for name, module in layers.items():
         def hook(_m, inputs, name=name):
-            seen.append((name, id(inputs[0])))
+            seen.append((name, inputs[0]))
         handles.append(module.register_forward_pre_hook(hook))
     try:
         model(*(v[:2] if v is not None else None for v in batch))
@@ -249,15 +281,15 @@ def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], bat
     groups: list[list[str]] = []
     last_input = None
     done: set[str] = set()
-    for name, ident in seen:
-        if name in done:  # a layer called twice in one pass: calibrated at its first call
+    for name, tensor in seen:
+        if name in done:  # a layer called twice in one pass: its group is where the pass first reaches it
             continue
         done.add(name)
-        if groups and ident == last_input:
+        if groups and tensor is last_input:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_input = ident
+        last_input = tensor
     missing = [n for n in layers if n not in done]
     if missing:
         raise SparseDeployError(f"masked layers {missing[:3]} are never called by the model's forward pass; they " "cannot be calibrated")
@@ -324,7 +356,8 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
                 module, h = layers[name], hessians[name] / max(rows, 1)
                 dense = module.weight.detach().clone()
                 if criterion == "sparsegpt":
-                    weight, mask = sparsegpt_prune(dense, h, calibration.damp, calibration.block)
+                    _, mask = sparsegpt_prune(dense, h, calibration.damp, calibration.block)
+                    weight = refit_kept(dense, mask, h, calibration.damp)
                 elif criterion == "wanda":
                     mask = wanda_mask(dense, torch.diagonal(h))
                     weight = dense * mask
@@ -344,30 +377,51 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
     return errors
 
 
-def calibrate_masks_(model: nn.Module, sparsity, preset, images: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
-                     seed: int = 0, progress: bool = True) -> dict[str, dict[str, float]] | None:
-    """The mask start a :class:`~sparse_deploy.sparsify.SparsityConfig` asks for (``mask_init``), on a sparsified model.
+def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: torch.Tensor, labels: torch.Tensor,
+                alphas_cumprod: torch.Tensor, seed: int = 0, progress: bool = True) -> tuple[list[str], dict[str, dict[str, float]] | None]:
+    """Mask ``model``'s ``layers`` and start the masks where ``sparsity.mask_init`` says, in place.
 
-    ``magnitude`` leaves the masks as they are (returns None); a calibrated criterion draws
-    ``sparsity.calib_samples`` inputs (:func:`calibration_batches`, seeded by ``seed``) and runs
-    :func:`reconstruct_`. Learnable MaskLLM logits are re-initialised towards the new masks.
+    ``magnitude``: :func:`~sparse_deploy.sparsify.sparsify_` alone. ``wanda`` / ``sparsegpt``:
+    calibrated on ``sparsity.calib_samples`` inputs (:func:`calibration_batches`, seeded by ``seed``)
+    by :func:`reconstruct_`. ``modelopt:<mode>``: the masks NVIDIA Model Optimizer computes on the
+    same calibration inputs (on ``layers``, or on its default rules' layers with
+    ``sparsity.modelopt_default_rules``). Pruned entries of the dense weights are zeroed for every
+    calibrated start, so SR-STE's magnitude refresh starts from this mask; MaskLLM logits are
+    re-initialised towards it.
+
+    Returns:
+        The masked layers and, for our calibrated criteria, per-layer output errors (else None).
     """
-    if sparsity.mask_init == "magnitude":
-        return None
+    init = sparsity.mask_init
+    if init == "magnitude":
+        return sparsify_(model, sparsity, layers), None
     batches = calibration_batches(preset, images, labels, alphas_cumprod, CalibrationConfig(samples=sparsity.calib_samples), seed)
-    errors = reconstruct_(model, sparsity.mask_init, batches, progress=progress)
+    errors = None
+    if init.startswith("modelopt:"):
+        masks = modelopt_masks(model, init.split(":", 1)[1], batches, None if sparsity.modelopt_default_rules else list(layers))
+        layers = sparsify_(model, sparsity, list(masks))
+        with torch.no_grad():
+            for name, module in masked_modules(model).items():
+                module.weight_mask.copy_(masks[name].to(module.weight_mask.device))
+                module.weight.mul_(module.weight_mask.to(module.weight.dtype))
+    else:
+        layers = sparsify_(model, sparsity, layers)
+        errors = reconstruct_(model, init, batches, progress=progress)
     for module in masked_modules(model).values():
         logits = getattr(module, "mask_logits", None)
         if logits is not None:
             prior = nn.functional.one_hot(pattern_index(module.weight_mask), logits.shape[-1]).to(logits.dtype) * sparsity.mask_prior
             logits.data.copy_(prior.reshape(logits.shape))
-    return errors
+    return layers, errors
 
 
 def calibration_summary(errors: dict[str, dict[str, float]] | None, sparsity) -> dict | None:
-    """What a checkpoint records of its mask start: criterion, calibration size, mean output errors."""
-    if errors is None:
+    """What a checkpoint records of its mask start: criterion, calibration size, mean output errors (None: magnitude)."""
+    if sparsity.mask_init == "magnitude":
         return None
+    if errors is None:  # Model Optimizer's masks: no output errors of ours
+        return {"mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
+                "modelopt_default_rules": sparsity.modelopt_default_rules}
     return {
         "mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
         "mean_output_error": sum(e["error"] for e in errors.values()) / len(errors),

@@ -53,14 +53,16 @@ from .distributed import DistEnv, Distributed, resolve_device, state_digest
 from .layer_choice import choose_by_latency_, choose_by_macs_budget_
 from .masking import (
     decay_pruned_,
+    decay_schedule,
     mask_logit_parameters,
     mask_schedule,
     refresh_masks_,
+    set_decay_,
     set_grad_scale_,
     set_mask_temperature_,
-    sparsify_for_training_,
+    train_masks_,
 )
-from .reconstruct import calibrate_masks_, calibration_summary
+from .reconstruct import calibration_summary, init_masks_
 from .resume import check_resumable, rewrite_metrics, sync_file
 
 __all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train"]
@@ -261,9 +263,12 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
             choose_by_latency_(model, preset, choice, config.sparsity)
         if config.sparsity.macs_budget is not None:
             choose_by_macs_budget_(model, preset, choice, images, labels, alphas, config.sparsity.macs_budget, seed=config.seed)
-        sparsify_for_training_(model, config.sparsity, choice.selected)
-        calibration = calibration_summary(
-            calibrate_masks_(model, config.sparsity, preset, images, labels, alphas, seed=config.seed), config.sparsity)
+        masked, errors = init_masks_(model, config.sparsity, choice.selected, preset, images, labels, alphas, seed=config.seed)
+        if masked != choice.selected:  # Model Optimizer's default rules chose the layers
+            choice.skipped = {k: v for k, v in choice.skipped.items() if k not in masked}
+            choice.selected[:] = masked
+        train_masks_(model, config.sparsity)  # the masked layers' training weights (learn.masking)
+        calibration = calibration_summary(errors, config.sparsity)
         coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
         log.info("coverage: %s", coverage.summary())
     model.to(device)
@@ -302,6 +307,8 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         flipped = refresh_masks_(model, layers)
         for name, share in layers.items():
             run.layer_flips.setdefault(name, []).append(share)
+    if sparsity is not None and sparsity.decay_ramp and sparsity.effective_decay:
+        set_decay_(model, decay_schedule(sparsity, step, run.train_steps))
     if sparsity is not None and get_mode(sparsity.mode).mask_logits:
         set_mask_temperature_(model, *mask_schedule(sparsity, step, run.train_steps))
         # The Gumbel noise of this step: the same on every rank, so the ranks' masks stay identical.
@@ -324,7 +331,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
         full = train_model(x_t, t, y).float()
         pred = full[:, :c]
         loss_eps = torch.nn.functional.mse_loss(pred, training_target(preset.schedule, x0, noise, a))
-        loss = loss_eps
+        loss = config.data_weight * loss_eps
         loss_kd = loss_sigma = torch.zeros(())
         if run.teacher is not None:
             with torch.no_grad():

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import SparseDeployError
 from ..provenance import timestamp, write_json_atomic, write_text_atomic
 from .plots import pyplot, save_figure
-from .recipes import trains
+from .recipes import START, trains
 
 __all__ = ["frontier", "write_frontier", "AXES"]
 
@@ -91,7 +91,54 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
         raise SparseDeployError(f"none of the files holds a scored run{which}; check --methods against their method lists")
     x = AXES[axis][1]
     points.sort(key=lambda p: (p["method"], p[x]))
-    return {"axis": axis, "protocol": protocol, "points": points}
+    result = {"axis": axis, "protocol": protocol, "points": points}
+    if axis == "steps":
+        result.update(_budget_headline(points, protocol["model"], files))
+    return result
+
+
+def pretraining_samples(model: str) -> int | None:
+    """Training samples behind the preset's dense model (every cycle of ``make pretrain``), None when unknown."""
+    from ..presets import get_preset
+
+    try:
+        d = get_preset(model).train
+    except SparseDeployError:
+        return None
+    return (d.dense_steps + d.refine_steps) * d.batch_size
+
+
+def _budget_headline(points: list[dict[str, Any]], model: str, files: Sequence[str | Path]) -> dict[str, Any]:
+    """Fine-tuning samples as a share of pretraining, the starting model's FID, and per method the first budget within 5% of it."""
+    pretrain = pretraining_samples(model)
+    batches = {}
+    for f in files:
+        settings = json.loads(Path(f).read_text())["settings"]
+        batches[int(settings["steps"])] = settings.get("batch_size")
+    from ..presets import get_preset
+
+    default_batch = get_preset(model).train.batch_size
+    for pt in points:
+        batch = batches.get(pt["steps"]) or default_batch
+        pt["samples"] = pt["steps"] * batch
+        pt["samples_share"] = pt["samples"] / pretrain if pretrain else None
+    start = next((pt for pt in points if pt["method"] == START), None)
+    headline: dict[str, Any] = {"pretraining_samples": pretrain, "start_fid": start["fid"] if start else None, "within_5pct": {}}
+    if start is None:
+        return headline
+    bound = 1.05 * start["fid"]["mean"]
+    headline["bound_5pct"] = bound
+    for method in dict.fromkeys(pt["method"] for pt in points):
+        if method == START:
+            continue
+        mine = sorted((pt for pt in points if pt["method"] == method), key=lambda pt: pt["steps"])
+        first = next((pt for pt in mine if pt["fid"]["mean"] <= bound), None)
+        headline["within_5pct"][method] = {
+            "label": mine[0]["label"], "first_steps": first["steps"] if first else None,
+            "first_samples_share": first["samples_share"] if first else None, "fid": first["fid"] if first else None,
+            "largest_budget": mine[-1]["steps"], "fid_at_largest": mine[-1]["fid"],
+        }
+    return headline
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -117,6 +164,16 @@ def _markdown(result: dict[str, Any]) -> str:
             kid = f"{k['mean']:.4f} ± {k.get('std', 0):.4f}" if k.get("n") else "-"
             steps = "0 (trains nothing; not plotted)" if pt["steps"] == 0 else pt["steps"]
             lines.append(f"| {pt['label']} | {steps} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
+    if axis == "steps" and result.get("start_fid"):
+        start, bound = result["start_fid"], result["bound_5pct"]
+        lines += ["", f"The starting model scores {start['mean']:.2f} ± {start.get('std', 0):.2f} ({start['n']} seeds); within 5% "
+                  f"means a mean FID of at most {bound:.2f}. First budget within 5% of the starting model:", "",
+                  "| method | first budget within 5% | FID there | largest budget measured | FID there |", "| --- | --- | --- | --- | --- |"]
+        for h in result["within_5pct"].values():
+            share = f" ({h['first_samples_share']:.1%} of pretraining samples)" if h["first_samples_share"] is not None else ""
+            first = "not reached" if h["first_steps"] is None else f"{h['first_steps']} steps{share}"
+            there = "-" if h["fid"] is None else f"{h['fid']['mean']:.2f}"
+            lines.append(f"| {h['label']} | {first} | {there} | {h['largest_budget']} steps | {h['fid_at_largest']['mean']:.2f} |")
     return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 
@@ -130,8 +187,16 @@ def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "ma
     write_text_atomic(out / f"{stem}.md", _markdown(result))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    # Along the steps axis (log scale) a method that trains nothing has no curve; its row in the table says its FID.
+    # Along the steps axis (log scale) a method that trains nothing has no curve; its row in the table says its FID,
+    # and the starting model is a band (mean ± std) with the 5% bound above it.
     plotted = [pt for pt in result["points"] if axis != "steps" or pt["steps"] > 0]
+    if axis == "steps" and result.get("start_fid"):
+        start = result["start_fid"]
+        lo, hi = start["mean"] - start.get("std", 0.0), start["mean"] + start.get("std", 0.0)
+        ax.axhspan(lo, hi, color="0.6", alpha=0.35, label=f"starting model {start['mean']:.2f} ± {start.get('std', 0):.2f}")
+        ax.axhline(result["bound_5pct"], color="0.3", linestyle="--", linewidth=1, label="5% above the starting model")
+        x = "samples_share" if result.get("pretraining_samples") else x
+        xlabel = "fine-tuning samples (share of the dense model's pretraining samples)" if x == "samples_share" else xlabel
     for i, method in enumerate(dict.fromkeys(pt["method"] for pt in plotted)):
         mine = [pt for pt in plotted if pt["method"] == method]
         ax.errorbar([pt[x] for pt in mine], [pt["fid"]["mean"] for pt in mine],
@@ -139,8 +204,8 @@ def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "ma
     if axis == "steps":
         ax.set_xscale("log")
         ax.minorticks_off()  # only the budgets measured are labelled
-        ticks = sorted({pt["steps"] for pt in plotted})
-        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ticks = sorted({(pt[x], pt["steps"]) for pt in plotted})
+        ax.set_xticks([t for t, _ in ticks], [f"{t:.1%}\n{n} steps" if x == "samples_share" else str(n) for t, n in ticks], fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (mean ± std over seeds)")
     ax.set_title(f"{result['protocol']['model']}: {title}", fontsize=10)

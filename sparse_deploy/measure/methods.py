@@ -41,6 +41,7 @@ from .recipes import (
     METHODS,
     START,
     method_train_config,
+    recipe_key,
     trains,
 )
 
@@ -150,7 +151,7 @@ class MethodsConfig:
             "num_samples": self.num_samples, "sample_steps": self.sample_steps, "scheduler": self.scheduler,
             "reference": self.reference, "ref_num": self.ref_num, "lr": self.lr, "warmup_steps": self.warmup_steps,
             "batch_size": self.batch_size, "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
-            **({"recipe": list(METHOD_RECIPES[method])} if method not in FIRST_METHODS else {}),
+            **({"recipe": recipe_key(method)} if method not in FIRST_METHODS else {}),
             **({"macs_budget": self.macs_budget} if self.macs_budget is not None and method != "dense" else {}),
             **({"dense_lr": "fine-tuning"} if method == "dense" else {}),
             **({"training": self.resolved_training(method)} if trains(method) else {}),

@@ -10,7 +10,7 @@ what the learned masks add beyond the teacher's block outputs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import SparseDeployError
 from ..learn.config import TrainConfig
@@ -18,31 +18,70 @@ from ..modes import get_mode
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 from ..sparsify import SparsityConfig
 
-__all__ = ["METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
-           "START", "UNTRAINED", "trains", "method_train_config"]
+__all__ = ["Recipe", "METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
+           "START", "UNTRAINED", "trains", "recipe_key", "method_train_config"]
 
 DEFAULT_PRUNED_DECAY = 5.0
-# method -> (sparsity mode, output distillation, block distillation weight, pruned-weight decay, mask start)
-METHOD_RECIPES: dict[str, tuple[str | None, bool, float, float, str]] = {
-    "start": (None, False, 0.0, 0.0, "magnitude"),  # the starting model itself: trains nothing
-    "dense": (None, False, 0.0, 0.0, "magnitude"),
-    "oneshot": ("oneshot", False, 0.0, 0.0, "magnitude"),
-    "oneshot-wanda": ("oneshot", False, 0.0, 0.0, "wanda"),
-    "oneshot-sparsegpt": ("oneshot", False, 0.0, 0.0, "sparsegpt"),
-    "fixed": ("fixed", False, 0.0, 0.0, "magnitude"),
-    "fixed-sparsegpt": ("fixed", False, 0.0, 0.0, "sparsegpt"),
-    "fixed+kd+feat": ("fixed", True, DEFAULT_KD_FEATURES, 0.0, "magnitude"),
-    "fixed+kd+feat-sparsegpt": ("fixed", True, DEFAULT_KD_FEATURES, 0.0, "sparsegpt"),
-    "ste": ("ste", False, 0.0, 0.0, "magnitude"),
-    "srste": ("srste", False, 0.0, 0.0, "magnitude"),
-    "srste+kd": ("srste", True, 0.0, 0.0, "magnitude"),
-    "srste+kd-sparsegpt": ("srste", True, 0.0, 0.0, "sparsegpt"),
-    "srste+kd+feat": ("srste", True, DEFAULT_KD_FEATURES, 0.0, "magnitude"),
-    "srste+kd+feat-sparsegpt": ("srste", True, DEFAULT_KD_FEATURES, 0.0, "sparsegpt"),
-    "srste+kd+dd": ("srste", True, 0.0, DEFAULT_PRUNED_DECAY, "magnitude"),
-    "maskllm+kd": ("maskllm", True, 0.0, 0.0, "magnitude"),
+
+
+class Recipe(NamedTuple):
+    """How one compared method fine-tunes: sparsity mode (None: dense), output distillation, block distillation
+    weight, pruned-weight decay, mask start (``SparsityConfig.mask_init``), and whether a Model Optimizer mask
+    start takes the layers of its default rules."""
+
+    mode: str | None
+    kd: bool = False
+    kd_features: float = 0.0
+    pruned_decay: float = 0.0
+    mask_init: str = "magnitude"
+    modelopt_default_rules: bool = False
+    decay_ramp: float = 0.0  # SR-STE decay ramped over this share of training (AST)
+    data_weight: float = 1.0  # 0: regress on the teacher alone (SparseDM's code)
+
+
+_FEAT = DEFAULT_KD_FEATURES
+METHOD_RECIPES: dict[str, Recipe] = {
+    "start": Recipe(None),  # the starting model itself: trains nothing
+    "dense": Recipe(None),
+    "oneshot": Recipe("oneshot"),
+    "oneshot-wanda": Recipe("oneshot", mask_init="wanda"),
+    "oneshot-sparsegpt": Recipe("oneshot", mask_init="sparsegpt"),
+    "fixed": Recipe("fixed"),
+    "fixed-sparsegpt": Recipe("fixed", mask_init="sparsegpt"),
+    "fixed+kd+feat": Recipe("fixed", True, _FEAT),
+    "fixed+kd+feat-sparsegpt": Recipe("fixed", True, _FEAT, mask_init="sparsegpt"),
+    "ste": Recipe("ste"),
+    "srste": Recipe("srste"),
+    "srste+kd": Recipe("srste", True),
+    "srste+kd-sparsegpt": Recipe("srste", True, mask_init="sparsegpt"),
+    "srste+kd+feat": Recipe("srste", True, _FEAT),
+    "srste+kd+feat-sparsegpt": Recipe("srste", True, _FEAT, mask_init="sparsegpt"),
+    "srste+kd+feat+ramp-sparsegpt": Recipe("srste", True, _FEAT, mask_init="sparsegpt", decay_ramp=0.25),
+    "fixed+teacher+feat-sparsegpt": Recipe("fixed", True, _FEAT, mask_init="sparsegpt", data_weight=0.0),
+    "srste+kd+dd": Recipe("srste", True, pruned_decay=DEFAULT_PRUNED_DECAY),
+    "maskllm+kd": Recipe("maskllm", True),
+    # NVIDIA Model Optimizer as its users run it: its own masks (mts.sparsify), with its default rules or on our
+    # layers, one-shot and with its sparsity-aware training (the mask held fixed, plain loss, no distillation).
+    "modelopt-magnitude": Recipe("oneshot", mask_init="modelopt:sparse_magnitude", modelopt_default_rules=True),
+    "modelopt-sparsegpt": Recipe("oneshot", mask_init="modelopt:sparsegpt", modelopt_default_rules=True),
+    "modelopt-sparsegpt-ours": Recipe("oneshot", mask_init="modelopt:sparsegpt"),
+    "modelopt-sat-magnitude": Recipe("fixed", mask_init="modelopt:sparse_magnitude", modelopt_default_rules=True),
+    "modelopt-sat-sparsegpt": Recipe("fixed", mask_init="modelopt:sparsegpt", modelopt_default_rules=True),
+    "modelopt-sat-sparsegpt-ours": Recipe("fixed", mask_init="modelopt:sparsegpt"),
 }
+METHODS = tuple(METHOD_RECIPES)
+_KEYED_FIELDS = 5  # the recipe fields stored results have always been keyed by; later fields are keyed only when set
 START = "start"  # the starting model itself, sampled as every method is
+
+
+def recipe_key(method: str) -> list:
+    """The recipe as a stored run's key holds it: the first five fields, then later ones up to the last not at its default."""
+    recipe = METHOD_RECIPES[method]
+    values = list(recipe)
+    defaults = [Recipe._field_defaults.get(f) for f in Recipe._fields]
+    while len(values) > _KEYED_FIELDS and values[-1] == defaults[len(values) - 1]:
+        values.pop()
+    return values
 
 
 def trains(method: str) -> bool:
@@ -50,11 +89,12 @@ def trains(method: str) -> bool:
     recipe = METHOD_RECIPES.get(method)
     if recipe is None:  # a method of another version (a merged methods.json): it was trained
         return True
-    return get_mode(recipe[0]).trains if recipe[0] is not None else method != START
+    return get_mode(recipe.mode).trains if recipe.mode is not None else method != START
 
 
 UNTRAINED = tuple(m for m in METHOD_RECIPES if not trains(m))  # train nothing: one point at 0 steps
-METHODS = tuple(METHOD_RECIPES)
+
+
 METHOD_LABELS = {
     "start": "starting model (no fine-tuning)",
     "dense": "dense (continued training)",
@@ -67,6 +107,14 @@ METHOD_LABELS = {
     "fixed+kd+feat-sparsegpt": "fixed masks from SparseGPT + output and block distillation",
     "srste+kd-sparsegpt": "SparseDM (SR-STE + distillation) from SparseGPT masks",
     "srste+kd+feat-sparsegpt": "SR-STE from SparseGPT masks + output and block distillation",
+    "srste+kd+feat+ramp-sparsegpt": "SR-STE from SparseGPT masks + both distillations, decay ramped over 25% (AST)",
+    "fixed+teacher+feat-sparsegpt": "fixed masks from SparseGPT, teacher alone (no data term) + block distillation",
+    "modelopt-magnitude": "Model Optimizer sparse_magnitude, default rules, one-shot",
+    "modelopt-sparsegpt": "Model Optimizer sparsegpt, default rules, one-shot",
+    "modelopt-sparsegpt-ours": "Model Optimizer sparsegpt on our layers, one-shot",
+    "modelopt-sat-magnitude": "Model Optimizer sparse_magnitude, default rules, its sparsity-aware training",
+    "modelopt-sat-sparsegpt": "Model Optimizer sparsegpt, default rules, its sparsity-aware training",
+    "modelopt-sat-sparsegpt-ours": "Model Optimizer sparsegpt on our layers, its sparsity-aware training",
     "ste": "plain STE",
     "srste": "SR-STE",
     "srste+kd": "SR-STE + distillation (SparseDM)",
@@ -85,11 +133,12 @@ def method_train_config(
     """The :class:`~sparse_deploy.learn.config.TrainConfig` of one method of :data:`METHODS`."""
     if method not in METHODS:
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
-    mode, kd, kd_features, pruned_decay, mask_init = METHOD_RECIPES[method]
+    r = METHOD_RECIPES[method]
     config = TrainConfig(
         preset=preset, out=str(out), steps=steps, init=None if init is None else str(init), seed=seed,
-        sparsity=SparsityConfig(mode=mode, pruned_decay=pruned_decay, macs_budget=macs_budget, mask_init=mask_init) if mode else None,
-        kd_weight=kd_weight if kd else 0.0,
-        kd_features=kd_features, preview=0, **overrides,
+        sparsity=SparsityConfig(mode=r.mode, pruned_decay=r.pruned_decay, macs_budget=macs_budget, mask_init=r.mask_init,
+                                modelopt_default_rules=r.modelopt_default_rules, decay_ramp=r.decay_ramp) if r.mode else None,
+        kd_weight=(1.0 if r.data_weight == 0 else kd_weight) if r.kd else 0.0, data_weight=r.data_weight,
+        kd_features=r.kd_features, preview=0, **overrides,
     ).validate()  # dense from init: the fine-tuning settings (TrainConfig.validate), the fair reference
     return config
