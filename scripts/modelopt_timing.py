@@ -1,6 +1,7 @@
-"""How long NVIDIA Model Optimizer takes to compute its 2:4 masks on the shipped model (sparse_deploy.learn.modelopt_masks).
+"""How long NVIDIA Model Optimizer takes to compute its 2:4 masks on the shipped model (learn.modelopt_masks).
 
-    OMP_NUM_THREADS=1 python scripts/modelopt_timing.py [--weights weights/fmnist-dit] [--batches 8] [--batch 64] [--repeat 2]
+    OMP_NUM_THREADS=1 python scripts/modelopt_timing.py [--weights weights/fmnist-dit] [--batches 8] [--batch 64] \
+        [--repeat 2]
 
 Calibration as the reconstruction one-shot uses it: noised training images at timesteps spread over
 0..999 (stratified), their own labels with about 10% replaced by the null label. Each of
@@ -73,7 +74,7 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             rows.append({"mode": mode, "rules": label, "layers": len(masks), "seconds": round(min(times), 3),
                          "all_seconds": [round(s, 3) for s in times]})
-            print(f"{mode:16s} {label:14s} {len(masks):3d} layers  {min(times):7.3f} s  (runs: {', '.join(f'{s:.3f}' for s in times)})")
+            print(f"{mode:16s} {label:14s} {len(masks):3d} layers  {min(times):7.3f} s  (runs: " f"{', '.join(f'{s:.3f}' for s in times)})")
     default = modelopt_default_layers(model, "sparse_magnitude")
     result = {
         "model": args.weights, "dtype": str(next(model.parameters()).dtype),

@@ -57,9 +57,9 @@ log = logging.getLogger(__name__)
 #: Where the masks start (``--mask-init``): magnitude, or calibrated on real inputs (:mod:`.learn.reconstruct`):
 #: Wanda's ``|w| * ||x||`` mask, or SparseGPT's mask with the kept weights reconstructed.
 MASK_INITS = ("magnitude", "wanda", "sparsegpt", "modelopt:sparse_magnitude", "modelopt:sparsegpt")
-#: ``modelopt:<mode>``: the mask NVIDIA Model Optimizer's own ``mts.sparsify`` computes (``sparse_deploy.learn.modelopt_masks``;
-#: its sparsegpt mode keeps the mask and drops its weight update), on our layers or, with ``modelopt_default_rules``, on the
-#: layers its default rules take.
+#: ``modelopt:<mode>``: the mask NVIDIA Model Optimizer's own ``mts.sparsify`` computes
+#: (:mod:`sparse_deploy.learn.modelopt_masks`; its sparsegpt mode keeps the mask and drops its weight update), on our
+#: layers or, with ``modelopt_default_rules``, on the layers its default rules take.
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 
 

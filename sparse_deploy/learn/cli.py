@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-prior", type=float, default=_SPARSE.mask_prior, help=f"maskllm: initial logit of the magnitude pattern (default {_SPARSE.mask_prior:g})")
     p.add_argument("--mask-lr", type=float, default=_SPARSE.mask_lr, help=f"maskllm: learning rate of the mask logits (default {_SPARSE.mask_lr:g})")
     p.add_argument("--tau", type=_parse_pair, default=_SPARSE.tau, help=f"maskllm: Gumbel temperature START,END (default {_SPARSE.tau[0]:g},{_SPARSE.tau[1]:g})")
-    p.add_argument("--logit-scale", type=_parse_pair, default=_SPARSE.logit_scale, help=f"maskllm: logit scale START,END (default {_SPARSE.logit_scale[0]:g},{_SPARSE.logit_scale[1]:g})")
+    p.add_argument("--logit-scale", type=_parse_pair, default=_SPARSE.logit_scale, help="maskllm: logit scale START,END (default " f"{_SPARSE.logit_scale[0]:g},{_SPARSE.logit_scale[1]:g})")
     p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
                    "loss-sensitive selected layers go 2:4 (default: all selected layers)")
     p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
@@ -70,16 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="the from-scratch EMA warm-up (1+step)/(10+step) (default: on from scratch, off when " "fine-tuning from --init/--weights)")
     p.add_argument("--mask-init", choices=MASK_INITS, default=_SPARSE.mask_init,
-                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
-                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model Optimizer's own "
-                        "masks (modelopt:sparse_magnitude, modelopt:sparsegpt; pip install 'sparse-deploy[modelopt]'); "
+                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by " "layer: wanda "
+                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model " "Optimizer's own "
+                        "masks (modelopt:sparse_magnitude, modelopt:sparsegpt; pip install " "'sparse-deploy[modelopt]'); "
                         f"the one-shot criterion with --sparsity oneshot (default {_SPARSE.mask_init})")
     p.add_argument("--decay-ramp", type=float, default=0.0,
-                   help="srste: ramp the SR-STE decay from 0 over this share of training (Adaptive Sparse Trainer; default 0: none)")
+                   help="srste: ramp the SR-STE decay from 0 over this share of training (Adaptive Sparse " "Trainer; default 0: none)")
     p.add_argument("--data-weight", type=float, default=1.0,
-                   help="weight of the data term ||eps - eps_S||^2 (default 1; 0 regresses on the teacher alone, as SparseDM's code)")
+                   help="weight of the data term ||eps - eps_S||^2 (default 1; 0 regresses on the teacher " "alone, as SparseDM's code)")
     p.add_argument("--modelopt-default-rules", action="store_true",
-                   help="with --mask-init modelopt:...: sparsify the layers NVIDIA Model Optimizer's default rules take "
+                   help="with --mask-init modelopt:...: sparsify the layers NVIDIA Model Optimizer's default " "rules take "
                         "(adaLN, timestep and output layers too) instead of ours")
     p.add_argument("--calib-samples", type=int, default=_SPARSE.calib_samples,
                    help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})")

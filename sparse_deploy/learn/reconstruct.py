@@ -416,7 +416,7 @@ def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: t
 
 
 def calibration_summary(errors: dict[str, dict[str, float]] | None, sparsity) -> dict | None:
-    """What a checkpoint records of its mask start: criterion, calibration size, mean output errors (None: magnitude)."""
+    """A checkpoint's record of its mask start: criterion, calibration size, mean output errors (magnitude: None)."""
     if sparsity.mask_init == "magnitude":
         return None
     if errors is None:  # Model Optimizer's masks: no output errors of ours

@@ -109,7 +109,7 @@ def pretraining_samples(model: str) -> int | None:
 
 
 def _budget_headline(points: list[dict[str, Any]], model: str, files: Sequence[str | Path]) -> dict[str, Any]:
-    """Fine-tuning samples as a share of pretraining, the starting model's FID, and per method the first budget within 5% of it."""
+    """Fine-tuning samples as a share of pretraining, the starting model's FID, each method's first budget within 5%."""
     pretrain = pretraining_samples(model)
     batches = {}
     for f in files:
@@ -166,14 +166,14 @@ def _markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {pt['label']} | {steps} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
     if axis == "steps" and result.get("start_fid"):
         start, bound = result["start_fid"], result["bound_5pct"]
-        lines += ["", f"The starting model scores {start['mean']:.2f} ± {start.get('std', 0):.2f} ({start['n']} seeds); within 5% "
+        lines += ["", f"The starting model scores {start['mean']:.2f} ± {start.get('std', 0):.2f} " f"({start['n']} seeds); within 5% "
                   f"means a mean FID of at most {bound:.2f}. First budget within 5% of the starting model:", "",
                   "| method | first budget within 5% | FID there | largest budget measured | FID there |", "| --- | --- | --- | --- | --- |"]
         for h in result["within_5pct"].values():
             share = f" ({h['first_samples_share']:.1%} of pretraining samples)" if h["first_samples_share"] is not None else ""
             first = "not reached" if h["first_steps"] is None else f"{h['first_steps']} steps{share}"
             there = "-" if h["fid"] is None else f"{h['fid']['mean']:.2f}"
-            lines.append(f"| {h['label']} | {first} | {there} | {h['largest_budget']} steps | {h['fid_at_largest']['mean']:.2f} |")
+            lines.append(f"| {h['label']} | {first} | {there} | {h['largest_budget']} steps | " f"{h['fid_at_largest']['mean']:.2f} |")
     return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 

@@ -75,7 +75,7 @@ START = "start"  # the starting model itself, sampled as every method is
 
 
 def recipe_key(method: str) -> list:
-    """The recipe as a stored run's key holds it: the first five fields, then later ones up to the last not at its default."""
+    """The recipe as a stored run's key holds it: the first five fields, then later ones up to the last non-default."""
     recipe = METHOD_RECIPES[method]
     values = list(recipe)
     defaults = [Recipe._field_defaults.get(f) for f in Recipe._fields]

@@ -1,4 +1,4 @@
-"""Fine-tuning from a pretrained model: calibrated mask starts (--mask-init) and the fine-tuning defaults, on tiny-dit."""
+"""Fine-tuning from a pretrained model: calibrated mask starts (--mask-init) and fine-tuning defaults, on tiny-dit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from sparse_deploy.checkpoint import load_checkpoint, read_manifest
 from sparse_deploy.learn import train as train_mod
 from sparse_deploy.learn.cli import build_parser, config_from_args
 from sparse_deploy.learn.masking import decay_schedule
+from sparse_deploy.learn.reconstruct import CalibrationConfig, calibration_batches, reconstruct_
 from sparse_deploy.masks import is_nm_sparse, nm_mask
-from sparse_deploy.sparsify import SparsityConfig, masked_modules
+from sparse_deploy.models import build_model
+from sparse_deploy.presets import get_preset
+from sparse_deploy.sparsify import SparsityConfig, masked_modules, select_layers, sparsify_
 
 STEPS = 4
 
@@ -86,3 +89,24 @@ def test_cli_flags_reach_the_config(dense_ckpt):
     assert config.sparsity.decay_ramp == 0.25 and config.ema_warmup is True and config.data_weight == 0.5
     assert decay_schedule(config.sparsity, 0, 100) == pytest.approx(config.sparsity.decay / 25)
     assert decay_schedule(config.sparsity, 50, 100) == config.sparsity.decay
+
+
+def test_unet_reconstruction_beats_magnitude_on_every_layer_and_is_deterministic():
+    """The whole-model walk of tests/unit/learn/test_reconstruct.py on tiny-unet (convolutions, skip connections)."""
+    preset = get_preset("tiny-unet")
+    images = torch.randn(32, preset.in_channels, preset.sample_size, preset.sample_size, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % max(preset.num_classes, 1)
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    batches = calibration_batches(preset, images, labels, alphas, CalibrationConfig(samples=64, batch=32), seed=0)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(preset, announce_random=False)
+        config = SparsityConfig(mode="fixed", mask_init="sparsegpt", calib_samples=64)
+        sparsify_(model, config, select_layers(model, config).selected)
+        results.append((reconstruct_(model, "sparsegpt", batches, progress=False), masked_modules(model)))
+    (errors, layers), (twin_errors, twin_layers) = results
+    assert set(errors) == set(layers) and all(e["error"] < e["magnitude_error"] for e in errors.values())
+    assert errors == twin_errors
+    for name, module in layers.items():
+        assert torch.equal(module.weight, twin_layers[name].weight) and torch.equal(nm_mask(module.weight), module.weight_mask)

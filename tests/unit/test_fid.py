@@ -427,12 +427,3 @@ def test_real_inception_features_on_a_few_images():
     np.testing.assert_allclose(one[0], feats[0], rtol=1e-4, atol=1e-5)
 
 
-@needs_weights
-def test_features_take_a_device_and_the_cli_records_it(tmp_path):
-    images = np.random.default_rng(11).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
-    default = fid.features_from_images(images, progress=False)
-    np.testing.assert_array_equal(fid.features_from_images(images, progress=False, device="cpu"), default)
-    np.savez(tmp_path / "a.npz", images=images)
-    out = tmp_path / "r.json"
-    assert fid_cli.main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--no-cache", "--quiet", "--device", "cpu", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["device"] == "cpu"

@@ -28,7 +28,7 @@ from sparse_deploy.models import build_model, short_name
 from sparse_deploy.presets import get_preset
 from sparse_deploy.sparsify import SparsityConfig, bake_, select_layers, sparsify_
 
-SKIP_REASON = "NVIDIA Model Optimizer (nvidia-modelopt, the optional extra sparse-deploy[modelopt]) is not installed"
+SKIP_REASON = "NVIDIA Model Optimizer (nvidia-modelopt, the optional extra " "sparse-deploy[modelopt]) is not installed"
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ def test_calibration_covers_the_schedule_every_class_and_the_null_label():
     assert set(y.tolist()) == set(range(preset.num_classes)) | {preset.null_class}
     assert 0.1 < float((y == preset.null_class).float().mean()) < 0.3
     again = calibration_batches(preset, images, labels, alphas, config, seed=0)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
     other = calibration_batches(preset, images, labels, alphas, config, seed=1)
     assert not torch.equal(batches[0][0], other[0][0])
 
@@ -139,7 +139,7 @@ def _tiny_masked(preset_name: str, criterion: str):
     return model, config, preset, images, labels, alphas
 
 
-@pytest.mark.parametrize("preset_name", ["tiny-dit", "tiny-unet"])
+@pytest.mark.parametrize("preset_name", ["tiny-dit"])  # tiny-unet (30 s): tests/integration/test_mask_start.py
 def test_reconstruction_beats_magnitude_on_every_layer_is_exact_2to4_and_deterministic(preset_name):
     model, config, preset, images, labels, alphas = _tiny_masked(preset_name, "sparsegpt")
     twin = _tiny_masked(preset_name, "sparsegpt")[0]
