@@ -26,8 +26,16 @@ from .presets import PRESET_SPEC, PRESETS, Preset, get_preset, preset_from_manif
 from .settings import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH
 
 __all__ = [
-    "PRECISIONS", "PRECISION_DTYPES", "MAX_PROFILE_BATCH", "float_dtype", "precision_of", "TensorSpec", "BatchProfile",
-    "IOContract", "contract_for", "contract_problem",
+    "PRECISIONS",
+    "PRECISION_DTYPES",
+    "MAX_PROFILE_BATCH",
+    "float_dtype",
+    "precision_of",
+    "TensorSpec",
+    "BatchProfile",
+    "IOContract",
+    "contract_for",
+    "contract_problem",
 ]
 
 #: The one precision -> dtype table: the numpy (and torch) name of a float tensor at each precision.
@@ -95,7 +103,8 @@ class BatchProfile:
         if not self.min <= batch <= self.max:
             raise SparseDeployError(
                 f"batch {batch} is outside the {where}'s profile [{self.min}, {self.max}] "
-                "(classifier-free guidance doubles the batch); lower --batch or rebuild with " f"--max-batch {batch}"
+                "(classifier-free guidance doubles the batch); lower --batch or rebuild with "
+                f"--max-batch {batch}"
             )
 
 
@@ -179,7 +188,9 @@ def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile 
     if preset.num_classes:
         inputs.append(TensorSpec("class_labels", "int64", (-1,)))
     outputs = (TensorSpec("out", fdt, (-1, preset.out_channels, s, s)),)
-    return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate(), preset.num_classes)
+    return IOContract(
+        preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate(), preset.num_classes
+    )
 
 
 def contract_problem(manifest: dict[str, Any]) -> str | None:
@@ -203,10 +214,10 @@ def contract_problem(manifest: dict[str, Any]) -> str | None:
     except (KeyError, TypeError, ValueError, SparseDeployError) as exc:
         return f"its contract or preset is incomplete or malformed ({exc.__class__.__name__}: {exc})"
     if spec.name != preset or contract.preset != preset or contract.precision != precision:
-        return f"its contract is for {contract.preset}/{contract.precision} but it says " f"{preset}/{precision}"
+        return f"its contract is for {contract.preset}/{contract.precision} but it says {preset}/{precision}"
     expected = contract_for(spec, precision, contract.profile)
     if contract.num_classes is None:  # written before contracts recorded num_classes
         contract = dataclasses.replace(contract, num_classes=expected.num_classes)
     if contract != expected:
-        return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at " f"{precision} has"
+        return f"its contract (I/O names, dtypes or shapes) is not the one preset '{preset}' at {precision} has"
     return None

@@ -16,8 +16,17 @@ import numpy as np
 from .errors import SparseDeployError
 
 __all__ = [
-    "read_idx", "idx_shape", "fashion_mnist_dirs", "find_fashion_mnist", "fashion_mnist_images_file", "fashion_mnist_arrays",
-    "image_files", "FMNIST_ENV", "FMNIST_DEFAULT_DIR", "FMNIST_FILES", "IMAGE_SUFFIXES",
+    "read_idx",
+    "idx_shape",
+    "fashion_mnist_dirs",
+    "find_fashion_mnist",
+    "fashion_mnist_images_file",
+    "fashion_mnist_arrays",
+    "image_files",
+    "FMNIST_ENV",
+    "FMNIST_DEFAULT_DIR",
+    "FMNIST_FILES",
+    "IMAGE_SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
@@ -28,7 +37,18 @@ FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -48,7 +68,7 @@ def _idx_header(data: bytes, path: Path) -> tuple[int, ...]:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         raise SparseDeployError(f"idx file '{path}' is truncated (in its header)")
-    return tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
 
 
 def idx_shape(path: str | Path) -> tuple[int, ...]:
@@ -83,9 +103,12 @@ def find_fashion_mnist(root: str | Path | None = None, stems: tuple[str, ...] = 
         if all((folder / stem).exists() or (folder / f"{stem}.gz").exists() for stem in stems):
             return folder
     raise SparseDeployError(
-        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install " "them with "
-        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does " "this), or point "
-        f"--data fashion-mnist:DIR or {FMNIST_ENV}=DIR at a folder holding " f"{' and '.join(f'{s}.gz' for s in stems)}"
+        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; install "
+        "them with "
+        "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; 'make setup' does "
+        "this), or point "
+        f"--data fashion-mnist:DIR or {FMNIST_ENV}=DIR at a folder holding "
+        f"{' and '.join(f'{s}.gz' for s in stems)}"
     )
 
 

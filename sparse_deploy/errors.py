@@ -20,7 +20,8 @@ def os_error_sentence(exc: OSError) -> str:
     where = f" on '{exc.filename}'" if exc.filename else ""
     what = exc.strerror or str(exc) or exc.__class__.__name__
     hint = {
-        errno.ENOSPC: "free some space and run the command again (finished artifacts are kept, " "half-written ones were never renamed into place)",
+        errno.ENOSPC: "free some space and run the command again (finished artifacts are kept, "
+        "half-written ones were never renamed into place)",
         errno.EDQUOT: "free some space and run the command again",
         errno.EACCES: "check the permissions or pass another path",
         errno.EPERM: "check the permissions or pass another path",

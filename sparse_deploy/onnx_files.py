@@ -18,7 +18,15 @@ import onnx
 
 from .provenance import sha256_file
 
-__all__ = ["DATA_SUFFIX", "data_path", "describe_data", "data_problem", "artifact_files", "save_with_external_data", "share_mode"]
+__all__ = [
+    "DATA_SUFFIX",
+    "data_path",
+    "describe_data",
+    "data_problem",
+    "artifact_files",
+    "save_with_external_data",
+    "share_mode",
+]
 
 DATA_SUFFIX = ".data"
 # Initializers at least this large go to the data file; smaller ones (scalars, shapes) stay inline.
@@ -46,7 +54,7 @@ def data_problem(graph: str | Path, manifest: dict[str, Any]) -> str | None:
         return None
     path = Path(graph).with_name(entry["file"])
     if not path.is_file():
-        return f"its external-data file '{path.name}' is missing (it must stay beside " f"'{Path(graph).name}')"
+        return f"its external-data file '{path.name}' is missing (it must stay beside '{Path(graph).name}')"
     if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
         return f"its external-data file '{path.name}' does not match the sha256 in the manifest"
     return None
@@ -70,8 +78,13 @@ def save_with_external_data(model, graph: str | Path) -> None:
     data = data_path(graph)
     data.unlink(missing_ok=True)  # save_model appends to an existing data file
     onnx.save_model(
-        model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-        size_threshold=_SIZE_THRESHOLD, convert_attribute=False,
+        model,
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=_SIZE_THRESHOLD,
+        convert_attribute=False,
     )
     share_mode(graph)
 

@@ -32,7 +32,9 @@ from .lazy import lazy_import
 from .presets import PRESETS, Preset, family_of, get_preset, preset_from_config
 from .schedule import check_schedule
 
-diffusers = lazy_import("diffusers", "building and loading diffusers models", "make setup (the pinned diffusers of pyproject.toml)")
+diffusers = lazy_import(
+    "diffusers", "building and loading diffusers models", "make setup (the pinned diffusers of pyproject.toml)"
+)
 
 __all__ = ["ModelSource", "diffusers_class", "resolve_source", "resolve_vae", "load_vae", "source_preset", "is_path"]
 
@@ -127,14 +129,20 @@ def _pipeline_parts(root: Path) -> tuple[dict[str, Any], str | None, Path | None
     for key in denoisers + vaes:
         if not (root / key / "config.json").is_file():
             raise SparseDeployError(
-                f"pipeline '{root}' names component '{key}' ({parts[key]}) in model_index.json, but " f"'{root / key}' "
+                f"pipeline '{root}' names component '{key}' ({parts[key]}) in model_index.json, but "
+                f"'{root / key}' "
                 f"has no config.json (found in {root}: {_listing(root)})"
             )
     scheduler = None
     if "scheduler" in parts:
         if not (root / "scheduler" / "scheduler_config.json").is_file():
-            raise SparseDeployError(f"pipeline '{root}' names a scheduler in model_index.json, but '{root / 'scheduler'}' " "has no scheduler_config.json")
-        scheduler = check_schedule(_json(root / "scheduler" / "scheduler_config.json"), str(root / "scheduler" / "scheduler_config.json"))
+            raise SparseDeployError(
+                f"pipeline '{root}' names a scheduler in model_index.json, but '{root / 'scheduler'}' "
+                "has no scheduler_config.json"
+            )
+        scheduler = check_schedule(
+            _json(root / "scheduler" / "scheduler_config.json"), str(root / "scheduler" / "scheduler_config.json")
+        )
     return index, (denoisers[0] if denoisers else None), (root / vaes[0] if vaes else None), scheduler
 
 
@@ -146,10 +154,15 @@ def resolve_source(path: str | Path) -> ModelSource:
     """
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"'{path}' does not exist; pass a diffusers pipeline folder, a model folder or a " ".safetensors file")
+        raise SparseDeployError(
+            f"'{path}' does not exist; pass a diffusers pipeline folder, a model folder or a .safetensors file"
+        )
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise SparseDeployError(f"'{path}' is a {path.suffix or 'suffix-less'} file; weights files must be " ".safetensors (or pass a diffusers folder)")
+            raise SparseDeployError(
+                f"'{path}' is a {path.suffix or 'suffix-less'} file; weights files must be "
+                ".safetensors (or pass a diffusers folder)"
+            )
         beside = path.parent / "config.json"
         config = _json(beside) if beside.is_file() else None
         if config is not None and config.get("_class_name") not in DENOISER_CLASSES:
@@ -160,31 +173,53 @@ def resolve_source(path: str | Path) -> ModelSource:
         if component is None:
             parts = _components(path, index)
             raise SparseDeployError(
-                f"pipeline '{path}' ({index.get('_class_name', '?')}) has no DiTTransformer2DModel or " "UNet2DModel component "
-                "(model_index.json lists " f"{', '.join(f'{k}: {v}' for k, v in parts.items()) or 'no components'})"
+                f"pipeline '{path}' ({index.get('_class_name', '?')}) has no DiTTransformer2DModel or "
+                "UNet2DModel component "
+                "(model_index.json lists "
+                f"{', '.join(f'{k}: {v}' for k, v in parts.items()) or 'no components'})"
             )
         model_dir = path / component
-        return ModelSource(path, "pipeline", model_dir=model_dir, config=_json(model_dir / "config.json"), pipeline_root=path,
-                           model_index=index, component=component, vae_dir=vae, scheduler_config=scheduler)
+        return ModelSource(
+            path,
+            "pipeline",
+            model_dir=model_dir,
+            config=_json(model_dir / "config.json"),
+            pipeline_root=path,
+            model_index=index,
+            component=component,
+            vae_dir=vae,
+            scheduler_config=scheduler,
+        )
     if (path / "config.json").is_file():
         config = _json(path / "config.json")
         cls = config.get("_class_name")
         if cls not in DENOISER_CLASSES:
             raise SparseDeployError(
-                f"'{path}' holds a {cls or 'class-less'} config; the model must be a " f"{' or '.join(DENOISER_CLASSES)} "
+                f"'{path}' holds a {cls or 'class-less'} config; the model must be a "
+                f"{' or '.join(DENOISER_CLASSES)} "
                 "(pass the pipeline folder or its transformer/ or unet/ folder)"
             )
         parent = path.parent
         if (parent / "model_index.json").is_file():  # a component of a pipeline: its siblings count
             index, component, vae, scheduler = _pipeline_parts(parent)
             if component == path.name:
-                return ModelSource(path, "model", model_dir=path, config=config, pipeline_root=parent, model_index=index,
-                                   component=component, vae_dir=vae, scheduler_config=scheduler)
+                return ModelSource(
+                    path,
+                    "model",
+                    model_dir=path,
+                    config=config,
+                    pipeline_root=parent,
+                    model_index=index,
+                    component=component,
+                    vae_dir=vae,
+                    scheduler_config=scheduler,
+                )
         return ModelSource(path, "model", model_dir=path, config=config)
     if (path / "scheduler_config.json").is_file():
         raise SparseDeployError(f"'{path}' is a scheduler folder, not a model; pass the pipeline folder")
     raise SparseDeployError(
-        f"'{path}' holds neither model_index.json (a diffusers pipeline) nor config.json (a " "diffusers model folder); "
+        f"'{path}' holds neither model_index.json (a diffusers pipeline) nor config.json (a "
+        "diffusers model folder); "
         f"found: {_listing(path)}"
     )
 
@@ -193,21 +228,30 @@ def resolve_vae(path: str | Path) -> Path:
     """The AutoencoderKL folder of ``path``: a pipeline's VAE component, or a VAE folder itself."""
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"--vae '{path}' does not exist; pass a diffusers pipeline folder or an AutoencoderKL " "folder")
+        raise SparseDeployError(
+            f"--vae '{path}' does not exist; pass a diffusers pipeline folder or an AutoencoderKL folder"
+        )
     if path.is_dir() and (path / "model_index.json").is_file():
         index, _, vae, _ = _pipeline_parts(path)
         if vae is None:
             parts = _components(path, index)
-            raise SparseDeployError(f"pipeline '{path}' has no AutoencoderKL component (model_index.json lists " f"{', '.join(parts) or 'none'})")
+            raise SparseDeployError(
+                f"pipeline '{path}' has no AutoencoderKL component (model_index.json lists "
+                f"{', '.join(parts) or 'none'})"
+            )
         return vae
     if path.is_dir() and (path / "config.json").is_file():
         cls = _json(path / "config.json").get("_class_name")
         if cls not in VAE_CLASSES:
-            raise SparseDeployError(f"--vae '{path}' holds a {cls} config, not an AutoencoderKL; pass the pipeline folder " "or its vae/ folder")
+            raise SparseDeployError(
+                f"--vae '{path}' holds a {cls} config, not an AutoencoderKL; pass the pipeline folder "
+                "or its vae/ folder"
+            )
         return path
     found = _listing(path) if path.is_dir() else "a file"
     raise SparseDeployError(
-        f"--vae '{path}' is neither a diffusers pipeline (model_index.json) nor an " f"AutoencoderKL folder (config.json); found: {found}"
+        f"--vae '{path}' is neither a diffusers pipeline (model_index.json) nor an "
+        f"AutoencoderKL folder (config.json); found: {found}"
     )
 
 
@@ -215,9 +259,13 @@ def load_vae(path: str | Path):
     """A diffusers AutoencoderKL from a local pipeline or VAE folder (never downloads)."""
     path = resolve_vae(path)
     try:
-        vae = diffusers.AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+        vae = diffusers.AutoencoderKL.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+        )
     except Exception as exc:
-        raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+        raise SparseDeployError(
+            f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     return vae.eval()
 
 
@@ -252,20 +300,33 @@ def source_preset(source: ModelSource, model: str | None = None) -> Preset:
     """
     if source.config is None:
         if model is None:
-            raise SparseDeployError(f"'{source.path}' is a bare .safetensors file with no config.json beside it; pass " "--model PRESET to say its layout")
+            raise SparseDeployError(
+                f"'{source.path}' is a bare .safetensors file with no config.json beside it; pass "
+                "--model PRESET to say its layout"
+            )
         return get_preset(model)
     family = family_of(source.class_name)
     builtin = _matching_builtin(family, source.config)
-    latent = source.vae_dir is not None if source.pipeline_root is not None else (
-        builtin.latent if builtin is not None else (family == "dit" and int(source.config.get("in_channels", 4)) == 4)
+    latent = (
+        source.vae_dir is not None
+        if source.pipeline_root is not None
+        else (
+            builtin.latent
+            if builtin is not None
+            else (family == "dit" and int(source.config.get("in_channels", 4)) == 4)
+        )
     )
     if builtin is not None and builtin.latent == latent:
         preset = dataclasses.replace(builtin, schedule=source.scheduler_config)
     else:
-        preset = preset_from_config(family, source.config, name=source.name, latent=latent, schedule=source.scheduler_config)
+        preset = preset_from_config(
+            family, source.config, name=source.name, latent=latent, schedule=source.scheduler_config
+        )
     if model is not None and model != preset.name:
         raise SparseDeployError(
-            f"--model {model} does not match the {source.class_name} config in " f"'{source.model_dir or source.path}' "
-            f"(that is {'preset ' if builtin else 'a custom layout, '}'{preset.name}'); drop " "--model, the config says the layout"
+            f"--model {model} does not match the {source.class_name} config in "
+            f"'{source.model_dir or source.path}' "
+            f"(that is {'preset ' if builtin else 'a custom layout, '}'{preset.name}'); drop "
+            "--model, the config says the layout"
         )
     return preset

@@ -132,7 +132,8 @@ class SparsityConfig:
         mode = get_mode(self.mode)
         if self.pattern != PATTERN:
             raise SparseDeployError(
-                f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and " f"cuSPARSELt run {PATTERN} only"
+                f"sparsity pattern '{self.pattern}' is not supported: TensorRT's sparse weights and "
+                f"cuSPARSELt run {PATTERN} only"
             )
         if not 0 <= self.decay < float("inf"):  # also refuses nan
             raise SparseDeployError(f"--decay must be >= 0, got {self.decay}")
@@ -145,17 +146,26 @@ class SparsityConfig:
                 f"got {self.pruned_decay} with mode {self.mode}"
             )
         if len(self.tau) != 2 or min(self.tau) <= 0 or len(self.logit_scale) != 2 or min(self.logit_scale) <= 0:
-            raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, " f"{self.logit_scale}")
+            raise SparseDeployError(
+                f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}"
+            )
         if self.mask_lr <= 0 or self.mask_prior < 0:
-            raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
+            raise SparseDeployError(
+                f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}"
+            )
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.latency_batch < 1 or self.latency_dtype not in ("fp16", "bf16"):
-            raise SparseDeployError("--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got " f"{self.latency_batch}, {self.latency_dtype!r}")
+            raise SparseDeployError(
+                "--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got "
+                f"{self.latency_batch}, {self.latency_dtype!r}"
+            )
         if self.mask_init not in MASK_INITS:
             raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
         if self.modelopt_default_rules and not self.mask_init.startswith("modelopt:"):
-            raise SparseDeployError("--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)")
+            raise SparseDeployError(
+                "--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)"
+            )
         if not 0 <= self.decay_ramp <= 1:
             raise SparseDeployError(f"--decay-ramp is a share of training in [0, 1], got {self.decay_ramp}")
         if self.calib_samples < 1:
@@ -236,8 +246,10 @@ def select_layers(model: nn.Module, config: SparsityConfig, preset: Preset | Non
     unmatched = [p for p in include if not any(fnmatch.fnmatchcase(short_name(n), p) for n, _ in candidates)]
     if unmatched:
         raise SparseDeployError(
-            f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names " "look like "
-            f"'{short_name(candidates[0][0]) if candidates else '?'}' (glob syntax, without the " "'net.' prefix)"
+            f"layer pattern(s) {unmatched} match no {'/'.join(config.types)} module; module names "
+            "look like "
+            f"'{short_name(candidates[0][0]) if candidates else '?'}' (glob syntax, without the "
+            "'net.' prefix)"
         )
     choice = LayerChoice()
     for name, module in candidates:
@@ -281,12 +293,16 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
     for name in layers:
         module = by_name.get(name)
         if module is None or type(module) not in _MASKED:
-            raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit " "this preset")
+            raise SparseDeployError(
+                f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset"
+            )
         module.__class__ = _MASKED[type(module)]
         module.register_buffer("weight_mask", nm_mask(module.weight, PATTERN_N, PATTERN_M))
         module.sparsity_mode = config.mode
         if get_mode(config.mode).mask_logits:
-            prior = nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
+            prior = (
+                nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
+            )
             module.mask_logits = nn.Parameter(prior.reshape(-1, 6).to(module.weight.device))
     log.info("masked %d layers with %s %s masks", len(layers), PATTERN, config.mode)
     return list(layers)
@@ -314,7 +330,10 @@ def bake_(model: nn.Module) -> list[str]:
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)
-            raise SparseDeployError(f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's " "masks are damaged); re-create the checkpoint")
+            raise SparseDeployError(
+                f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's "
+                "masks are damaged); re-create the checkpoint"
+            )
         baked.append(name)
     return baked
 
@@ -350,10 +369,13 @@ class CoverageReport:
     def summary(self) -> str:
         linear_conv = sum(self.layer_macs.values())
         return (
-            f"{len(self.sparse_layers)} layers {PATTERN}-sparse ({len(self.skipped)} selected " "layers skipped); "
-            f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M " "MACs per sample "
+            f"{len(self.sparse_layers)} layers {PATTERN}-sparse ({len(self.skipped)} selected "
+            "layers skipped); "
+            f"they carry {self.sparse_share:.1%} of the model's {self.model_macs / 1e6:.1f} M "
+            "MACs per sample "
             f"({self.sparse_macs / max(linear_conv, 1):.1%} of Linear/Conv MACs); "
-            f"effective MACs {self.effective_macs / 1e6:.1f} M " f"({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
+            f"effective MACs {self.effective_macs / 1e6:.1f} M "
+            f"({self.effective_macs / max(self.model_macs, 1):.1%} of dense)"
         )
 
     def to_dict(self) -> dict:
@@ -370,11 +392,16 @@ class CoverageReport:
 
 
 def coverage_report(
-    model: nn.Module, inputs: Sequence[torch.Tensor], sparse_layers: Sequence[str], skipped: dict[str, str] | None = None,
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    sparse_layers: Sequence[str],
+    skipped: dict[str, str] | None = None,
 ) -> CoverageReport:
     """Count MACs on ``inputs`` (batch 1 gives per-sample figures) and report sparse coverage."""
     per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
     return CoverageReport(
-        sparse_layers=list(sparse_layers), skipped=dict(skipped or {}), layer_macs=per_layer,
+        sparse_layers=list(sparse_layers),
+        skipped=dict(skipped or {}),
+        layer_macs=per_layer,
         model_macs=total_macs(model, inputs),
     )

@@ -68,7 +68,10 @@ class Runner:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({str(self.path)!r}, preset={self.preset.name}, " f"precision={self.contract.precision})"
+        return (
+            f"{self.__class__.__name__}({str(self.path)!r}, preset={self.preset.name}, "
+            f"precision={self.contract.precision})"
+        )
 
     @property
     def kind(self) -> str:
@@ -96,7 +99,8 @@ class Runner:
         spec = self.contract.inputs[0]
         if sample.dim() != len(spec.shape) or tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
             raise SparseDeployError(
-                f"sample of shape {tuple(sample.shape)} does not fit {self.preset.name}'s [B, " f"{', '.join(map(str, spec.shape[1:]))}]"
+                f"sample of shape {tuple(sample.shape)} does not fit {self.preset.name}'s [B, "
+                f"{', '.join(map(str, spec.shape[1:]))}]"
             )
         batch = int(sample.shape[0])
         if tuple(timestep.shape) != (batch,):
@@ -111,7 +115,9 @@ class Runner:
         self.contract.profile.check(batch, where=f"{self.backend} engine '{self.path.name}'")
         return batch
 
-    def numpy_feeds(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> dict[str, np.ndarray]:
+    def numpy_feeds(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None
+    ) -> dict[str, np.ndarray]:
         """The inputs as contiguous numpy arrays in the contract's dtypes, keyed by input name."""
         values = {"sample": sample, "timestep": timestep, "class_labels": class_labels}
         return {
@@ -119,7 +125,9 @@ class Runner:
             for spec in self.contract.inputs
         }
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if timestep.dim() == 0:
             timestep = timestep.expand(sample.shape[0])
         self.check_inputs(sample, timestep, class_labels)

@@ -60,23 +60,32 @@ class Torch24Runner(Runner):
     def __init__(self, path: str | Path, device: str = "auto"):
         if device == "cpu" or not torch.cuda.is_available():
             raise SparseDeployError(
-                "the torch24 backend runs PyTorch's semi-structured 2:4 kernels " "(torch.sparse.to_sparse_semi_structured), "
+                "the torch24 backend runs PyTorch's semi-structured 2:4 kernels "
+                "(torch.sparse.to_sparse_semi_structured), "
                 "which need a CUDA GPU of compute capability 8.0+; "
                 + ("--device cpu was asked for" if device == "cpu" else "this PyTorch sees no CUDA GPU")
                 + "; use the torch or onnxruntime backend instead"
             )
         major, minor = torch.cuda.get_device_capability(0)
         if major < 8:
-            raise SparseDeployError("the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU " f"has {major}.{minor}")
+            raise SparseDeployError(
+                f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}"
+            )
         model, manifest = load_checkpoint(path)
         masked = sorted(manifest.get("masked_layers") or [])
         if not masked:
-            raise SparseDeployError(f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; " "use the torch backend")
+            raise SparseDeployError(
+                f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; "
+                "use the torch backend"
+            )
         bake_(model)
         model = model.half().cuda().eval()
         self.converted, self.skipped = to_semi_structured_(model, masked)
         if not self.converted:
-            raise SparseDeployError(f"no masked Linear of '{path}' could be converted to a semi-structured tensor: " f"{dict(list(self.skipped.items())[:2])}")
+            raise SparseDeployError(
+                f"no masked Linear of '{path}' could be converted to a semi-structured tensor: "
+                f"{dict(list(self.skipped.items())[:2])}"
+            )
         log.info("torch24: %d Linear layers on 2:4 kernels, %d left dense", len(self.converted), len(self.skipped))
         self.model = model
         super().__init__(Path(path), manifest, contract_for(model.preset, "fp16", TORCH_PROFILE), model.preset)

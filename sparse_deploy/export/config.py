@@ -57,7 +57,9 @@ class ExportConfig:
     def validate(self) -> ExportConfig:
         if is_path(self.model):  # a pipeline/model folder or file given as --model: it is the weights
             if self.weights is not None:
-                raise SparseDeployError(f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once")
+                raise SparseDeployError(
+                    f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once"
+                )
             self.model, self.weights = None, Path(self.model)
         if self.model is not None:
             get_preset(self.model)
@@ -65,7 +67,8 @@ class ExportConfig:
             raise SparseDeployError("pass either --checkpoint or --weights, not both")
         if self.model is None and self.checkpoint is None and self.weights is None:
             raise SparseDeployError(
-                "--model is required unless --checkpoint names a checkpoint or --weights a diffusers " "pipeline/model folder (whose config names the layout)"
+                "--model is required unless --checkpoint names a checkpoint or --weights a diffusers "
+                "pipeline/model folder (whose config names the layout)"
             )
         _check_choices("--precision", self.precisions, PRECISIONS)
         _check_choices("--kinds", self.kinds, KINDS)

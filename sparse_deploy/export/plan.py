@@ -128,7 +128,11 @@ def _checkpoint_identity(path: Path, manifest: dict[str, Any]) -> dict[str, Any]
 
 
 def _weights_base(preset: Preset, weights: Path) -> _Base:
-    identity = {"type": "weights", "path": str(weights.resolve()), "weights_sha256": _hash_weights_path(resolve_source(weights).weights)}
+    identity = {
+        "type": "weights",
+        "path": str(weights.resolve()),
+        "weights_sha256": _hash_weights_path(resolve_source(weights).weights),
+    }
     return _Base(identity, _Once(lambda: (models.build_model(preset, weights).eval(), [])), f"weights {weights}")
 
 
@@ -136,8 +140,10 @@ def _load_dense_checkpoint(path: Path) -> tuple[Denoiser, list[str]]:
     model, manifest = ckpt.load_checkpoint(path)
     if manifest.get("masked_layers"):
         raise SparseDeployError(
-            f"'{path}' is a sparse checkpoint ({len(manifest['masked_layers'])} masked layers) " "but was given as the "
-            "dense checkpoint; point --dense-checkpoint at the dense model the sparse one was " "fine-tuned from"
+            f"'{path}' is a sparse checkpoint ({len(manifest['masked_layers'])} masked layers) "
+            "but was given as the "
+            "dense checkpoint; point --dense-checkpoint at the dense model the sparse one was "
+            "fine-tuned from"
         )
     return model, []
 
@@ -150,7 +156,8 @@ def _oneshot(base: Loader) -> Loader:
         sparsify_(model, config, layers=choice.selected)
         layers = bake_(model)
         log.warning(
-            "sparse graph = ONE-SHOT magnitude 2:4 pruning of %d layers with NO FINE-TUNING: a " "baseline, expect "
+            "sparse graph = ONE-SHOT magnitude 2:4 pruning of %d layers with NO FINE-TUNING: a "
+            "baseline, expect "
             "worse samples than a fine-tuned sparse checkpoint",
             len(layers),
         )
@@ -161,34 +168,46 @@ def _oneshot(base: Loader) -> Loader:
 
 def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset) -> GraphSource:
     """The dense graph of a sparse checkpoint: its dense parent checkpoint, or the weights it was tuned from."""
-    dense_path, named, dense_weights = config.dense_checkpoint, manifest.get("dense_checkpoint"), manifest.get("dense_weights")
+    dense_path, named, dense_weights = (
+        config.dense_checkpoint,
+        manifest.get("dense_checkpoint"),
+        manifest.get("dense_weights"),
+    )
     if dense_path is None and not named and dense_weights:
         # Fine-tuned from diffusers weights: the dense graph is those weights.
         weights = Path(dense_weights)
         if not weights.exists():
             raise SparseDeployError(
-                f"checkpoint '{path}' was fine-tuned from '{weights}', which no longer exists; pass " "--dense-checkpoint or --kinds sparse"
+                f"checkpoint '{path}' was fine-tuned from '{weights}', which no longer exists; pass "
+                "--dense-checkpoint or --kinds sparse"
             )
         base = _weights_base(preset, weights)
         return GraphSource("dense", base.identity, base.load, [f"dense graph: {base.note}"])
     if dense_path is None and named:
         dense_path = _resolve_relative(str(named), path)
-    elif dense_path is not None and named and Path(dense_path).resolve() != _resolve_relative(str(named), path).resolve():
+    elif (
+        dense_path is not None and named and Path(dense_path).resolve() != _resolve_relative(str(named), path).resolve()
+    ):
         log.warning("--dense-checkpoint %s overrides the dense checkpoint %s named in %s", dense_path, named, path)
     if dense_path is None:
         raise SparseDeployError(
-            f"checkpoint '{path}' is sparse and its manifest names no dense_checkpoint, so there " "is no dense "
-            "model to export; pass --dense-checkpoint DIR (the model it was fine-tuned from) or " "--kinds sparse"
+            f"checkpoint '{path}' is sparse and its manifest names no dense_checkpoint, so there "
+            "is no dense "
+            "model to export; pass --dense-checkpoint DIR (the model it was fine-tuned from) or "
+            "--kinds sparse"
         )
     dense_path = Path(dense_path)
     dense_manifest = ckpt.read_manifest(dense_path)
     if dense_manifest.get("preset") != preset.name:
         raise SparseDeployError(
-            f"dense checkpoint '{dense_path}' holds preset '{dense_manifest.get('preset')}', but " "the sparse "
+            f"dense checkpoint '{dense_path}' holds preset '{dense_manifest.get('preset')}', but "
+            "the sparse "
             f"checkpoint is '{preset.name}'; pass the dense checkpoint of the same model"
         )
     return GraphSource(
-        "dense", _checkpoint_identity(dense_path, dense_manifest), _Once(lambda: _load_dense_checkpoint(dense_path)),
+        "dense",
+        _checkpoint_identity(dense_path, dense_manifest),
+        _Once(lambda: _load_dense_checkpoint(dense_path)),
         [f"dense graph: checkpoint {dense_path}"],
     )
 
@@ -199,7 +218,9 @@ def _fine_tuned(mode: str | None) -> bool:
     return known.trains if known is not None else True
 
 
-def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset) -> dict[str, GraphSource]:
+def _sparse_checkpoint_sources(
+    config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset
+) -> dict[str, GraphSource]:
     """A checkpoint with masks: its own baked masks for the sparse graph, its dense parent for the dense one."""
     identity = _checkpoint_identity(path, manifest)
     masked, mode = list(manifest["masked_layers"]), identity["sparsity_mode"]
@@ -211,8 +232,13 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
     sources: dict[str, GraphSource] = {}
     if "sparse" in config.kinds:
         sources["sparse"] = GraphSource(
-            "sparse", {**identity, "masks": "checkpoint", "fine_tuned": _fine_tuned(mode)}, _Once(load_sparse),
-            [f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks " "baked into the weights"],
+            "sparse",
+            {**identity, "masks": "checkpoint", "fine_tuned": _fine_tuned(mode)},
+            _Once(load_sparse),
+            [
+                f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks "
+                "baked into the weights"
+            ],
         )
     if "dense" in config.kinds:
         sources["dense"] = _dense_parent(config, path, manifest, preset)
@@ -221,9 +247,11 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
 
 def _random_base(preset: Preset, seed: int) -> _Base:
     log.warning(
-        "no --checkpoint or --weights: exporting preset '%s' with RANDOM weights (seed %d); " "the graphs are "
+        "no --checkpoint or --weights: exporting preset '%s' with RANDOM weights (seed %d); "
+        "the graphs are "
         "fine for latency work and MEANINGLESS for image quality",
-        preset.name, seed,
+        preset.name,
+        seed,
     )
 
     def random_model() -> tuple[Denoiser, list[str]]:
@@ -232,7 +260,11 @@ def _random_base(preset: Preset, seed: int) -> _Base:
             with _quiet(models.log):  # announced above, once
                 return models.build_model(preset, None, announce_random=True).eval(), []
 
-    return _Base({"type": "random", "seed": seed, "quality": "meaningless (random init)"}, _Once(random_model), f"RANDOM init (seed {seed})")
+    return _Base(
+        {"type": "random", "seed": seed, "quality": "meaningless (random init)"},
+        _Once(random_model),
+        f"RANDOM init (seed {seed})",
+    )
 
 
 def _base_sources(config: ExportConfig, base: _Base) -> dict[str, GraphSource]:
@@ -244,8 +276,10 @@ def _base_sources(config: ExportConfig, base: _Base) -> dict[str, GraphSource]:
         where = f"checkpoint '{config.checkpoint}'" if config.checkpoint is not None else base.note
         if config.require_masks:
             raise SparseDeployError(
-                f"a sparse export of a model with no masks: {where} has no masked layers and " "--require-masks forbids "
-                "one-shot pruning; export a sparse (fine-tuned) checkpoint, or drop --require-masks " "for a one-shot "
+                f"a sparse export of a model with no masks: {where} has no masked layers and "
+                "--require-masks forbids "
+                "one-shot pruning; export a sparse (fine-tuned) checkpoint, or drop --require-masks "
+                "for a one-shot "
                 "magnitude 2:4 baseline with no fine-tuning"
             )
         oneshot = SparsityConfig(mode=ONESHOT)
@@ -266,12 +300,17 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
         manifest = ckpt.read_manifest(path)
         if config.model is not None and manifest.get("preset") != config.model:
             raise SparseDeployError(
-                f"checkpoint '{path}' holds preset '{manifest.get('preset')}', not '{config.model}'; " "drop --model or pick the matching one"
+                f"checkpoint '{path}' holds preset '{manifest.get('preset')}', not '{config.model}'; "
+                "drop --model or pick the matching one"
             )
         preset = preset_from_manifest(manifest)
         if manifest.get("masked_layers"):
             return preset, _sparse_checkpoint_sources(config, path, manifest, preset)
-        base = _Base(_checkpoint_identity(path, manifest), _Once(lambda: _load_dense_checkpoint(path)), f"checkpoint {path} (dense: no masks)")
+        base = _Base(
+            _checkpoint_identity(path, manifest),
+            _Once(lambda: _load_dense_checkpoint(path)),
+            f"checkpoint {path} (dense: no masks)",
+        )
     elif config.weights is not None:
         weights = Path(config.weights)
         if not weights.exists():

@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def apply_latency_profile(
-    choice: LayerChoice, rows_per_sample: dict[str, int], shapes: dict[str, tuple[int, int]], profile: LatencyProfile, *, batch: int, dtype: str,
+    choice: LayerChoice,
+    rows_per_sample: dict[str, int],
+    shapes: dict[str, tuple[int, int]],
+    profile: LatencyProfile,
+    *,
+    batch: int,
+    dtype: str,
 ) -> list[str]:
     """Move from ``choice.selected`` to ``choice.skipped`` every layer whose 2:4 kernel is not faster.
 
@@ -71,7 +77,11 @@ def apply_latency_profile(
             )
     choice.selected[:] = kept
     if unprofiled:
-        log.warning("--latency-profile has no timing for %d selected layer(s) at this shape (kept 2:4): %s", len(unprofiled), unprofiled[:4])
+        log.warning(
+            "--latency-profile has no timing for %d selected layer(s) at this shape (kept 2:4): %s",
+            len(unprofiled),
+            unprofiled[:4],
+        )
     return unprofiled
 
 
@@ -79,25 +89,44 @@ def choose_by_latency_(model: nn.Module, preset: Preset, choice: LayerChoice, sp
     """Keep dense the selected layers whose 2:4 kernel is not faster on the profiled GPU (``--latency-profile``)."""
     profile = load_latency_profile(sparsity.latency_profile)
     rows = layer_rows(model, example_inputs(preset, 1))
-    shapes = {short_name(n): (m.out_features, m.in_features)
-              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    shapes = {
+        short_name(n): (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     apply_latency_profile(choice, rows, shapes, profile, batch=sparsity.latency_batch, dtype=sparsity.latency_dtype)
     if not choice.selected:
         raise SparseDeployError(
-            f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel " f"faster than dense on {profile.gpu} "
+            f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel "
+            f"faster than dense on {profile.gpu} "
             f"at batch {sparsity.latency_batch} ({sparsity.latency_dtype}); nothing would be sparse"
         )
-    log.info("--latency-profile (%s, batch %d, %s): %d layers stay 2:4", profile.gpu, sparsity.latency_batch, sparsity.latency_dtype, len(choice.selected))
+    log.info(
+        "--latency-profile (%s, batch %d, %s): %d layers stay 2:4",
+        profile.gpu,
+        sparsity.latency_batch,
+        sparsity.latency_dtype,
+        len(choice.selected),
+    )
 
 
 def choose_by_macs_budget_(
-    model: nn.Module, preset: Preset, choice: LayerChoice, images: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor,
-    budget: float, *, seed: int = 0,
+    model: nn.Module,
+    preset: Preset,
+    choice: LayerChoice,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas: torch.Tensor,
+    budget: float,
+    *,
+    seed: int = 0,
 ) -> None:
     """Keep dense the most loss-sensitive selected layers so that effective MACs meet ``--macs-budget``."""
     inputs = example_inputs(preset, 1)
     per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
-    sens = layer_sensitivity(model, choice.selected, images, labels, alphas, seed=seed, conditional=bool(preset.num_classes))
+    sens = layer_sensitivity(
+        model, choice.selected, images, labels, alphas, seed=seed, conditional=bool(preset.num_classes)
+    )
     chosen = choose_for_budget(per_layer, total_macs(model, inputs), sens, budget)
     for name in chosen.kept_dense:
         choice.skipped[name] = f"kept dense by --macs-budget {budget} (sensitivity {sens[name]:.2e})"

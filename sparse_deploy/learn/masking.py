@@ -155,7 +155,9 @@ def _hard_mask(module: nn.Module) -> torch.Tensor:
     logits = getattr(module, "mask_logits", None)
     if logits is None:
         return nm_mask(module.weight, PATTERN_N, PATTERN_M)  # SR-STE / STE: magnitude of the dense weight
-    chosen = nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
+    chosen = (
+        nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()
+    )  # maskllm: argmax pattern
     shape = module.weight.shape
     return from_groups(chosen.reshape(to_groups(module.weight, PATTERN_M).shape), shape)
 

@@ -25,7 +25,9 @@ from sparse_deploy.triton.dlpack_io import from_triton as _array
 from sparse_deploy.triton.dlpack_io import to_triton
 
 # Only importable inside Triton's Python backend (the stub provides it); nothing here needs it before then.
-pb_utils = lazy_import("triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend")
+pb_utils = lazy_import(
+    "triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend"
+)
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -51,7 +53,9 @@ class TritonPythonModel:
         print(f"sparse-deploy: denoiser {self.runner!r} ready", flush=True)
 
     def _run(self, arrays):
-        out = self.runner(**{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays, strict=True)})
+        out = self.runner(
+            **{name: torch.from_numpy(np.array(a)) for name, a in zip(self.input_names, arrays, strict=True)}
+        )
         return out.numpy().astype(self.output.dtype, copy=False)
 
     def execute(self, requests):

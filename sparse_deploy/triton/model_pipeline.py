@@ -33,7 +33,9 @@ from sparse_deploy.triton.pipeline import (
 )
 
 # Only importable inside Triton's Python backend (the stub provides it); nothing here needs it before then.
-pb_utils = lazy_import("triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend")
+pb_utils = lazy_import(
+    "triton_python_backend_utils", "a Triton Python-backend model", "run it inside Triton's Python backend"
+)
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -72,10 +74,17 @@ class TritonPythonModel:
         if self.settings.vae:
             self.vae = load_vae(self.settings.vae)
         elif self.preset.latent:
-            _log("warn", f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
-                 "min-max normalised latent channels, not decoded images")
-        _log("info", f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls " f"'{self.settings.denoiser}', "
-             f"denoiser max batch {self.settings.max_batch}")
+            _log(
+                "warn",
+                f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
+                "min-max normalised latent channels, not decoded images",
+            )
+        _log(
+            "info",
+            f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls "
+            f"'{self.settings.denoiser}', "
+            f"denoiser max batch {self.settings.max_batch}",
+        )
 
     def _denoise(self, sample, timestep, class_labels):
         inputs = [

@@ -24,5 +24,19 @@ def test_features_take_a_device_and_the_cli_records_it(tmp_path):
     np.testing.assert_array_equal(fid.features_from_images(images, progress=False, device="cpu"), default)
     np.savez(tmp_path / "a.npz", images=images)
     out = tmp_path / "r.json"
-    assert fid_cli.main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--no-cache", "--quiet", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        fid_cli.main(
+            [
+                str(tmp_path / "a.npz"),
+                str(tmp_path / "a.npz"),
+                "--no-cache",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["device"] == "cpu"

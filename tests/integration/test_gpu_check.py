@@ -26,7 +26,9 @@ def test_a_hung_part_loses_only_itself(tmp_path, monkeypatch, capsys):
         assert "--part" in argv and timeout <= gc.PART_CAPS[name]
         if name == "gemm":
             return {"part": name, "status": "timeout", "seconds": timeout, "log_tail": "still timing"}
-        (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [], "skipped": []}))
+        (out / "tests.json").write_text(
+            json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [], "skipped": []})
+        )
         return {"part": name, "status": "ok", "seconds": 1.0}
 
     monkeypatch.setattr(cli, "no_gpu_reason", lambda: None)
@@ -48,10 +50,19 @@ def test_the_package_runs_as_a_module_and_imports_only_the_standard_library(tmp_
     starts each part as ``python -m sparse_deploy.gpu_check part --part NAME``."""
     import subprocess
 
-    probe = ("import sys, sparse_deploy.gpu_check; "
-             "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if " "m in sys.modules))")
-    imported = subprocess.run([sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True)
+    probe = (
+        "import sys, sparse_deploy.gpu_check; "
+        "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if "
+        "m in sys.modules))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True
+    )
     assert imported.stdout.strip() == "[]"
-    part = subprocess.run([sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],
-                          cwd=gc.cli.REPO, capture_output=True, text=True)
+    part = subprocess.run(
+        [sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],
+        cwd=gc.cli.REPO,
+        capture_output=True,
+        text=True,
+    )
     assert part.returncode == 0 and part.stdout.startswith("gpu-check: nothing to do: "), part.stderr[-2000:]

@@ -33,10 +33,18 @@ def test_output_file_refuses_folders_and_files_on_the_way(tmp_path):
         check_output_file(tmp_path / "f" / "r.json", "--json")
 
 
-@pytest.mark.parametrize("value, low, strict, ok", [
-    (0.0, 0, False, True), (0.0, 0, True, False), (1e-9, 0, True, True), (-1.0, 0, False, False),
-    (math.nan, None, False, False), (math.inf, None, False, False), (-5.0, None, False, True),
-])
+@pytest.mark.parametrize(
+    "value, low, strict, ok",
+    [
+        (0.0, 0, False, True),
+        (0.0, 0, True, False),
+        (1e-9, 0, True, True),
+        (-1.0, 0, False, False),
+        (math.nan, None, False, False),
+        (math.inf, None, False, False),
+        (-5.0, None, False, True),
+    ],
+)
 def test_check_finite(value, low, strict, ok):
     if ok:
         assert check_finite("--lr", value, low, strict=strict) == value
@@ -46,7 +54,11 @@ def test_check_finite(value, low, strict, ok):
 
 
 def test_check_positive_bounds_and_message():
-    assert check_positive("--steps", 1) == 1 and check_positive("--steps", 0, 0) == 0 and check_positive("--n", 3, 1, 3) == 3
+    assert (
+        check_positive("--steps", 1) == 1
+        and check_positive("--steps", 0, 0) == 0
+        and check_positive("--n", 3, 1, 3) == 3
+    )
     with pytest.raises(SparseDeployError, match="--steps must be at least 1, got 0"):
         check_positive("--steps", 0)
     with pytest.raises(SparseDeployError, match="--n must be between 1 and 3, got 4"):

@@ -21,7 +21,9 @@ def test_a_dense_checkpoint_names_its_own_preset(tmp_path):
     ckpt = save_checkpoint(tmp_path / "c", build_model(get_preset("tiny-unet"), announce_random=False), sparsity=None)
     assert run_preset(None, init=ckpt).name == "tiny-unet"
     assert run_preset("tiny-unet", init=ckpt).name == "tiny-unet"  # checked where the checkpoint is loaded
-    with pytest.raises(SparseDeployError, match="--init checkpoint is preset 'tiny-unet', not 'my-model'; drop --model"):
+    with pytest.raises(
+        SparseDeployError, match="--init checkpoint is preset 'tiny-unet', not 'my-model'; drop --model"
+    ):
         run_preset("my-model", init=ckpt)
 
 

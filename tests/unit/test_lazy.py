@@ -21,7 +21,9 @@ def test_nothing_is_imported_until_an_attribute_is_read(monkeypatch):
 
 def test_a_present_module_behaves_as_itself():
     json_like = LazyModule("json", "a test", "nothing")  # any importable module
-    assert json_like.dumps([1]) == "[1]" and load(json_like) is sys.modules["json"] and missing_reason(json_like) is None
+    assert (
+        json_like.dumps([1]) == "[1]" and load(json_like) is sys.modules["json"] and missing_reason(json_like) is None
+    )
 
 
 def test_a_missing_module_is_one_sentence_that_says_how_to_install_it():
@@ -29,7 +31,9 @@ def test_a_missing_module_is_one_sentence_that_says_how_to_install_it():
     with pytest.raises(MissingDependency) as info:
         module.anything  # noqa: B018
     message = str(info.value)
-    assert message.startswith("drawing the plots needs the Python module 'no_such_package_here', which could not " "be imported")
+    assert message.startswith(
+        "drawing the plots needs the Python module 'no_such_package_here', which could not be imported"
+    )
     assert message.endswith("install it with: pip install no-such-package") and "\n" not in message
     assert isinstance(info.value, SparseDeployError) and isinstance(info.value, ImportError)  # caught by either
     assert "No module named" in missing_reason("no_such_package_here")

@@ -16,13 +16,17 @@ def test_the_registry_says_what_each_mode_does():
     assert MODE_NAMES == ("srste", "ste", "fixed", "oneshot", "maskllm")
     assert [m for m in MODES if not MODES[m].trains] == [ONESHOT] and MODES[ONESHOT].min_steps == 0
     assert [m for m in MODES if MODES[m].learns_masks] == ["srste", "ste", "maskllm"]
-    assert [m for m in MODES if MODES[m].decays_pruned] == ["srste"] and [m for m in MODES if MODES[m].mask_logits] == ["maskllm"]
+    assert [m for m in MODES if MODES[m].decays_pruned] == ["srste"] and [m for m in MODES if MODES[m].mask_logits] == [
+        "maskllm"
+    ]
     assert len({m.label for m in MODES.values()}) == len(MODES)
     assert set(GRADIENTS) == set(TRAINING_WEIGHTS)  # every kind of gradient has its training weight
 
 
 def test_unknown_modes_and_gradients_are_refused():
-    with pytest.raises(SparseDeployError, match="unknown sparsity mode 'magic'; choose one of: srste, ste, fixed, oneshot, maskllm"):
+    with pytest.raises(
+        SparseDeployError, match="unknown sparsity mode 'magic'; choose one of: srste, ste, fixed, oneshot, maskllm"
+    ):
         get_mode("magic")
     with pytest.raises(ValueError, match="gradient must be one of"):
         SparsityMode("new", "new", "", gradient="sideways")
@@ -39,8 +43,11 @@ def test_the_config_reads_the_registry():
 def test_the_train_command_offers_every_mode_with_its_help():
     action = next(a for a in build_parser()._actions if a.dest == "sparsity")
     assert action.choices == ("none", *MODES)
-    assert action.help == ("none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), " "oneshot (no training), "
-                           "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
+    assert action.help == (
+        "none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), "
+        "oneshot (no training), "
+        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)"
+    )
 
 
 def test_bench_methods_train_as_their_mode_says():

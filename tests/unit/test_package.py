@@ -24,11 +24,34 @@ TESTS = REPO / "tests"
 #: Layers, lowest first: (name, module patterns). docs/ARCHITECTURE.md shows the same table.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "lazy", "settings", "provenance", "cliargs", "guards", "statefile", "timing")),
-    ("model", ("presets", "masks", "modes", "schedule", "sources", "models", "macs", "sparsify", "checkpoint", "inputs",
-               "data", "latency", "contract", "precision", "onnx_files", "artifacts", "sampling")),
+    (
+        "model",
+        (
+            "presets",
+            "masks",
+            "modes",
+            "schedule",
+            "sources",
+            "models",
+            "macs",
+            "sparsify",
+            "checkpoint",
+            "inputs",
+            "data",
+            "latency",
+            "contract",
+            "precision",
+            "onnx_files",
+            "artifacts",
+            "sampling",
+        ),
+    ),
     ("runtime", ("backends", "backends.*")),
     ("stages", ("learn", "learn.*", "export", "export.*", "build", "run", "fid", "fid.*")),
-    ("measure, serve", ("measure", "measure.*", "summary", "shipped", "triton", "triton.*", "client", "gpu_check", "gpu_check.*")),
+    (
+        "measure, serve",
+        ("measure", "measure.*", "summary", "shipped", "triton", "triton.*", "client", "gpu_check", "gpu_check.*"),
+    ),
     ("commands", ("train", "bench")),
 ]
 #: Modules that may declare lazy imports of the rest of sparse_deploy (and of torch): the GPU kit's parent process
@@ -36,9 +59,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 LAZY_PACKAGE_IMPORTERS = ("gpu_check", "gpu_check.*")
 #: The commands (python -m sparse_deploy.<name>) and the file each runs.
 ENTRY_POINTS = {
-    "train": "train.py", "build": "build.py", "run": "run.py", "summary": "summary.py", "shipped": "shipped.py",
-    "client": "client.py", "bench": "bench.py", "fid": "fid/__main__.py", "export": "export/__main__.py",
-    "gpu_check": "gpu_check/__main__.py", "triton": "triton/__main__.py", "triton.server": "triton/server.py",
+    "train": "train.py",
+    "build": "build.py",
+    "run": "run.py",
+    "summary": "summary.py",
+    "shipped": "shipped.py",
+    "client": "client.py",
+    "bench": "bench.py",
+    "fid": "fid/__main__.py",
+    "export": "export/__main__.py",
+    "gpu_check": "gpu_check/__main__.py",
+    "triton": "triton/__main__.py",
+    "triton.server": "triton/server.py",
 }
 #: tests/unit files that mirror no single module, and why.
 UNMIRRORED_TESTS = {"test_package.py": "the package as a whole (sparse_deploy/__init__.py and every module's imports)"}
@@ -93,8 +125,13 @@ def imports() -> list[tuple[str, str, bool, int]]:
                     for alias in child.names:
                         full = f"{base}.{alias.name}"
                         found.append((module, full if full in modules() else base, in_function, child.lineno))
-                elif (isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and child.func.id == "lazy_import"
-                      and child.args and isinstance(child.args[0], ast.Constant)):
+                elif (
+                    isinstance(child, ast.Call)
+                    and isinstance(child.func, ast.Name)
+                    and child.func.id == "lazy_import"
+                    and child.args
+                    and isinstance(child.args[0], ast.Constant)
+                ):
                     found.append((module, child.args[0].value, in_function, child.lineno))
                 visit(child, inner)
 
@@ -169,14 +206,22 @@ def test_no_import_loops():
 
 
 def test_no_module_imports_a_layer_above_it():
-    upward = [f"{_short(a)} ({LAYERS[_layer(a)][0]}) imports {_short(b)} ({LAYERS[_layer(b)][0]})"
-              for a, targets in _edges().items() if a != "sparse_deploy" for b in sorted(targets) if _layer(b) > _layer(a)]
+    upward = [
+        f"{_short(a)} ({LAYERS[_layer(a)][0]}) imports {_short(b)} ({LAYERS[_layer(b)][0]})"
+        for a, targets in _edges().items()
+        if a != "sparse_deploy"
+        for b in sorted(targets)
+        if _layer(b) > _layer(a)
+    ]
     assert upward == []
 
 
 def test_imports_inside_functions_only_of_heavy_packages():
-    inside = [f"{_short(m)}:{line} imports {target}" for m, target, in_function, line in imports()
-              if in_function and target.split(".")[0] not in HEAVY]
+    inside = [
+        f"{_short(m)}:{line} imports {target}"
+        for m, target, in_function, line in imports()
+        if in_function and target.split(".")[0] not in HEAVY
+    ]
     assert inside == []
 
 
@@ -192,7 +237,9 @@ def test_lazy_imports_are_declared_at_the_top_of_heavy_packages_only():
         top = target.split(".")[0]
         if top not in HEAVY:
             problems.append(f"{call}: not a heavy or optional package (lazy.HEAVY)")
-        elif top in ("sparse_deploy", "torch") and not any(fnmatch.fnmatchcase(_short(module), p) for p in LAZY_PACKAGE_IMPORTERS):
+        elif top in ("sparse_deploy", "torch") and not any(
+            fnmatch.fnmatchcase(_short(module), p) for p in LAZY_PACKAGE_IMPORTERS
+        ):
             problems.append(f"{call}: only the GPU kit may import {top} lazily")
     assert problems == []
 
@@ -258,7 +305,9 @@ print(json.dumps({
 
 def test_every_submodule_imports_without_gpu_libraries():
     # cwd=REPO puts the source tree first on sys.path, so this checks the code, not an install.
-    proc = subprocess.run([sys.executable, "-c", SCRIPT % {"blocked": BLOCKED}], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT % {"blocked": BLOCKED}], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # `import sparse_deploy` alone neither loads nor even tries to import a GPU-only library.
@@ -277,8 +326,12 @@ def test_every_command_has_one_entry_point_layout():
     assert runners == set(ENTRY_POINTS.values())
     for command, file in ENTRY_POINTS.items():
         text = (PACKAGE / file).read_text()
-        assert text.rstrip().endswith(guard), f"python -m sparse_deploy.{command}: {file} must end with the main() guard"
-        module = __import__(f"sparse_deploy.{command}" + (".__main__" if file.endswith("__main__.py") else ""), fromlist=["main"])
+        assert text.rstrip().endswith(guard), (
+            f"python -m sparse_deploy.{command}: {file} must end with the main() guard"
+        )
+        module = __import__(
+            f"sparse_deploy.{command}" + (".__main__" if file.endswith("__main__.py") else ""), fromlist=["main"]
+        )
         assert getattr(module.main, "is_cli_entry", False), f"{file}: main must be an errors.cli_entry"
 
 
@@ -311,7 +364,11 @@ def modules_imported_by_tests() -> set[str]:
 
 
 def test_every_module_of_60_lines_or_more_is_imported_by_a_test():
-    untested = [m for m, p in modules().items() if len(p.read_text().splitlines()) >= 60 and m not in modules_imported_by_tests()]
+    untested = [
+        m
+        for m, p in modules().items()
+        if len(p.read_text().splitlines()) >= 60 and m not in modules_imported_by_tests()
+    ]
     assert untested == []
 
 
@@ -327,4 +384,3 @@ def test_unit_test_files_are_named_after_the_module_they_test():
         if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
             strays.append(str(relative))
     assert strays == [], "tests/unit/<dirs>/test_<module>.py must mirror sparse_deploy/<dirs>/<module>.py"
-

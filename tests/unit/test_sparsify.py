@@ -36,6 +36,7 @@ def _fresh(preset: str, seed: int = 0) -> nn.Module:
 
 # --- layer selection -----------------------------------------------------------------------
 
+
 def test_select_layers_tiny_dit_defaults(tiny_dit):
     choice = select_layers(tiny_dit, SparsityConfig())
     expected = [f"transformer_blocks.{b}.{name}" for b in range(2) for name in DIT_BLOCK_LAYERS]
@@ -81,13 +82,16 @@ def test_only_ineligible_layers_raises(tiny_unet):
         select_layers(tiny_unet, SparsityConfig(include=("conv_in",)))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(mode="magic"), "unknown sparsity mode"),
-    (dict(pattern="4:4"), "pattern .4:4. is not supported"),
-    (dict(decay=-1.0), "decay"),
-    (dict(mask_every=0), "mask-every"),
-    (dict(types=("Embedding",)), "unknown layer types"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mode="magic"), "unknown sparsity mode"),
+        (dict(pattern="4:4"), "pattern .4:4. is not supported"),
+        (dict(decay=-1.0), "decay"),
+        (dict(mask_every=0), "mask-every"),
+        (dict(types=("Embedding",)), "unknown layer types"),
+    ],
+)
 def test_sparsity_config_validate(kwargs, match):
     with pytest.raises(SparseDeployError, match=match):
         SparsityConfig(**kwargs).validate()
@@ -102,6 +106,7 @@ def test_sparsify_rejects_unknown_layer_names(tiny_dit):
 # --- masks follow the dense weights ---------------------------------------------------------
 
 # --- bake ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("preset", ["tiny-dit", "tiny-unet"])
 def test_bake_leaves_plain_modules_with_exact_zeros(preset):
@@ -133,6 +138,7 @@ def test_bake_leaves_plain_modules_with_exact_zeros(preset):
 
 
 # --- MACs ----------------------------------------------------------------------------------
+
 
 def test_linear_and_conv_mac_counts(tiny_dit):
     preset = get_preset("tiny-dit")
@@ -172,6 +178,7 @@ def test_coverage_report_is_consistent():
 
 # --- the one pattern ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("pattern", ["4:8", "1:4", "2:8"])
 def test_other_patterns_are_refused_at_config_time(pattern):
     with pytest.raises(SparseDeployError, match=rf"sparsity pattern '{pattern}' is not supported: .* run 2:4 only"):
@@ -188,12 +195,15 @@ def test_the_pattern_is_one_constant_recorded_everywhere():
     assert SparsityConfig.from_dict({"mode": "ste", "n": 2, "m": 4}).validate().pattern == "2:4"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
-    (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
-    (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
-    (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
+        (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
+        (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
+        (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
+    ],
+)
 def test_new_settings_validate(kwargs, match):
     from sparse_deploy.errors import SparseDeployError
 

@@ -61,13 +61,19 @@ def test_a_scalar_timestep_is_one_per_sample():
     assert runner.check_inputs(sample, torch.tensor(5).expand(3), labels) == 3
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda s, t, y: (s[:, :, :4], t, y), "does not fit tiny-dit"),
-    (lambda s, t, y: (s, t[:1], y), "timestep must have shape"),
-    (lambda s, t, y: (s, t, None), "class-conditional: pass class_labels"),
-    (lambda s, t, y: (s, t, y[:1]), "class_labels must have shape"),
-    (lambda s, t, y: (torch.cat([s] * 3), torch.cat([t] * 3), torch.cat([y] * 3)), "batch"),  # 6 > the profile's max 4
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda s, t, y: (s[:, :, :4], t, y), "does not fit tiny-dit"),
+        (lambda s, t, y: (s, t[:1], y), "timestep must have shape"),
+        (lambda s, t, y: (s, t, None), "class-conditional: pass class_labels"),
+        (lambda s, t, y: (s, t, y[:1]), "class_labels must have shape"),
+        (
+            lambda s, t, y: (torch.cat([s] * 3), torch.cat([t] * 3), torch.cat([y] * 3)),
+            "batch",
+        ),  # 6 > the profile's max 4
+    ],
+)
 def test_inputs_the_contract_does_not_accept_are_refused_before_the_backend(change, match):
     runner = _runner()
     with pytest.raises(SparseDeployError, match=match):
@@ -87,14 +93,20 @@ def test_numpy_feeds_follow_the_contract_dtypes():
     sample, timestep, labels = _inputs()
     feeds = _runner(precision="fp16").numpy_feeds(sample, timestep, labels)
     assert list(feeds) == ["sample", "timestep", "class_labels"]
-    assert (feeds["sample"].dtype, feeds["timestep"].dtype, feeds["class_labels"].dtype) == (np.float16, np.int64, np.int64)
+    assert (feeds["sample"].dtype, feeds["timestep"].dtype, feeds["class_labels"].dtype) == (
+        np.float16,
+        np.int64,
+        np.int64,
+    )
     assert all(a.flags["C_CONTIGUOUS"] for a in feeds.values())
 
 
 def test_kind_sha_and_lifecycle():
     runner = _runner(manifest={"masked_layers": ["a"], "onnx_sha256": "o", "weights_sha256": "w"})
     assert runner.kind == "sparse" and runner.sha256 == "o" and runner.device_type == "cpu" and runner.details == {}
-    assert _runner(manifest={}).kind == "dense" and _runner(manifest={"kind": "dense", "engine_sha256": "e"}).sha256 == "e"
+    assert (
+        _runner(manifest={}).kind == "dense" and _runner(manifest={"kind": "dense", "engine_sha256": "e"}).sha256 == "e"
+    )
     with runner as active:
         assert active._active and runner.preset.name == "tiny-dit"
     assert not runner._active

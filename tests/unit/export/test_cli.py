@@ -12,11 +12,31 @@ from sparse_deploy.export.cli import build_parser, config_from_args, main
 
 
 def test_flags_map_onto_the_config(tmp_path):
-    args = build_parser().parse_args(["--model", "tiny-dit", "--precision", "fp16", "--kinds", "sparse", "--max-batch", "4",
-                                      "--opt-batch", "2", "--require-masks", "--seed", "3", "--external-data", "--out", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "--model",
+            "tiny-dit",
+            "--precision",
+            "fp16",
+            "--kinds",
+            "sparse",
+            "--max-batch",
+            "4",
+            "--opt-batch",
+            "2",
+            "--require-masks",
+            "--seed",
+            "3",
+            "--external-data",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     config = config_from_args(args, args.out)
     assert (config.model, config.precisions, config.kinds) == ("tiny-dit", ("fp16",), ("sparse",))
-    assert config.profile == BatchProfile(1, 2, 4) and config.require_masks and config.seed == 3 and config.external_data
+    assert (
+        config.profile == BatchProfile(1, 2, 4) and config.require_masks and config.seed == 3 and config.external_data
+    )
     assert config.out == Path(tmp_path)
 
 

@@ -25,17 +25,20 @@ def test_a_path_given_as_model_is_the_weights(tmp_path):
         ExportConfig(model=str(tmp_path / "pipeline"), weights=tmp_path / "other").validate()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(), "--model is required unless --checkpoint"),
-    (dict(model="no-such-preset"), "no-such-preset"),
-    (dict(model="tiny-dit", checkpoint=Path("c"), weights=Path("w")), "either --checkpoint or --weights"),
-    (dict(model="tiny-dit", precisions=("fp8",)), r"unknown --precision value\(s\) \['fp8'\]"),
-    (dict(model="tiny-dit", precisions=()), "--precision needs at least one of"),
-    (dict(model="tiny-dit", kinds=("dense", "dense")), "lists a value twice"),
-    (dict(model="tiny-dit", kinds=("half",)), "unknown --kinds"),
-    (dict(model="tiny-dit", max_batch=0), "--max-batch must be between"),
-    (dict(model="tiny-dit", max_batch=4, opt_batch=8), "--opt-batch must be between 1 and --max-batch 4"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "--model is required unless --checkpoint"),
+        (dict(model="no-such-preset"), "no-such-preset"),
+        (dict(model="tiny-dit", checkpoint=Path("c"), weights=Path("w")), "either --checkpoint or --weights"),
+        (dict(model="tiny-dit", precisions=("fp8",)), r"unknown --precision value\(s\) \['fp8'\]"),
+        (dict(model="tiny-dit", precisions=()), "--precision needs at least one of"),
+        (dict(model="tiny-dit", kinds=("dense", "dense")), "lists a value twice"),
+        (dict(model="tiny-dit", kinds=("half",)), "unknown --kinds"),
+        (dict(model="tiny-dit", max_batch=0), "--max-batch must be between"),
+        (dict(model="tiny-dit", max_batch=4, opt_batch=8), "--opt-batch must be between 1 and --max-batch 4"),
+    ],
+)
 def test_bad_settings_are_one_sentence(kwargs, match):
     with pytest.raises(SparseDeployError, match=match):
         ExportConfig(**kwargs).validate()

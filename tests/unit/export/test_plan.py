@@ -19,8 +19,12 @@ from sparse_deploy.sparsify import SparsityConfig, masked_modules, select_layers
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("dense") / "checkpoint", build_model(get_preset("tiny-dit"), announce_random=False),
-                           sparsity=None, info={"step": 3})
+    return save_checkpoint(
+        tmp_path_factory.mktemp("dense") / "checkpoint",
+        build_model(get_preset("tiny-dit"), announce_random=False),
+        sparsity=None,
+        info={"step": 3},
+    )
 
 
 def _sparse_ckpt(path, dense, mode: str = "srste"):
@@ -28,7 +32,9 @@ def _sparse_ckpt(path, dense, mode: str = "srste"):
     model = build_model(get_preset("tiny-dit"), announce_random=False)
     config = SparsityConfig(mode=mode)
     sparsify_(model, config, select_layers(model, config).selected)
-    return save_checkpoint(path, model, sparsity=config, info={"step": 5, "dense_checkpoint": str(dense) if dense else None})
+    return save_checkpoint(
+        path, model, sparsity=config, info={"step": 5, "dense_checkpoint": str(dense) if dense else None}
+    )
 
 
 def test_planning_builds_no_model(monkeypatch, dense_ckpt):
@@ -53,13 +59,20 @@ def test_random_init_gives_a_dense_graph_and_its_one_shot_prune(caplog):
     named = dict(model.named_modules())
     assert all(is_nm_sparse(named[f"net.{name}"].weight) for name in layers)
     dense, none = sources["dense"].load()
-    assert none == [] and not is_nm_sparse(dense.net.transformer_blocks[0].attn1.to_q.weight)  # the one-shot copy, not the base
+    assert none == [] and not is_nm_sparse(
+        dense.net.transformer_blocks[0].attn1.to_q.weight
+    )  # the one-shot copy, not the base
 
 
 def test_a_dense_checkpoint_is_the_dense_graph_and_require_masks_refuses_the_one_shot(dense_ckpt):
     _, sources = plan_sources(ExportConfig(checkpoint=dense_ckpt, kinds=("dense",)))
     identity = sources["dense"].identity
-    assert identity["type"] == "checkpoint" and identity["step"] == 3 and identity["sparsity_mode"] is None and len(identity["weights_sha256"]) == 64
+    assert (
+        identity["type"] == "checkpoint"
+        and identity["step"] == 3
+        and identity["sparsity_mode"] is None
+        and len(identity["weights_sha256"]) == 64
+    )
     with pytest.raises(SparseDeployError, match="--require-masks forbids one-shot pruning"):
         plan_sources(ExportConfig(checkpoint=dense_ckpt, require_masks=True))
 
@@ -73,7 +86,9 @@ def test_a_sparse_checkpoint_bakes_its_own_masks_and_names_its_dense_parent(tmp_
     model, layers = sources["sparse"].load()
     assert layers and not masked_modules(model)
     oneshot = _sparse_ckpt(tmp_path / "oneshot", dense_ckpt, mode="oneshot")
-    assert plan_sources(ExportConfig(checkpoint=oneshot, kinds=("sparse",)))[1]["sparse"].identity["fine_tuned"] is False  # the registry: trains nothing
+    assert (
+        plan_sources(ExportConfig(checkpoint=oneshot, kinds=("sparse",)))[1]["sparse"].identity["fine_tuned"] is False
+    )  # the registry: trains nothing
 
 
 def test_a_sparse_checkpoint_without_a_dense_parent_says_what_to_pass(tmp_path, dense_ckpt):

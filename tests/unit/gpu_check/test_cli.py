@@ -26,6 +26,15 @@ def test_run_part_time_boxes_and_reports_failures(tmp_path):
     assert ok["status"] == "ok" and ok["returncode"] == 0 and "log_tail" not in ok
     bad = gc.run_part("b", [sys.executable, "-c", "raise SystemExit('boom')"], 60, tmp_path / "b.log")
     assert bad["status"] == "failed" and "boom" in bad["log_tail"]
-    hung = gc.run_part("c", [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
-                                                   "'import time; time.sleep(60)']); time.sleep(60)"], 2, tmp_path / "c.log")
+    hung = gc.run_part(
+        "c",
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); time.sleep(60)",
+        ],
+        2,
+        tmp_path / "c.log",
+    )
     assert hung["status"] == "timeout" and hung["seconds"] < 30  # the whole process group went, grandchild too

@@ -26,5 +26,7 @@ def test_facts_are_best_effort_without_a_gpu():
 
 def test_no_carried_wheels_means_this_pythons_packages(tmp_path):
     assert machine.install_wheels(tmp_path / "none", tmp_path / "site") == {
-        "wheels": [], "note": f"no wheels in {tmp_path / 'none'}: using what this Python has"}
+        "wheels": [],
+        "note": f"no wheels in {tmp_path / 'none'}: using what this Python has",
+    }
     assert all("==" in w for w in machine.GPU_WHEELS) and machine.REPO.joinpath("pyproject.toml").is_file()

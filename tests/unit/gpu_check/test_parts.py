@@ -16,7 +16,9 @@ def test_every_distinct_linear_shape_of_dit_s_b_xl():
     shapes = {(s["out"], s["in"], s["rows_per_sample"]): s for s in gc.gemm_shapes()}
     # DiT-XL/2 at 256 px: 256 tokens per sample through q/k/v/out (112 layers), the MLP and the final projection.
     assert shapes[(1152, 1152, 256)]["presets"] == {"dit-xl": 112}
-    assert shapes[(4608, 1152, 256)]["presets"] == {"dit-xl": 28} and shapes[(1152, 4608, 256)]["presets"] == {"dit-xl": 28}
+    assert shapes[(4608, 1152, 256)]["presets"] == {"dit-xl": 28} and shapes[(1152, 4608, 256)]["presets"] == {
+        "dit-xl": 28
+    }
     assert shapes[(32, 1152, 256)]["presets"] == {"dit-xl": 1}
     # Conditioning layers see one row per sample, block 0's reused embedder included.
     assert shapes[(6912, 1152, 1)]["presets"] == {"dit-xl": 28} and shapes[(1152, 256, 1)]["presets"] == {"dit-xl": 28}
@@ -70,8 +72,10 @@ def test_junit_results_become_passed_failed_skipped_and_errors(tmp_path):
       <testcase classname="tests.gpu.b" name="err"><error message="fixture broke"/></testcase>
     </testsuite></testsuites>""")
     assert parts._parse_junit(xml) == {
-        "passed": ["tests.gpu.a::ok"], "failed": [{"test": "tests.gpu.a::bad", "reason": "assert 1 == 2"}],
-        "skipped": [{"test": "tests.gpu.b::skip", "reason": "needs TensorRT"}], "errors": [{"test": "tests.gpu.b::err", "reason": "fixture broke"}],
+        "passed": ["tests.gpu.a::ok"],
+        "failed": [{"test": "tests.gpu.a::bad", "reason": "assert 1 == 2"}],
+        "skipped": [{"test": "tests.gpu.b::skip", "reason": "needs TensorRT"}],
+        "errors": [{"test": "tests.gpu.b::err", "reason": "fixture broke"}],
     }
     assert parts._parse_junit(tmp_path / "missing.xml") == {"passed": [], "failed": [], "skipped": [], "errors": []}
 
@@ -79,6 +83,15 @@ def test_junit_results_become_passed_failed_skipped_and_errors(tmp_path):
 def test_a_profile_row_carries_the_shape_and_its_timing():
     shape = {"out": 32, "in": 16, "rows_per_sample": 4, "presets": {"tiny-dit": 2}, "example": "a.b"}
     row = parts.gemm_row(shape, 8, "fp16", {"speedup": {"median": 1.5}})
-    assert row == {"out": 32, "in": 16, "rows": 32, "rows_per_sample": 4, "batch": 8, "dtype": "fp16", "presets": {"tiny-dit": 2},
-                   "example": "a.b", "speedup": {"median": 1.5}}
+    assert row == {
+        "out": 32,
+        "in": 16,
+        "rows": 32,
+        "rows_per_sample": 4,
+        "batch": 8,
+        "dtype": "fp16",
+        "presets": {"tiny-dit": 2},
+        "example": "a.b",
+        "speedup": {"median": 1.5},
+    }
     assert set(parts.PART_FUNCS) == set(parts.PARTS)

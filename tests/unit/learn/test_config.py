@@ -18,15 +18,30 @@ from sparse_deploy.sparsify import SparsityConfig
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    return str(save_checkpoint(tmp_path_factory.mktemp("dense") / "checkpoint", build_model(get_preset("tiny-dit"), announce_random=False),
-                               sparsity=None))
+    return str(
+        save_checkpoint(
+            tmp_path_factory.mktemp("dense") / "checkpoint",
+            build_model(get_preset("tiny-dit"), announce_random=False),
+            sparsity=None,
+        )
+    )
 
 
 def test_from_scratch_takes_the_presets_pretraining_defaults():
     d = get_preset("tiny-dit").train
     config = TrainConfig(preset="tiny-dit", out="o").validate()
-    assert (config.steps, config.batch_size, config.lr, config.warmup_steps) == (d.dense_steps, d.batch_size, d.lr, d.warmup_steps)
-    assert (config.ema_decay, config.ema_warmup, config.checkpoint_every, config.lr_schedule) == (d.ema_decay, True, d.checkpoint_every, d.lr_schedule)
+    assert (config.steps, config.batch_size, config.lr, config.warmup_steps) == (
+        d.dense_steps,
+        d.batch_size,
+        d.lr,
+        d.warmup_steps,
+    )
+    assert (config.ema_decay, config.ema_warmup, config.checkpoint_every, config.lr_schedule) == (
+        d.ema_decay,
+        True,
+        d.checkpoint_every,
+        d.lr_schedule,
+    )
     assert not config.fine_tunes
 
 
@@ -45,31 +60,52 @@ def test_the_fine_tuning_ema_averages_over_a_tenth_of_the_run():
 
 
 def test_given_values_are_kept():
-    config = TrainConfig(preset="tiny-dit", out="o", steps=7, batch_size=3, lr=0.5, warmup_steps=0, ema_decay=0.5, ema_warmup=False,
-                         lr_schedule="cosine").validate()
-    assert (config.steps, config.batch_size, config.lr, config.warmup_steps, config.ema_decay, config.ema_warmup, config.lr_schedule) == (
-        7, 3, 0.5, 0, 0.5, False, "cosine")
+    config = TrainConfig(
+        preset="tiny-dit",
+        out="o",
+        steps=7,
+        batch_size=3,
+        lr=0.5,
+        warmup_steps=0,
+        ema_decay=0.5,
+        ema_warmup=False,
+        lr_schedule="cosine",
+    ).validate()
+    assert (
+        config.steps,
+        config.batch_size,
+        config.lr,
+        config.warmup_steps,
+        config.ema_decay,
+        config.ema_warmup,
+        config.lr_schedule,
+    ) == (7, 3, 0.5, 0, 0.5, False, "cosine")
 
 
 def test_only_a_mode_that_trains_nothing_accepts_zero_steps():
-    assert TrainConfig(preset="tiny-dit", out="o", steps=0, sparsity=SparsityConfig(mode="oneshot")).validate().steps == 0
+    assert (
+        TrainConfig(preset="tiny-dit", out="o", steps=0, sparsity=SparsityConfig(mode="oneshot")).validate().steps == 0
+    )
     with pytest.raises(SparseDeployError, match="--steps must be at least 1, got 0"):
         TrainConfig(preset="tiny-dit", out="o", steps=0, sparsity=SparsityConfig(mode="srste")).validate()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=0.0), "--lr must be a finite number > 0"),
-    (dict(lr=math.nan), "--lr must be a finite number"),
-    (dict(weight_decay=-1.0), "--weight-decay"),
-    (dict(batch_size=0), "--batch-size must be at least 1"),
-    (dict(ema_decay=1.0), r"--ema must be in \[0, 1\)"),
-    (dict(lr_schedule="linear"), "--lr-schedule must be one of constant, cosine"),
-    (dict(device="gpu"), "unknown --device 'gpu'"),
-    (dict(kd_weight=1.0), "needs a dense teacher: pass --init"),
-    (dict(kd_features=1.0), "feature distillation .* needs a dense teacher"),
-    (dict(sparsity=SparsityConfig(mode="magic")), "unknown sparsity mode 'magic'"),
-    (dict(preset="no-such-preset"), "no-such-preset"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=0.0), "--lr must be a finite number > 0"),
+        (dict(lr=math.nan), "--lr must be a finite number"),
+        (dict(weight_decay=-1.0), "--weight-decay"),
+        (dict(batch_size=0), "--batch-size must be at least 1"),
+        (dict(ema_decay=1.0), r"--ema must be in \[0, 1\)"),
+        (dict(lr_schedule="linear"), "--lr-schedule must be one of constant, cosine"),
+        (dict(device="gpu"), "unknown --device 'gpu'"),
+        (dict(kd_weight=1.0), "needs a dense teacher: pass --init"),
+        (dict(kd_features=1.0), "feature distillation .* needs a dense teacher"),
+        (dict(sparsity=SparsityConfig(mode="magic")), "unknown sparsity mode 'magic'"),
+        (dict(preset="no-such-preset"), "no-such-preset"),
+    ],
+)
 def test_bad_settings_are_one_sentence(kwargs, match):
     with pytest.raises(SparseDeployError, match=match):
         TrainConfig(**{"preset": "tiny-dit", "out": "o", **kwargs}).validate()
@@ -78,5 +114,9 @@ def test_bad_settings_are_one_sentence(kwargs, match):
 def test_to_dict_carries_the_sparsity_config():
     config = TrainConfig(preset="tiny-dit", out="o", sparsity=SparsityConfig(mode="ste")).validate()
     data = config.to_dict()
-    assert data["sparsity"]["mode"] == "ste" and data["out"] == "o" and data["steps"] == get_preset("tiny-dit").train.sparse_steps
+    assert (
+        data["sparsity"]["mode"] == "ste"
+        and data["out"] == "o"
+        and data["steps"] == get_preset("tiny-dit").train.sparse_steps
+    )
     assert TrainConfig(preset="tiny-dit", out="o").to_dict()["sparsity"] is None

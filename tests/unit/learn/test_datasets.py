@@ -75,8 +75,12 @@ def test_latent_dataset_encodes_once_and_caches(tmp_path):
     # A tiny random AutoencoderKL stands in for a user's VAE (nothing is downloaded).
     vae_dir = tmp_path / "vae"
     AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=32,
     ).save_pretrained(vae_dir)
     preset = dataclasses.replace(get_preset("dit-s"), sample_size=4)  # 4x4 latents = 32 px images (8x VAE)
     images = tmp_path / "imgs" / "cat"

@@ -239,5 +239,9 @@ def test_temperature_and_grad_scale_reach_only_the_layers_of_the_model_they_are_
     twin = _masked("maskllm")
     set_mask_temperature_(model, 0.5, 3.0)
     set_grad_scale_(model, 8.0)
-    assert (model.fc.mask_training.tau, model.fc.mask_training.scale, model.fc.mask_training.grad_scale) == (0.5, 3.0, 8.0)
+    assert (model.fc.mask_training.tau, model.fc.mask_training.scale, model.fc.mask_training.grad_scale) == (
+        0.5,
+        3.0,
+        8.0,
+    )
     assert (twin.fc.mask_training.tau, twin.fc.mask_training.scale, twin.fc.mask_training.grad_scale) == (1.0, 1.0, 1.0)

@@ -173,7 +173,9 @@ def test_init_masks_magnitude_is_plain_sparsify_and_a_calibrated_start_resets_ma
     torch.manual_seed(0)
     model = build_model(preset, announce_random=False)
     ml = SparsityConfig(mode="maskllm", mask_init="wanda", calib_samples=32)
-    layers, errors = init_masks_(model, ml, select_layers(model, ml).selected, preset, images, labels, alphas, progress=False)
+    layers, errors = init_masks_(
+        model, ml, select_layers(model, ml).selected, preset, images, labels, alphas, progress=False
+    )
     assert set(errors) == set(layers)
     for module in masked_modules(model).values():
         chosen = nm_patterns().bool()[module.mask_logits.argmax(dim=-1)]
@@ -204,7 +206,9 @@ def test_calibration_summary_records_the_start():
     errors = {"a": {"error": 0.1, "magnitude_error": 0.3}, "b": {"error": 0.3, "magnitude_error": 0.5}}
     summary = calibration_summary(errors, SparsityConfig(mask_init="sparsegpt", calib_samples=16))
     assert summary["mask_init"] == "sparsegpt" and summary["calib_samples"] == 16 and summary["layers"] == errors
-    assert summary["mean_output_error"] == pytest.approx(0.2) and summary["mean_magnitude_output_error"] == pytest.approx(0.4)
+    assert summary["mean_output_error"] == pytest.approx(0.2) and summary[
+        "mean_magnitude_output_error"
+    ] == pytest.approx(0.4)
     assert calibration_summary(None, SparsityConfig()) is None  # magnitude: nothing to record
     modelopt = calibration_summary(None, SparsityConfig(mask_init="modelopt:sparsegpt"))
     assert modelopt == {"mask_init": "modelopt:sparsegpt", "calib_samples": 512, "modelopt_default_rules": False}

@@ -27,8 +27,14 @@ def _no_leftovers(tmp_path):
 
 def test_latency_panels_follow_what_was_measured(tmp_path):
     batches = [{"batch": b, "per_call": {"dense": _stats(0.01 * b), "sparse": _stats(0.008 * b)}} for b in (1, 2, 4)]
-    record = {"reference": "dense", "candidate": "sparse", "batches": batches + [{"batch": 8, "skipped": "too big"}],
-              "engines": {"dense": {"backend": "onnxruntime", "precision": "fp32"}}, "model": "tiny-dit", "machine": {}}
+    record = {
+        "reference": "dense",
+        "candidate": "sparse",
+        "batches": batches + [{"batch": 8, "skipped": "too big"}],
+        "engines": {"dense": {"backend": "onnxruntime", "precision": "fp32"}},
+        "model": "tiny-dit",
+        "machine": {},
+    }
     one_panel = _png(plots.plot_latency(record, tmp_path / "lat.png"))
     for b in batches:
         b["end_to_end"] = {"dense": _stats(1.0), "sparse": _stats(0.8)}
@@ -37,11 +43,18 @@ def test_latency_panels_follow_what_was_measured(tmp_path):
 
 
 def test_method_plots_draw_the_given_methods_in_the_given_order(tmp_path, monkeypatch):
-    summary = {m: {"fid": {"n": 2, "mean": f, "std": 1.0, "values": [f - 1, f + 1]}, "macs": 1e6 * f} for m, f in
-               (("dense", 10.0), ("srste", 12.0), ("oneshot", 30.0))}
+    summary = {
+        m: {"fid": {"n": 2, "mean": f, "std": 1.0, "values": [f - 1, f + 1]}, "macs": 1e6 * f}
+        for m, f in (("dense", 10.0), ("srste", 12.0), ("oneshot", 30.0))
+    }
     summary["ste"] = {"fid": {}, "macs": 1e6}  # not scored: drawn as nothing
-    record = {"summary": summary, "reference": {"source": "fashion-mnist:test", "num": 100}, "budget": "5 steps", "model": "tiny-dit",
-              "settings": {}}
+    record = {
+        "summary": summary,
+        "reference": {"source": "fashion-mnist:test", "num": 100},
+        "budget": "5 steps",
+        "model": "tiny-dit",
+        "settings": {},
+    }
     drawn = []
     real = plots.pyplot()
     real_subplots = real.subplots
@@ -49,7 +62,10 @@ def test_method_plots_draw_the_given_methods_in_the_given_order(tmp_path, monkey
     def spy_subplots(*a, **k):
         fig, ax = real_subplots(*a, **k)
         original = ax.set_xticks
-        ax.set_xticks = lambda ticks, labels=None, **kw: (drawn.append(list(labels or [])), original(ticks, labels, **kw))[1]
+        ax.set_xticks = lambda ticks, labels=None, **kw: (
+            drawn.append(list(labels or [])),
+            original(ticks, labels, **kw),
+        )[1]
         return fig, ax
 
     monkeypatch.setattr(real, "subplots", spy_subplots)

@@ -77,7 +77,12 @@ def pb_utils(monkeypatch):
                 return InferenceResponse([], result)
             return InferenceResponse([Tensor("out", result)])
 
-    module.Tensor, module.TritonError, module.InferenceResponse, module.InferenceRequest = Tensor, TritonError, InferenceResponse, InferenceRequest
+    module.Tensor, module.TritonError, module.InferenceResponse, module.InferenceRequest = (
+        Tensor,
+        TritonError,
+        InferenceResponse,
+        InferenceRequest,
+    )
     module.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
     module.get_output_tensor_by_name = lambda response, name: next(t for t in response.output_tensors if t.name == name)
     module.models = models

@@ -28,28 +28,44 @@ def pipeline(pb_utils, denoiser):
     def serve(inputs: dict[str, np.ndarray]) -> np.ndarray:
         calls.append(len(inputs["sample"]))
         with torch.no_grad():  # the denoiser model's view: [batch, 1] scalars become [batch]
-            return denoiser(*(torch.from_numpy(inputs[k].reshape(-1) if k != "sample" else inputs[k])
-                              for k in ("sample", "timestep", "class_labels"))).numpy()
+            return denoiser(
+                *(
+                    torch.from_numpy(inputs[k].reshape(-1) if k != "sample" else inputs[k])
+                    for k in ("sample", "timestep", "class_labels")
+                )
+            ).numpy()
 
     pb_utils.models["denoiser"] = serve
     settings = PipelineSettings(preset="tiny-dit", precision="fp32", max_batch=8, default_steps=2)
     model = model_pipeline.TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in settings.to_parameters().items()}})})
+    model.initialize(
+        {
+            "model_config": json.dumps(
+                {"parameters": {k: {"string_value": v} for k, v in settings.to_parameters().items()}}
+            )
+        }
+    )
     model.calls = calls
     yield model
     model.finalize()
 
 
 def test_a_request_samples_what_sampling_sample_draws(pipeline, denoiser, pb_utils):
-    request = pb_utils.Request({"seed": np.array([5]), "num_images": np.array([2]), "class_labels": np.array([1, 2]), "steps": np.array([3])},
-                      json.dumps({"scheduler": "ddim"}))
+    request = pb_utils.Request(
+        {"seed": np.array([5]), "num_images": np.array([2]), "class_labels": np.array([1, 2]), "steps": np.array([3])},
+        json.dumps({"scheduler": "ddim"}),
+    )
     (response,) = pipeline.execute([request])
     assert not response.has_error()
     out = response.outputs()
     with torch.no_grad():
-        want, labels = sample(denoiser, get_preset("tiny-dit"), batch=2, steps=3, scheduler="ddim", seed=5, labels=[1, 2])
+        want, labels = sample(
+            denoiser, get_preset("tiny-dit"), batch=2, steps=3, scheduler="ddim", seed=5, labels=[1, 2]
+        )
     np.testing.assert_allclose(out["samples"], want.numpy(), rtol=1e-4, atol=1e-5)
-    assert out["labels"].tolist() == [1, 2] and out["images"].dtype == np.uint8 and out["images"].shape == (2, 16, 16, 1)
+    assert (
+        out["labels"].tolist() == [1, 2] and out["images"].dtype == np.uint8 and out["images"].shape == (2, 16, 16, 1)
+    )
     assert pipeline.calls == [2, 2, 2]  # one BLS call per step
 
 
