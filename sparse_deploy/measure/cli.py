@@ -51,7 +51,7 @@ from .machine import command_line, write_record
 from .macs_check import mac_report
 from .merge import merge_methods
 from .methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
-from .recipes import METHODS, TRAIN_COST_METHODS
+from .recipes import DEFAULT_METHODS, METHODS, TRAIN_COST_METHODS
 from .report import write_report
 from .train_cost import run_train_cost
 
@@ -101,7 +101,11 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--seeds", type=comma_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
     p.add_argument(
-        "--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}"
+        "--methods",
+        dest="method_list",
+        type=comma_list,
+        default=DEFAULT_METHODS,
+        help=f"default {','.join(DEFAULT_METHODS)}; also: {','.join(m for m in METHODS if m not in DEFAULT_METHODS)}",
     )
     p.add_argument(
         "--reference",

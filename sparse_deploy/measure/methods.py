@@ -35,6 +35,7 @@ from ..sparsify import SparsityConfig, coverage_report, select_layers
 from ..timing import spread, time_call
 from .machine import record
 from .recipes import (
+    DEFAULT_METHODS,
     FIRST_METHODS,
     METHOD_LABELS,
     METHOD_RECIPES,
@@ -119,7 +120,7 @@ class MethodsConfig:
     reference: str | None = None
     ref_num: int | None = None
     work: str | None = None
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     lr: float | None = None
     warmup_steps: int | None = None
     batch_size: int | None = None

@@ -25,6 +25,8 @@ __all__ = [
     "METHOD_LABELS",
     "FIRST_METHODS",
     "TRAIN_COST_METHODS",
+    "MODELOPT_METHODS",
+    "DEFAULT_METHODS",
     "DEFAULT_PRUNED_DECAY",
     "START",
     "UNTRAINED",
@@ -135,7 +137,24 @@ METHOD_LABELS = {
     "maskllm+kd": "learned masks (MaskLLM-style) + distillation",
 }
 FIRST_METHODS = ("dense", "oneshot", "fixed", "ste", "srste", "srste+kd")  # their stored run keys predate recipes
-TRAIN_COST_METHODS = tuple(m for m in METHODS if trains(m))
+# A step costs the same whatever the mask start: the training-cost benchmark times the magnitude-start recipes.
+TRAIN_COST_METHODS = tuple(m for m in METHODS if trains(m) and METHOD_RECIPES[m].mask_init == "magnitude")
+#: Model Optimizer's rows need the optional extra (``pip install 'sparse-deploy[modelopt]'``): asked for by name.
+MODELOPT_METHODS = tuple(m for m in METHODS if METHOD_RECIPES[m].mask_init.startswith("modelopt:"))
+#: What ``bench methods`` compares when not told: the starting model, dense continued, one-shot magnitude and
+#: SparseGPT, fixed masks and SparseDM from each start, and the distilled recipes from the SparseGPT start.
+DEFAULT_METHODS = (
+    "start",
+    "dense",
+    "oneshot",
+    "oneshot-sparsegpt",
+    "fixed",
+    "fixed-sparsegpt",
+    "srste+kd",
+    "srste+kd-sparsegpt",
+    "fixed+kd+feat-sparsegpt",
+    "srste+kd+feat-sparsegpt",
+)
 
 
 def method_train_config(

@@ -28,7 +28,16 @@ from sparse_deploy.measure.grids import sample_grids
 from sparse_deploy.measure.machine import engine_memory
 from sparse_deploy.measure.macs_check import mac_report, macs_crosscheck
 from sparse_deploy.measure.methods import MethodsConfig, draw_methods, methods_unsupported, run_methods
-from sparse_deploy.measure.recipes import METHOD_LABELS, METHODS, TRAIN_COST_METHODS, method_train_config
+from sparse_deploy.measure.recipes import (
+    DEFAULT_METHODS,
+    METHOD_LABELS,
+    METHOD_RECIPES,
+    METHODS,
+    MODELOPT_METHODS,
+    TRAIN_COST_METHODS,
+    method_train_config,
+    trains,
+)
 from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
 from sparse_deploy.measure.train_cost import run_train_cost
 from sparse_deploy.models import build_model
@@ -90,20 +99,35 @@ def test_einsum_macs():
 
 
 def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
-    assert METHODS == (
+    for method in (
+        "start",
         "dense",
         "oneshot",
+        "oneshot-wanda",
+        "oneshot-sparsegpt",
         "fixed",
+        "fixed-sparsegpt",
         "fixed+kd+feat",
+        "fixed+kd+feat-sparsegpt",
         "ste",
         "srste",
         "srste+kd",
+        "srste+kd-sparsegpt",
         "srste+kd+feat",
+        "srste+kd+feat-sparsegpt",
         "srste+kd+dd",
         "maskllm+kd",
-    )
+        "modelopt-magnitude",
+        "modelopt-sparsegpt",
+        "modelopt-sat-sparsegpt",
+    ):
+        assert method in METHODS, method
     assert set(METHOD_LABELS) == set(METHODS)
-    assert set(TRAIN_COST_METHODS) == set(METHODS) - {"oneshot"}
+    assert set(DEFAULT_METHODS) <= set(METHODS) and not set(DEFAULT_METHODS) & set(MODELOPT_METHODS)
+    assert set(TRAIN_COST_METHODS) == {m for m in METHODS if trains(m) and METHOD_RECIPES[m].mask_init == "magnitude"}
+    assert (
+        not trains("start") and not trains("oneshot-sparsegpt") and not trains("modelopt-sparsegpt") and trains("fixed")
+    )
     want = {
         "dense": (None, 0.0, 0.0, 0.0),
         "oneshot": ("oneshot", 0.0, 0.0, 0.0),
@@ -115,12 +139,28 @@ def test_method_list_is_complete_and_maps_to_train_configs(tmp_path):
         "srste+kd+feat": ("srste", 0.1, 0.5, 0.0),
         "srste+kd+dd": ("srste", 0.1, 0.0, 5.0),
         "maskllm+kd": ("maskllm", 0.1, 0.0, 0.0),
+        "fixed+kd+feat-sparsegpt": ("fixed", 0.1, 0.5, 0.0),
+        "fixed+teacher+feat-sparsegpt": ("fixed", 1.0, 0.5, 0.0),
     }
     for method, (mode, kd, feat, dd) in want.items():
         config = method_train_config(method, "tiny-dit", tmp_path / method, steps=7, init=tmp_path / "dense")
         assert (config.sparsity.mode if config.sparsity else None) == mode, method
         assert config.kd_weight == kd and config.steps == 7 and config.init == str(tmp_path / "dense")
         assert config.kd_features == feat and (config.sparsity.pruned_decay if config.sparsity else 0.0) == dd
+    starts = {
+        m: method_train_config(m, "tiny-dit", tmp_path / m, steps=7, init=tmp_path / "dense").sparsity
+        for m in ("fixed-sparsegpt", "modelopt-sat-sparsegpt", "srste+kd+feat+ramp-sparsegpt")
+    }
+    assert starts["fixed-sparsegpt"].mask_init == "sparsegpt" and not starts["fixed-sparsegpt"].modelopt_default_rules
+    assert (
+        starts["modelopt-sat-sparsegpt"].mask_init == "modelopt:sparsegpt"
+        and starts["modelopt-sat-sparsegpt"].modelopt_default_rules
+    )
+    assert starts["srste+kd+feat+ramp-sparsegpt"].decay_ramp == 0.25
+    teacher_only = method_train_config(
+        "fixed+teacher+feat-sparsegpt", "tiny-dit", tmp_path / "t", steps=7, init=tmp_path / "dense"
+    )
+    assert teacher_only.data_weight == 0.0
     with pytest.raises(SparseDeployError, match="unknown method"):
         method_train_config("magic", "tiny-dit", tmp_path, steps=1, init=None)
 
@@ -252,12 +292,14 @@ def test_methods_run_every_method_and_resume(tmp_path, fmnist_data, monkeypatch)
     )
     reference = _Reference(np.random.default_rng(1).standard_normal((40, 6)))
     record = run_methods(config, features=_fake_features, reference=reference)
-    assert [r["method"] for r in record["runs"]] == list(METHODS)
+    assert [r["method"] for r in record["runs"]] == [m for m in METHODS if m in DEFAULT_METHODS]
     runs = {r["method"]: r for r in record["runs"]}
     assert "vs_dense" not in runs["dense"]
-    for method in METHODS[1:]:
-        assert runs[method]["masked_layers"] == 12 and np.isfinite(runs[method]["vs_dense"]["fid"])
-    assert runs["oneshot"]["train_steps"] == 0 and runs["srste"]["train_steps"] == 1
+    for method in DEFAULT_METHODS:
+        if method not in ("start", "dense"):
+            assert runs[method]["masked_layers"] == 12 and np.isfinite(runs[method]["vs_dense"]["fid"])
+    assert runs["start"]["masked_layers"] == 0 and runs["start"]["train_steps"] == 0
+    assert runs["oneshot"]["train_steps"] == 0 and runs["srste+kd"]["train_steps"] == 1
     assert record["summary"]["dense"]["macs"] > record["summary"]["srste+kd"]["macs"]
     # Same seed, same noise and labels: the dense and one-shot runs' labels agree.
     with np.load(runs["dense"]["samples"]) as d, np.load(runs["oneshot"]["samples"]) as o:
