@@ -31,12 +31,24 @@ def main(scales: list[float], weights: str = "weights/fmnist-dit", num: int = 10
             for scale in scales:
                 started, images = time.time(), []
                 classes = tuple(range(preset.num_classes))
-                for _, x, _ in sample_request(runner, preset, num=num, batch=batch, seed=0, labels=classes, steps=25,
-                                              scheduler="ddim", guidance=scale):
+                for _, x, _ in sample_request(
+                    runner,
+                    preset,
+                    num=num,
+                    batch=batch,
+                    seed=0,
+                    labels=classes,
+                    steps=25,
+                    scheduler="ddim",
+                    guidance=scale,
+                ):
                     images.append(to_uint8(x))
                 feats = fid.features_from_images(np.concatenate(images), progress=False)
                 value = fid.frechet_distance(*fid.stats_from_features(feats), ref.mu, ref.sigma)
-                print(json.dumps({"guidance": scale, "fid": value, "samples": num, "seconds": time.time() - started}), flush=True)
+                print(
+                    json.dumps({"guidance": scale, "fid": value, "samples": num, "seconds": time.time() - started}),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def calibration(preset, batches: int, batch: int, seed: int = 0) -> list[tuple]:
     alphas = training_scheduler(preset.schedule).alphas_cumprod[t].float().view(-1, 1, 1, 1)
     noise = torch.randn(x0.shape, generator=gen)
     xt = alphas.sqrt() * x0 + (1 - alphas).sqrt() * noise
-    return [(xt[i:i + batch], t[i:i + batch], y[i:i + batch]) for i in range(0, total, batch)]
+    return [(xt[i : i + batch], t[i : i + batch], y[i : i + batch]) for i in range(0, total, batch)]
 
 
 def main() -> None:
@@ -71,17 +71,29 @@ def main() -> None:
                 start = time.perf_counter()
                 masks = modelopt_masks(model, mode, batches, layers)
                 times.append(time.perf_counter() - start)
-            rows.append({"mode": mode, "rules": label, "layers": len(masks), "seconds": round(min(times), 3),
-                         "all_seconds": [round(s, 3) for s in times]})
-            print(f"{mode:16s} {label:14s} {len(masks):3d} layers  {min(times):7.3f} s  (runs: {', '.join(f'{s:.3f}' for s in times)})")
+            rows.append(
+                {
+                    "mode": mode,
+                    "rules": label,
+                    "layers": len(masks),
+                    "seconds": round(min(times), 3),
+                    "all_seconds": [round(s, 3) for s in times],
+                }
+            )
+            print(
+                f"{mode:16s} {label:14s} {len(masks):3d} layers  {min(times):7.3f} s  (runs: {', '.join(f'{s:.3f}' for s in times)})"
+            )
     default = modelopt_default_layers(model, "sparse_magnitude")
     result = {
-        "model": args.weights, "dtype": str(next(model.parameters()).dtype),
+        "model": args.weights,
+        "dtype": str(next(model.parameters()).dtype),
         "calibration": {"batches": args.batches, "batch": args.batch, "null_label_share": round(null_share, 3)},
         "rows": rows,
         "default_rules_extra_layers": [n for n in default if n not in ours],
-        "modelopt": importlib.metadata.version("nvidia-modelopt"), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "modelopt": importlib.metadata.version("nvidia-modelopt"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
         "loadavg_at_end": open("/proc/loadavg").read().split()[:3] if platform.system() == "Linux" else None,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

@@ -58,24 +58,37 @@ def replace_between_markers(text: str, key: str, body: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("report", type=Path, help="report folder holding report.md (or --markdown) and its plots")
-    p.add_argument("--markdown", default="report.md", help="the Markdown file in it (frontier.md, budgets.md: bench frontier/budgets)")
+    p.add_argument(
+        "--markdown",
+        default="report.md",
+        help="the Markdown file in it (frontier.md, budgets.md: bench frontier/budgets)",
+    )
     p.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
     p.add_argument("--images", type=Path, required=True, help="where the plots are copied (inside docs/)")
     p.add_argument("--title", help="section heading (default: 'Benchmark report: <folder>')")
-    p.add_argument("--json-dir", type=Path, help="also copy the report's *.json results here (e.g. docs/results/<name>)")
+    p.add_argument(
+        "--json-dir", type=Path, help="also copy the report's *.json results here (e.g. docs/results/<name>)"
+    )
     p.add_argument("--intro", help="a paragraph put before the report (date, machine, context)")
-    p.add_argument("--section", help="the marker name of the section to write or replace (default: the report folder's name); "
-                                     "lets a fuller run of the same grid, written to another folder, replace the earlier section in place")
+    p.add_argument(
+        "--section",
+        help="the marker name of the section to write or replace (default: the report folder's name); "
+        "lets a fuller run of the same grid, written to another folder, replace the earlier section in place",
+    )
     args = p.parse_args(argv)
 
     report_md = args.report / args.markdown
     if not report_md.is_file():
-        raise SparseDeployError(f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report --out {args.report}"
-                                " (or bench frontier/budgets --out for their .md)")
+        raise SparseDeployError(
+            f"'{report_md}' does not exist; write it with python -m sparse_deploy.bench report --out {args.report}"
+            " (or bench frontier/budgets --out for their .md)"
+        )
     if not args.images.resolve().is_relative_to(args.results.parent.resolve()):
         raise SparseDeployError(f"--images must be inside {args.results.parent} (the page links the plots relatively)")
     prefix = args.images.resolve().relative_to(args.results.parent.resolve()).as_posix()
-    body, images = section(report_md.read_text(), prefix, args.title or f"Benchmark report: {args.report.as_posix()}", args.intro)
+    body, images = section(
+        report_md.read_text(), prefix, args.title or f"Benchmark report: {args.report.as_posix()}", args.intro
+    )
     args.images.mkdir(parents=True, exist_ok=True)
     for name in images:
         src = args.report / name
@@ -89,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_path(args.json_dir / src.name) as tmp:
                 shutil.copyfile(src, tmp)
             copied.append(src.name)
-        body += f"\nThe JSON behind this section: {', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n" if copied else ""
+        body += (
+            f"\nThe JSON behind this section: {', '.join(f'`{args.json_dir.as_posix()}/{n}`' for n in copied)}.\n"
+            if copied
+            else ""
+        )
     text = args.results.read_text() if args.results.is_file() else "# Results\n"
     key = args.section or args.report.name
     with atomic_path(args.results) as tmp:

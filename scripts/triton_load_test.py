@@ -35,8 +35,12 @@ def _build_engine(model: str, checkpoint: Path | None, folder: Path, max_batch: 
     from sparse_deploy.export import ExportConfig
 
     export = ExportConfig(
-        model=None if checkpoint else model, checkpoint=checkpoint, out=folder / "export", precisions=("fp32",),
-        kinds=("sparse",), max_batch=max_batch,
+        model=None if checkpoint else model,
+        checkpoint=checkpoint,
+        out=folder / "export",
+        precisions=("fp32",),
+        kinds=("sparse",),
+        max_batch=max_batch,
     )
     report = build_engines(BuildConfig(export=export, backend="onnxruntime", engine_dir=folder / "engines"))
     return report.engines[0].path
@@ -44,8 +48,14 @@ def _build_engine(model: str, checkpoint: Path | None, folder: Path, max_batch: 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", type=Path, help="ONNX Runtime engine to serve (default: build --model's into a temp folder)")
-    parser.add_argument("--model", default="fmnist-dit", help="preset to build when no --engine (default fmnist-dit, the embedded default)")
+    parser.add_argument(
+        "--engine", type=Path, help="ONNX Runtime engine to serve (default: build --model's into a temp folder)"
+    )
+    parser.add_argument(
+        "--model",
+        default="fmnist-dit",
+        help="preset to build when no --engine (default fmnist-dit, the embedded default)",
+    )
     parser.add_argument("--checkpoint", type=Path, help="checkpoint to build from (default: random weights)")
     parser.add_argument("--max-batch", type=int, default=16, help="engine max batch when building (default 16)")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent clients (default 4)")
@@ -56,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", default="grpc", choices=("http", "grpc"))
     parser.add_argument("--pipeline-instances", type=int, default=2, help="pipeline model instances (default 2)")
     parser.add_argument("--instances", type=int, default=1, help="denoiser instances (default 1)")
-    parser.add_argument("--json", type=Path, default=Path("reports/triton-load-test.json"), help="where to write the report")
+    parser.add_argument(
+        "--json", type=Path, default=Path("reports/triton-load-test.json"), help="where to write the report"
+    )
     return parser
 
 
@@ -67,26 +79,52 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         engine = args.engine or _build_engine(args.model, args.checkpoint, folder, args.max_batch)
         repository = generate_repository(
-            RepositoryConfig(engine=engine, out=folder / "repository", flavour="python", instances=args.instances,
-                             pipeline_instances=args.pipeline_instances)
+            RepositoryConfig(
+                engine=engine,
+                out=folder / "repository",
+                flavour="python",
+                instances=args.instances,
+                pipeline_instances=args.pipeline_instances,
+            )
         )
         with TritonServer(repository.root, startup_timeout=300) as server:
             report = load_test(
                 LoadTestConfig(
-                    url=server.url(args.protocol), protocol=args.protocol, concurrency=args.concurrency, duration=args.duration,
-                    num=args.num, steps=args.steps, guidance=args.guidance, warmup=2,
+                    url=server.url(args.protocol),
+                    protocol=args.protocol,
+                    concurrency=args.concurrency,
+                    duration=args.duration,
+                    num=args.num,
+                    steps=args.steps,
+                    guidance=args.guidance,
+                    warmup=2,
                 )
             )
     report.update(
-        engine=str(args.engine or f"{args.model} sparse fp32 ONNX Runtime engine built for this run ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})"),
-        flavour="python (ONNX Runtime CPU inside the Python backend)", pipeline_instances=args.pipeline_instances,
-        denoiser_instances=args.instances, denoiser_max_batch=repository.max_batch, command=" ".join([Path(sys.executable).name, *sys.argv]),
-        machine={"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
-        versions=library_versions(), created=timestamp(),
+        engine=str(
+            args.engine
+            or f"{args.model} sparse fp32 ONNX Runtime engine built for this run ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'})"
+        ),
+        flavour="python (ONNX Runtime CPU inside the Python backend)",
+        pipeline_instances=args.pipeline_instances,
+        denoiser_instances=args.instances,
+        denoiser_max_batch=repository.max_batch,
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        machine={
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        versions=library_versions(),
+        created=timestamp(),
     )
     write_json_atomic(args.json, report)
     lat = {k: ("n/a" if v is None else f"{v:.1f}") for k, v in report["latency"].items()}
-    print(json.dumps({k: report[k] for k in ("requests", "succeeded", "failed", "wall_s", "throughput_rps", "images_per_s")}))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("requests", "succeeded", "failed", "wall_s", "throughput_rps", "images_per_s")}
+        )
+    )
     print(
         f"{args.concurrency} clients x {args.duration:.0f} s, {args.steps} steps, {args.num} image(s)/request over {args.protocol}: "
         f"{report['requests']} requests, {report['failed']} failed, {report['throughput_rps']:.2f} req/s, "

@@ -99,7 +99,11 @@ def rebuild_hint(path: str | Path, preset: str | None = None) -> str:
 
     model = next((m for m in (preset, Path(path).parent.name) if m in PRESETS), None)
     if model is None:
-        return "make engine MODEL=<preset> (python -m sparse_deploy.build --model <preset>; presets: " + ", ".join(PRESETS) + ")"
+        return (
+            "make engine MODEL=<preset> (python -m sparse_deploy.build --model <preset>; presets: "
+            + ", ".join(PRESETS)
+            + ")"
+        )
     return f"make engine MODEL={model} (python -m sparse_deploy.build --model {model})"
 
 
@@ -150,7 +154,9 @@ def read_onnx_manifest(onnx_path: str | Path) -> dict[str, Any]:
     onnx_path = Path(onnx_path)
     path = manifest_path(onnx_path)
     if not onnx_path.is_file():
-        raise SparseDeployError(f"ONNX graph '{onnx_path}' does not exist; export it with python -m sparse_deploy.export")
+        raise SparseDeployError(
+            f"ONNX graph '{onnx_path}' does not exist; export it with python -m sparse_deploy.export"
+        )
     if not path.is_file():
         raise SparseDeployError(f"'{onnx_path}' has no manifest '{path.name}' beside it: not a sparse-deploy export")
     manifest, problem = _parse(path)
@@ -239,7 +245,9 @@ def fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_artifact_manifest(artifact: str | Path, manifest: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_artifact_manifest(
+    artifact: str | Path, manifest: dict[str, Any], inputs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Seal ``manifest`` (plus ``inputs`` and their fingerprint) and write it atomically beside ``artifact``."""
     extra = {"fingerprint": fingerprint(inputs), "fingerprint_inputs": inputs} if inputs is not None else {}
     return write_manifest(manifest_path(artifact), {**manifest, **extra})
@@ -247,7 +255,9 @@ def write_artifact_manifest(artifact: str | Path, manifest: dict[str, Any], inpu
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def same(key: str) -> bool:
-        return json.dumps(old.get(key), sort_keys=True, default=str) == json.dumps(new.get(key), sort_keys=True, default=str)
+        return json.dumps(old.get(key), sort_keys=True, default=str) == json.dumps(
+            new.get(key), sort_keys=True, default=str
+        )
 
     return sorted(k for k in set(old) | set(new) if not same(k))
 

@@ -40,12 +40,28 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .artifacts import ENGINE_FORMAT, Artifact, engine_path, manifest_path, read_engine_manifest, stale_reason, write_artifact_manifest
+from .artifacts import (
+    ENGINE_FORMAT,
+    Artifact,
+    engine_path,
+    manifest_path,
+    read_engine_manifest,
+    stale_reason,
+    write_artifact_manifest,
+)
 from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
 from .backends.ort import ort_session
 from .contract import BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
-from .export import PARITY_TOLERANCE, ExportConfig, ExportedGraph, add_profile_arguments, add_source_arguments, config_from_args, export_all
+from .export import (
+    PARITY_TOLERANCE,
+    ExportConfig,
+    ExportedGraph,
+    add_profile_arguments,
+    add_source_arguments,
+    config_from_args,
+    export_all,
+)
 from .export.verify import max_abs_err, tolerance_bound
 from .guards import check_output_dir
 from .masks import PATTERN
@@ -115,7 +131,9 @@ class BuildConfig:
         """The batch profile the engines are built for."""
         if self.max_batch is None and self.opt_batch is None:
             return self.export.profile
-        return BatchProfile.from_flags(self.max_batch if self.max_batch is not None else self.export.max_batch, self.opt_batch)
+        return BatchProfile.from_flags(
+            self.max_batch if self.max_batch is not None else self.export.max_batch, self.opt_batch
+        )
 
 
 @dataclass
@@ -138,7 +156,9 @@ class BuildReport:
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint_inputs(graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint_inputs(
+    graph: ExportedGraph, contract: IOContract, backend: str, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Everything that decides an engine (as it reads back from JSON): what its ``fingerprint`` hashes.
 
     The source graph's own fingerprint stands for the preset, its schedule and the weights.
@@ -178,11 +198,16 @@ def _described(graph: ExportedGraph, preset: Preset, inputs: dict[str, Any]) -> 
 
 
 def _ort_level(ort, level: str):
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
     return levels[level]
 
 
-def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: str = ORT_OPTIMIZATION_LEVEL) -> dict[str, Any]:
+def build_ort_engine(
+    onnx_path: Path, out: Path, contract: IOContract, level: str = ORT_OPTIMIZATION_LEVEL
+) -> dict[str, Any]:
     """Optimize ``onnx_path`` offline for the CPU provider and save it to ``out`` (atomically).
 
     The optimized graph is run against the source graph at the profile's opt batch before it is
@@ -202,8 +227,12 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
             options.optimized_model_filepath = str(tmp)
             options.add_session_config_entry("session.save_model_format", "ONNX")
             if external:  # over 2 GiB the optimized graph cannot be one protobuf either
-                options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_path(out).name)
-                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name", data_path(out).name
+                )
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+                )
 
         source = ort_session(onnx_path, configure=optimize_to_tmp, fix="; the graph could not be optimized")
         optimized = ort_session(tmp, fix="; the optimized graph does not load")
@@ -213,7 +242,9 @@ def build_ort_engine(onnx_path: Path, out: Path, contract: IOContract, level: st
         tol = PARITY_TOLERANCE[contract.precision]
         err, bound = max_abs_err(got, want), tolerance_bound(tol, want)
         if not err <= bound:
-            raise SparseDeployError(f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept")
+            raise SparseDeployError(
+                f"the optimized ONNX Runtime engine differs from '{onnx_path}' by {err:.3g} (> {bound:.3g}); not kept"
+            )
     share_mode(out)
     return {
         "ort_optimization_level": level,
@@ -377,11 +408,15 @@ def check_trt_engine(engine, onnx_path: Path, contract: IOContract, *, tf32: boo
                 failures.append(f"batch {batch}: max abs err {err:.3g} > {bound:.3g}")
     results["passed"] = not failures
     if failures:
-        raise SparseDeployError(f"the TensorRT engine built from '{onnx_path}' does not match ONNX Runtime ({'; '.join(failures)}); not kept")
+        raise SparseDeployError(
+            f"the TensorRT engine built from '{onnx_path}' does not match ONNX Runtime ({'; '.join(failures)}); not kept"
+        )
     return results
 
 
-def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse: bool, timing_cache: Path, tf32: bool = True) -> dict[str, Any]:
+def build_trt_engine(
+    onnx_path: Path, out: Path, contract: IOContract, *, sparse: bool, timing_cache: Path, tf32: bool = True
+) -> dict[str, Any]:
     """Build a TensorRT plan from ``onnx_path`` with Polygraphy, run it, and save it to ``out`` (atomically).
 
     Returns:
@@ -390,7 +425,14 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
         the engine inspector's per-layer view).
     """
     trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+        SaveEngine,
+    )
 
     p = contract.profile
     profile = Profile()
@@ -401,13 +443,16 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
     def record_flags(_builder, _network, config) -> None:
         flags[:] = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
 
-    config = PostprocessConfig(CreateConfig(
-        sparse_weights=sparse,
-        tf32=tf32,
-        profiles=[profile],
-        load_timing_cache=str(timing_cache),
-        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
-    ), record_flags)
+    config = PostprocessConfig(
+        CreateConfig(
+            sparse_weights=sparse,
+            tf32=tf32,
+            profiles=[profile],
+            load_timing_cache=str(timing_cache),
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        ),
+        record_flags,
+    )
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -421,11 +466,14 @@ def build_trt_engine(onnx_path: Path, out: Path, contract: IOContract, *, sparse
             errors = [line for line in lines if "[E]" in line or "ERROR" in line.upper()][-3:]
             raise SparseDeployError(
                 f"TensorRT could not build '{out.name}' from '{onnx_path}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
-                + (f"; {' | '.join(errors)}" if errors else "") + ")"
+                + (f"; {' | '.join(errors)}" if errors else "")
+                + ")"
             ) from exc
         missing = [f for f, wanted in (("SPARSE_WEIGHTS", sparse), ("TF32", tf32)) if wanted and f not in flags]
         if missing:
-            raise SparseDeployError(f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for '{out.name}'; not kept")
+            raise SparseDeployError(
+                f"TensorRT {trt.__version__} did not take the builder flag(s) {missing} for '{out.name}'; not kept"
+            )
         check = check_trt_engine(engine, onnx_path, contract, tf32=tf32)
         SaveEngine(engine, str(tmp))()
         del engine
@@ -458,7 +506,9 @@ def _choose_backend(requested: str) -> tuple[str, str | None]:
         return "onnxruntime", None
     reason = tensorrt_unavailable_reason()
     if requested == "tensorrt" and reason:
-        raise SparseDeployError(f"--backend tensorrt, but {reason}; use --backend onnxruntime (or auto) on this machine")
+        raise SparseDeployError(
+            f"--backend tensorrt, but {reason}; use --backend onnxruntime (or auto) on this machine"
+        )
     if reason:
         log.warning("No TensorRT engine will be built: %s; building ONNX Runtime engines instead", reason)
         return "onnxruntime", reason
@@ -470,7 +520,9 @@ def _settings(backend: str, sparse: bool, tf32: bool) -> dict[str, Any]:
     return _trt_settings(sparse, tf32) if backend == "tensorrt" else {"ort_optimization_level": ORT_OPTIMIZATION_LEVEL}
 
 
-def _build_one(graph: ExportedGraph, path: Path, contract: IOContract, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _build_one(
+    graph: ExportedGraph, path: Path, contract: IOContract, backend: str, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Build the engine at ``path`` from ``graph``; the backend's manifest entries."""
     if backend == "onnxruntime":
         return build_ort_engine(graph.path, path, contract)
@@ -484,8 +536,11 @@ def _build_one(graph: ExportedGraph, path: Path, contract: IOContract, backend: 
     if sparse:
         log.info(
             "%s: %d layers eligible for sparse math, %d picked sparse kernels (%d of %d masked layers)",
-            path.name, len(details["sparse_eligible_layers"]), len(details["sparse_picked_layers"]),
-            len(details["sparse_picked_modules"]), len(graph.manifest["sparse_layers"]),
+            path.name,
+            len(details["sparse_eligible_layers"]),
+            len(details["sparse_picked_layers"]),
+            len(details["sparse_picked_modules"]),
+            len(graph.manifest["sparse_layers"]),
         )
     return details
 
@@ -496,7 +551,9 @@ def build_engines(config: BuildConfig) -> BuildReport:
     backend, fallback = _choose_backend(config.backend)
     profile = config.profile
     # Graphs exported now record the build's profile; reused ones keep theirs (the batch axis is dynamic).
-    exports = export_all(dataclasses.replace(config.export, max_batch=profile.max, opt_batch=profile.opt), reuse=not config.force)
+    exports = export_all(
+        dataclasses.replace(config.export, max_batch=profile.max, opt_batch=profile.opt), reuse=not config.force
+    )
     preset = preset_from_manifest(exports[0].manifest)
     engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
     report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
@@ -508,7 +565,16 @@ def build_engines(config: BuildConfig) -> BuildReport:
         reason = "--force" if config.force else stale_reason(path, inputs)
         if reason is None:
             log.info("%s is up to date; reusing it", path)
-            report.engines.append(BuiltEngine(graph.kind, graph.precision, path, read_engine_manifest(path, verify=False)[1], reused=True, backend=backend))
+            report.engines.append(
+                BuiltEngine(
+                    graph.kind,
+                    graph.precision,
+                    path,
+                    read_engine_manifest(path, verify=False)[1],
+                    reused=True,
+                    backend=backend,
+                )
+            )
             continue
         log.info("building %s (%s)", path, reason)
         start = time.perf_counter()
@@ -542,12 +608,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_arguments(parser)
     add_profile_arguments(parser, "the engines")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: TensorRT when usable, else ONNX Runtime")
+    parser.add_argument(
+        "--backend", default="auto", choices=BACKENDS, help="auto: TensorRT when usable, else ONNX Runtime"
+    )
     parser.add_argument("--export-dir", type=Path, help="where the ONNX graphs go (default export/<preset>)")
     parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
     parser.add_argument("--force", action="store_true", help="re-export and rebuild even when up to date")
-    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
-                        help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the manifest)")
+    parser.add_argument(
+        "--no-tf32",
+        dest="tf32",
+        action="store_false",
+        help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the manifest)",
+    )
     return parser
 
 
@@ -555,8 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = BuildConfig(
-        export=config_from_args(args, args.export_dir), backend=args.backend, engine_dir=args.engine_dir, force=args.force, tf32=args.tf32,
-        max_batch=args.max_batch, opt_batch=args.opt_batch,
+        export=config_from_args(args, args.export_dir),
+        backend=args.backend,
+        engine_dir=args.engine_dir,
+        force=args.force,
+        tf32=args.tf32,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
     )
     if args.engine_dir is not None:
         check_output_dir(args.engine_dir, "--engine-dir")

@@ -25,7 +25,16 @@ from .masks import PATTERN
 from .sparsify import SparsityConfig, masked_modules, sparsify_
 from .statefile import load_state, save_state
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_training_state", "read_manifest", "MANIFEST", "WEIGHTS", "TRAINING_STATE", "LEGACY_TRAINING_STATE"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_training_state",
+    "read_manifest",
+    "MANIFEST",
+    "WEIGHTS",
+    "TRAINING_STATE",
+    "LEGACY_TRAINING_STATE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint's manifest, with errors that say how to fix a wrong path."""
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"checkpoint '{path}' does not exist; train one first ('make train-dense', 'make train-sparse') or fix the path")
+        raise SparseDeployError(
+            f"checkpoint '{path}' does not exist; train one first ('make train-dense', 'make train-sparse') or fix the path"
+        )
     if path.is_file():
         raise SparseDeployError(
             f"'{path}' is a file; --checkpoint takes a checkpoint folder holding {MANIFEST} and {WEIGHTS} "
@@ -88,12 +99,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise SparseDeployError(f"'{path}' has no {MANIFEST}: it is not a sparse-deploy checkpoint folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' is corrupt ({exc}); re-create the checkpoint") from exc
+        raise SparseDeployError(
+            f"checkpoint manifest '{path / MANIFEST}' is corrupt ({exc}); re-create the checkpoint"
+        ) from exc
     problem = seal_problem(manifest) if isinstance(manifest, dict) else None
     if problem:
         raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}': {problem}; re-create the checkpoint")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("preset"), str):
-        raise SparseDeployError(f"checkpoint manifest '{path / MANIFEST}' has no 'preset' entry (edited or truncated); re-create the checkpoint")
+        raise SparseDeployError(
+            f"checkpoint manifest '{path / MANIFEST}' has no 'preset' entry (edited or truncated); re-create the checkpoint"
+        )
     return manifest
 
 
@@ -103,7 +118,9 @@ def load_training_state(path: str | Path, device: str | torch.device = "cpu") ->
     state_file = path / TRAINING_STATE
     expected = read_manifest(path).get("training_state_sha256")
     if expected and sha256_file(state_file) != expected:
-        raise SparseDeployError(f"'{state_file}' does not match the hash in its manifest (corrupt or edited); delete '{path}' to restart")
+        raise SparseDeployError(
+            f"'{state_file}' does not match the hash in its manifest (corrupt or edited); delete '{path}' to restart"
+        )
     return load_state(state_file, device)
 
 
@@ -122,13 +139,17 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[Denoiser,
     if not weights.is_file():
         raise SparseDeployError(f"checkpoint '{path}' has no {WEIGHTS}; re-create the checkpoint")
     if verify and manifest.get("weights_sha256") and sha256_file(weights) != manifest["weights_sha256"]:
-        raise SparseDeployError(f"'{weights}' does not match the hash in its manifest (corrupt or edited); re-create the checkpoint")
+        raise SparseDeployError(
+            f"'{weights}' does not match the hash in its manifest (corrupt or edited); re-create the checkpoint"
+        )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SparseDeployError(f"'{weights}' is corrupt ({exc}); re-create the checkpoint") from exc
     if manifest.get("masked_layers") and manifest.get("pattern", PATTERN) != PATTERN:
-        raise SparseDeployError(f"checkpoint '{path}' holds {manifest['pattern']} masks; only {PATTERN} is supported (TensorRT and cuSPARSELt run {PATTERN} only)")
+        raise SparseDeployError(
+            f"checkpoint '{path}' holds {manifest['pattern']} masks; only {PATTERN} is supported (TensorRT and cuSPARSELt run {PATTERN} only)"
+        )
     preset = preset_from_manifest(manifest)
     model = build_model(preset, weights=None, announce_random=False)
     if manifest.get("sparsity") and manifest.get("masked_layers"):

@@ -124,8 +124,10 @@ class PipelineClient:
         """
         inputs = []
         for name, value, dtype, triton in (
-            ("seed", seed, np.int64, "INT64"), ("num_images", num, np.int64, "INT64"),
-            ("steps", steps, np.int64, "INT64"), ("guidance", guidance, np.float32, "FP32"),
+            ("seed", seed, np.int64, "INT64"),
+            ("num_images", num, np.int64, "INT64"),
+            ("steps", steps, np.int64, "INT64"),
+            ("guidance", guidance, np.float32, "FP32"),
         ):
             if value is not None:
                 inputs.append(self._input(name, np.array([value], dtype=dtype), triton))
@@ -168,7 +170,13 @@ def latency_stats(latencies: Sequence[float]) -> dict[str, float | None]:
         return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
     arr = np.asarray(latencies, dtype=np.float64) * 1000
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(arr.mean()), "max_ms": float(arr.max())}
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(arr.mean()),
+        "max_ms": float(arr.max()),
+    }
 
 
 @dataclass
@@ -208,7 +216,9 @@ class LoadTestConfig:
         if self.max_requests < 1:
             raise SparseDeployError(f"--max-requests must be at least 1, got {self.max_requests}")
         if not is_loopback(self.url):
-            raise SparseDeployError(f"load tests only target loopback addresses (127.0.0.1, localhost, [::1]); got '{self.url}'")
+            raise SparseDeployError(
+                f"load tests only target loopback addresses (127.0.0.1, localhost, [::1]); got '{self.url}'"
+            )
         _client_module(self.protocol)
         return self
 
@@ -221,7 +231,9 @@ def load_test(config: LoadTestConfig) -> dict[str, Any]:
         ``images_per_s``, latency percentiles (ms) of successful requests, wall time and the config.
     """
     config.validate()
-    kwargs = dict(num=config.num, steps=config.steps, guidance=config.guidance, labels=config.labels, scheduler=config.scheduler)
+    kwargs = dict(
+        num=config.num, steps=config.steps, guidance=config.guidance, labels=config.labels, scheduler=config.scheduler
+    )
     with PipelineClient(config.url, config.protocol, config.model) as client:
         for i in range(config.warmup):
             client.generate(seed=config.seed - 1 - i, **kwargs)
@@ -281,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001, gRPC)")
     parser.add_argument("--protocol", default="grpc", choices=PROTOCOLS)
     parser.add_argument("--model", default="pipeline", help="pipeline model name (default pipeline)")
-    parser.add_argument("--num", type=int, default=4, help="images in all (default 4); in a load test: images per request")
+    parser.add_argument(
+        "--num", type=int, default=4, help="images in all (default 4); in a load test: images per request"
+    )
     parser.add_argument("--batch", type=int, help="images per request (default: --num)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", help="comma-separated class ids, cycled over the images (default random)")
@@ -306,9 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None:
         report = load_test(
             LoadTestConfig(
-                url=args.url, protocol=args.protocol, model=args.model, concurrency=args.concurrency, duration=args.duration,
-                max_requests=args.max_requests, num=args.num, steps=args.steps or 50, guidance=1.0 if args.guidance is None else args.guidance,
-                labels=labels, scheduler=args.scheduler or "ddim", seed=args.seed,
+                url=args.url,
+                protocol=args.protocol,
+                model=args.model,
+                concurrency=args.concurrency,
+                duration=args.duration,
+                max_requests=args.max_requests,
+                num=args.num,
+                steps=args.steps or 50,
+                guidance=1.0 if args.guidance is None else args.guidance,
+                labels=labels,
+                scheduler=args.scheduler or "ddim",
+                seed=args.seed,
             )
         )
         report["created"] = timestamp()
@@ -333,22 +356,39 @@ def main(argv: list[str] | None = None) -> int:
             n = min(batch, args.num - start)
             chunk = [labels[(start + j) % len(labels)] for j in range(n)] if labels else None
             result = client.generate(
-                num=n, seed=args.seed + start, labels=chunk, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler
+                num=n,
+                seed=args.seed + start,
+                labels=chunk,
+                steps=args.steps,
+                guidance=args.guidance,
+                scheduler=args.scheduler,
             )
             images.append(result.images)
-            requests.append({
-                "seed": args.seed + start, "num": n,
-                "labels": None if result.labels is None else [int(v) for v in result.labels],
-                "latency_ms": round(result.latency_s * 1000, 2),
-            })
+            requests.append(
+                {
+                    "seed": args.seed + start,
+                    "num": n,
+                    "labels": None if result.labels is None else [int(v) for v in result.labels],
+                    "latency_ms": round(result.latency_s * 1000, 2),
+                }
+            )
             print(f"request {len(requests)}: {n} images in {result.latency_s * 1000:.1f} ms")
     all_images = np.concatenate(images)
     save_pngs(all_images, args.out)
     save_grid(all_images, args.out / "grid.png")
-    write_json_atomic(args.out / "client.json", {
-        "url": args.url, "protocol": args.protocol, "model": args.model, "steps": args.steps, "guidance": args.guidance,
-        "scheduler": args.scheduler, "requests": requests, "created": timestamp(),
-    })
+    write_json_atomic(
+        args.out / "client.json",
+        {
+            "url": args.url,
+            "protocol": args.protocol,
+            "model": args.model,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "scheduler": args.scheduler,
+            "requests": requests,
+            "created": timestamp(),
+        },
+    )
     print(f"wrote {len(all_images)} images + grid.png + client.json to {args.out}")
     return 0
 

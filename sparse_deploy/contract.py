@@ -26,8 +26,16 @@ from .presets import Preset
 from .settings import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH
 
 __all__ = [
-    "PRECISIONS", "PRECISION_DTYPES", "MAX_PROFILE_BATCH", "float_dtype", "precision_of", "TensorSpec", "BatchProfile",
-    "IOContract", "contract_for", "contract_problem",
+    "PRECISIONS",
+    "PRECISION_DTYPES",
+    "MAX_PROFILE_BATCH",
+    "float_dtype",
+    "precision_of",
+    "TensorSpec",
+    "BatchProfile",
+    "IOContract",
+    "contract_for",
+    "contract_problem",
 ]
 
 #: The one precision -> dtype table: the numpy (and torch) name of a float tensor at each precision.
@@ -180,7 +188,9 @@ def contract_for(preset: Preset, precision: str = "fp32", profile: BatchProfile 
     if preset.num_classes:
         inputs.append(TensorSpec("class_labels", "int64", (-1,)))
     outputs = (TensorSpec("out", fdt, (-1, preset.out_channels, s, s)),)
-    return IOContract(preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate(), preset.num_classes)
+    return IOContract(
+        preset.name, precision, tuple(inputs), outputs, (profile or BatchProfile()).validate(), preset.num_classes
+    )
 
 
 def contract_problem(manifest: dict[str, Any]) -> str | None:

@@ -20,8 +20,21 @@ from .errors import SparseDeployError
 from .presets import Preset
 
 __all__ = [
-    "read_idx", "idx_shape", "fashion_mnist_dirs", "find_fashion_mnist", "fashion_mnist_images_file", "fashion_mnist_arrays", "fashion_mnist",
-    "image_files", "image_folder", "latent_dataset", "synthetic", "make_dataset", "FMNIST_ENV", "FMNIST_DEFAULT_DIR", "IMAGE_SUFFIXES",
+    "read_idx",
+    "idx_shape",
+    "fashion_mnist_dirs",
+    "find_fashion_mnist",
+    "fashion_mnist_images_file",
+    "fashion_mnist_arrays",
+    "fashion_mnist",
+    "image_files",
+    "image_folder",
+    "latent_dataset",
+    "synthetic",
+    "make_dataset",
+    "FMNIST_ENV",
+    "FMNIST_DEFAULT_DIR",
+    "IMAGE_SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,7 +45,18 @@ FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -52,7 +76,7 @@ def _idx_header(data: bytes, path: Path) -> tuple[int, ...]:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         raise SparseDeployError(f"idx file '{path}' is truncated (in its header)")
-    return tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
 
 
 def idx_shape(path: str | Path) -> tuple[int, ...]:
@@ -125,7 +149,9 @@ def _to_model_space(images: torch.Tensor, size: int) -> torch.Tensor:
 def fashion_mnist(preset: Preset, split: str = "train", root: str | Path | None = None) -> TensorDataset:
     """Fashion-MNIST as ``(image [1, S, S] in [-1, 1], label)`` at the preset's size."""
     if preset.in_channels != 1 or preset.latent:
-        raise SparseDeployError(f"Fashion-MNIST is 1-channel pixels; preset '{preset.name}' wants {preset.in_channels}-channel {'latents' if preset.latent else 'images'}")
+        raise SparseDeployError(
+            f"Fashion-MNIST is 1-channel pixels; preset '{preset.name}' wants {preset.in_channels}-channel {'latents' if preset.latent else 'images'}"
+        )
     images, labels = fashion_mnist_arrays(split, root)
     x = _to_model_space(torch.from_numpy(images.copy()).unsqueeze(1), preset.sample_size)
     return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
@@ -167,7 +193,9 @@ def image_folder(preset: Preset, root: str | Path) -> TensorDataset:
             "put images in it, one subfolder per class for class-conditional models"
         )
     if preset.num_classes and classes and len(classes) > preset.num_classes:
-        raise SparseDeployError(f"'{root}' has {len(classes)} class folders but preset '{preset.name}' has {preset.num_classes} classes")
+        raise SparseDeployError(
+            f"'{root}' has {len(classes)} class folders but preset '{preset.name}' has {preset.num_classes} classes"
+        )
     mode = "L" if preset.in_channels == 1 else "RGB"
     arrays = [np.asarray(Image.open(p).convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)) for p in files]
     x = torch.from_numpy(np.stack(arrays))
@@ -177,7 +205,9 @@ def image_folder(preset: Preset, root: str | Path) -> TensorDataset:
 
 
 @torch.no_grad()
-def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir: str | Path = ".cache/latents", batch: int = 16) -> TensorDataset:
+def latent_dataset(
+    preset: Preset, root: str | Path, vae: str | Path, cache_dir: str | Path = ".cache/latents", batch: int = 16
+) -> TensorDataset:
     """Images from ``root`` encoded once by a local diffusers AutoencoderKL, cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
@@ -185,7 +215,9 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
 
     vae = Path(vae)
     if not (vae / "config.json").is_file():
-        raise SparseDeployError(f"VAE folder '{vae}' has no config.json; pass a local diffusers AutoencoderKL folder with --vae")
+        raise SparseDeployError(
+            f"VAE folder '{vae}' has no config.json; pass a local diffusers AutoencoderKL folder with --vae"
+        )
     import json
 
     # Each encoder block but the last halves the resolution (8x for the SD VAE's 4 blocks).
@@ -211,7 +243,12 @@ def latent_dataset(preset: Preset, root: str | Path, vae: str | Path, cache_dir:
     scale = float(getattr(model.config, "scaling_factor", 0.18215))
     latents = []
     for i in tqdm(range(0, len(files), batch), desc="encoding latents"):
-        arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC)) for p in files[i: i + batch]])
+        arr = np.stack(
+            [
+                np.asarray(Image.open(p).convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC))
+                for p in files[i : i + batch]
+            ]
+        )
         x = _to_model_space(torch.from_numpy(arr).permute(0, 3, 1, 2), pixel_size)
         latents.append(model.encode(x).latent_dist.sample() * scale)
     out = {"latents": torch.cat(latents).contiguous(), "labels": torch.tensor(labels, dtype=torch.int64)}
@@ -229,7 +266,11 @@ def synthetic(preset: Preset, num: int = 1024, seed: int = 0) -> TensorDataset:
     if not preset.latent:
         x = x.clamp_(-1, 1)
     y = torch.randint(0, max(preset.num_classes, 1), (num,), generator=gen)
-    log.warning("SYNTHETIC data for '%s' (%d random tensors): fine for step timing, meaningless for image quality", preset.name, num)
+    log.warning(
+        "SYNTHETIC data for '%s' (%d random tensors): fine for step timing, meaningless for image quality",
+        preset.name,
+        num,
+    )
     return TensorDataset(x, y)
 
 
@@ -239,7 +280,9 @@ def make_dataset(preset: Preset, data: str | None = None, vae: str | None = None
     if data is None:
         data = preset.dataset
     if data is None:
-        raise SparseDeployError(f"preset '{preset.name}' has no built-in dataset; pass --data DIR with your images (and --vae for latent models)")
+        raise SparseDeployError(
+            f"preset '{preset.name}' has no built-in dataset; pass --data DIR with your images (and --vae for latent models)"
+        )
     if data == "synthetic" or data.startswith("synthetic:"):
         count = data.partition(":")[2]
         if count and not count.isdigit():
@@ -249,6 +292,8 @@ def make_dataset(preset: Preset, data: str | None = None, vae: str | None = None
         return fashion_mnist(preset, "train", data.partition(":")[2] or None)
     if preset.latent:
         if vae is None:
-            raise SparseDeployError(f"preset '{preset.name}' trains on VAE latents; pass --vae DIR (a local diffusers AutoencoderKL)")
+            raise SparseDeployError(
+                f"preset '{preset.name}' trains on VAE latents; pass --vae DIR (a local diffusers AutoencoderKL)"
+            )
         return latent_dataset(preset, data, vae)
     return image_folder(preset, data)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 DIFFUSERS_DIR = "diffusers"
 
 
-def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | None = None, info: dict | None = None) -> Path:
+def write_diffusers(
+    model: Denoiser, out: str | Path, *, weights: str | Path | None = None, info: dict | None = None
+) -> Path:
     """Save ``model`` (masks already baked) as a diffusers model, inside its source pipeline when it had one.
 
     Args:
@@ -43,7 +45,9 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
     from .sources import resolve_source
 
     if any(hasattr(m, "weight_mask") for m in model.modules()):
-        raise SparseDeployError("write_diffusers needs a baked model (sparsify.bake_): diffusers cannot load mask buffers")
+        raise SparseDeployError(
+            "write_diffusers needs a baked model (sparsify.bake_): diffusers cannot load mask buffers"
+        )
     source = resolve_source(weights) if weights is not None else None
     preset = model.preset
     component = (source.component if source is not None and source.component else None) or (
@@ -67,19 +71,27 @@ def write_diffusers(model: Denoiser, out: str | Path, *, weights: str | Path | N
         if not (tmp / "model_index.json").exists() and preset.family == "unet":
             import diffusers
 
-            write_json_atomic(tmp / "model_index.json", {
-                "_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
-                "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", (preset.schedule or DEFAULT_SCHEDULE)["_class_name"]],
-            })
+            write_json_atomic(
+                tmp / "model_index.json",
+                {
+                    "_class_name": "DDPMPipeline",
+                    "_diffusers_version": diffusers.__version__,
+                    "unet": ["diffusers", "UNet2DModel"],
+                    "scheduler": ["diffusers", (preset.schedule or DEFAULT_SCHEDULE)["_class_name"]],
+                },
+            )
         weights_file = tmp / component / "diffusion_pytorch_model.safetensors"
-        write_json_atomic(tmp / "sparse_deploy.json", {
-            "component": component,
-            "preset": preset.name,
-            "source": str(Path(weights).resolve()) if weights is not None else None,
-            "weights_sha256": sha256_file(weights_file) if weights_file.is_file() else None,
-            "created": timestamp(),
-            **(info or {}),
-        })
+        write_json_atomic(
+            tmp / "sparse_deploy.json",
+            {
+                "component": component,
+                "preset": preset.name,
+                "source": str(Path(weights).resolve()) if weights is not None else None,
+                "weights_sha256": sha256_file(weights_file) if weights_file.is_file() else None,
+                "created": timestamp(),
+                **(info or {}),
+            },
+        )
     return out
 
 
@@ -91,7 +103,13 @@ def write_run_diffusers(run_dir: str | Path, checkpoint: str | Path, weights: st
     model, manifest = load_checkpoint(checkpoint)
     layers = sorted(bake_(model))
     return write_diffusers(
-        model, Path(run_dir) / DIFFUSERS_DIR, weights=weights,
-        info={"checkpoint": str(Path(checkpoint).resolve()), "step": manifest.get("step"), "masked_layers": layers,
-              "sparsity": manifest.get("sparsity")},
+        model,
+        Path(run_dir) / DIFFUSERS_DIR,
+        weights=weights,
+        info={
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "step": manifest.get("step"),
+            "masked_layers": layers,
+            "sparsity": manifest.get("sparsity"),
+        },
     )

@@ -49,9 +49,13 @@ class DistEnv:
             rank = int(environ.get("RANK", "0"))
             local = int(environ.get("LOCAL_RANK", str(rank)))
         except ValueError as exc:
-            raise SparseDeployError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers ({exc}); launch with torchrun") from None
+            raise SparseDeployError(
+                f"RANK, LOCAL_RANK and WORLD_SIZE must be integers ({exc}); launch with torchrun"
+            ) from None
         if not (world >= 1 and 0 <= rank < world and 0 <= local <= rank):
-            raise SparseDeployError(f"inconsistent torchrun environment: RANK {rank}, LOCAL_RANK {local}, WORLD_SIZE {world}")
+            raise SparseDeployError(
+                f"inconsistent torchrun environment: RANK {rank}, LOCAL_RANK {local}, WORLD_SIZE {world}"
+            )
         return cls(rank, local, world)
 
     @property
@@ -136,7 +140,7 @@ class Distributed:
         if self.world == 1:
             return tensor
         per = tensor.shape[0] // self.world
-        return tensor[self.rank * per:(self.rank + 1) * per]
+        return tensor[self.rank * per : (self.rank + 1) * per]
 
     def mean(self, values: Sequence[float]) -> list[float]:
         """The mean over ranks of each value (e.g. the step's losses, so the log shows the global batch)."""
@@ -161,8 +165,10 @@ class Distributed:
         digests: list[str] = [""] * self.world
         torch.distributed.all_gather_object(digests, digest)
         if len(set(digests)) > 1:
-            raise SparseDeployError(f"the {self.world} ranks hold different {what} ({', '.join(d[:12] for d in digests)}); "
-                                    "data parallelism is broken, the run was stopped")
+            raise SparseDeployError(
+                f"the {self.world} ranks hold different {what} ({', '.join(d[:12] for d in digests)}); "
+                "data parallelism is broken, the run was stopped"
+            )
         return digests
 
     def barrier(self) -> None:

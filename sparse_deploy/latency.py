@@ -62,8 +62,13 @@ class LinearShape:
         return self.out_features, self.in_features, self.rows_per_sample
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": self.out_features, "in": self.in_features, "rows_per_sample": self.rows_per_sample,
-                "layers": len(self.layers), "example": self.layers[0] if self.layers else None}
+        return {
+            "out": self.out_features,
+            "in": self.in_features,
+            "rows_per_sample": self.rows_per_sample,
+            "layers": len(self.layers),
+            "example": self.layers[0] if self.layers else None,
+        }
 
 
 @torch.no_grad()
@@ -101,7 +106,10 @@ def linear_shapes(preset_name: str) -> list[LinearShape]:
         short = short_name(name)
         if isinstance(module, nn.Linear) and short in rows:
             grouped.setdefault((module.out_features, module.in_features, rows[short]), []).append(short)
-    return [LinearShape(o, i, r, tuple(layers)) for (o, i, r), layers in sorted(grouped.items(), key=lambda kv: (-kv[0][2], kv[0]))]
+    return [
+        LinearShape(o, i, r, tuple(layers))
+        for (o, i, r), layers in sorted(grouped.items(), key=lambda kv: (-kv[0][2], kv[0]))
+    ]
 
 
 def _semi_structured(weight: torch.Tensor) -> torch.Tensor:
@@ -146,7 +154,11 @@ def time_linear(
         sparse = (make_sparse or _semi_structured)(weight)
         with torch.no_grad():
             got, want = nn.functional.linear(x, sparse), nn.functional.linear(x, weight)
-    except (RuntimeError, ValueError, NotImplementedError) as exc:  # below the kernel's minimum tile, unsupported dtype, ...
+    except (
+        RuntimeError,
+        ValueError,
+        NotImplementedError,
+    ) as exc:  # below the kernel's minimum tile, unsupported dtype, ...
         return {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     max_rel_err = float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
 
@@ -155,6 +167,7 @@ def time_linear(
             with torch.no_grad():
                 for _ in range(inner):
                     nn.functional.linear(x, w)
+
         return fn
 
     times = run_interleaved({"dense": calls(weight), "sparse": calls(sparse)}, repeats, warmup, device)
@@ -177,7 +190,11 @@ class LatencyProfile:
 
     def lookup(self, out_features: int, in_features: int, rows: int, dtype: str) -> tuple[int, dict[str, Any]] | None:
         """The timing measured nearest (in log rows) to ``rows`` for this weight shape and dtype, with its rows."""
-        measured = [(r, e) for (o, i, r, d), e in self.entries.items() if (o, i, d) == (out_features, in_features, dtype) and "speedup" in e]
+        measured = [
+            (r, e)
+            for (o, i, r, d), e in self.entries.items()
+            if (o, i, d) == (out_features, in_features, dtype) and "speedup" in e
+        ]
         if not measured:
             return None
         return min(measured, key=lambda re: abs(math.log(re[0]) - math.log(max(rows, 1))))
@@ -189,11 +206,15 @@ def load_latency_profile(path: str | Path) -> LatencyProfile:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SparseDeployError(f"--latency-profile '{path}' does not exist; make one with make gpu-check on the target GPU") from None
+        raise SparseDeployError(
+            f"--latency-profile '{path}' does not exist; make one with make gpu-check on the target GPU"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparseDeployError(f"--latency-profile '{path}' is not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-        raise SparseDeployError(f"--latency-profile '{path}' is not a GEMM latency profile (format {PROFILE_FORMAT} expected)")
+        raise SparseDeployError(
+            f"--latency-profile '{path}' is not a GEMM latency profile (format {PROFILE_FORMAT} expected)"
+        )
     profile = LatencyProfile(gpu=str(data.get("gpu") or "?"), source=str(path))
     for row in data.get("entries", []):
         try:
@@ -207,7 +228,13 @@ def load_latency_profile(path: str | Path) -> LatencyProfile:
 
 
 def apply_latency_profile(
-    choice, rows_per_sample: dict[str, int], shapes: dict[str, tuple[int, int]], profile: LatencyProfile, *, batch: int, dtype: str,
+    choice,
+    rows_per_sample: dict[str, int],
+    shapes: dict[str, tuple[int, int]],
+    profile: LatencyProfile,
+    *,
+    batch: int,
+    dtype: str,
 ) -> list[str]:
     """Move from ``choice.selected`` to ``choice.skipped`` every layer whose 2:4 kernel is not faster.
 
@@ -245,5 +272,9 @@ def apply_latency_profile(
             )
     choice.selected[:] = kept
     if unprofiled:
-        log.warning("--latency-profile has no timing for %d selected layer(s) at this shape (kept 2:4): %s", len(unprofiled), unprofiled[:4])
+        log.warning(
+            "--latency-profile has no timing for %d selected layer(s) at this shape (kept 2:4): %s",
+            len(unprofiled),
+            unprofiled[:4],
+        )
     return unprofiled

@@ -23,7 +23,9 @@ def _module_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def forward_with_hooks(
-    model: nn.Module, inputs: Sequence[torch.Tensor | None], types: tuple[type, ...],
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor | None],
+    types: tuple[type, ...],
     on_call: Callable[[str, nn.Module, tuple, Any], None],
 ) -> None:
     """One forward pass of ``model`` on ``inputs`` calling ``on_call(name, module, args, output)`` for
@@ -175,7 +177,9 @@ def onnx_macs(graph, batch: int = 1) -> OnnxMacs:
     inferred = _infer_shapes(model)
     shapes: dict[str, list] = {}
     for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
+        shapes[value.name] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim
+        ]
     for init in inferred.graph.initializer:
         shapes[init.name] = list(init.dims)
     producers = {out: node for node in inferred.graph.node for out in node.output}
@@ -189,7 +193,12 @@ def onnx_macs(graph, batch: int = 1) -> OnnxMacs:
 
     def weight_of(name: str) -> str | None:
         seen = 0
-        while name not in initializers and name in producers and producers[name].op_type in ("Transpose", "Cast", "Identity") and seen < 8:
+        while (
+            name not in initializers
+            and name in producers
+            and producers[name].op_type in ("Transpose", "Cast", "Identity")
+            and seen < 8
+        ):
             name, seen = producers[name].input[0], seen + 1
         return name if name in initializers else None
 

@@ -82,7 +82,9 @@ def _import_modelopt():
 
 def _check_mode(mode: str) -> None:
     if mode not in MODELOPT_MODES:
-        raise SparseDeployError(f"unknown Model Optimizer sparsity mode '{mode}'; choose one of: {', '.join(MODELOPT_MODES)}")
+        raise SparseDeployError(
+            f"unknown Model Optimizer sparsity mode '{mode}'; choose one of: {', '.join(MODELOPT_MODES)}"
+        )
 
 
 def _diffusers_net(model: nn.Module) -> nn.Module:
@@ -97,7 +99,10 @@ def _diffusers_net(model: nn.Module) -> nn.Module:
 
 # --- rules ------------------------------------------------------------------------------------------
 
-def modelopt_rules(layers: Sequence[str], model: nn.Module | None = None, *, prefix: str = "") -> dict[str, dict[str, dict | None]]:
+
+def modelopt_rules(
+    layers: Sequence[str], model: nn.Module | None = None, *, prefix: str = ""
+) -> dict[str, dict[str, dict | None]]:
     """A layer selection written as a Model Optimizer rules dict: those layers sparse, every other one dense.
 
     Pass it as the mode's config: ``mts.sparsify(model, [("sparsegpt", rules)], config={...})``.
@@ -160,10 +165,13 @@ def modelopt_default_layers(model: nn.Module, mode: str = "sparse_magnitude") ->
         mto.apply_mode(net, mode, registry=registry)
         searcher = registry[mode].search_algorithm()
         searcher.config = searcher.default_search_config
-        return [name for name, module in _named_sparse_modules(mts, net) if searcher._check_weight_size(module.weight, name)]
+        return [
+            name for name, module in _named_sparse_modules(mts, net) if searcher._check_weight_size(module.weight, name)
+        ]
 
 
 # --- masks from Model Optimizer ------------------------------------------------------------------------
+
 
 def _tensorrt_mask(name: str, mask: torch.Tensor, weight: torch.Tensor | None, source: str) -> tuple[torch.Tensor, int]:
     """Check ``mask`` keeps at most 2 of every 4 along the reduction axis; return it exact 2:4 and the groups filled.
@@ -184,7 +192,8 @@ def _tensorrt_mask(name: str, mask: torch.Tensor, weight: torch.Tensor | None, s
         hint = (
             " (Model Optimizer's sparsegpt groups a Conv2d's flattened C*R*S columns, i.e. across kernel taps: "
             "use sparse_magnitude for this layer or leave it out of the selection)"
-            if mask.dim() == 4 and mask.shape[2] * mask.shape[3] > 1 else ""
+            if mask.dim() == 4 and mask.shape[2] * mask.shape[3] > 1
+            else ""
         )
         raise SparseDeployError(
             f"the {source} mask for layer '{name}' keeps more than {PATTERN_N} of {PATTERN_M} in {violations} groups of "
@@ -207,7 +216,13 @@ def _read_masks(mts, net: nn.Module, source: str) -> dict[str, torch.Tensor]:
         masks[short_name(name)], filled = _tensorrt_mask(short_name(name), mask, module.weight, source)
         filled_total += filled
     if filled_total:
-        log.info("%s: %d groups kept fewer than %d weights and were filled up to exact %s", source, filled_total, PATTERN_N, PATTERN)
+        log.info(
+            "%s: %d groups kept fewer than %d weights and were filled up to exact %s",
+            source,
+            filled_total,
+            PATTERN_N,
+            PATTERN,
+        )
     return masks
 
 
@@ -216,9 +231,12 @@ def _batches(calibration: Iterable | None) -> list[tuple]:
         return []
     batches = []
     for i, batch in enumerate(calibration):
-        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3) or not all(
-            isinstance(t, torch.Tensor) for t in batch[:2]
-        ) or (len(batch) == 3 and batch[2] is not None and not isinstance(batch[2], torch.Tensor)):
+        if (
+            not isinstance(batch, (tuple, list))
+            or len(batch) not in (2, 3)
+            or not all(isinstance(t, torch.Tensor) for t in batch[:2])
+            or (len(batch) == 3 and batch[2] is not None and not isinstance(batch[2], torch.Tensor))
+        ):
             raise SparseDeployError(
                 f"calibration batch {i} is not a (sample, timestep, class_labels) tuple of tensors "
                 f"(class_labels may be None); got {type(batch).__name__}"
@@ -234,7 +252,10 @@ def _collect(batch: tuple) -> tuple:
 
 
 def modelopt_masks(
-    model: nn.Module, mode: str, calibration: Iterable | None, layers: Sequence[str] | None = None,
+    model: nn.Module,
+    mode: str,
+    calibration: Iterable | None,
+    layers: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """2:4 masks computed by NVIDIA Model Optimizer's own ``mts.sparsify``, as users run it.
 
@@ -266,7 +287,9 @@ def modelopt_masks(
     net = copy.deepcopy(_diffusers_net(model)).eval()
     batches = _batches(calibration)
     if mode == "sparsegpt" and not batches:
-        raise SparseDeployError("Model Optimizer's sparsegpt needs calibration batches (sample, timestep, class_labels); got none")
+        raise SparseDeployError(
+            "Model Optimizer's sparsegpt needs calibration batches (sample, timestep, class_labels); got none"
+        )
     mode_arg: Any = mode if layers is None else [(mode, modelopt_rules(layers, net))]
     config = {"data_loader": batches or None, "collect_func": _collect, "verbose": False}
     stdout = io.StringIO()
@@ -292,12 +315,15 @@ def modelopt_masks(
             )
         unexpected = sorted(set(masks) - set(layers))
         if unexpected:  # the rules dict should make this impossible
-            raise SparseDeployError(f"Model Optimizer's {mode} sparsified layers outside the selection: {unexpected[:3]}")
+            raise SparseDeployError(
+                f"Model Optimizer's {mode} sparsified layers outside the selection: {unexpected[:3]}"
+            )
     log.info("Model Optimizer %s: %d layers %s-sparse", mode, len(masks), PATTERN)
     return masks
 
 
 # --- importing Model Optimizer's outputs ------------------------------------------------------------
+
 
 def _load_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
@@ -306,7 +332,9 @@ def _load_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SparseDeployError(f"'{path}' is not a readable torch checkpoint ({exc.__class__.__name__}); pass the file mto.save wrote") from exc
+        raise SparseDeployError(
+            f"'{path}' is not a readable torch checkpoint ({exc.__class__.__name__}); pass the file mto.save wrote"
+        ) from exc
 
 
 def masks_from_modelopt_state(
@@ -349,9 +377,13 @@ def masks_from_modelopt_state(
     if isinstance(modelopt_state, (str, os.PathLike)):
         modelopt_state = _load_checkpoint(modelopt_state)
     if modelopt_state is None or state_dict is None:
-        raise SparseDeployError("Model Optimizer's masks need its modelopt_state and the model's state_dict (or one mto.save checkpoint)")
+        raise SparseDeployError(
+            "Model Optimizer's masks need its modelopt_state and the model's state_dict (or one mto.save checkpoint)"
+        )
     if not isinstance(modelopt_state, Mapping) or "modelopt_state_dict" not in modelopt_state:
-        raise SparseDeployError("modelopt_state is not what mto.modelopt_state(model) returns (no 'modelopt_state_dict')")
+        raise SparseDeployError(
+            "modelopt_state is not what mto.modelopt_state(model) returns (no 'modelopt_state_dict')"
+        )
     modes = [entry[0] for entry in modelopt_state["modelopt_state_dict"]]
     if not any(m in MODELOPT_MODES for m in modes):
         raise SparseDeployError(f"this Model Optimizer state applied no weight sparsity (modes: {modes or 'none'})")
@@ -410,7 +442,9 @@ def masks_from_zeros(model: nn.Module, layers: Sequence[str] | None = None) -> d
     return masks
 
 
-def masks_from_asp_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def masks_from_asp_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """apex ASP's masks from a state dict: its ``<layer>.__weight_mma_mask`` buffers, by our layer names.
 
     ``ASP.init_model_for_pruning`` registers the buffer (all ones until ``compute_sparse_masks``;
@@ -434,7 +468,7 @@ def masks_from_asp_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.
             continue
         layer = key[: -len(ASP_MASK_SUFFIX)]
         if layer.startswith("module."):
-            layer = layer[len("module."):]
+            layer = layer[len("module.") :]
         name = short_name(layer)
         mask = value.detach().to("cpu", torch.bool)
         if bool(mask.all()):
@@ -455,7 +489,11 @@ def masks_from_asp_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.
                 )
         masks[name], _ = _tensorrt_mask(name, mask, weight, "apex ASP")
     if never_computed:
-        log.warning("ASP masks of %d layers are all ones (compute_sparse_masks never ran), left out: %s", len(never_computed), never_computed[:3])
+        log.warning(
+            "ASP masks of %d layers are all ones (compute_sparse_masks never ran), left out: %s",
+            len(never_computed),
+            never_computed[:3],
+        )
     if not masks:
         raise SparseDeployError(
             f"the state dict holds no computed ASP mask (no '*{ASP_MASK_SUFFIX}' buffer other than all-ones); "

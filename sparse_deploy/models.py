@@ -17,7 +17,15 @@ from torch import nn
 from .errors import SparseDeployError
 from .presets import Preset
 
-__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "diffusers_class", "load_pretrained_weights", "example_inputs"]
+__all__ = [
+    "Denoiser",
+    "short_name",
+    "NET_PREFIX",
+    "build_model",
+    "diffusers_class",
+    "load_pretrained_weights",
+    "example_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,7 @@ NET_PREFIX = "net."
 
 def short_name(name: str) -> str:
     """A module name as diffusers spells it: without the :class:`Denoiser`'s ``net.`` prefix."""
-    return name[len(NET_PREFIX):] if name.startswith(NET_PREFIX) else name
+    return name[len(NET_PREFIX) :] if name.startswith(NET_PREFIX) else name
 
 
 class Denoiser(nn.Module):
@@ -42,7 +50,9 @@ class Denoiser(nn.Module):
         self.preset = preset
         self.net = net
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.preset.family == "dit":
             return self.net(sample, timestep=timestep, class_labels=class_labels, return_dict=False)[0]
         return self.net(sample, timestep, class_labels=class_labels, return_dict=False)[0]
@@ -56,7 +66,9 @@ def diffusers_class(family: str):
         else:
             from diffusers import UNet2DModel as cls
     except Exception as exc:  # pragma: no cover - depends on the environment
-        raise SparseDeployError(f"cannot import diffusers ({exc}); run 'make setup' to install the pinned version") from exc
+        raise SparseDeployError(
+            f"cannot import diffusers ({exc}); run 'make setup' to install the pinned version"
+        ) from exc
     return cls
 
 
@@ -123,7 +135,9 @@ def load_pretrained_weights(model: Denoiser, path: str | Path) -> None:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SparseDeployError(f"'{path}' is not a readable safetensors file ({exc}); re-download or re-export it") from exc
+        raise SparseDeployError(
+            f"'{path}' is not a readable safetensors file ({exc}); re-download or re-export it"
+        ) from exc
     state = {k if k.startswith(NET_PREFIX) else f"{NET_PREFIX}{k}": v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("weight_mask")]

@@ -16,7 +16,15 @@ from typing import Any
 
 from .provenance import sha256_file
 
-__all__ = ["DATA_SUFFIX", "data_path", "describe_data", "data_problem", "artifact_files", "save_with_external_data", "share_mode"]
+__all__ = [
+    "DATA_SUFFIX",
+    "data_path",
+    "describe_data",
+    "data_problem",
+    "artifact_files",
+    "save_with_external_data",
+    "share_mode",
+]
 
 DATA_SUFFIX = ".data"
 # Initializers at least this large go to the data file; smaller ones (scalars, shapes) stay inline.
@@ -70,8 +78,13 @@ def save_with_external_data(model, graph: str | Path) -> None:
     data = data_path(graph)
     data.unlink(missing_ok=True)  # save_model appends to an existing data file
     onnx.save_model(
-        model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-        size_threshold=_SIZE_THRESHOLD, convert_attribute=False,
+        model,
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=_SIZE_THRESHOLD,
+        convert_attribute=False,
     )
     share_mode(graph)
 

@@ -70,11 +70,17 @@ _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 def _attention_fp32_softmax(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
     if query.dtype != torch.float16 or dropout_p or is_causal or kwargs:
-        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+        return _SDPA(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs
+        )
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = ((query * scale) @ key.transpose(-2, -1)).float()
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.float()
+        scores = (
+            scores.masked_fill(~attn_mask, float("-inf"))
+            if attn_mask.dtype == torch.bool
+            else scores + attn_mask.float()
+        )
     return scores.softmax(dim=-1).to(value.dtype) @ value
 
 
@@ -108,7 +114,10 @@ def fp32_op_dtypes(onnx_model) -> dict[str, dict[str, int]]:
     graph = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
     types.update({init.name: init.data_type for init in graph.initializer})
-    names = {onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)): precision for precision, dtype in PRECISION_DTYPES.items()}
+    names = {
+        onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)): precision
+        for precision, dtype in PRECISION_DTYPES.items()
+    }
     counts: dict[str, dict[str, int]] = {}
     for node in graph.node:
         if node.op_type in FP32_OPS and node.input:

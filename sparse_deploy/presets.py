@@ -13,7 +13,15 @@ from typing import Any
 
 from .errors import SparseDeployError
 
-__all__ = ["Preset", "PRESETS", "get_preset", "DEFAULT_PRESET", "preset_from_config", "preset_from_manifest", "PRESET_SPEC"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "get_preset",
+    "DEFAULT_PRESET",
+    "preset_from_config",
+    "preset_from_manifest",
+    "PRESET_SPEC",
+]
 
 # Layer selection rules follow SparseDM: in a transformer, the attention q/k/v/out projections
 # and both MLP layers of every block; embeddings, adaLN modulation and the final projection
@@ -143,7 +151,9 @@ def _dit(name: str, heads: int, head_dim: int, layers: int, **kw: Any) -> Preset
     )
 
 
-def _unet(name: str, block_out_channels: tuple[int, ...], down: tuple[str, ...], up: tuple[str, ...], **kw: Any) -> Preset:
+def _unet(
+    name: str, block_out_channels: tuple[int, ...], down: tuple[str, ...], up: tuple[str, ...], **kw: Any
+) -> Preset:
     in_channels = kw.pop("in_channels", 3)
     sample_size = kw.pop("sample_size", 32)
     num_classes = kw.pop("num_classes", 0)
@@ -177,8 +187,17 @@ def _unet(name: str, block_out_channels: tuple[int, ...], down: tuple[str, ...],
 # The embedded default: a class-conditional DiT trained here, on Fashion-MNIST, on 2 CPU cores.
 # Dense: the recipe of the shipped weights (weights/fmnist-dit, `make pretrain`). Sparse: the demo's fine-tune.
 _FMNIST_TRAIN = TrainDefaults(
-    dense_steps=10_000, sparse_steps=600, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.9995, checkpoint_every=500,
-    lr_schedule="cosine", sparse_lr=3e-4, refine_steps=18_000, refine_lr=4e-4,
+    dense_steps=10_000,
+    sparse_steps=600,
+    batch_size=64,
+    lr=1e-3,
+    warmup_steps=200,
+    ema_decay=0.9995,
+    checkpoint_every=500,
+    lr_schedule="cosine",
+    sparse_lr=3e-4,
+    refine_steps=18_000,
+    refine_lr=4e-4,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -211,12 +230,41 @@ PRESETS: dict[str, Preset] = {
             learned_sigma=False,
             latent=False,
             dataset="fashion-mnist",
-            train=TrainDefaults(dense_steps=20, sparse_steps=20, batch_size=16, lr=1e-3, warmup_steps=5, ema_decay=0.99, checkpoint_every=10),
+            train=TrainDefaults(
+                dense_steps=20,
+                sparse_steps=20,
+                batch_size=16,
+                lr=1e-3,
+                warmup_steps=5,
+                ema_decay=0.99,
+                checkpoint_every=10,
+            ),
             description="test-sized DiT (2 blocks, hidden 32) on 16x16 Fashion-MNIST; seconds on a CPU",
         ),
-        _dit("dit-s", heads=6, head_dim=64, layers=12, latent=True, description="DiT-S/2, 256 px (4x32x32 SD-VAE latents)"),
-        _dit("dit-b", heads=12, head_dim=64, layers=12, latent=True, description="DiT-B/2, 256 px (4x32x32 SD-VAE latents)"),
-        _dit("dit-xl", heads=16, head_dim=72, layers=28, latent=True, description="DiT-XL/2, 256 px (4x32x32 SD-VAE latents)"),
+        _dit(
+            "dit-s",
+            heads=6,
+            head_dim=64,
+            layers=12,
+            latent=True,
+            description="DiT-S/2, 256 px (4x32x32 SD-VAE latents)",
+        ),
+        _dit(
+            "dit-b",
+            heads=12,
+            head_dim=64,
+            layers=12,
+            latent=True,
+            description="DiT-B/2, 256 px (4x32x32 SD-VAE latents)",
+        ),
+        _dit(
+            "dit-xl",
+            heads=16,
+            head_dim=72,
+            layers=28,
+            latent=True,
+            description="DiT-XL/2, 256 px (4x32x32 SD-VAE latents)",
+        ),
         _unet(
             "ddpm-cifar10",
             block_out_channels=(128, 256, 256, 256),
@@ -239,7 +287,15 @@ PRESETS: dict[str, Preset] = {
             num_classes=10,
             latent=False,
             dataset="fashion-mnist",
-            train=TrainDefaults(dense_steps=20, sparse_steps=20, batch_size=16, lr=1e-3, warmup_steps=5, ema_decay=0.99, checkpoint_every=10),
+            train=TrainDefaults(
+                dense_steps=20,
+                sparse_steps=20,
+                batch_size=16,
+                lr=1e-3,
+                warmup_steps=5,
+                ema_decay=0.99,
+                checkpoint_every=10,
+            ),
             description="test-sized class-conditional UNet2DModel on 16x16 Fashion-MNIST",
         ),
     )
@@ -280,7 +336,13 @@ def _square(value: Any, what: str) -> int:
 
 
 def preset_from_config(
-    family: str, config: dict[str, Any], *, name: str, latent: bool, schedule: dict[str, Any] | None = None, description: str = ""
+    family: str,
+    config: dict[str, Any],
+    *,
+    name: str,
+    latent: bool,
+    schedule: dict[str, Any] | None = None,
+    description: str = "",
 ) -> Preset:
     """A preset for any DiTTransformer2DModel (``dit``) or UNet2DModel (``unet``) config.
 
@@ -299,21 +361,33 @@ def preset_from_config(
     sample_size = _square(kwargs.get("sample_size", 32), f"model '{name}' sample_size")
     if family == "dit":
         if kwargs.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-            raise SparseDeployError(f"DiT '{name}' uses norm_type '{kwargs['norm_type']}'; only ada_norm_zero (class-conditional DiT) is supported")
+            raise SparseDeployError(
+                f"DiT '{name}' uses norm_type '{kwargs['norm_type']}'; only ada_norm_zero (class-conditional DiT) is supported"
+            )
         num_classes = int(kwargs.get("num_embeds_ada_norm") or 1000)
         rules: dict[str, Any] = dict(include=DIT_INCLUDE, adaln=DIT_ADALN)
     elif family == "unet":
         if kwargs.get("class_embed_type") is not None:
-            raise SparseDeployError(f"UNet '{name}' uses class_embed_type '{kwargs['class_embed_type']}'; only a plain class table (num_class_embeds) is supported")
+            raise SparseDeployError(
+                f"UNet '{name}' uses class_embed_type '{kwargs['class_embed_type']}'; only a plain class table (num_class_embeds) is supported"
+            )
         embeds = int(kwargs.get("num_class_embeds") or 0)
         num_classes = embeds - 1 if embeds > 1 else 0
         rules = dict(include=UNET_INCLUDE, exclude=UNET_EXCLUDE)
     else:
         raise SparseDeployError(f"unknown model family '{family}'; use dit or unet")
     return Preset(
-        name=name, family=family, model_kwargs=kwargs, in_channels=in_channels, sample_size=sample_size,
-        num_classes=num_classes, latent=latent, learned_sigma=out_channels == 2 * in_channels,
-        schedule=schedule, description=description or f"{config.get('_class_name', family)} from a diffusers config", **rules,
+        name=name,
+        family=family,
+        model_kwargs=kwargs,
+        in_channels=in_channels,
+        sample_size=sample_size,
+        num_classes=num_classes,
+        latent=latent,
+        learned_sigma=out_channels == 2 * in_channels,
+        schedule=schedule,
+        description=description or f"{config.get('_class_name', family)} from a diffusers config",
+        **rules,
     )
 
 

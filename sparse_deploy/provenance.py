@@ -12,8 +12,20 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["library_versions", "sha256_file", "atomic_path", "atomic_dir", "recover_dir", "write_json_atomic", "write_text_atomic", "timestamp",
-           "MANIFEST_SEAL", "seal", "seal_problem", "write_manifest"]
+__all__ = [
+    "library_versions",
+    "sha256_file",
+    "atomic_path",
+    "atomic_dir",
+    "recover_dir",
+    "write_json_atomic",
+    "write_text_atomic",
+    "timestamp",
+    "MANIFEST_SEAL",
+    "seal",
+    "seal_problem",
+    "write_manifest",
+]
 
 _LIBS = ("sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "numpy", "safetensors")
 

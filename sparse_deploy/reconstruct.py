@@ -75,14 +75,23 @@ class CalibrationConfig:
 
     def validate(self) -> "CalibrationConfig":
         if self.samples < 1 or self.batch < 1:
-            raise SparseDeployError(f"--calib-samples and the calibration batch must be >= 1, got {self.samples}, {self.batch}")
+            raise SparseDeployError(
+                f"--calib-samples and the calibration batch must be >= 1, got {self.samples}, {self.batch}"
+            )
         if not 0 <= self.null_share <= 1 or not 0 < self.damp < 1 or self.block % PATTERN_M or self.block < PATTERN_M:
-            raise SparseDeployError("calibration: null_share in [0, 1], damp in (0, 1) and a block that is a multiple of 4 are needed")
+            raise SparseDeployError(
+                "calibration: null_share in [0, 1], damp in (0, 1) and a block that is a multiple of 4 are needed"
+            )
         return self
 
 
 def calibration_batches(
-    preset, images: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor, config: CalibrationConfig, seed: int = 0,
+    preset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    config: CalibrationConfig,
+    seed: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Denoiser inputs ``(x_t, t, y)`` for calibration, drawn from the training data.
 
@@ -93,7 +102,11 @@ def calibration_batches(
     config.validate()
     gen = torch.Generator().manual_seed(seed * 7919 + 104_729)
     n, steps = config.samples, len(alphas_cumprod)
-    t = ((torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=gen, dtype=torch.float64)) * steps / n).long().clamp_(0, steps - 1)
+    t = (
+        ((torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=gen, dtype=torch.float64)) * steps / n)
+        .long()
+        .clamp_(0, steps - 1)
+    )
     t = t[torch.randperm(n, generator=gen)]
     if preset.num_classes:
         wanted = torch.arange(n) % preset.num_classes
@@ -114,11 +127,14 @@ def calibration_batches(
     noise = torch.randn(x0.shape, generator=gen)
     a = alphas_cumprod[t].float().view(-1, *([1] * (x0.dim() - 1)))
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    return [(x_t[i:i + config.batch], t[i:i + config.batch], None if y is None else y[i:i + config.batch])
-            for i in range(0, n, config.batch)]
+    return [
+        (x_t[i : i + config.batch], t[i : i + config.batch], None if y is None else y[i : i + config.batch])
+        for i in range(0, n, config.batch)
+    ]
 
 
 # -- pure math: columns, Hessians, masks ---------------------------------------------------------
+
 
 def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The rows ``[N, cols]`` a Linear/Conv2d multiplies its 2-D weight (:func:`weight_2d`) with.
@@ -130,7 +146,9 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise SparseDeployError(f"cannot calibrate a Conv2d with padding {module.padding!r} / mode {module.padding_mode!r}; use --mask-init magnitude")
+            raise SparseDeployError(
+                f"cannot calibrate a Conv2d with padding {module.padding!r} / mode {module.padding_mode!r}; use --mask-init magnitude"
+            )
         k = module.kernel_size
         cols = nn.functional.unfold(x, k, dilation=module.dilation, padding=module.padding, stride=module.stride)
         b, _, l = cols.shape
@@ -172,7 +190,9 @@ def output_error(w_new: torch.Tensor, w_old: torch.Tensor, hessian: torch.Tensor
     return float(num / den.clamp_min(1e-30))
 
 
-def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def sparsegpt_prune(
+    weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, block: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT's 2:4 mask selection with the optimal-brain-surgeon update of the kept weights.
 
     Args:
@@ -199,7 +219,9 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as exc:  # pragma: no cover - only on degenerate inputs
-        raise SparseDeployError(f"the calibration Hessian is not positive definite ({exc}); raise the dampening or the calibration set") from exc
+        raise SparseDeployError(
+            f"the calibration Hessian is not positive definite ({exc}); raise the dampening or the calibration set"
+        ) from exc
     keep = torch.ones(rows, cols, dtype=torch.bool)
     for start in range(0, cols, block):
         end = min(start + block, cols)
@@ -209,12 +231,12 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
         diag1 = torch.diagonal(hinv1)
         for i in range(end - start):
             if i % PATTERN_M == 0:
-                score = w1[:, i:i + PATTERN_M] ** 2 / diag1[i:i + PATTERN_M].view(1, -1) ** 2
+                score = w1[:, i : i + PATTERN_M] ** 2 / diag1[i : i + PATTERN_M].view(1, -1) ** 2
                 # Keep the N highest-scoring of each group; a stable sort breaks ties towards the lower index.
                 order = torch.sort(-score, dim=1, stable=True).indices
                 group = torch.zeros_like(score, dtype=torch.bool)
                 group.scatter_(1, order[:, :PATTERN_N], True)
-                keep[:, start + i:start + i + PATTERN_M] = group
+                keep[:, start + i : start + i + PATTERN_M] = group
             col = w1[:, i]
             q = torch.where(keep[:, start + i], col, torch.zeros_like(col))
             err = (col - q) / hinv1[i, i]
@@ -227,7 +249,9 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0
     return weight_from_2d(w, shape).to(dtype), weight_from_2d(keep, shape)
 
 
-def refit_kept(weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, chunk: int = 64) -> torch.Tensor:
+def refit_kept(
+    weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, chunk: int = 64
+) -> torch.Tensor:
     """The kept weights that minimise the layer's output error for a fixed mask (per row, least squares).
 
     Row ``r`` keeps the columns ``S`` of its mask; ``w'_S = (H_SS + damp I)^-1 (H w_r)_S`` is the exact
@@ -250,14 +274,15 @@ def refit_kept(weight: torch.Tensor, mask: torch.Tensor, hessian: torch.Tensor, 
     idx = torch.sort(torch.nonzero(keep)[:, 1].view(rows, -1), dim=1).values  # [rows, k] kept columns
     out = torch.zeros_like(w)
     for start in range(0, rows, chunk):
-        sel = idx[start:start + chunk]
+        sel = idx[start : start + chunk]
         h_ss = h[sel.unsqueeze(-1), sel.unsqueeze(-2)]  # [c, k, k]
-        rhs = torch.gather(target[start:start + chunk], 1, sel).unsqueeze(-1)
-        out[start:start + chunk].scatter_(1, sel, torch.linalg.solve(h_ss, rhs).squeeze(-1))
+        rhs = torch.gather(target[start : start + chunk], 1, sel).unsqueeze(-1)
+        out[start : start + chunk].scatter_(1, sel, torch.linalg.solve(h_ss, rhs).squeeze(-1))
     return weight_from_2d(out, shape).to(dtype)
 
 
 # -- the model walk ---------------------------------------------------------------------------------
+
 
 class _Stop(Exception):
     """Raised by a hook once the last layer of the group has its inputs: the rest of the forward is not needed."""
@@ -268,8 +293,10 @@ def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], bat
     seen: list[tuple[str, torch.Tensor]] = []  # the input tensors themselves: held, so no two can share an id
     handles = []
     for name, module in layers.items():
+
         def hook(_m, inputs, name=name):
             seen.append((name, inputs[0]))
+
         handles.append(module.register_forward_pre_hook(hook))
     try:
         model(*(v[:2] if v is not None else None for v in batch))
@@ -290,12 +317,16 @@ def _groups_in_forward_order(model: nn.Module, layers: dict[str, nn.Module], bat
         last_input = tensor
     missing = [n for n in layers if n not in done]
     if missing:
-        raise SparseDeployError(f"masked layers {missing[:3]} are never called by the model's forward pass; they cannot be calibrated")
+        raise SparseDeployError(
+            f"masked layers {missing[:3]} are never called by the model's forward pass; they cannot be calibrated"
+        )
     return groups
 
 
 @torch.no_grad()
-def _input_hessians(model: nn.Module, layers: dict[str, nn.Module], group: list[str], batches) -> tuple[dict[str, torch.Tensor], int]:
+def _input_hessians(
+    model: nn.Module, layers: dict[str, nn.Module], group: list[str], batches
+) -> tuple[dict[str, torch.Tensor], int]:
     """``X^T X`` of every layer of ``group`` over the calibration batches (the forward stops after the group)."""
     hessians: dict[str, torch.Tensor] = {}
     rows = 0
@@ -311,6 +342,7 @@ def _input_hessians(model: nn.Module, layers: dict[str, nn.Module], group: list[
             if name == last:
                 rows += cols.shape[0]
                 raise _Stop
+
         handles.append(module.register_forward_pre_hook(hook))
     try:
         for x, t, y in batches:
@@ -325,7 +357,9 @@ def _input_hessians(model: nn.Module, layers: dict[str, nn.Module], group: list[
 
 
 @torch.no_grad()
-def reconstruct_(model: nn.Module, criterion: str, batches, calibration: CalibrationConfig | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+def reconstruct_(
+    model: nn.Module, criterion: str, batches, calibration: CalibrationConfig | None = None, progress: bool = True
+) -> dict[str, dict[str, float]]:
     """Choose every masked layer's 2:4 mask by ``criterion`` on calibration inputs, in forward order, in place.
 
     ``model`` carries masked layers (:func:`sparse_deploy.sparsify.sparsify_`); each gets a new
@@ -367,18 +401,36 @@ def reconstruct_(model: nn.Module, criterion: str, batches, calibration: Calibra
                 magnitude = dense * nm_mask(dense, PATTERN_N, PATTERN_M)
                 module.weight.copy_(weight)
                 module.weight_mask.copy_(mask)
-                errors[name] = {"error": output_error(weight, dense, h), "magnitude_error": output_error(magnitude, dense, h)}
+                errors[name] = {
+                    "error": output_error(weight, dense, h),
+                    "magnitude_error": output_error(magnitude, dense, h),
+                }
     finally:
         model.train(was_training)
     mean = sum(e["error"] for e in errors.values()) / len(errors)
     mean_mag = sum(e["magnitude_error"] for e in errors.values()) / len(errors)
-    log.info("calibrated %d layers (%s, %d inputs): mean relative output error %.4f (magnitude on the same inputs %.4f)",
-             len(errors), criterion, calibration.samples, mean, mean_mag)
+    log.info(
+        "calibrated %d layers (%s, %d inputs): mean relative output error %.4f (magnitude on the same inputs %.4f)",
+        len(errors),
+        criterion,
+        calibration.samples,
+        mean,
+        mean_mag,
+    )
     return errors
 
 
-def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: torch.Tensor, labels: torch.Tensor,
-                alphas_cumprod: torch.Tensor, seed: int = 0, progress: bool = True) -> tuple[list[str], dict[str, dict[str, float]] | None]:
+def init_masks_(
+    model: nn.Module,
+    sparsity,
+    layers: list[str],
+    preset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[str], dict[str, dict[str, float]] | None]:
     """Mask ``model``'s ``layers`` and start the masks where ``sparsity.mask_init`` says, in place.
 
     ``magnitude``: :func:`~sparse_deploy.sparsify.sparsify_` alone. ``wanda`` / ``sparsegpt``:
@@ -397,12 +449,16 @@ def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: t
     init = sparsity.mask_init
     if init == "magnitude":
         return sparsify_(model, sparsity, layers), None
-    batches = calibration_batches(preset, images, labels, alphas_cumprod, CalibrationConfig(samples=sparsity.calib_samples), seed)
+    batches = calibration_batches(
+        preset, images, labels, alphas_cumprod, CalibrationConfig(samples=sparsity.calib_samples), seed
+    )
     errors = None
     if init.startswith("modelopt:"):
         from .modelopt_masks import modelopt_masks
 
-        masks = modelopt_masks(model, init.split(":", 1)[1], batches, None if sparsity.modelopt_default_rules else list(layers))
+        masks = modelopt_masks(
+            model, init.split(":", 1)[1], batches, None if sparsity.modelopt_default_rules else list(layers)
+        )
         layers = sparsify_(model, sparsity, list(masks))
         with torch.no_grad():
             for name, module in masked_modules(model).items():
@@ -414,7 +470,10 @@ def init_masks_(model: nn.Module, sparsity, layers: list[str], preset, images: t
     for module in masked_modules(model).values():
         logits = getattr(module, "mask_logits", None)
         if logits is not None:
-            prior = nn.functional.one_hot(pattern_index(module.weight_mask), logits.shape[-1]).to(logits.dtype) * sparsity.mask_prior
+            prior = (
+                nn.functional.one_hot(pattern_index(module.weight_mask), logits.shape[-1]).to(logits.dtype)
+                * sparsity.mask_prior
+            )
             logits.data.copy_(prior.reshape(logits.shape))
     return layers, errors
 
@@ -424,10 +483,14 @@ def calibration_summary(errors: dict[str, dict[str, float]] | None, sparsity) ->
     if sparsity.mask_init == "magnitude":
         return None
     if errors is None:  # Model Optimizer's masks: no output errors of ours
-        return {"mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
-                "modelopt_default_rules": sparsity.modelopt_default_rules}
+        return {
+            "mask_init": sparsity.mask_init,
+            "calib_samples": sparsity.calib_samples,
+            "modelopt_default_rules": sparsity.modelopt_default_rules,
+        }
     return {
-        "mask_init": sparsity.mask_init, "calib_samples": sparsity.calib_samples,
+        "mask_init": sparsity.mask_init,
+        "calib_samples": sparsity.calib_samples,
         "mean_output_error": sum(e["error"] for e in errors.values()) / len(errors),
         "mean_magnitude_output_error": sum(e["magnitude_error"] for e in errors.values()) / len(errors),
         "layers": errors,

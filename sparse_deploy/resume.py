@@ -95,7 +95,9 @@ def check_resumable(out: Path, ckpt_dir: Path, config) -> dict[str, Any] | None:
                 f"'{ckpt_dir}' holds a pickled training state ({LEGACY_TRAINING_STATE}), which is never loaded "
                 f"because unpickling can run code; {ways_out}"
             )
-        raise SparseDeployError(f"'{ckpt_dir}' holds a checkpoint without training state (an export, not a run); {ways_out}")
+        raise SparseDeployError(
+            f"'{ckpt_dir}' holds a checkpoint without training state (an export, not a run); {ways_out}"
+        )
     manifest = read_manifest(ckpt_dir)
     if not isinstance(manifest.get("train_config"), dict):
         raise SparseDeployError(f"'{ckpt_dir}' does not record the config it was trained with; {ways_out}")

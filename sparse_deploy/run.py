@@ -25,10 +25,26 @@ from .backends import BACKENDS, Runner, load_runner
 from .errors import SparseDeployError, cli_entry
 from .provenance import library_versions, timestamp, write_json_atomic
 from .guards import check_finite, check_output_dir
-from .sampling import TRAIN_TIMESTEPS, class_rows, decode, make_scheduler, parse_labels, sample_request, save_grid, save_pngs
+from .sampling import (
+    TRAIN_TIMESTEPS,
+    class_rows,
+    decode,
+    make_scheduler,
+    parse_labels,
+    sample_request,
+    save_grid,
+    save_pngs,
+)
 from .sources import load_vae
 
-__all__ = ["RunConfig", "load_vae", "decode", "generate", "run", "main"]  # decode lives in sampling, load_vae in sources; named here for older callers
+__all__ = [
+    "RunConfig",
+    "load_vae",
+    "decode",
+    "generate",
+    "run",
+    "main",
+]  # decode lives in sampling, load_vae in sources; named here for older callers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +82,9 @@ class RunConfig:
                 raise SparseDeployError(f"{flag} must be at least 1, got {value}")
         check_finite("--guidance", self.guidance, 0)
         if self.steps > TRAIN_TIMESTEPS:
-            raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {self.steps}")
+            raise SparseDeployError(
+                f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {self.steps}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SparseDeployError(f"unknown --device '{self.device}'; use auto, cpu or cuda")
         make_scheduler(self.scheduler)  # the one place that knows the scheduler names
@@ -78,8 +96,16 @@ def generate(runner: Runner, config: RunConfig) -> tuple[torch.Tensor, list[int]
     """Draw ``config.num`` samples in batches (``sampling.sample_request``); returns ``(samples, labels, seeds per batch)``."""
     outs, all_labels, seeds = [], [], []
     for seed, x, y in sample_request(
-        runner, runner.preset, num=config.num, batch=config.batch, seed=config.seed, labels=config.labels, progress=True,
-        steps=config.steps, scheduler=config.scheduler, guidance=config.guidance,
+        runner,
+        runner.preset,
+        num=config.num,
+        batch=config.batch,
+        seed=config.seed,
+        labels=config.labels,
+        progress=True,
+        steps=config.steps,
+        scheduler=config.scheduler,
+        guidance=config.guidance,
     ):
         outs.append(x)
         seeds.append(seed)
@@ -101,7 +127,12 @@ def run(config: RunConfig) -> dict[str, Any]:
         start = time.perf_counter()
         samples, labels, seeds = generate(runner, config)
         seconds = time.perf_counter() - start
-        info = {"backend": runner.backend, "preset": preset.name, "precision": runner.contract.precision, "kind": runner.kind}
+        info = {
+            "backend": runner.backend,
+            "preset": preset.name,
+            "precision": runner.contract.precision,
+            "kind": runner.kind,
+        }
     images, how = decode(samples, preset, vae)
     if preset.latent and vae is None:
         log.warning("preset '%s' samples VAE latents and no --vae was given: writing %s", preset.name, how)
@@ -139,11 +170,20 @@ def run(config: RunConfig) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sparse_deploy.run", description="Sample images from an engine or checkpoint.")
-    parser.add_argument("--engine", type=Path, required=True, help="engine file (.ort.onnx/.trt.plan), exported .onnx, or checkpoint folder")
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_deploy.run", description="Sample images from an engine or checkpoint."
+    )
+    parser.add_argument(
+        "--engine",
+        type=Path,
+        required=True,
+        help="engine file (.ort.onnx/.trt.plan), exported .onnx, or checkpoint folder",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for PNGs, grid.png and run.json")
     parser.add_argument("--num", type=int, default=16, help="images to draw (default 16)")
-    parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8; guidance doubles the engine batch)")
+    parser.add_argument(
+        "--batch", type=int, default=8, help="images per batch (default 8; guidance doubles the engine batch)"
+    )
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     parser.add_argument("--scheduler", default="ddim", help="ddpm | ddim | dpm (default ddim)")
     parser.add_argument("--seed", type=int, default=0)
@@ -151,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--vae", type=Path, help="local diffusers AutoencoderKL folder to decode latents")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS + ("ort", "trt"), help="for a checkpoint folder: torch (default) or torch24")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS + ("ort", "trt"),
+        help="for a checkpoint folder: torch (default) or torch24",
+    )
     return parser
 
 
@@ -160,8 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     record = run(
         RunConfig(
-            engine=args.engine, out=args.out, num=args.num, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
-            seed=args.seed, labels=parse_labels(args.labels), guidance=args.guidance, vae=args.vae, device=args.device, backend=args.backend,
+            engine=args.engine,
+            out=args.out,
+            num=args.num,
+            batch=args.batch,
+            steps=args.steps,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            labels=parse_labels(args.labels),
+            guidance=args.guidance,
+            vae=args.vae,
+            device=args.device,
+            backend=args.backend,
         )
     )
     print(

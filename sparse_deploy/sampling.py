@@ -62,7 +62,9 @@ def make_scheduler(name: str, schedule: dict | None = None):
     return sampling_scheduler(name, schedule)
 
 
-def _labels_tensor(preset: Preset, labels: Sequence[int] | None, batch: int, gen: torch.Generator) -> torch.Tensor | None:
+def _labels_tensor(
+    preset: Preset, labels: Sequence[int] | None, batch: int, gen: torch.Generator
+) -> torch.Tensor | None:
     if not preset.num_classes:
         if labels:
             raise SparseDeployError(f"preset '{preset.name}' is unconditional; drop --labels")
@@ -105,20 +107,28 @@ def sample(
         ``(samples, labels)``: samples in the model's space (pixels in [-1, 1] or latents).
     """
     if not 1 <= steps <= TRAIN_TIMESTEPS:
-        raise SparseDeployError(f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {steps}")
+        raise SparseDeployError(
+            f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {steps}"
+        )
     if not math.isfinite(guidance):
         raise SparseDeployError(f"--guidance must be a finite number, got {guidance}")
     if batch < 1:
         raise SparseDeployError(f"--batch must be at least 1, got {batch}")
     use_cfg = guidance != 1.0
     if use_cfg and not preset.num_classes:
-        raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional")
+        raise SparseDeployError(
+            f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional"
+        )
     gen = torch.Generator().manual_seed(seed)
     y = _labels_tensor(preset, labels, batch, gen)
     sched = make_scheduler(scheduler, preset.schedule)
     sched.set_timesteps(steps)
     # A DDPM sampler with a learned-range variance reads the model's variance channels too.
-    keep = preset.out_channels if getattr(sched.config, "variance_type", None) in ("learned", "learned_range") else preset.in_channels
+    keep = (
+        preset.out_channels
+        if getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
+        else preset.in_channels
+    )
     x = torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
     x = x * sched.init_noise_sigma
     if use_cfg:
@@ -185,7 +195,15 @@ def sample_request(
         n = min(batch, num - start)
         chosen = [labels[(start + j) % len(labels)] for j in range(n)] if labels else None
         seed_of_batch = batch_seed(seed, start)
-        x, y = sample(denoise, preset, batch=n, seed=seed_of_batch, labels=chosen, progress=progress and len(starts) == 1, **options)
+        x, y = sample(
+            denoise,
+            preset,
+            batch=n,
+            seed=seed_of_batch,
+            labels=chosen,
+            progress=progress and len(starts) == 1,
+            **options,
+        )
         yield seed_of_batch, x, y
 
 
@@ -213,7 +231,9 @@ def decode(samples: torch.Tensor, preset: Preset, vae=None, chunk: int = 8) -> t
     flat = channels.flatten(1)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
     scaled = (channels - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-8)[:, None, None, None] * 2 - 1
-    return to_uint8(scaled), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
+    return to_uint8(
+        scaled
+    ), f"latent channels 0..{channels.shape[1] - 1}, min-max normalised per image (no --vae: not decoded images)"
 
 
 def _pil(arr: np.ndarray):
@@ -222,7 +242,9 @@ def _pil(arr: np.ndarray):
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
-def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, pad: int = 2, scale: int | None = None) -> Path:
+def save_grid(
+    images: np.ndarray, path: str | Path, nrow: int | None = None, pad: int = 2, scale: int | None = None
+) -> Path:
     """Tile uint8 images ``[B, H, W, C]`` into one PNG (written atomically).
 
     ``scale`` enlarges the grid by nearest-neighbour; by default small images (< 64 px) are
@@ -238,7 +260,7 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, pad
     grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
     image = _pil(grid)
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), resample=0)
@@ -285,5 +307,7 @@ def parse_labels(text: str | None) -> tuple[int, ...] | None:
         return None
     labels = comma_ints(text, what="--labels as comma-separated class ids like 0,1,2")
     if not labels:
-        raise SparseDeployError(f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it for random labels")
+        raise SparseDeployError(
+            f"--labels takes comma-separated class ids like 0,1,2; got '{text}' (no ids); omit it for random labels"
+        )
     return labels

@@ -44,7 +44,13 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 }
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_SUPPORTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "PNDMScheduler")
+_SUPPORTED = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "PNDMScheduler",
+)
 
 
 def check_schedule(config: dict[str, Any], where: str = "scheduler config") -> dict[str, Any]:
@@ -53,10 +59,14 @@ def check_schedule(config: dict[str, Any], where: str = "scheduler config") -> d
         raise SparseDeployError(f"{where} is not a JSON object")
     cls = config.get("_class_name", "DDPMScheduler")
     if cls not in _SUPPORTED:
-        raise SparseDeployError(f"{where}: scheduler class '{cls}' is not supported; use one of {', '.join(_SUPPORTED)}")
+        raise SparseDeployError(
+            f"{where}: scheduler class '{cls}' is not supported; use one of {', '.join(_SUPPORTED)}"
+        )
     pred = config.get("prediction_type", "epsilon")
     if pred not in PREDICTION_TYPES:
-        raise SparseDeployError(f"{where}: prediction_type '{pred}' is not supported; use one of {', '.join(PREDICTION_TYPES)}")
+        raise SparseDeployError(
+            f"{where}: prediction_type '{pred}' is not supported; use one of {', '.join(PREDICTION_TYPES)}"
+        )
     return config
 
 
@@ -104,7 +114,9 @@ def sampling_scheduler(name: str, config: dict[str, Any] | None = None):
     return cls(**common)
 
 
-def training_target(config: dict[str, Any] | None, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+def training_target(
+    config: dict[str, Any] | None, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
     """What the model's first channels should output for ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``."""
     pred = prediction_type(config)
     if pred == "epsilon":

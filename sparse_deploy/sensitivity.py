@@ -29,8 +29,16 @@ def _modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 @torch.no_grad()
 def layer_sensitivity(
-    model: torch.nn.Module, layers: Sequence[str], images: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor,
-    *, batches: int = 4, batch_size: int = 64, seed: int = 0, conditional: bool = True,
+    model: torch.nn.Module,
+    layers: Sequence[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alphas: torch.Tensor,
+    *,
+    batches: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    conditional: bool = True,
 ) -> dict[str, float]:
     """Loss increase of the dense ``model`` when each layer alone is 2:4-masked (same batches for all)."""
     from tqdm.auto import tqdm
@@ -76,7 +84,12 @@ class BudgetChoice:
 
 
 def choose_for_budget(
-    layer_macs: dict[str, int], model_macs: int, sensitivity: dict[str, float], budget: float, n: int = 2, m: int = 4,
+    layer_macs: dict[str, int],
+    model_macs: int,
+    sensitivity: dict[str, float],
+    budget: float,
+    n: int = 2,
+    m: int = 4,
 ) -> BudgetChoice:
     """Make 2:4 the cheapest layers (loss increase per MAC saved) until effective MACs <= ``budget`` x dense.
 
@@ -100,6 +113,11 @@ def choose_for_budget(
         selected.append(name)
         effective -= saving[name]
     kept = [name for name in sensitivity if name not in selected]
-    log.info("MACs budget %.2f: %d layers 2:4, %d kept dense, effective MACs %.1f%%", budget, len(selected), len(kept),
-             100 * effective / model_macs)
+    log.info(
+        "MACs budget %.2f: %d layers 2:4, %d kept dense, effective MACs %.1f%%",
+        budget,
+        len(selected),
+        len(kept),
+        100 * effective / model_macs,
+    )
     return BudgetChoice(sorted(selected), sorted(kept), effective, model_macs)

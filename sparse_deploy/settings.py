@@ -6,7 +6,15 @@ benchmarks and the demo cannot drift apart.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PRECISIONS", "CPU_PRECISION", "GPU_PRECISION", "DEFAULT_MAX_BATCH", "DEFAULT_OPT_BATCH", "DEFAULT_KD_WEIGHT", "DEFAULT_KD_FEATURES"]
+__all__ = [
+    "DEFAULT_PRECISIONS",
+    "CPU_PRECISION",
+    "GPU_PRECISION",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_OPT_BATCH",
+    "DEFAULT_KD_WEIGHT",
+    "DEFAULT_KD_FEATURES",
+]
 
 # Graphs and engines: which precisions `export` and `build` make when not told (both; a CPU
 # measurement or the demo asks for fp32 explicitly, as ONNX Runtime's CPU provider computes fp16 in fp32).

@@ -35,8 +35,16 @@ import torch
 from .contract import PRECISIONS, float_dtype
 from .errors import SparseDeployError, cli_entry
 
-__all__ = ["MANIFEST", "pack_weights", "verify_weights", "weights_to_checkpoint", "score_weights", "ship_reference", "training_command",
-           "main"]
+__all__ = [
+    "MANIFEST",
+    "pack_weights",
+    "verify_weights",
+    "weights_to_checkpoint",
+    "score_weights",
+    "ship_reference",
+    "training_command",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +58,16 @@ def training_command(train_config: dict[str, Any]) -> str:
 
 
 def _training_args(train_config: dict[str, Any], out: str | Path | None = None) -> list[str]:
-    flags = [("--model", train_config["preset"]), ("--steps", train_config["steps"]), ("--batch-size", train_config["batch_size"]),
-             ("--lr", train_config["lr"]), ("--warmup-steps", train_config["warmup_steps"]),
-             ("--lr-schedule", train_config.get("lr_schedule", "constant")), ("--ema", train_config["ema_decay"]),
-             ("--seed", train_config["seed"])]
+    flags = [
+        ("--model", train_config["preset"]),
+        ("--steps", train_config["steps"]),
+        ("--batch-size", train_config["batch_size"]),
+        ("--lr", train_config["lr"]),
+        ("--warmup-steps", train_config["warmup_steps"]),
+        ("--lr-schedule", train_config.get("lr_schedule", "constant")),
+        ("--ema", train_config["ema_decay"]),
+        ("--seed", train_config["seed"]),
+    ]
     for key, flag in (("data", "--data"), ("init", "--init")):
         if train_config.get(key):
             flags.append((flag, train_config[key]))
@@ -93,7 +107,11 @@ def _data_identity(train_config: dict[str, Any]) -> dict[str, Any]:
     root = str(data).split(":", 1)[1] if data and ":" in str(data) else None
     folder = find_fashion_mnist(root)
     files = {stem: sha256_file(_idx_file(folder, stem)) for stem in FMNIST_FILES["train"]}
-    return {"source": "Fashion-MNIST train split (Debian package dataset-fashion-mnist)", "folder": str(folder), "sha256": files}
+    return {
+        "source": "Fashion-MNIST train split (Debian package dataset-fashion-mnist)",
+        "folder": str(folder),
+        "sha256": files,
+    }
 
 
 def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16") -> Path:
@@ -106,7 +124,9 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     if manifest.get("masked_layers"):
         raise SparseDeployError(f"'{checkpoint}' is a sparse checkpoint; ship the dense model it was fine-tuned from")
     if not manifest.get("complete", False):
-        raise SparseDeployError(f"'{checkpoint}' is not complete (step {manifest.get('step')}); finish or resume its training first")
+        raise SparseDeployError(
+            f"'{checkpoint}' is not complete (step {manifest.get('step')}); finish or resume its training first"
+        )
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
     with atomic_dir(out) as tmp:
@@ -144,11 +164,15 @@ def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise SparseDeployError(f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make pretrain')")
+        raise SparseDeployError(
+            f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make pretrain')"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SparseDeployError(f"'{path}' is corrupt ({exc}); restore it with 'git checkout {folder}' or 'make pretrain'") from exc
+        raise SparseDeployError(
+            f"'{path}' is corrupt ({exc}); restore it with 'git checkout {folder}' or 'make pretrain'"
+        ) from exc
 
 
 def verify_weights(folder: str | Path) -> dict[str, Any]:
@@ -185,8 +209,14 @@ def weights_to_checkpoint(folder: str | Path, out: str | Path) -> Path:
 
 
 def score_weights(
-    folder: str | Path, num: int = 1000, steps: int = 25, reference: str = "fashion-mnist:test", ref_num: int | None = None,
-    seed: int = 0, batch: int = 100, cache_dir: str | Path = ".cache/fid",
+    folder: str | Path,
+    num: int = 1000,
+    steps: int = 25,
+    reference: str = "fashion-mnist:test",
+    ref_num: int | None = None,
+    seed: int = 0,
+    batch: int = 100,
+    cache_dir: str | Path = ".cache/fid",
 ) -> dict[str, Any]:
     """FID of ``num`` DDIM samples of the shipped model (as shipped: its fp16 weights) against ``reference``.
 
@@ -204,7 +234,9 @@ def score_weights(
         with load_runner(ckpt, device="cpu") as runner:
             preset = runner.preset
             images, _ = draw_samples(runner, preset, num, seed, steps, "ddim", batch)
-            grid, grid_labels = draw_samples(runner, preset, 10 * max(preset.num_classes, 1), seed + 1, steps, "ddim", batch)
+            grid, grid_labels = draw_samples(
+                runner, preset, 10 * max(preset.num_classes, 1), seed + 1, steps, "ddim", batch
+            )
     order, nrow = class_rows(grid_labels.tolist() if preset.num_classes else None)
     save_grid(grid[order] if nrow else grid, Path(folder) / "samples.png", nrow=nrow)
     ref = fid.reference_stats(reference, ref_num, cache_dir=cache_dir)
@@ -212,8 +244,16 @@ def score_weights(
     mu, sigma = fid.stats_from_features(feats)
     value = fid.frechet_distance(mu, sigma, ref.mu, ref.sigma)
     result = {
-        "value": value, "samples": num, "sampler": "ddim", "steps": steps, "seed": seed, "labels": "cycled over the classes",
-        "reference": reference, "reference_num": ref.num, "preprocessing": fid.PREPROCESSING, "measured": timestamp(),
+        "value": value,
+        "samples": num,
+        "sampler": "ddim",
+        "steps": steps,
+        "seed": seed,
+        "labels": "cycled over the classes",
+        "reference": reference,
+        "reference_num": ref.num,
+        "preprocessing": fid.PREPROCESSING,
+        "measured": timestamp(),
         "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --steps {steps}",
     }
     manifest["fid"] = result
@@ -222,8 +262,12 @@ def score_weights(
     return result
 
 
-def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, out: str | Path | None = None,
-                   cache_dir: str | Path | None = ".cache/fid") -> Path:
+def ship_reference(
+    source: str = "fashion-mnist:test",
+    num: int | None = 1000,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = ".cache/fid",
+) -> Path:
     """Write the Inception features of ``source``'s first ``num`` images into ``out`` (default ``weights/fid``).
 
     :func:`sparse_deploy.fid.reference_stats` reads such a file instead of running Inception when
@@ -242,10 +286,15 @@ def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, o
     stats = fid.reference_stats(source, num, cache_dir=cache_dir, shipped_dir=None)
     features = np.ascontiguousarray(stats.features, dtype=np.float32)
     meta = {
-        "key": stats.key, "source": stats.source, "identity": stats.identity, "preprocessing": fid.PREPROCESSING,
-        "network_sha256": fid.INCEPTION_SHA256, "features_sha256": fid.features_sha256(features),
+        "key": stats.key,
+        "source": stats.source,
+        "identity": stats.identity,
+        "preprocessing": fid.PREPROCESSING,
+        "network_sha256": fid.INCEPTION_SHA256,
+        "features_sha256": fid.features_sha256(features),
         "command": f"python -m sparse_deploy.shipped reference --source {source} --num {stats.num}",
-        "created": timestamp(), "versions": library_versions(),
+        "created": timestamp(),
+        "versions": library_versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
     path = out / fid.reference_file_name(stats.identity, stats.key)
@@ -256,10 +305,20 @@ def ship_reference(source: str = "fashion-mnist:test", num: int | None = 1000, o
     # A readable manifest beside the files (each file's own meta is what fid checks).
     index = out / MANIFEST
     entries = json.loads(index.read_text()).get("files", {}) if index.is_file() else {}
-    entries[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, **{k: meta[k] for k in (
-        "command", "created", "identity", "key", "network_sha256", "features_sha256")}, "make": "make fid-reference"}
-    write_json_atomic(index, {"format": "sparse-deploy-fid-reference/1", "preprocessing": fid.PREPROCESSING,
-                              "files": dict(sorted(entries.items()))})
+    entries[path.name] = {
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        **{k: meta[k] for k in ("command", "created", "identity", "key", "network_sha256", "features_sha256")},
+        "make": "make fid-reference",
+    }
+    write_json_atomic(
+        index,
+        {
+            "format": "sparse-deploy-fid-reference/1",
+            "preprocessing": fid.PREPROCESSING,
+            "files": dict(sorted(entries.items())),
+        },
+    )
     return path
 
 
@@ -275,9 +334,30 @@ def pretrain_commands(model: str, runs: str | Path) -> list[tuple[list[str], Pat
     runs = Path(runs)
     chain = [(["--model", model, "--out", str(runs / "pretrain"), "--preview", "0"], runs / "pretrain")]
     if train.refine_steps:
-        chain.append((["--model", model, "--init", str(runs / "pretrain" / "checkpoint"), "--steps", str(train.refine_steps),
-                       "--lr", str(train.refine_lr or train.lr),
-                       "--warmup-steps", str(train.warmup_steps), "--ema", str(train.ema_decay), "--ema-warmup", "--out", str(runs / "pretrain2"), "--preview", "0"], runs / "pretrain2"))
+        chain.append(
+            (
+                [
+                    "--model",
+                    model,
+                    "--init",
+                    str(runs / "pretrain" / "checkpoint"),
+                    "--steps",
+                    str(train.refine_steps),
+                    "--lr",
+                    str(train.refine_lr or train.lr),
+                    "--warmup-steps",
+                    str(train.warmup_steps),
+                    "--ema",
+                    str(train.ema_decay),
+                    "--ema-warmup",
+                    "--out",
+                    str(runs / "pretrain2"),
+                    "--preview",
+                    "0",
+                ],
+                runs / "pretrain2",
+            )
+        )
     return chain
 
 
@@ -294,7 +374,9 @@ def pretrain(model: str, runs: str | Path, out: str | Path, score: bool = True) 
         command = [sys.executable, "-m", "sparse_deploy.train", *args]
         print("+ python -m sparse_deploy.train " + shlex.join(args), flush=True)
         if subprocess.run(command).returncode:
-            raise SparseDeployError(f"dense training failed: {shlex.join(command)} (re-run 'make pretrain' to resume it)")
+            raise SparseDeployError(
+                f"dense training failed: {shlex.join(command)} (re-run 'make pretrain' to resume it)"
+            )
     packed = pack_weights(chain[-1][1] / "checkpoint", out)
     if score:
         score_weights(packed)
@@ -308,7 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--out", required=True)
     q.add_argument("--precision", default="fp16", choices=PRECISIONS)
-    q = sub.add_parser("pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored")
+    q = sub.add_parser(
+        "pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored"
+    )
     q.add_argument("--model", default="fmnist-dit")
     q.add_argument("--runs", help="run folders (default runs/<model>)")
     q.add_argument("--out", help="weights folder (default weights/<model>)")
@@ -319,12 +403,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=25)
     q.add_argument("--reference", default="fashion-mnist:test")
     q.add_argument("--cache-dir", default=".cache/fid")
-    q = sub.add_parser("reference", help="Inception features of FID reference images -> weights/fid/ (the demo's summary reads them)")
+    q = sub.add_parser(
+        "reference", help="Inception features of FID reference images -> weights/fid/ (the demo's summary reads them)"
+    )
     q.add_argument("--source", default="fashion-mnist:test")
     q.add_argument("--num", type=int, default=1000)
     q.add_argument("--out", help="folder (default weights/fid)")
     q.add_argument("--cache-dir", default=".cache/fid")
-    q = sub.add_parser("checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)")
+    q = sub.add_parser(
+        "checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)"
+    )
     q.add_argument("folder")
     q.add_argument("--out", required=True)
     return p
@@ -334,7 +422,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "pretrain":
-        out = pretrain(args.model, args.runs or f"runs/{args.model}", args.out or f"weights/{args.model}", score=not args.no_score)
+        out = pretrain(
+            args.model, args.runs or f"runs/{args.model}", args.out or f"weights/{args.model}", score=not args.no_score
+        )
         print(f"weights: {out}")
     elif args.command == "pack":
         print(f"weights: {pack_weights(args.checkpoint, args.out, args.precision)}")
@@ -342,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.num < 2 or args.steps < 1:
             raise SparseDeployError("--num must be at least 2 and --steps at least 1")
         result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
-        print(f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs {result['reference']} "
-              f"n={result['reference_num']}; {result['preprocessing']})")
+        print(
+            f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs {result['reference']} "
+            f"n={result['reference_num']}; {result['preprocessing']})"
+        )
     elif args.command == "reference":
         if args.num < 2:
             raise SparseDeployError("--num must be at least 2")

@@ -30,7 +30,16 @@ from .errors import SparseDeployError
 from .presets import DEFAULT_PRESET, PRESETS, Preset, family_of, get_preset, preset_from_config, preset_from_manifest
 from .schedule import check_schedule
 
-__all__ = ["ModelSource", "resolve_source", "resolve_vae", "load_vae", "source_preset", "run_preset", "run_vae", "is_path"]
+__all__ = [
+    "ModelSource",
+    "resolve_source",
+    "resolve_vae",
+    "load_vae",
+    "source_preset",
+    "run_preset",
+    "run_vae",
+    "is_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +138,12 @@ def _pipeline_parts(root: Path) -> tuple[dict[str, Any], str | None, Path | None
     scheduler = None
     if "scheduler" in parts:
         if not (root / "scheduler" / "scheduler_config.json").is_file():
-            raise SparseDeployError(f"pipeline '{root}' names a scheduler in model_index.json, but '{root / 'scheduler'}' has no scheduler_config.json")
-        scheduler = check_schedule(_json(root / "scheduler" / "scheduler_config.json"), str(root / "scheduler" / "scheduler_config.json"))
+            raise SparseDeployError(
+                f"pipeline '{root}' names a scheduler in model_index.json, but '{root / 'scheduler'}' has no scheduler_config.json"
+            )
+        scheduler = check_schedule(
+            _json(root / "scheduler" / "scheduler_config.json"), str(root / "scheduler" / "scheduler_config.json")
+        )
     return index, (denoisers[0] if denoisers else None), (root / vaes[0] if vaes else None), scheduler
 
 
@@ -142,10 +155,14 @@ def resolve_source(path: str | Path) -> ModelSource:
     """
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"'{path}' does not exist; pass a diffusers pipeline folder, a model folder or a .safetensors file")
+        raise SparseDeployError(
+            f"'{path}' does not exist; pass a diffusers pipeline folder, a model folder or a .safetensors file"
+        )
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise SparseDeployError(f"'{path}' is a {path.suffix or 'suffix-less'} file; weights files must be .safetensors (or pass a diffusers folder)")
+            raise SparseDeployError(
+                f"'{path}' is a {path.suffix or 'suffix-less'} file; weights files must be .safetensors (or pass a diffusers folder)"
+            )
         beside = path.parent / "config.json"
         config = _json(beside) if beside.is_file() else None
         if config is not None and config.get("_class_name") not in DENOISER_CLASSES:
@@ -160,8 +177,17 @@ def resolve_source(path: str | Path) -> ModelSource:
                 f"(model_index.json lists {', '.join(f'{k}: {v}' for k, v in parts.items()) or 'no components'})"
             )
         model_dir = path / component
-        return ModelSource(path, "pipeline", model_dir=model_dir, config=_json(model_dir / "config.json"), pipeline_root=path,
-                           model_index=index, component=component, vae_dir=vae, scheduler_config=scheduler)
+        return ModelSource(
+            path,
+            "pipeline",
+            model_dir=model_dir,
+            config=_json(model_dir / "config.json"),
+            pipeline_root=path,
+            model_index=index,
+            component=component,
+            vae_dir=vae,
+            scheduler_config=scheduler,
+        )
     if (path / "config.json").is_file():
         config = _json(path / "config.json")
         cls = config.get("_class_name")
@@ -174,8 +200,17 @@ def resolve_source(path: str | Path) -> ModelSource:
         if (parent / "model_index.json").is_file():  # a component of a pipeline: its siblings count
             index, component, vae, scheduler = _pipeline_parts(parent)
             if component == path.name:
-                return ModelSource(path, "model", model_dir=path, config=config, pipeline_root=parent, model_index=index,
-                                   component=component, vae_dir=vae, scheduler_config=scheduler)
+                return ModelSource(
+                    path,
+                    "model",
+                    model_dir=path,
+                    config=config,
+                    pipeline_root=parent,
+                    model_index=index,
+                    component=component,
+                    vae_dir=vae,
+                    scheduler_config=scheduler,
+                )
         return ModelSource(path, "model", model_dir=path, config=config)
     if (path / "scheduler_config.json").is_file():
         raise SparseDeployError(f"'{path}' is a scheduler folder, not a model; pass the pipeline folder")
@@ -189,17 +224,23 @@ def resolve_vae(path: str | Path) -> Path:
     """The AutoencoderKL folder of ``path``: a pipeline's VAE component, or a VAE folder itself."""
     path = Path(path)
     if not path.exists():
-        raise SparseDeployError(f"--vae '{path}' does not exist; pass a diffusers pipeline folder or an AutoencoderKL folder")
+        raise SparseDeployError(
+            f"--vae '{path}' does not exist; pass a diffusers pipeline folder or an AutoencoderKL folder"
+        )
     if path.is_dir() and (path / "model_index.json").is_file():
         index, _, vae, _ = _pipeline_parts(path)
         if vae is None:
             parts = _components(path, index)
-            raise SparseDeployError(f"pipeline '{path}' has no AutoencoderKL component (model_index.json lists {', '.join(parts) or 'none'})")
+            raise SparseDeployError(
+                f"pipeline '{path}' has no AutoencoderKL component (model_index.json lists {', '.join(parts) or 'none'})"
+            )
         return vae
     if path.is_dir() and (path / "config.json").is_file():
         cls = _json(path / "config.json").get("_class_name")
         if cls not in VAE_CLASSES:
-            raise SparseDeployError(f"--vae '{path}' holds a {cls} config, not an AutoencoderKL; pass the pipeline folder or its vae/ folder")
+            raise SparseDeployError(
+                f"--vae '{path}' holds a {cls} config, not an AutoencoderKL; pass the pipeline folder or its vae/ folder"
+            )
         return path
     found = _listing(path) if path.is_dir() else "a file"
     raise SparseDeployError(
@@ -213,9 +254,13 @@ def load_vae(path: str | Path):
     from diffusers import AutoencoderKL
 
     try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+        )
     except Exception as exc:
-        raise SparseDeployError(f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+        raise SparseDeployError(
+            f"could not load the VAE in '{path}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     return vae.eval()
 
 
@@ -249,17 +294,27 @@ def source_preset(source: ModelSource, model: str | None = None) -> Preset:
 
     if source.config is None:
         if model is None:
-            raise SparseDeployError(f"'{source.path}' is a bare .safetensors file with no config.json beside it; pass --model PRESET to say its layout")
+            raise SparseDeployError(
+                f"'{source.path}' is a bare .safetensors file with no config.json beside it; pass --model PRESET to say its layout"
+            )
         return get_preset(model)
     family = family_of(source.class_name)
     builtin = _matching_builtin(family, source.config)
-    latent = source.vae_dir is not None if source.pipeline_root is not None else (
-        builtin.latent if builtin is not None else (family == "dit" and int(source.config.get("in_channels", 4)) == 4)
+    latent = (
+        source.vae_dir is not None
+        if source.pipeline_root is not None
+        else (
+            builtin.latent
+            if builtin is not None
+            else (family == "dit" and int(source.config.get("in_channels", 4)) == 4)
+        )
     )
     if builtin is not None and builtin.latent == latent:
         preset = dataclasses.replace(builtin, schedule=source.scheduler_config)
     else:
-        preset = preset_from_config(family, source.config, name=source.name, latent=latent, schedule=source.scheduler_config)
+        preset = preset_from_config(
+            family, source.config, name=source.name, latent=latent, schedule=source.scheduler_config
+        )
     if model is not None and model != preset.name:
         raise SparseDeployError(
             f"--model {model} does not match the {source.class_name} config in '{source.model_dir or source.path}' "

@@ -39,7 +39,18 @@ from torch import nn
 from .errors import SparseDeployError
 from .macs import layer_macs, total_macs
 from .models import short_name
-from .masks import PATTERN, PATTERN_M, PATTERN_N, eligibility, from_groups, is_nm_sparse, nm_mask, nm_patterns, pattern_index, to_groups
+from .masks import (
+    PATTERN,
+    PATTERN_M,
+    PATTERN_N,
+    eligibility,
+    from_groups,
+    is_nm_sparse,
+    nm_mask,
+    nm_patterns,
+    pattern_index,
+    to_groups,
+)
 from .presets import Preset
 
 __all__ = [
@@ -158,17 +169,25 @@ class SparsityConfig:
                 f"got {self.pruned_decay} with mode {self.mode}"
             )
         if len(self.tau) != 2 or min(self.tau) <= 0 or len(self.logit_scale) != 2 or min(self.logit_scale) <= 0:
-            raise SparseDeployError(f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}")
+            raise SparseDeployError(
+                f"--tau and --logit-scale take two positive numbers (start, end); got {self.tau}, {self.logit_scale}"
+            )
         if self.mask_lr <= 0 or self.mask_prior < 0:
-            raise SparseDeployError(f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}")
+            raise SparseDeployError(
+                f"--mask-lr must be > 0 and --mask-prior >= 0; got {self.mask_lr}, {self.mask_prior}"
+            )
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise SparseDeployError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         if self.latency_batch < 1 or self.latency_dtype not in ("fp16", "bf16"):
-            raise SparseDeployError(f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}")
+            raise SparseDeployError(
+                f"--latency-batch must be >= 1 and --latency-dtype fp16 or bf16; got {self.latency_batch}, {self.latency_dtype!r}"
+            )
         if self.mask_init not in MASK_INITS:
             raise SparseDeployError(f"unknown --mask-init '{self.mask_init}'; choose one of: {', '.join(MASK_INITS)}")
         if self.modelopt_default_rules and not self.mask_init.startswith("modelopt:"):
-            raise SparseDeployError("--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)")
+            raise SparseDeployError(
+                "--modelopt-default-rules needs a Model Optimizer mask start (--mask-init modelopt:...)"
+            )
         if not 0 <= self.decay_ramp <= 1:
             raise SparseDeployError(f"--decay-ramp is a share of training in [0, 1], got {self.decay_ramp}")
         if self.calib_samples < 1:
@@ -336,13 +355,17 @@ def sparsify_(model: nn.Module, config: SparsityConfig, layers: Sequence[str] | 
     for name in layers:
         module = by_name.get(name)
         if module is None or type(module) not in _MASKED:
-            raise SparseDeployError(f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset")
+            raise SparseDeployError(
+                f"layer '{name}' is not a Linear/Conv2d of this model; the checkpoint does not fit this preset"
+            )
         module.__class__ = _MASKED[type(module)]
         module.register_buffer("weight_mask", nm_mask(module.weight, PATTERN_N, PATTERN_M))
         module.sparsity_mode = config.mode
         module.sparsity_decay = config.effective_decay
         if config.mode == "maskllm":
-            prior = nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
+            prior = (
+                nn.functional.one_hot(pattern_index(module.weight_mask), 6).to(module.weight.dtype) * config.mask_prior
+            )
             module.mask_logits = nn.Parameter(prior.reshape(-1, 6).to(module.weight.device))
     log.info("masked %d layers with %s %s masks", len(layers), PATTERN, config.mode)
     return list(layers)
@@ -357,7 +380,9 @@ def _hard_mask(module: nn.Module) -> torch.Tensor:
     logits = getattr(module, "mask_logits", None)
     if logits is None:
         return nm_mask(module.weight, PATTERN_N, PATTERN_M)  # SR-STE / STE: magnitude of the dense weight
-    chosen = nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()  # maskllm: argmax pattern
+    chosen = (
+        nm_patterns(PATTERN_N, PATTERN_M).to(logits.device)[logits.argmax(dim=-1)].bool()
+    )  # maskllm: argmax pattern
     shape = module.weight.shape
     return from_groups(chosen.reshape(to_groups(module.weight, PATTERN_M).shape), shape)
 
@@ -433,7 +458,9 @@ def bake_(model: nn.Module) -> list[str]:
             module.__dict__.pop(attr, None)
         module.__class__ = _DENSE[type(module)]
         if not is_nm_sparse(module.weight, PATTERN_N, PATTERN_M):  # a saved mask that is not 2:4 (edited or damaged)
-            raise SparseDeployError(f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint")
+            raise SparseDeployError(
+                f"layer {name} is not {PATTERN} sparse after applying its mask (the checkpoint's masks are damaged); re-create the checkpoint"
+            )
         baked.append(name)
     return baked
 
@@ -489,11 +516,16 @@ class CoverageReport:
 
 
 def coverage_report(
-    model: nn.Module, inputs: Sequence[torch.Tensor], sparse_layers: Sequence[str], skipped: dict[str, str] | None = None,
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    sparse_layers: Sequence[str],
+    skipped: dict[str, str] | None = None,
 ) -> CoverageReport:
     """Count MACs on ``inputs`` (batch 1 gives per-sample figures) and report sparse coverage."""
     per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
     return CoverageReport(
-        sparse_layers=list(sparse_layers), skipped=dict(skipped or {}), layer_macs=per_layer,
+        sparse_layers=list(sparse_layers),
+        skipped=dict(skipped or {}),
+        layer_macs=per_layer,
         model_macs=total_macs(model, inputs),
     )

@@ -35,7 +35,9 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return {"$items": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"training state holds a {type(value).__name__}, which is not stored (tensors, numbers, strings, lists, dicts only)")
+    raise TypeError(
+        f"training state holds a {type(value).__name__}, which is not stored (tensors, numbers, strings, lists, dicts only)"
+    )
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -75,4 +77,6 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}
         return _decode(json.loads(meta["state"]), tensors)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise SparseDeployError(f"training state '{path}' is unreadable ({exc.__class__.__name__}: {exc}); delete '{path.parent}' to restart") from exc
+        raise SparseDeployError(
+            f"training state '{path}' is unreadable ({exc.__class__.__name__}: {exc}); delete '{path.parent}' to restart"
+        ) from exc

@@ -28,13 +28,23 @@ log = logging.getLogger(__name__)
 def _engine(folder: Path, kind: str, precision: str) -> Path:
     matches = sorted(folder.glob(f"{kind}-{precision}.*.onnx")) + sorted(folder.glob(f"{kind}-{precision}.*.plan"))
     if not matches:
-        raise SparseDeployError(f"no {kind} {precision} engine in '{folder}'; build it with 'make engine' or 'python -m sparse_deploy.build'")
+        raise SparseDeployError(
+            f"no {kind} {precision} engine in '{folder}'; build it with 'make engine' or 'python -m sparse_deploy.build'"
+        )
     return matches[0]
 
 
 def demo_summary(
-    run: str | Path, engines: str | Path, *, precision: str = CPU_PRECISION, num: int = 300, ref_num: int = 1000, steps: int = 25,
-    reference: str = "fashion-mnist:test", seed: int = 0, cache_dir: str | Path = ".cache/fid",
+    run: str | Path,
+    engines: str | Path,
+    *,
+    precision: str = CPU_PRECISION,
+    num: int = 300,
+    ref_num: int = 1000,
+    steps: int = 25,
+    reference: str = "fashion-mnist:test",
+    seed: int = 0,
+    cache_dir: str | Path = ".cache/fid",
 ) -> dict[str, Any]:
     """Coverage, MACs, engines and dense-vs-sparse FID of one fine-tuning run and its engines."""
     from . import fid
@@ -50,14 +60,28 @@ def demo_summary(
     sparsity = config.get("sparsity") or {}
     result: dict[str, Any] = {
         "preset": manifest.get("preset"),
-        "recipe": {"mode": sparsity.get("mode"), "kd_weight": config.get("kd_weight"), "kd_features": config.get("kd_features", 0.0),
-                   "pruned_decay": sparsity.get("pruned_decay", 0.0), "steps": manifest.get("step"), "lr": config.get("lr"),
-                   "mask_init": sparsity.get("mask_init", "magnitude")},
+        "recipe": {
+            "mode": sparsity.get("mode"),
+            "kd_weight": config.get("kd_weight"),
+            "kd_features": config.get("kd_features", 0.0),
+            "pruned_decay": sparsity.get("pruned_decay", 0.0),
+            "steps": manifest.get("step"),
+            "lr": config.get("lr"),
+            "mask_init": sparsity.get("mask_init", "magnitude"),
+        },
         "dense_source": config.get("init") or config.get("weights"),
-        "coverage": {k: coverage.get(k) for k in ("pattern", "sparse_layers", "sparse_share", "model_macs", "effective_macs")},
+        "coverage": {
+            k: coverage.get(k) for k in ("pattern", "sparse_layers", "sparse_share", "model_macs", "effective_macs")
+        },
         "engines": {},
-        "fid": {"num": num, "reference": reference, "reference_num": ref_num, "sampler": f"ddim {steps}", "seed": seed,
-                "preprocessing": fid.PREPROCESSING},
+        "fid": {
+            "num": num,
+            "reference": reference,
+            "reference_num": ref_num,
+            "sampler": f"ddim {steps}",
+            "seed": seed,
+            "preprocessing": fid.PREPROCESSING,
+        },
     }
     feats = {}
     for kind in ("dense", "sparse"):
@@ -80,10 +104,12 @@ def demo_summary(
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as a short block of text (one screen)."""
     cov, f, r = s["coverage"], s["fid"], s["recipe"]
-    recipe = f"{r['mode']}" + (f" from {r['mask_init']} masks" if r.get("mask_init", "magnitude") != "magnitude" else "")
-    recipe += (f" + output distillation {r['kd_weight']}" if r.get("kd_weight") else "")
-    recipe += (f" + block distillation {r['kd_features']}" if r.get("kd_features") else "")
-    recipe += (f" + pruned-weight decay {r['pruned_decay']}" if r.get("pruned_decay") else "")
+    recipe = f"{r['mode']}" + (
+        f" from {r['mask_init']} masks" if r.get("mask_init", "magnitude") != "magnitude" else ""
+    )
+    recipe += f" + output distillation {r['kd_weight']}" if r.get("kd_weight") else ""
+    recipe += f" + block distillation {r['kd_features']}" if r.get("kd_features") else ""
+    recipe += f" + pruned-weight decay {r['pruned_decay']}" if r.get("pruned_decay") else ""
     lines = [
         f"== sparse-deploy summary: {s['preset']} ==",
         f"dense source     {s['dense_source']}",
@@ -98,7 +124,9 @@ def format_summary(s: dict[str, Any]) -> str:
     for kind, e in s["engines"].items():
         lines.append(f"{kind + ' engine':<16} {e['path']} ({e['bytes'] / 1e6:.1f} MB, {e['backend']})")
     if all(e["backend"] != "tensorrt" for e in s["engines"].values()):
-        lines.append("                 no TensorRT engine was built (no GPU/TensorRT here): ONNX Runtime CPU engines, no 2:4 speed-up")
+        lines.append(
+            "                 no TensorRT engine was built (no GPU/TensorRT here): ONNX Runtime CPU engines, no 2:4 speed-up"
+        )
     lines += [
         f"FID (N={f['num']} {f['sampler']} samples vs {f['reference_num']} {f['reference']} images; small N, compare side by side)",
         f"                 dense {f['dense']:.1f} | sparse {f['sparse']:.1f} ({f['gap']:+.1%}) | sparse vs dense samples "
@@ -109,9 +137,13 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparse_deploy.summary", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="the sparse fine-tuning run folder (holds checkpoint/ and coverage.json)")
+    p.add_argument(
+        "--run", required=True, help="the sparse fine-tuning run folder (holds checkpoint/ and coverage.json)"
+    )
     p.add_argument("--engines", required=True, help="folder with the dense and sparse engines")
-    p.add_argument("--precision", default=CPU_PRECISION, help=f"engines to sample (default {CPU_PRECISION}, as the demo builds)")
+    p.add_argument(
+        "--precision", default=CPU_PRECISION, help=f"engines to sample (default {CPU_PRECISION}, as the demo builds)"
+    )
     p.add_argument("--num", type=int, default=300, help="samples per engine for FID (default 300)")
     p.add_argument("--ref-num", type=int, default=1000, help="reference images (default the first 1000)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
@@ -127,8 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num < 2 or args.ref_num < 2 or args.steps < 1:
         raise SparseDeployError("--num and --ref-num must be at least 2, --steps at least 1")
-    summary = demo_summary(args.run, args.engines, precision=args.precision, num=args.num, ref_num=args.ref_num,
-                           steps=args.steps, reference=args.reference)
+    summary = demo_summary(
+        args.run,
+        args.engines,
+        precision=args.precision,
+        num=args.num,
+        ref_num=args.ref_num,
+        steps=args.steps,
+        reference=args.reference,
+    )
     summary["created"] = timestamp()
     out = Path(args.json or Path(args.engines) / "summary.json")
     write_json_atomic(out, summary)

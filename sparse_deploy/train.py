@@ -43,13 +43,32 @@ from .sampling import sample, save_grid, to_uint8, training_scheduler
 from .schedule import training_target
 from .sources import run_vae
 from .sparsify import (
-    CoverageReport, SparsityConfig, coverage_report, decay_pruned_, mask_logit_parameters, refresh_masks_, select_layers,
-    set_decay_, set_grad_scale_, set_mask_temperature_, sparsify_,
+    CoverageReport,
+    SparsityConfig,
+    coverage_report,
+    decay_pruned_,
+    mask_logit_parameters,
+    refresh_masks_,
+    select_layers,
+    set_decay_,
+    set_grad_scale_,
+    set_mask_temperature_,
+    sparsify_,
 )
 from .train_cli import build_parser, config_from_args
 from .train_config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train", "build_parser", "main"]
+__all__ = [
+    "TrainConfig",
+    "TrainingRun",
+    "MixedPrecision",
+    "choose_precision",
+    "prepare_run",
+    "train_step",
+    "train",
+    "build_parser",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +149,9 @@ def preview_grid(model: torch.nn.Module, path: Path, per_class: int, steps: int,
     preset = model.preset
     classes = preset.num_classes or 1
     labels = [c for c in range(classes) for _ in range(per_class)] if preset.num_classes else None
-    images, _ = sample(model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels)
+    images, _ = sample(
+        model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels
+    )
     return save_grid(to_uint8(images), path, nrow=per_class)
 
 
@@ -161,6 +182,7 @@ class FeatureTaps:
     def _keep(self, role: str):
         def hook(_module, _inputs, output):
             self.outputs[role].append(output[0] if isinstance(output, tuple) else output)
+
         return hook
 
     def clear(self) -> None:
@@ -200,7 +222,9 @@ class TrainingRun:
     features: "FeatureTaps | None" = None
     amp: MixedPrecision = field(default_factory=MixedPrecision)
     scaler: "torch.amp.GradScaler | None" = None  # fp16 autocast only
-    layer_flips: dict[str, list[float]] = field(default_factory=dict)  # per layer: flip shares since the last checkpoint
+    layer_flips: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # per layer: flip shares since the last checkpoint
     calibration: dict | None = None  # the calibrated mask start (reconstruct.calibration_summary), None for magnitude
 
     @property
@@ -214,7 +238,9 @@ class TrainingRun:
         return self.config.steps if (sparsity is None or sparsity.mode != "oneshot") else 0
 
 
-def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | None = None, amp: MixedPrecision | None = None) -> TrainingRun:
+def prepare_run(
+    config: TrainConfig, device: torch.device, dist: Distributed | None = None, amp: MixedPrecision | None = None
+) -> TrainingRun:
     """Build the model (dense start, then masks), teacher, EMA, optimizer, schedule and data; writes nothing.
 
     ``config`` must be validated; the global torch seed should be set first (random init).
@@ -228,7 +254,9 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     if config.init is not None:
         manifest = read_manifest(config.init)
         if manifest.get("masked_layers"):
-            raise SparseDeployError(f"--init '{config.init}' is a sparse checkpoint; start fine-tuning from the dense one")
+            raise SparseDeployError(
+                f"--init '{config.init}' is a sparse checkpoint; start fine-tuning from the dense one"
+            )
         model, _ = load_checkpoint(config.init)
         if manifest["preset"] != preset.name:
             raise SparseDeployError(f"--init checkpoint is preset '{manifest['preset']}', not '{preset.name}'")
@@ -238,7 +266,10 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
     if config.kd_weight:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     elif preset.learned_sigma and config.sparsity is not None:
-        log.warning("'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance channels get no loss and will drift", preset.name)
+        log.warning(
+            "'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance channels get no loss and will drift",
+            preset.name,
+        )
 
     images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
     alphas = training_scheduler(preset.schedule).alphas_cumprod
@@ -249,7 +280,9 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
             _apply_latency_profile(model, preset, choice, config.sparsity)
         if config.sparsity.macs_budget is not None:
             _apply_macs_budget(model, preset, choice, images, labels, alphas, config)
-        masked, errors = init_masks_(model, config.sparsity, choice.selected, preset, images, labels, alphas, seed=config.seed)
+        masked, errors = init_masks_(
+            model, config.sparsity, choice.selected, preset, images, labels, alphas, seed=config.seed
+        )
         if masked != choice.selected:  # Model Optimizer's default rules chose the layers
             choice.skipped = {k: v for k, v in choice.skipped.items() if k not in masked}
             choice.selected[:] = masked
@@ -265,12 +298,32 @@ def prepare_run(config: TrainConfig, device: torch.device, dist: Distributed | N
         groups.append({"params": logits, "lr": config.sparsity.mask_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
     total = config.steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, config.warmup_steps, total, config.lr_schedule)
+    )
     alphas = alphas.to(device)
     features = FeatureTaps(model, teacher) if config.kd_features and teacher is not None else None
     amp = amp if amp is not None else _device_precision(device)
-    return TrainingRun(config, preset, device, model, ema, teacher, opt, sched, images, labels, alphas, coverage, model, dist, features,
-                       amp, amp.scaler(device), calibration=calibration)
+    return TrainingRun(
+        config,
+        preset,
+        device,
+        model,
+        ema,
+        teacher,
+        opt,
+        sched,
+        images,
+        labels,
+        alphas,
+        coverage,
+        model,
+        dist,
+        features,
+        amp,
+        amp.scaler(device),
+        calibration=calibration,
+    )
 
 
 def _apply_latency_profile(model, preset: Preset, choice, sparsity: SparsityConfig) -> None:
@@ -279,15 +332,24 @@ def _apply_latency_profile(model, preset: Preset, choice, sparsity: SparsityConf
 
     profile = load_latency_profile(sparsity.latency_profile)
     rows = layer_rows(model, example_inputs(preset, 1))
-    shapes = {short_name(n): (m.out_features, m.in_features)
-              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    shapes = {
+        short_name(n): (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     apply_latency_profile(choice, rows, shapes, profile, batch=sparsity.latency_batch, dtype=sparsity.latency_dtype)
     if not choice.selected:
         raise SparseDeployError(
             f"--latency-profile {sparsity.latency_profile}: no selected layer has a 2:4 kernel faster than dense on {profile.gpu} "
             f"at batch {sparsity.latency_batch} ({sparsity.latency_dtype}); nothing would be sparse"
         )
-    log.info("--latency-profile (%s, batch %d, %s): %d layers stay 2:4", profile.gpu, sparsity.latency_batch, sparsity.latency_dtype, len(choice.selected))
+    log.info(
+        "--latency-profile (%s, batch %d, %s): %d layers stay 2:4",
+        profile.gpu,
+        sparsity.latency_batch,
+        sparsity.latency_dtype,
+        len(choice.selected),
+    )
 
 
 def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, config: TrainConfig) -> None:
@@ -297,10 +359,14 @@ def _apply_macs_budget(model, preset: Preset, choice, images, labels, alphas, co
 
     inputs = example_inputs(preset, 1)
     per_layer = {short_name(k): v for k, v in layer_macs(model, inputs).items()}
-    sens = layer_sensitivity(model, choice.selected, images, labels, alphas, seed=config.seed, conditional=bool(preset.num_classes))
+    sens = layer_sensitivity(
+        model, choice.selected, images, labels, alphas, seed=config.seed, conditional=bool(preset.num_classes)
+    )
     budget = choose_for_budget(per_layer, total_macs(model, inputs), sens, config.sparsity.macs_budget)
     for name in budget.kept_dense:
-        choice.skipped[name] = f"kept dense by --macs-budget {config.sparsity.macs_budget} (sensitivity {sens[name]:.2e})"
+        choice.skipped[name] = (
+            f"kept dense by --macs-budget {config.sparsity.macs_budget} (sensitivity {sens[name]:.2e})"
+        )
     choice.selected[:] = budget.selected
     model.train()
 
@@ -383,8 +449,14 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     run.sched.step()
     _ema_update_(run.ema, model, ema_decay_at(config.ema_decay, step, config.ema_warmup))
     names = ("loss", "loss_eps", "loss_kd", "loss_sigma", "loss_feat")
-    return {"step": step + 1, **dict(zip(names, losses)), "lr": run.sched.get_last_lr()[0], "mask_flips": flipped,
-            "amp": run.amp.dtype, "grad_scale": grad_scale}
+    return {
+        "step": step + 1,
+        **dict(zip(names, losses)),
+        "lr": run.sched.get_last_lr()[0],
+        "mask_flips": flipped,
+        "amp": run.amp.dtype,
+        "grad_scale": grad_scale,
+    }
 
 
 def train(config: TrainConfig) -> Path:
@@ -483,13 +555,23 @@ def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
     """The checkpoint at ``step`` (rank 0 writes it, after every rank's state was found identical) and the mask-flip row."""
     config, dist, model, ema = run.config, run.dist, run.model, run.ema
     # Every rank hashes its student (weights and masks) and EMA; they must be bit-identical.
-    digests = dist.check_same(state_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                            **{f"ema.{k}": v for k, v in ema.state_dict().items()}}), "weights or masks")
+    digests = dist.check_same(
+        state_digest(
+            {
+                **{f"model.{k}": v for k, v in model.state_dict().items()},
+                **{f"ema.{k}": v for k, v in ema.state_dict().items()},
+            }
+        ),
+        "weights or masks",
+    )
     if not dist.main:
         return
     if run.layer_flips:  # per-layer mask-flip rate over the interval: are masks still learning?
-        row = {"step": step, "refreshes": len(next(iter(run.layer_flips.values()))),
-               "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()}}
+        row = {
+            "step": step,
+            "refreshes": len(next(iter(run.layer_flips.values()))),
+            "layers": {name: sum(v) / len(v) for name, v in run.layer_flips.items()},
+        }
         with (out / "mask_flips.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
             sync_file(fh)
@@ -503,20 +585,41 @@ def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
         "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
         "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
         "mask_start": {k: v for k, v in run.calibration.items() if k != "layers"} if run.calibration else None,
-        "mixed_precision": {"autocast": run.amp.dtype, "grad_scaler": run.scaler is not None, "device": run.device.type},
-        "distributed": {"world_size": dist.world, "global_batch": config.batch_size,
-                        "per_rank_batch": config.batch_size // dist.world, "rank_state_sha256": digests},
+        "mixed_precision": {
+            "autocast": run.amp.dtype,
+            "grad_scaler": run.scaler is not None,
+            "device": run.device.type,
+        },
+        "distributed": {
+            "world_size": dist.world,
+            "global_batch": config.batch_size,
+            "per_rank_batch": config.batch_size // dist.world,
+            "rank_state_sha256": digests,
+        },
     }
-    training_state = {"model": model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "step": step,
-                      "scaler": run.scaler.state_dict() if run.scaler is not None else None}
-    save_checkpoint(ckpt_dir, _inference_copy(ema, config.sparsity), sparsity=config.sparsity, info=info, training_state=training_state)
+    training_state = {
+        "model": model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "step": step,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+    }
+    save_checkpoint(
+        ckpt_dir,
+        _inference_copy(ema, config.sparsity),
+        sparsity=config.sparsity,
+        info=info,
+        training_state=training_state,
+    )
 
 
 def _finish(run: TrainingRun, out: Path, ckpt_dir: Path, start: int, elapsed: float, finished: bool) -> None:
     """Rank 0 after the last checkpoint: the timing line, the preview grid and the diffusers model (each unless already there)."""
     config, train_steps = run.config, run.train_steps
     if train_steps > start:
-        log.info("trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start))
+        log.info(
+            "trained %d steps in %.0f s (%.2f s/step)", train_steps - start, elapsed, elapsed / (train_steps - start)
+        )
     if config.preview and not (finished and (out / "samples.png").exists()):
         final, _ = load_checkpoint(ckpt_dir)
         grid = preview_grid(final, out / "samples.png", config.preview, config.preview_steps, seed=config.seed)

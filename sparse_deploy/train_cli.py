@@ -29,31 +29,92 @@ def _parse_pair(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=DESCRIPTION)
-    p.add_argument("--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder")
+    p.add_argument(
+        "--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder"
+    )
     p.add_argument("--out", help="run folder (default runs/<model>/<dense|mode>)")
-    p.add_argument("--sparsity", choices=("none", *MODES), default="none",
-                   help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
-                        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)")
+    p.add_argument(
+        "--sparsity",
+        choices=("none", *MODES),
+        default="none",
+        help="none: dense training; srste (SparseDM improved STE), ste, fixed (ASP-style), oneshot (no training), "
+        "maskllm (learnable Gumbel-softmax masks over the six 2:4 patterns)",
+    )
     p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
-    p.add_argument("--weights", help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)")
-    p.add_argument("--kd-weight", type=float, default=None, help=f"distillation weight (default {DEFAULT_KD_WEIGHT} when sparse from --init or --weights, else 0)")
-    p.add_argument("--decay", type=float, default=_SPARSE.decay, help=f"SR-STE lambda on pruned weights (default {_SPARSE.decay:g})")
+    p.add_argument(
+        "--weights",
+        help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)",
+    )
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=None,
+        help=f"distillation weight (default {DEFAULT_KD_WEIGHT} when sparse from --init or --weights, else 0)",
+    )
+    p.add_argument(
+        "--decay",
+        type=float,
+        default=_SPARSE.decay,
+        help=f"SR-STE lambda on pruned weights (default {_SPARSE.decay:g})",
+    )
     p.add_argument("--mask-every", type=int, default=1, help="recompute masks every K steps (srste/ste/maskllm)")
-    p.add_argument("--pruned-decay", type=float, default=0.0,
-                   help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)")
-    p.add_argument("--mask-prior", type=float, default=_SPARSE.mask_prior, help=f"maskllm: initial logit of the magnitude pattern (default {_SPARSE.mask_prior:g})")
-    p.add_argument("--mask-lr", type=float, default=_SPARSE.mask_lr, help=f"maskllm: learning rate of the mask logits (default {_SPARSE.mask_lr:g})")
-    p.add_argument("--tau", type=_parse_pair, default=_SPARSE.tau, help="maskllm: Gumbel temperature START,END (default %g,%g)" % _SPARSE.tau)
-    p.add_argument("--logit-scale", type=_parse_pair, default=_SPARSE.logit_scale, help="maskllm: logit scale START,END (default %g,%g)" % _SPARSE.logit_scale)
-    p.add_argument("--macs-budget", type=float, help="effective MACs as a share of dense (e.g. 0.75): only the least "
-                   "loss-sensitive selected layers go 2:4 (default: all selected layers)")
-    p.add_argument("--latency-profile", help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
-                   "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)")
-    p.add_argument("--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)")
-    p.add_argument("--latency-dtype", choices=("fp16", "bf16"), default="fp16", help="engine precision the profile is read at (default fp16)")
-    p.add_argument("--kd-features", type=float, default=None,
-                   help=f"weight of block-output distillation from the dense teacher (default {DEFAULT_KD_FEATURES} when sparse from "
-                        "--init or --weights, else 0; 0 is the paper's recipe)")
+    p.add_argument(
+        "--pruned-decay",
+        type=float,
+        default=0.0,
+        help="decoupled decay of pruned weights after each step, w *= 1 - lr*R (srste/ste/maskllm; default 0: off)",
+    )
+    p.add_argument(
+        "--mask-prior",
+        type=float,
+        default=_SPARSE.mask_prior,
+        help=f"maskllm: initial logit of the magnitude pattern (default {_SPARSE.mask_prior:g})",
+    )
+    p.add_argument(
+        "--mask-lr",
+        type=float,
+        default=_SPARSE.mask_lr,
+        help=f"maskllm: learning rate of the mask logits (default {_SPARSE.mask_lr:g})",
+    )
+    p.add_argument(
+        "--tau",
+        type=_parse_pair,
+        default=_SPARSE.tau,
+        help="maskllm: Gumbel temperature START,END (default %g,%g)" % _SPARSE.tau,
+    )
+    p.add_argument(
+        "--logit-scale",
+        type=_parse_pair,
+        default=_SPARSE.logit_scale,
+        help="maskllm: logit scale START,END (default %g,%g)" % _SPARSE.logit_scale,
+    )
+    p.add_argument(
+        "--macs-budget",
+        type=float,
+        help="effective MACs as a share of dense (e.g. 0.75): only the least "
+        "loss-sensitive selected layers go 2:4 (default: all selected layers)",
+    )
+    p.add_argument(
+        "--latency-profile",
+        help="GEMM latency profile of the target GPU (make gpu-check's reports/gpu/gemm.json): "
+        "selected layers whose 2:4 kernel is not faster there stay dense (coverage.json says which and why)",
+    )
+    p.add_argument(
+        "--latency-batch", type=int, default=8, help="deployment batch the latency profile is read at (default 8)"
+    )
+    p.add_argument(
+        "--latency-dtype",
+        choices=("fp16", "bf16"),
+        default="fp16",
+        help="engine precision the profile is read at (default fp16)",
+    )
+    p.add_argument(
+        "--kd-features",
+        type=float,
+        default=None,
+        help=f"weight of block-output distillation from the dense teacher (default {DEFAULT_KD_FEATURES} when sparse from "
+        "--init or --weights, else 0; 0 is the paper's recipe)",
+    )
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
     p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
@@ -61,29 +122,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)")
-    p.add_argument("--ema", type=float, dest="ema_decay",
-                   help="EMA decay (default: the preset's from scratch; when fine-tuning, a horizon of a tenth of the run)")
-    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
-                   help="the from-scratch EMA warm-up (1+step)/(10+step) (default: on from scratch, off when fine-tuning from --init/--weights)")
-    p.add_argument("--mask-init", choices=MASK_INITS, default=_SPARSE.mask_init,
-                   help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
-                        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model Optimizer's own "
-                        "masks (modelopt:sparse_magnitude, modelopt:sparsegpt; pip install 'sparse-deploy[modelopt]'); "
-                        f"the one-shot criterion with --sparsity oneshot (default {_SPARSE.mask_init})")
-    p.add_argument("--decay-ramp", type=float, default=0.0,
-                   help="srste: ramp the SR-STE decay from 0 over this share of training (Adaptive Sparse Trainer; default 0: none)")
-    p.add_argument("--data-weight", type=float, default=1.0,
-                   help="weight of the data term ||eps - eps_S||^2 (default 1; 0 regresses on the teacher alone, as SparseDM's code)")
-    p.add_argument("--modelopt-default-rules", action="store_true",
-                   help="with --mask-init modelopt:...: sparsify the layers NVIDIA Model Optimizer's default rules take "
-                        "(adaLN, timestep and output layers too) instead of ours")
-    p.add_argument("--calib-samples", type=int, default=_SPARSE.calib_samples,
-                   help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="after warm-up: constant, or cosine decay to 1%% of --lr (default: the preset's)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        dest="ema_decay",
+        help="EMA decay (default: the preset's from scratch; when fine-tuning, a horizon of a tenth of the run)",
+    )
+    p.add_argument(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the from-scratch EMA warm-up (1+step)/(10+step) (default: on from scratch, off when fine-tuning from --init/--weights)",
+    )
+    p.add_argument(
+        "--mask-init",
+        choices=MASK_INITS,
+        default=_SPARSE.mask_init,
+        help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
+        "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model Optimizer's own "
+        "masks (modelopt:sparse_magnitude, modelopt:sparsegpt; pip install 'sparse-deploy[modelopt]'); "
+        f"the one-shot criterion with --sparsity oneshot (default {_SPARSE.mask_init})",
+    )
+    p.add_argument(
+        "--decay-ramp",
+        type=float,
+        default=0.0,
+        help="srste: ramp the SR-STE decay from 0 over this share of training (Adaptive Sparse Trainer; default 0: none)",
+    )
+    p.add_argument(
+        "--data-weight",
+        type=float,
+        default=1.0,
+        help="weight of the data term ||eps - eps_S||^2 (default 1; 0 regresses on the teacher alone, as SparseDM's code)",
+    )
+    p.add_argument(
+        "--modelopt-default-rules",
+        action="store_true",
+        help="with --mask-init modelopt:...: sparsify the layers NVIDIA Model Optimizer's default rules take "
+        "(adaLN, timestep and output layers too) instead of ours",
+    )
+    p.add_argument(
+        "--calib-samples",
+        type=int,
+        default=_SPARSE.calib_samples,
+        help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)")
-    p.add_argument("--vae", help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)")
+    p.add_argument(
+        "--data",
+        help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and smoke tests) (default: the preset's dataset)",
+    )
+    p.add_argument(
+        "--vae",
+        help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
     p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
@@ -96,22 +194,53 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     model, weights = (None, args.model) if is_path(args.model) else (args.model, args.weights)
     sparsity = None
     if args.sparsity != "none":
-        sparsity = SparsityConfig(mode=args.sparsity, decay=args.decay, mask_every=args.mask_every,
-                                  include=comma_list(args.include), exclude=comma_list(args.exclude), adaln=args.adaln,
-                                  pruned_decay=args.pruned_decay, mask_prior=args.mask_prior, mask_lr=args.mask_lr,
-                                  tau=args.tau, logit_scale=args.logit_scale, macs_budget=args.macs_budget,
-                                  latency_profile=args.latency_profile, latency_batch=args.latency_batch, latency_dtype=args.latency_dtype,
-                                  mask_init=args.mask_init, calib_samples=args.calib_samples,
-                                  modelopt_default_rules=args.modelopt_default_rules, decay_ramp=args.decay_ramp)
+        sparsity = SparsityConfig(
+            mode=args.sparsity,
+            decay=args.decay,
+            mask_every=args.mask_every,
+            include=comma_list(args.include),
+            exclude=comma_list(args.exclude),
+            adaln=args.adaln,
+            pruned_decay=args.pruned_decay,
+            mask_prior=args.mask_prior,
+            mask_lr=args.mask_lr,
+            tau=args.tau,
+            logit_scale=args.logit_scale,
+            macs_budget=args.macs_budget,
+            latency_profile=args.latency_profile,
+            latency_batch=args.latency_batch,
+            latency_dtype=args.latency_dtype,
+            mask_init=args.mask_init,
+            calib_samples=args.calib_samples,
+            modelopt_default_rules=args.modelopt_default_rules,
+            decay_ramp=args.decay_ramp,
+        )
     teacher = args.init or weights
     distil = sparsity is not None and bool(teacher)  # sparse fine-tuning from dense weights: the teacher is there
     kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
     kd_features = args.kd_features if args.kd_features is not None else (DEFAULT_KD_FEATURES if distil else 0.0)
     out = args.out or f"runs/{preset.name}/{args.sparsity if sparsity else 'dense'}"
     return TrainConfig(
-        preset=model and preset.name, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
+        preset=model and preset.name,
+        out=out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
+        ema_warmup=args.ema_warmup,
         checkpoint_every=args.checkpoint_every,
-        seed=args.seed, init=args.init, weights=weights, sparsity=sparsity, kd_weight=kd, kd_features=kd_features, data_weight=args.data_weight,
-        data=args.data, vae=args.vae, device=args.device, preview=args.preview, preview_steps=args.preview_steps,
+        seed=args.seed,
+        init=args.init,
+        weights=weights,
+        sparsity=sparsity,
+        kd_weight=kd,
+        kd_features=kd_features,
+        data_weight=args.data_weight,
+        data=args.data,
+        vae=args.vae,
+        device=args.device,
+        preview=args.preview,
+        preview_steps=args.preview_steps,
     )

@@ -49,7 +49,9 @@ class TrainConfig:
     sparsity: SparsityConfig | None = None
     kd_weight: float = 0.0
     kd_features: float = 0.0  # weight of block-output distillation from the teacher
-    data_weight: float = 1.0  # weight of the data term ||eps - eps_S||^2 (0: regress on the teacher alone, as SparseDM's code)
+    data_weight: float = (
+        1.0  # weight of the data term ||eps - eps_S||^2 (0: regress on the teacher alone, as SparseDM's code)
+    )
     data: str | None = None
     vae: str | None = None
     device: str = "auto"
@@ -75,10 +77,15 @@ class TrainConfig:
         # Fine-tuning a converged model (dense or sparse) is not pretraining: the fine-tuning rate, a short
         # warm-up, and an EMA that starts at the pretrained weights and averages over a tenth of the run
         # (docs/RESULTS.md, "Fine-tuning that does no harm").
-        for name, default in (("batch_size", d.batch_size), ("lr", (d.sparse_lr or d.lr) if tune or self.sparsity else d.lr),
-                              ("warmup_steps", min(d.warmup_steps, max(self.steps // 20, 1)) if tune else d.warmup_steps),
-                              ("ema_decay", finetune_ema_decay(d.ema_decay, self.steps) if tune else d.ema_decay),
-                              ("ema_warmup", not tune), ("checkpoint_every", d.checkpoint_every), ("lr_schedule", d.lr_schedule)):
+        for name, default in (
+            ("batch_size", d.batch_size),
+            ("lr", (d.sparse_lr or d.lr) if tune or self.sparsity else d.lr),
+            ("warmup_steps", min(d.warmup_steps, max(self.steps // 20, 1)) if tune else d.warmup_steps),
+            ("ema_decay", finetune_ema_decay(d.ema_decay, self.steps) if tune else d.ema_decay),
+            ("ema_warmup", not tune),
+            ("checkpoint_every", d.checkpoint_every),
+            ("lr_schedule", d.lr_schedule),
+        ):
             if getattr(self, name) is None:
                 setattr(self, name, default)
         oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
@@ -96,15 +103,23 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:  # also refuses nan
             raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
         if self.kd_weight and self.init is None and self.weights is None:
-            raise SparseDeployError("distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT")
+            raise SparseDeployError(
+                "distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT"
+            )
         if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
-            raise SparseDeployError(f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}")
+            raise SparseDeployError(
+                f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}"
+            )
         if self.kd_features and self.init is None and self.weights is None:
-            raise SparseDeployError("feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights")
+            raise SparseDeployError(
+                "feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights"
+            )
         if not 0 <= self.data_weight < math.inf:
             raise SparseDeployError(f"--data-weight must be finite and >= 0, got {self.data_weight}")
         if self.data_weight == 0 and not self.kd_weight:
-            raise SparseDeployError("--data-weight 0 leaves no loss without distillation: give --kd-weight > 0 (and --init)")
+            raise SparseDeployError(
+                "--data-weight 0 leaves no loss without distillation: give --kd-weight > 0 (and --init)"
+            )
         if self.sparsity is not None:
             self.sparsity.validate()
         return self
@@ -113,4 +128,3 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
         return out
-

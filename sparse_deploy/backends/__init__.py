@@ -52,7 +52,9 @@ def load_runner(path: str | Path, device: str = "auto", backend: str = "auto") -
 
             return Torch24Runner(path, device)
         if backend not in ("auto", "torch"):
-            raise SparseDeployError(f"'{path}' is a checkpoint folder: it runs on the torch or torch24 backend, not {backend}")
+            raise SparseDeployError(
+                f"'{path}' is a checkpoint folder: it runs on the torch or torch24 backend, not {backend}"
+            )
         from .pytorch import TorchRunner
 
         return TorchRunner(path, device)

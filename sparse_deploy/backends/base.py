@@ -111,7 +111,9 @@ class Runner:
         self.contract.profile.check(batch, where=f"{self.backend} engine '{self.path.name}'")
         return batch
 
-    def numpy_feeds(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> dict[str, np.ndarray]:
+    def numpy_feeds(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None
+    ) -> dict[str, np.ndarray]:
         """The inputs as contiguous numpy arrays in the contract's dtypes, keyed by input name."""
         values = {"sample": sample, "timestep": timestep, "class_labels": class_labels}
         return {
@@ -119,7 +121,9 @@ class Runner:
             for spec in self.contract.inputs
         }
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if timestep.dim() == 0:
             timestep = timestep.expand(sample.shape[0])
         self.check_inputs(sample, timestep, class_labels)

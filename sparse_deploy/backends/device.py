@@ -8,7 +8,14 @@ import shutil
 import subprocess
 from typing import Any
 
-__all__ = ["torch_device", "cuda_device", "tensorrt_version", "tensorrt_unavailable_reason", "import_tensorrt", "TENSORRT_INSTALL"]
+__all__ = [
+    "torch_device",
+    "cuda_device",
+    "tensorrt_version",
+    "tensorrt_unavailable_reason",
+    "import_tensorrt",
+    "TENSORRT_INSTALL",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +40,17 @@ def cuda_device() -> dict[str, Any] | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True
-        ).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("nvidia-smi failed: %s", exc)
         return None
@@ -64,17 +79,23 @@ def torch_device(request: str, local_rank: int = 0, world_size: int = 1, cuda_de
     if request == "cpu" or (request == "auto" and count == 0):
         return torch.device("cpu")
     if count == 0:
-        raise SparseDeployError(f"--device {request} was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+        raise SparseDeployError(
+            f"--device {request} was asked for but no CUDA GPU is visible to PyTorch; use --device cpu"
+        )
     if request.startswith("cuda:"):
         if world_size > 1:
-            raise SparseDeployError(f"under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not {request}")
+            raise SparseDeployError(
+                f"under torchrun each rank takes cuda:LOCAL_RANK; pass --device cuda (or auto), not {request}"
+            )
         index = int(request[5:])
     else:
         index = local_rank
     if index >= count:
         why = "--device" if request.startswith("cuda:") else "LOCAL_RANK"
-        raise SparseDeployError(f"{why} asks for cuda:{index} but only {count} CUDA device(s) are visible; "
-                                "run at most one process per GPU (--nproc_per_node)")
+        raise SparseDeployError(
+            f"{why} asks for cuda:{index} but only {count} CUDA device(s) are visible; "
+            "run at most one process per GPU (--nproc_per_node)"
+        )
     return torch.device("cuda", index)
 
 

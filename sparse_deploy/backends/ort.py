@@ -110,7 +110,11 @@ class OrtRunner(Runner):
             # optimizations are only valid for the provider they ran with: use the source graph.
             model_path = source_graph(path, manifest)
             if model_path is None:
-                log.warning("source graph %s of %s is missing or changed; running the CPU-optimized engine on the GPU", manifest.get("source_onnx"), path.name)
+                log.warning(
+                    "source graph %s of %s is missing or changed; running the CPU-optimized engine on the GPU",
+                    manifest.get("source_onnx"),
+                    path.name,
+                )
                 model_path = path
         self.session = ort_session(model_path, self.providers, fix="; rebuild the engine with make engine")
         self.model_path = model_path
@@ -132,7 +136,12 @@ class OrtRunner(Runner):
         return torch.from_numpy(out.astype("float32", copy=False))
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
 
 
 def session_problem(session, contract: IOContract) -> str | None:
@@ -141,11 +150,17 @@ def session_problem(session, contract: IOContract) -> str | None:
     Names, dtypes and ranks must match; a fixed dimension of the graph must equal the contract's
     (symbolic dimensions are taken as matching).
     """
-    for what, args, specs in (("inputs", session.get_inputs(), contract.inputs), ("outputs", session.get_outputs(), contract.outputs)):
+    for what, args, specs in (
+        ("inputs", session.get_inputs(), contract.inputs),
+        ("outputs", session.get_outputs(), contract.outputs),
+    ):
         got = [(a.name, _ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
         want = [(s.name, s.dtype, list(s.shape)) for s in specs]
         fits = len(got) == len(want) and all(
-            gn == wn and gt == wt and len(gs) == len(ws) and all(not isinstance(g, int) or w == -1 or g == w for g, w in zip(gs, ws))
+            gn == wn
+            and gt == wt
+            and len(gs) == len(ws)
+            and all(not isinstance(g, int) or w == -1 or g == w for g, w in zip(gs, ws))
             for (gn, gt, gs), (wn, wt, ws) in zip(got, want)
         )
         if not fits:

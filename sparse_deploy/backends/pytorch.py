@@ -41,4 +41,6 @@ class TorchRunner(Runner):
     @torch.no_grad()
     def _infer(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         d = self.device
-        return self.model(sample.to(d, torch.float32), timestep.to(d), None if class_labels is None else class_labels.to(d))
+        return self.model(
+            sample.to(d, torch.float32), timestep.to(d), None if class_labels is None else class_labels.to(d)
+        )

@@ -68,16 +68,22 @@ class Torch24Runner(Runner):
             )
         major, minor = torch.cuda.get_device_capability(0)
         if major < 8:
-            raise SparseDeployError(f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}")
+            raise SparseDeployError(
+                f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}"
+            )
         model, manifest = load_checkpoint(path)
         masked = sorted(manifest.get("masked_layers") or [])
         if not masked:
-            raise SparseDeployError(f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; use the torch backend")
+            raise SparseDeployError(
+                f"checkpoint '{path}' has no masked layers: there is nothing to run with 2:4 kernels; use the torch backend"
+            )
         bake_(model)
         model = model.half().cuda().eval()
         self.converted, self.skipped = to_semi_structured_(model, masked)
         if not self.converted:
-            raise SparseDeployError(f"no masked Linear of '{path}' could be converted to a semi-structured tensor: {dict(list(self.skipped.items())[:2])}")
+            raise SparseDeployError(
+                f"no masked Linear of '{path}' could be converted to a semi-structured tensor: {dict(list(self.skipped.items())[:2])}"
+            )
         log.info("torch24: %d Linear layers on 2:4 kernels, %d left dense", len(self.converted), len(self.skipped))
         self.model = model
         super().__init__(Path(path), manifest, contract_for(model.preset, "fp16", TORCH_PROFILE), model.preset)

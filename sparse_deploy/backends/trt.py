@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 def check_engine_compatible(path: Path, manifest: dict[str, Any], trt_version: str, gpu: dict[str, Any] | None) -> None:
     """Refuse an engine built for another TensorRT version or GPU generation."""
     if gpu is None:
-        raise SparseDeployError(f"TensorRT engine '{path}' needs a CUDA GPU and none is visible; run an ONNX Runtime engine instead")
+        raise SparseDeployError(
+            f"TensorRT engine '{path}' needs a CUDA GPU and none is visible; run an ONNX Runtime engine instead"
+        )
     built_trt, built_cc = manifest.get("tensorrt_version"), manifest.get("compute_capability")
     problems = []
     if built_trt != trt_version:
@@ -49,7 +51,9 @@ class TrtRunner(Runner):
 
     def __init__(self, path: Path, manifest: dict[str, Any], device: str = "auto"):
         if device == "cpu":
-            raise SparseDeployError(f"'{path}' is a TensorRT engine, which runs on a CUDA GPU only; use an ONNX Runtime engine for --device cpu")
+            raise SparseDeployError(
+                f"'{path}' is a TensorRT engine, which runs on a CUDA GPU only; use an ONNX Runtime engine for --device cpu"
+            )
         super().__init__(path, manifest, IOContract.from_dict(manifest["contract"]))
         trt = import_tensorrt()
         check_engine_compatible(path, manifest, str(trt.__version__), cuda_device())
@@ -59,9 +63,13 @@ class TrtRunner(Runner):
         try:
             self.engine = EngineFromBytes(path.read_bytes())()
         except Exception as exc:  # Polygraphy raises PolygraphyException on a bad plan
-            raise SparseDeployError(f"TensorRT cannot deserialize '{path}' ({str(exc).splitlines()[0]}); rebuild with {rebuild_hint(path, manifest.get('preset'))}") from exc
+            raise SparseDeployError(
+                f"TensorRT cannot deserialize '{path}' ({str(exc).splitlines()[0]}); rebuild with {rebuild_hint(path, manifest.get('preset'))}"
+            ) from exc
         if self.engine is None:
-            raise SparseDeployError(f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path, manifest.get('preset'))}")
+            raise SparseDeployError(
+                f"TensorRT cannot deserialize '{path}'; rebuild with {rebuild_hint(path, manifest.get('preset'))}"
+            )
         self._runner = PolygraphyTrtRunner(self.engine)
 
     @property

@@ -18,34 +18,55 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``export`` and ``build``: which weights, kinds and precisions."""
     parser.add_argument("--model", help="preset name (default: the checkpoint's preset)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (dense or sparse)")
-    parser.add_argument("--dense-checkpoint", type=Path, help="dense checkpoint for the dense graph of a sparse checkpoint")
+    parser.add_argument(
+        "--dense-checkpoint", type=Path, help="dense checkpoint for the dense graph of a sparse checkpoint"
+    )
     parser.add_argument("--weights", type=Path, help="diffusers model folder or .safetensors file (dense)")
-    parser.add_argument("--precision", default=",".join(DEFAULT_PRECISIONS), help="comma-separated: fp32,fp16 (default both)")
+    parser.add_argument(
+        "--precision", default=",".join(DEFAULT_PRECISIONS), help="comma-separated: fp32,fp16 (default both)"
+    )
     parser.add_argument("--kinds", default="dense,sparse", help="comma-separated: dense,sparse (default both)")
     parser.add_argument(
-        "--require-masks", action="store_true",
+        "--require-masks",
+        action="store_true",
         help="refuse a sparse export of a model without masks instead of pruning it one-shot (no fine-tuning)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init when no weights are given")
     parser.add_argument(
-        "--external-data", action="store_true",
+        "--external-data",
+        action="store_true",
         help="write weights to <graph>.onnx.data (ONNX external data); automatic for graphs over 2 GiB (DiT-XL fp32)",
     )
 
 
 def add_profile_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
     """``--max-batch`` / ``--opt-batch``: the batch profile of ``whose`` (the engines, for ``build``)."""
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest batch {whose} accept (default {DEFAULT_MAX_BATCH})")
-    parser.add_argument("--opt-batch", type=int, help=f"batch {whose} are tuned for (default min({DEFAULT_OPT_BATCH}, max-batch))")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"largest batch {whose} accept (default {DEFAULT_MAX_BATCH})",
+    )
+    parser.add_argument(
+        "--opt-batch", type=int, help=f"batch {whose} are tuned for (default min({DEFAULT_OPT_BATCH}, max-batch))"
+    )
 
 
 def config_from_args(args: argparse.Namespace, out: Path | None) -> ExportConfig:
     """The export settings of parsed flags; the batch profile is taken from them where the parser has one."""
     return ExportConfig(
-        model=args.model, checkpoint=args.checkpoint, dense_checkpoint=args.dense_checkpoint, weights=args.weights,
-        out=out, precisions=comma_list(args.precision), kinds=comma_list(args.kinds),
-        max_batch=getattr(args, "max_batch", DEFAULT_MAX_BATCH), opt_batch=getattr(args, "opt_batch", None),
-        require_masks=args.require_masks, seed=args.seed, external_data=args.external_data,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        dense_checkpoint=args.dense_checkpoint,
+        weights=args.weights,
+        out=out,
+        precisions=comma_list(args.precision),
+        kinds=comma_list(args.kinds),
+        max_batch=getattr(args, "max_batch", DEFAULT_MAX_BATCH),
+        opt_batch=getattr(args, "opt_batch", None),
+        require_masks=args.require_masks,
+        seed=args.seed,
+        external_data=args.external_data,
     ).validate()
 
 

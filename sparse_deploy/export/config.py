@@ -57,7 +57,9 @@ class ExportConfig:
     def validate(self) -> "ExportConfig":
         if is_path(self.model):  # a pipeline/model folder or file given as --model: it is the weights
             if self.weights is not None:
-                raise SparseDeployError(f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once")
+                raise SparseDeployError(
+                    f"--model '{self.model}' is a path and --weights '{self.weights}' too; pass the model once"
+                )
             self.model, self.weights = None, Path(self.model)
         if self.model is not None:
             get_preset(self.model)

@@ -28,7 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import KINDS, ONNX_FORMAT, Artifact, graph_path, manifest_path, read_onnx_manifest, stale_reason, write_artifact_manifest
+from ..artifacts import (
+    KINDS,
+    ONNX_FORMAT,
+    Artifact,
+    graph_path,
+    manifest_path,
+    read_onnx_manifest,
+    stale_reason,
+    write_artifact_manifest,
+)
 from ..contract import PRECISIONS, IOContract, contract_for, float_dtype
 from ..errors import SparseDeployError
 from ..masks import PATTERN
@@ -51,10 +60,22 @@ EXPORTER = "torch.onnx.export(dynamo=False)"
 # protobuf's 2 GiB message limit, less room for the graph itself.
 _ONNX_SINGLE_FILE_LIMIT = 2**31 - 64 * 2**20
 # Libraries whose versions shape an ONNX graph (TensorRT only matters for engines).
-_ONNX_LIBS = ("python", "sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygraphy", "numpy", "safetensors")
+_ONNX_LIBS = (
+    "python",
+    "sparse_deploy",
+    "torch",
+    "diffusers",
+    "onnx",
+    "onnxruntime",
+    "polygraphy",
+    "numpy",
+    "safetensors",
+)
 
 
-def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: GraphSource, external_data: bool = False) -> dict[str, Any]:
+def _fingerprint_inputs(
+    preset: Preset, kind: str, precision: str, source: GraphSource, external_data: bool = False
+) -> dict[str, Any]:
     """Everything that decides a graph: what its manifest's ``fingerprint`` hashes."""
     versions = library_versions()
     return {
@@ -66,8 +87,12 @@ def _fingerprint_inputs(preset: Preset, kind: str, precision: str, source: Graph
         "exporter": EXPORTER,
         "source": source.identity,
         "external_data": external_data,
-        "parity": {"batches": list(verify.PARITY_BATCHES), "tolerance": verify.PARITY_TOLERANCE[precision], "null_label": True,
-                   "fp16_reference": precision == "fp16"},
+        "parity": {
+            "batches": list(verify.PARITY_BATCHES),
+            "tolerance": verify.PARITY_TOLERANCE[precision],
+            "null_label": True,
+            "fp16_reference": precision == "fp16",
+        },
         "fp32_ops": list(FP32_OPS) if precision == "fp16" else None,
         "versions": {lib: versions.get(lib) for lib in _ONNX_LIBS},
     }
@@ -82,15 +107,24 @@ def _torch_export(model: nn.Module, contract: IOContract, raw: Path) -> None:
     fp16 = contract.precision == "fp16"
     example = verify.torch_inputs(contract.sample_inputs(2, seed=0))
     example = (example[0].to(getattr(torch, float_dtype(contract.precision))), *example[1:])
-    with warnings.catch_warnings(), torch.no_grad(), (fp16_attention() if fp16 else contextlib.nullcontext()):
+    with warnings.catch_warnings(), torch.no_grad(), fp16_attention() if fp16 else contextlib.nullcontext():
         warnings.simplefilter("ignore")  # tracer warnings about python-side shape math
         try:
             torch.onnx.export(
-                model, example, str(raw), input_names=contract.input_names, output_names=contract.output_names,
-                dynamic_axes=contract.dynamic_axes(), opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                model,
+                example,
+                str(raw),
+                input_names=contract.input_names,
+                output_names=contract.output_names,
+                dynamic_axes=contract.dynamic_axes(),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
             )
         except Exception as exc:
-            raise SparseDeployError(f"ONNX export of {raw.name} failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+            raise SparseDeployError(
+                f"ONNX export of {raw.name} failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
 
 
 def _write_staged(model: nn.Module, contract: IOContract, stage: Path, name: str, external: bool) -> Path:
@@ -109,7 +143,14 @@ def _write_staged(model: nn.Module, contract: IOContract, stage: Path, name: str
     return staged
 
 
-def _verify(staged: Path, model: Denoiser, export_model: nn.Module, contract: IOContract, sparse_layers: Sequence[str], kind: str) -> dict[str, Any]:
+def _verify(
+    staged: Path,
+    model: Denoiser,
+    export_model: nn.Module,
+    contract: IOContract,
+    sparse_layers: Sequence[str],
+    kind: str,
+) -> dict[str, Any]:
     """Parity, the fp32 ops of an fp16 graph, and 2:4 sparsity: the manifest entries, or an error."""
     import onnx
 
@@ -137,8 +178,11 @@ def _install(staged: Path, path: Path) -> tuple[str, dict[str, Any] | None]:
     return digest, data_entry
 
 
-_UNVERIFIED = {"parity": {"skipped": "exported with verify=False"}, "fp32_ops": None,
-               "sparsity_check": {"skipped": "exported with verify=False"}}
+_UNVERIFIED = {
+    "parity": {"skipped": "exported with verify=False"},
+    "fp32_ops": None,
+    "sparsity_check": {"skipped": "exported with verify=False"},
+}
 
 
 def export_graph(
@@ -171,7 +215,12 @@ def export_graph(
     external = external_data or weight_bytes > _ONNX_SINGLE_FILE_LIMIT
     export_model = to_fp16(model) if contract.precision == "fp16" else model  # fp16: norms stay fp32 (precision.py)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s (%s%s) ...", path.name, EXPORTER, f", external data: {weight_bytes / 2**30:.2f} GiB of weights" if external else "")
+    log.info(
+        "exporting %s (%s%s) ...",
+        path.name,
+        EXPORTER,
+        f", external data: {weight_bytes / 2**30:.2f} GiB of weights" if external else "",
+    )
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
     try:
         staged = _write_staged(export_model, contract, stage, path.name, external)
@@ -210,7 +259,13 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
     preset, sources = plan_sources(config)
     out = Path(config.out) if config.out is not None else Path("export") / preset.name
     results: list[ExportedGraph] = []
-    todo = [(kind, precision) for kind in KINDS if kind in config.kinds for precision in PRECISIONS if precision in config.precisions]
+    todo = [
+        (kind, precision)
+        for kind in KINDS
+        if kind in config.kinds
+        for precision in PRECISIONS
+        if precision in config.precisions
+    ]
     for kind, precision in tqdm(todo, desc=f"export {preset.name}", unit="graph", disable=len(todo) < 2):
         source, path = sources[kind], graph_path(out, kind, precision)
         inputs = _fingerprint_inputs(preset, kind, precision, source, config.external_data)
@@ -225,8 +280,17 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
             log.info(note)
         model, sparse_layers = source.load()
         manifest = export_graph(
-            model, sparse_layers, contract_for(preset, precision, config.profile), path, kind=kind, inputs=inputs,
-            manifest_extra={"source": source.identity, PRESET_SPEC: preset.to_dict(), "schedule": schedule_record(preset.schedule)},
+            model,
+            sparse_layers,
+            contract_for(preset, precision, config.profile),
+            path,
+            kind=kind,
+            inputs=inputs,
+            manifest_extra={
+                "source": source.identity,
+                PRESET_SPEC: preset.to_dict(),
+                "schedule": schedule_record(preset.schedule),
+            },
             external_data=config.external_data,
         )
         results.append(ExportedGraph(kind, precision, path, manifest))

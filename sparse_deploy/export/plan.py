@@ -125,7 +125,11 @@ def _checkpoint_identity(path: Path, manifest: dict[str, Any]) -> dict[str, Any]
 
 
 def _weights_base(preset: Preset, weights: Path) -> _Base:
-    identity = {"type": "weights", "path": str(weights.resolve()), "weights_sha256": _hash_weights_path(resolve_source(weights).weights)}
+    identity = {
+        "type": "weights",
+        "path": str(weights.resolve()),
+        "weights_sha256": _hash_weights_path(resolve_source(weights).weights),
+    }
     return _Base(identity, _Once(lambda: (models.build_model(preset, weights).eval(), [])), f"weights {weights}")
 
 
@@ -158,7 +162,11 @@ def _oneshot(base: Loader) -> Loader:
 
 def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset) -> GraphSource:
     """The dense graph of a sparse checkpoint: its dense parent checkpoint, or the weights it was tuned from."""
-    dense_path, named, dense_weights = config.dense_checkpoint, manifest.get("dense_checkpoint"), manifest.get("dense_weights")
+    dense_path, named, dense_weights = (
+        config.dense_checkpoint,
+        manifest.get("dense_checkpoint"),
+        manifest.get("dense_weights"),
+    )
     if dense_path is None and not named and dense_weights:
         # Fine-tuned from diffusers weights: the dense graph is those weights.
         weights = Path(dense_weights)
@@ -170,7 +178,9 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
         return GraphSource("dense", base.identity, base.load, [f"dense graph: {base.note}"])
     if dense_path is None and named:
         dense_path = _resolve_relative(str(named), path)
-    elif dense_path is not None and named and Path(dense_path).resolve() != _resolve_relative(str(named), path).resolve():
+    elif (
+        dense_path is not None and named and Path(dense_path).resolve() != _resolve_relative(str(named), path).resolve()
+    ):
         log.warning("--dense-checkpoint %s overrides the dense checkpoint %s named in %s", dense_path, named, path)
     if dense_path is None:
         raise SparseDeployError(
@@ -185,12 +195,16 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
             f"checkpoint is '{preset.name}'; pass the dense checkpoint of the same model"
         )
     return GraphSource(
-        "dense", _checkpoint_identity(dense_path, dense_manifest), _Once(lambda: _load_dense_checkpoint(dense_path)),
+        "dense",
+        _checkpoint_identity(dense_path, dense_manifest),
+        _Once(lambda: _load_dense_checkpoint(dense_path)),
         [f"dense graph: checkpoint {dense_path}"],
     )
 
 
-def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset) -> dict[str, GraphSource]:
+def _sparse_checkpoint_sources(
+    config: ExportConfig, path: Path, manifest: dict[str, Any], preset: Preset
+) -> dict[str, GraphSource]:
     """A checkpoint with masks: its own baked masks for the sparse graph, its dense parent for the dense one."""
     identity = _checkpoint_identity(path, manifest)
     masked, mode = list(manifest["masked_layers"]), identity["sparsity_mode"]
@@ -202,8 +216,12 @@ def _sparse_checkpoint_sources(config: ExportConfig, path: Path, manifest: dict[
     sources: dict[str, GraphSource] = {}
     if "sparse" in config.kinds:
         sources["sparse"] = GraphSource(
-            "sparse", {**identity, "masks": "checkpoint", "fine_tuned": mode != "oneshot"}, _Once(load_sparse),
-            [f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks baked into the weights"],
+            "sparse",
+            {**identity, "masks": "checkpoint", "fine_tuned": mode != "oneshot"},
+            _Once(load_sparse),
+            [
+                f"sparse graph: {len(masked)} masked layers of checkpoint {path} (mode {mode}), masks baked into the weights"
+            ],
         )
     if "dense" in config.kinds:
         sources["dense"] = _dense_parent(config, path, manifest, preset)
@@ -214,7 +232,8 @@ def _random_base(preset: Preset, seed: int) -> _Base:
     log.warning(
         "no --checkpoint or --weights: exporting preset '%s' with RANDOM weights (seed %d); the graphs are "
         "fine for latency work and MEANINGLESS for image quality",
-        preset.name, seed,
+        preset.name,
+        seed,
     )
 
     def random_model() -> tuple[Denoiser, list[str]]:
@@ -223,7 +242,11 @@ def _random_base(preset: Preset, seed: int) -> _Base:
             with _quiet(models.log):  # announced above, once
                 return models.build_model(preset, None, announce_random=True).eval(), []
 
-    return _Base({"type": "random", "seed": seed, "quality": "meaningless (random init)"}, _Once(random_model), f"RANDOM init (seed {seed})")
+    return _Base(
+        {"type": "random", "seed": seed, "quality": "meaningless (random init)"},
+        _Once(random_model),
+        f"RANDOM init (seed {seed})",
+    )
 
 
 def _base_sources(config: ExportConfig, base: _Base) -> dict[str, GraphSource]:
@@ -262,7 +285,11 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
         preset = preset_from_manifest(manifest)
         if manifest.get("masked_layers"):
             return preset, _sparse_checkpoint_sources(config, path, manifest, preset)
-        base = _Base(_checkpoint_identity(path, manifest), _Once(lambda: _load_dense_checkpoint(path)), f"checkpoint {path} (dense: no masks)")
+        base = _Base(
+            _checkpoint_identity(path, manifest),
+            _Once(lambda: _load_dense_checkpoint(path)),
+            f"checkpoint {path} (dense: no masks)",
+        )
     elif config.weights is not None:
         weights = Path(config.weights)
         if not weights.exists():

@@ -29,7 +29,16 @@ from ..errors import SparseDeployError
 from ..models import short_name
 from ..precision import FP32_OPS, fp16_attention
 
-__all__ = ["PARITY_BATCHES", "PARITY_TOLERANCE", "max_abs_err", "tolerance_bound", "check_parity", "check_sparsity", "layer_initializers", "torch_inputs"]
+__all__ = [
+    "PARITY_BATCHES",
+    "PARITY_TOLERANCE",
+    "max_abs_err",
+    "tolerance_bound",
+    "check_parity",
+    "check_sparsity",
+    "layer_initializers",
+    "torch_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,9 @@ def check_parity(
             with torch.no_grad():
                 want = reference(*torch_inputs(feeds)).float().numpy()
             if got.shape != want.shape:
-                raise SparseDeployError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape} at batch {batch}")
+                raise SparseDeployError(
+                    f"ONNX output shape {got.shape} differs from PyTorch's {want.shape} at batch {batch}"
+                )
             scale, bound = float(np.max(np.abs(want))), tolerance_bound(tol, want)
             errors = {"max_abs_err": max_abs_err(got, want)}
             if fp16_reference is not None:
@@ -124,9 +135,19 @@ def check_parity(
                 errors.update(fp16_arithmetic_err=max_abs_err(half, want), onnx_vs_fp16_err=max_abs_err(got, half))
             ok = all(e <= bound for e in errors.values())
             results["batches"][str(batch)] = {**errors, "max_abs_ref": scale, "bound": bound, "passed": ok}
-            log.info("parity %s batch %d: %s (bound %.3g)", contract.precision, batch, ", ".join(f"{k} {v:.3g}" for k, v in errors.items()), bound)
+            log.info(
+                "parity %s batch %d: %s (bound %.3g)",
+                contract.precision,
+                batch,
+                ", ".join(f"{k} {v:.3g}" for k, v in errors.items()),
+                bound,
+            )
             if not ok:
-                failures.append(f"batch {batch}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in errors.items() if not v <= bound) + f" > {bound:.3g}")
+                failures.append(
+                    f"batch {batch}: "
+                    + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in errors.items() if not v <= bound)
+                    + f" > {bound:.3g}"
+                )
     finally:
         if fp16_reference is not None:
             fp16_reference.cpu()
@@ -190,7 +211,9 @@ def _consumer_nodes(onnx_model, initializer: str) -> list[str]:
     return sorted(found)
 
 
-def check_sparsity(onnx_model, model: nn.Module, precision: str, sparse_layers: Sequence[str], kind: str) -> dict[str, Any]:
+def check_sparsity(
+    onnx_model, model: nn.Module, precision: str, sparse_layers: Sequence[str], kind: str
+) -> dict[str, Any]:
     """Ask Polygraphy which weight initializers are 2:4-sparse and check them against the masks.
 
     A sparse graph fails (:class:`SparseDeployError`, naming the layers) unless every masked
@@ -231,16 +254,23 @@ def check_sparsity(onnx_model, model: nn.Module, precision: str, sparse_layers: 
         if missing or not_sparse:
             parts = []
             if not_sparse:
-                parts.append(f"{len(not_sparse)} masked layer(s) not reported 2:4-sparse by Polygraphy: {not_sparse[:6]}")
+                parts.append(
+                    f"{len(not_sparse)} masked layer(s) not reported 2:4-sparse by Polygraphy: {not_sparse[:6]}"
+                )
             if missing:
-                parts.append(f"{len(missing)} masked layer(s) whose weight is not an initializer of the graph: {missing[:6]}")
-            raise SparseDeployError(f"sparse export failed its sparsity check ({'; '.join(parts)}); the graph was not kept")
+                parts.append(
+                    f"{len(missing)} masked layer(s) whose weight is not an initializer of the graph: {missing[:6]}"
+                )
+            raise SparseDeployError(
+                f"sparse export failed its sparsity check ({'; '.join(parts)}); the graph was not kept"
+            )
         log.info("sparsity check: all %d masked layers are 2:4-sparse in the graph", len(sparse_layers))
     else:
         result["passed"] = True
         if sparse_tensors:
             log.warning(
                 "the dense graph holds %d weight tensor(s) that are already 2:4-sparse (%s); TensorRT would treat them as sparse",
-                len(sparse_tensors), reported_layers[:4] or sorted(sparse_tensors)[:4],
+                len(sparse_tensors),
+                reported_layers[:4] or sorted(sparse_tensors)[:4],
             )
     return result

@@ -35,5 +35,16 @@ from .machine import GPU_WHEELS, no_gpu_reason
 from .parts import PARTS, gemm_shapes
 from .report import write_report
 
-__all__ = ["PARTS", "GPU_WHEELS", "DEFAULT_BUDGET_S", "PART_CAPS", "REPORT_RESERVE_S", "no_gpu_reason", "gemm_shapes", "run_part",
-           "write_report", "build_parser", "main"]
+__all__ = [
+    "PARTS",
+    "GPU_WHEELS",
+    "DEFAULT_BUDGET_S",
+    "PART_CAPS",
+    "REPORT_RESERVE_S",
+    "no_gpu_reason",
+    "gemm_shapes",
+    "run_part",
+    "write_report",
+    "build_parser",
+    "main",
+]

@@ -38,8 +38,12 @@ def gpu_facts() -> dict[str, Any]:
     facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
     try:
         props = torch.cuda.get_device_properties(0)
-        facts.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
-                     multiprocessors=props.multi_processor_count)
+        facts.update(
+            gpu=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+        )
         facts["cusparselt"] = torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None
     except Exception as exc:  # noqa: BLE001 - facts are best effort; the parts say what failed
         facts["error"] = str(exc)
@@ -56,15 +60,36 @@ def download_wheels(dest: Path) -> list[Path]:
     from ..errors import SparseDeployError
 
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *GPU_WHEELS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "manylinux2014_x86_64",
+        "-d",
+        str(dest),
+        *GPU_WHEELS,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SparseDeployError(f"pip download failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        raise SparseDeployError(
+            f"pip download failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})"
+        )
     wheels = sorted(dest.glob("*.whl"))
     total = sum(w.stat().st_size for w in wheels)
     if total > WHEEL_LIMIT_BYTES:
-        raise SparseDeployError(f"{dest} holds {total / 2**20:.1f} MiB of wheels, over the {WHEEL_LIMIT_BYTES // 2**20} MiB that travel; remove old ones")
+        raise SparseDeployError(
+            f"{dest} holds {total / 2**20:.1f} MiB of wheels, over the {WHEEL_LIMIT_BYTES // 2**20} MiB that travel; remove old ones"
+        )
     return wheels
 
 
@@ -73,8 +98,25 @@ def install_wheels(wheels: Path, site: Path) -> dict[str, Any]:
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
         return {"wheels": [], "note": f"no wheels in {wheels}: using what this Python has"}
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
-           "--target", str(site), *map(str, found)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(site),
+        *map(str, found),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    return {"wheels": [w.name for w in found], "site": str(site), "returncode": proc.returncode,
-            "error": proc.stderr.strip()[-2000:] if proc.returncode else None}
+    return {
+        "wheels": [w.name for w in found],
+        "site": str(site),
+        "returncode": proc.returncode,
+        "error": proc.stderr.strip()[-2000:] if proc.returncode else None,
+    }

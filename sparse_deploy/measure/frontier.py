@@ -33,14 +33,23 @@ __all__ = ["frontier", "write_frontier", "AXES"]
 _SHARED = ("model", "dense_checkpoint", "num_samples", "reference", "ref_num", "sample_steps", "scheduler")
 # axis -> (the setting held fixed, the point's x value, file stem, title, x label)
 AXES = {
-    "macs": ("steps", "macs_share", "frontier", "FID against effective MACs", "effective MACs (share of the dense model)"),
+    "macs": (
+        "steps",
+        "macs_share",
+        "frontier",
+        "FID against effective MACs",
+        "effective MACs (share of the dense model)",
+    ),
     "steps": ("macs_budget", "steps", "budgets", "FID against fine-tuning steps", "fine-tuning steps per method"),
 }
 
 
 def _protocol(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     s = record["settings"]
-    return {k: (record.get("dense_checkpoint", {}).get("weights_sha256") if k == "dense_checkpoint" else s.get(k)) for k in keys}
+    return {
+        k: (record.get("dense_checkpoint", {}).get("weights_sha256") if k == "dense_checkpoint" else s.get(k))
+        for k in keys
+    }
 
 
 def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[str] | None = None) -> dict[str, Any]:
@@ -61,14 +70,18 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
             proto = _protocol(record, keys)
             summary, dense_macs = record["summary"], record["macs"]["dense_macs"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SparseDeployError(f"'{path}' is not a methods.json of this version ({exc.__class__.__name__}: {exc}); "
-                                    "re-run python -m sparse_deploy.bench methods") from exc
+            raise SparseDeployError(
+                f"'{path}' is not a methods.json of this version ({exc.__class__.__name__}: {exc}); "
+                "re-run python -m sparse_deploy.bench methods"
+            ) from exc
         if protocol is None:
             protocol = proto
         elif proto != protocol:
             diff = sorted(k for k in keys if proto[k] != protocol[k])
-            raise SparseDeployError(f"'{path}' was measured under another protocol ({', '.join(diff)} differ); "
-                                    "join only comparisons run with the same settings")
+            raise SparseDeployError(
+                f"'{path}' was measured under another protocol ({', '.join(diff)} differ); "
+                "join only comparisons run with the same settings"
+            )
         for method, s in summary.items():
             if not s["fid"].get("n") or (methods is not None and method not in methods):
                 continue
@@ -77,14 +90,24 @@ def frontier(files: Sequence[str | Path], axis: str = "macs", methods: Sequence[
             untrained = not trains(method)  # trains nothing: one point at 0 steps, not one per fine-tuning budget
             if axis == "steps" and untrained and any(p["method"] == method for p in points):
                 continue
-            points.append({
-                "method": method, "label": s["label"], "macs_budget": record["settings"].get("macs_budget"),
-                "steps": 0 if untrained else record["settings"].get("steps"), "macs": s["macs"], "macs_share": s["macs"] / dense_macs,
-                "fid": s["fid"], "kid": s.get("kid"), "source": str(path),
-            })
+            points.append(
+                {
+                    "method": method,
+                    "label": s["label"],
+                    "macs_budget": record["settings"].get("macs_budget"),
+                    "steps": 0 if untrained else record["settings"].get("steps"),
+                    "macs": s["macs"],
+                    "macs_share": s["macs"] / dense_macs,
+                    "fid": s["fid"],
+                    "kid": s.get("kid"),
+                    "source": str(path),
+                }
+            )
     if not points:
         which = f" of {', '.join(methods)}" if methods else ""
-        raise SparseDeployError(f"none of the files holds a scored run{which}; check --methods against their method lists")
+        raise SparseDeployError(
+            f"none of the files holds a scored run{which}; check --methods against their method lists"
+        )
     x = AXES[axis][1]
     points.sort(key=lambda p: (p["method"], p[x]))
     result = {"axis": axis, "protocol": protocol, "points": points}
@@ -119,7 +142,11 @@ def _budget_headline(points: list[dict[str, Any]], model: str, files: Sequence[s
         pt["samples"] = pt["steps"] * batch
         pt["samples_share"] = pt["samples"] / pretrain if pretrain else None
     start = next((pt for pt in points if pt["method"] == "start"), None)
-    headline: dict[str, Any] = {"pretraining_samples": pretrain, "start_fid": start["fid"] if start else None, "within_5pct": {}}
+    headline: dict[str, Any] = {
+        "pretraining_samples": pretrain,
+        "start_fid": start["fid"] if start else None,
+        "within_5pct": {},
+    }
     if start is None:
         return headline
     bound = 1.05 * start["fid"]["mean"]
@@ -130,9 +157,12 @@ def _budget_headline(points: list[dict[str, Any]], model: str, files: Sequence[s
         mine = sorted((pt for pt in points if pt["method"] == method), key=lambda pt: pt["steps"])
         first = next((pt for pt in mine if pt["fid"]["mean"] <= bound), None)
         headline["within_5pct"][method] = {
-            "label": mine[0]["label"], "first_steps": first["steps"] if first else None,
-            "first_samples_share": first["samples_share"] if first else None, "fid": first["fid"] if first else None,
-            "largest_budget": mine[-1]["steps"], "fid_at_largest": mine[-1]["fid"],
+            "label": mine[0]["label"],
+            "first_steps": first["steps"] if first else None,
+            "first_samples_share": first["samples_share"] if first else None,
+            "fid": first["fid"] if first else None,
+            "largest_budget": mine[-1]["steps"],
+            "fid_at_largest": mine[-1]["fid"],
         }
     return headline
 
@@ -140,40 +170,65 @@ def _budget_headline(points: list[dict[str, Any]], model: str, files: Sequence[s
 def _markdown(result: dict[str, Any]) -> str:
     p, axis = result["protocol"], result["axis"]
     _, _, stem, title, _ = AXES[axis]
-    held = (f"{p['steps']} fine-tuning steps per method" if axis == "macs" else
-            "every eligible layer 2:4" if p["macs_budget"] is None else f"MACs budget {p['macs_budget']:g}")
+    held = (
+        f"{p['steps']} fine-tuning steps per method"
+        if axis == "macs"
+        else "every eligible layer 2:4"
+        if p["macs_budget"] is None
+        else f"MACs budget {p['macs_budget']:g}"
+    )
     lines = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         f"Model {p['model']}, {held}, {p['num_samples']} samples per run against "
-        f"{p['reference']} (n={p['ref_num'] or 'all'}); mean ± std over seeds.", "",
+        f"{p['reference']} (n={p['ref_num'] or 'all'}); mean ± std over seeds.",
+        "",
     ]
     if axis == "macs":
-        lines += ["| method | MACs budget | effective MACs (share of dense) | FID | seeds |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "| method | MACs budget | effective MACs (share of dense) | FID | seeds |",
+            "| --- | --- | --- | --- | --- |",
+        ]
     else:
         lines += ["| method | fine-tuning steps | FID | KID | seeds |", "| --- | --- | --- | --- | --- |"]
     for pt in result["points"]:
         f, k = pt["fid"], pt.get("kid") or {}
         if axis == "macs":
             budget = "all eligible layers" if pt["macs_budget"] is None else f"{pt['macs_budget']:g}"
-            lines.append(f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |")
+            lines.append(
+                f"| {pt['label']} | {budget} | {pt['macs_share']:.3f} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {f['n']} |"
+            )
         else:
             kid = f"{k['mean']:.4f} ± {k.get('std', 0):.4f}" if k.get("n") else "-"
             steps = "0 (trains nothing; not plotted)" if pt["steps"] == 0 else pt["steps"]
             lines.append(f"| {pt['label']} | {steps} | {f['mean']:.2f} ± {f.get('std', 0):.2f} | {kid} | {f['n']} |")
     if axis == "steps" and result.get("start_fid"):
         start, bound = result["start_fid"], result["bound_5pct"]
-        lines += ["", f"The starting model scores {start['mean']:.2f} ± {start.get('std', 0):.2f} ({start['n']} seeds); within 5% "
-                  f"means a mean FID of at most {bound:.2f}. First budget within 5% of the starting model:", "",
-                  "| method | first budget within 5% | FID there | largest budget measured | FID there |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"The starting model scores {start['mean']:.2f} ± {start.get('std', 0):.2f} ({start['n']} seeds); within 5% "
+            f"means a mean FID of at most {bound:.2f}. First budget within 5% of the starting model:",
+            "",
+            "| method | first budget within 5% | FID there | largest budget measured | FID there |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for h in result["within_5pct"].values():
-            share = f" ({h['first_samples_share']:.1%} of pretraining samples)" if h["first_samples_share"] is not None else ""
+            share = (
+                f" ({h['first_samples_share']:.1%} of pretraining samples)"
+                if h["first_samples_share"] is not None
+                else ""
+            )
             first = "not reached" if h["first_steps"] is None else f"{h['first_steps']} steps{share}"
             there = "-" if h["fid"] is None else f"{h['fid']['mean']:.2f}"
-            lines.append(f"| {h['label']} | {first} | {there} | {h['largest_budget']} steps | {h['fid_at_largest']['mean']:.2f} |")
+            lines.append(
+                f"| {h['label']} | {first} | {there} | {h['largest_budget']} steps | {h['fid_at_largest']['mean']:.2f} |"
+            )
     return "\n".join(lines + ["", f"![{title}]({stem}.png)"]) + "\n"
 
 
-def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "macs", methods: Sequence[str] | None = None) -> dict[str, Path]:
+def write_frontier(
+    files: Sequence[str | Path], out: str | Path, axis: str = "macs", methods: Sequence[str] | None = None
+) -> dict[str, Path]:
     """``frontier.{json,md,png}`` (axis "macs") or ``budgets.{json,md,png}`` (axis "steps") in ``out``."""
     from ..provenance import timestamp, write_json_atomic, write_text_atomic
     from .plots import pyplot, save_figure
@@ -192,19 +247,33 @@ def write_frontier(files: Sequence[str | Path], out: str | Path, axis: str = "ma
     if axis == "steps" and result.get("start_fid"):
         start = result["start_fid"]
         lo, hi = start["mean"] - start.get("std", 0.0), start["mean"] + start.get("std", 0.0)
-        ax.axhspan(lo, hi, color="0.6", alpha=0.35, label=f"starting model {start['mean']:.2f} ± {start.get('std', 0):.2f}")
+        ax.axhspan(
+            lo, hi, color="0.6", alpha=0.35, label=f"starting model {start['mean']:.2f} ± {start.get('std', 0):.2f}"
+        )
         ax.axhline(result["bound_5pct"], color="0.3", linestyle="--", linewidth=1, label="5% above the starting model")
         x = "samples_share" if result.get("pretraining_samples") else x
-        xlabel = "fine-tuning samples (share of the dense model's pretraining samples)" if x == "samples_share" else xlabel
+        xlabel = (
+            "fine-tuning samples (share of the dense model's pretraining samples)" if x == "samples_share" else xlabel
+        )
     for i, method in enumerate(dict.fromkeys(pt["method"] for pt in plotted)):
         mine = [pt for pt in plotted if pt["method"] == method]
-        ax.errorbar([pt[x] for pt in mine], [pt["fid"]["mean"] for pt in mine],
-                    yerr=[pt["fid"].get("std", 0.0) for pt in mine], marker="osD^vP*X"[i % 8], capsize=3, label=mine[0]["label"])
+        ax.errorbar(
+            [pt[x] for pt in mine],
+            [pt["fid"]["mean"] for pt in mine],
+            yerr=[pt["fid"].get("std", 0.0) for pt in mine],
+            marker="osD^vP*X"[i % 8],
+            capsize=3,
+            label=mine[0]["label"],
+        )
     if axis == "steps":
         ax.set_xscale("log")
         ax.minorticks_off()  # only the budgets measured are labelled
         ticks = sorted({(pt[x], pt["steps"]) for pt in plotted})
-        ax.set_xticks([t for t, _ in ticks], [f"{t:.1%}\n{n} steps" if x == "samples_share" else str(n) for t, n in ticks], fontsize=7)
+        ax.set_xticks(
+            [t for t, _ in ticks],
+            [f"{t:.1%}\n{n} steps" if x == "samples_share" else str(n) for t, n in ticks],
+            fontsize=7,
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (mean ± std over seeds)")
     ax.set_title(f"{result['protocol']['model']}: {title}", fontsize=10)

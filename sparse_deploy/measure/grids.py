@@ -16,8 +16,15 @@ __all__ = ["sample_grids"]
 
 
 def sample_grids(
-    engines: Sequence[str | Path], out: str | Path, *, per_class: int = 8, steps: int = 25, seed: int = 0,
-    max_rows: int = 10, device: str = "auto", command: str | None = None,
+    engines: Sequence[str | Path],
+    out: str | Path,
+    *,
+    per_class: int = 8,
+    steps: int = 25,
+    seed: int = 0,
+    max_rows: int = 10,
+    device: str = "auto",
+    command: str | None = None,
 ) -> dict[str, Any]:
     """One grid per engine, from the same seed and labels; ``grids.json`` lists them.
 
@@ -42,15 +49,35 @@ def sample_grids(
             labels = [c for c in range(rows) for _ in range(per_class)] if preset.num_classes else None
             batch = min(rows * per_class, runner.contract.profile.max)
             parts, how = [], "pixels"
-            for _, x, _ in sample_request(runner, preset, num=rows * per_class, batch=batch, seed=seed, labels=labels,
-                                          steps=steps, scheduler="ddim"):
+            for _, x, _ in sample_request(
+                runner,
+                preset,
+                num=rows * per_class,
+                batch=batch,
+                seed=seed,
+                labels=labels,
+                steps=steps,
+                scheduler="ddim",
+            ):
                 images, how = decode(x, preset)
                 parts.append(images)
                 del x
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
             path = save_grid(np.concatenate(parts), out / f"grid-{name.replace(':', '-')}.png", nrow=per_class)
-            grids[name] = {"path": path.name, "engine": str(runner.path), "kind": runner.kind, "precision": runner.contract.precision,
-                           "rows": rows, "rendering": how}
-    settings = {"engines": [str(e) for e in engines], "per_class": per_class, "max_rows": max_rows, "steps": steps, "seed": seed,
-                "scheduler": "ddim"}
+            grids[name] = {
+                "path": path.name,
+                "engine": str(runner.path),
+                "kind": runner.kind,
+                "precision": runner.contract.precision,
+                "rows": rows,
+                "rendering": how,
+            }
+    settings = {
+        "engines": [str(e) for e in engines],
+        "per_class": per_class,
+        "max_rows": max_rows,
+        "steps": steps,
+        "seed": seed,
+        "scheduler": "ddim",
+    }
     return record("grids", command, settings, {"grids": grids}, started)

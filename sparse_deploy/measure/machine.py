@@ -67,7 +67,8 @@ def machine_info() -> dict[str, Any]:
         "gpu": cuda_device(),
         "tensorrt": tensorrt_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "description": f"{usable}-core CPU ({_cpu_model()})" + (f", GPU {cuda_device()['name']}" if cuda_device() else ", no GPU"),
+        "description": f"{usable}-core CPU ({_cpu_model()})"
+        + (f", GPU {cuda_device()['name']}" if cuda_device() else ", no GPU"),
     }
 
 
@@ -92,7 +93,9 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", "-m", "sparse_deploy.bench", *args])
 
 
-def record(kind: str, command: str | None, settings: dict[str, Any], results: dict[str, Any], started: float) -> dict[str, Any]:
+def record(
+    kind: str, command: str | None, settings: dict[str, Any], results: dict[str, Any], started: float
+) -> dict[str, Any]:
     """One result: ``kind``, ``command``, date, seconds since ``started`` (``perf_counter``), machine, versions, settings, results."""
     from ..provenance import timestamp
 

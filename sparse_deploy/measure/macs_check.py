@@ -32,8 +32,10 @@ def _layer_calls(model, inputs) -> dict[str, int]:
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
+
             def hook(_m, _i, _o, name=name):
                 calls[name] = calls.get(name, 0) + 1
+
             hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -74,8 +76,15 @@ def macs_crosscheck(model, onnx_path: str | Path) -> dict[str, Any]:
         repeats += macs - macs // n
         init = inits.get(name)
         graph_macs = counted.by_weight.get(init) if init is not None and init not in shared else None
-        layers.append({"layer": name, "model_macs": macs, "calls": n, "onnx_macs": graph_macs,
-                       "agrees": None if graph_macs is None else graph_macs == macs // n})
+        layers.append(
+            {
+                "layer": name,
+                "model_macs": macs,
+                "calls": n,
+                "onnx_macs": graph_macs,
+                "agrees": None if graph_macs is None else graph_macs == macs // n,
+            }
+        )
     single = model_total - repeats
     return {
         "onnx_graph": str(onnx_path),
@@ -102,7 +111,9 @@ def _load_model(model_name: str | None, checkpoint: str | Path | None):
     if checkpoint is not None:
         manifest = read_manifest(checkpoint)
         if model_name is not None and manifest["preset"] != model_name:
-            raise SparseDeployError(f"checkpoint '{checkpoint}' holds preset '{manifest['preset']}', not '{model_name}'")
+            raise SparseDeployError(
+                f"checkpoint '{checkpoint}' holds preset '{manifest['preset']}', not '{model_name}'"
+            )
         model, manifest = load_checkpoint(checkpoint)
         sparse_layers = list(manifest.get("masked_layers") or [])
         masked = list(sparse_layers)  # baked below: the graph's weights of these layers are 2:4
@@ -131,7 +142,9 @@ def _graph_check(model, masked: Sequence[str], sparse_layers: Sequence[str]) -> 
 
     with tempfile.TemporaryDirectory(prefix="bench-macs-") as tmp:
         graph = Path(tmp) / "model-fp32.onnx"
-        export_graph(model, masked, contract_for(model.preset, "fp32"), graph, kind="sparse" if masked else "dense", verify=False)
+        export_graph(
+            model, masked, contract_for(model.preset, "fp32"), graph, kind="sparse" if masked else "dense", verify=False
+        )
         check = macs_crosscheck(model, graph)
     check["onnx_graph"] = "fresh fp32 export of this model (temporary)"
     sparse_onnx = sum(l["onnx_macs"] or 0 for l in check["layers"] if l["layer"] in set(sparse_layers))
@@ -184,5 +197,9 @@ def mac_report(
         "onnx_graphs": graphs,
         "coverage": {k: v for k, v in cov.items() if k != "layer_macs"},
     }
-    settings = {"model": preset.name, "checkpoint": str(checkpoint) if checkpoint else None, "onnx": [str(p) for p in onnx_graphs]}
+    settings = {
+        "model": preset.name,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "onnx": [str(p) for p in onnx_graphs],
+    }
     return record("macs", command, settings, results, started)

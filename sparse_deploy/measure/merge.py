@@ -27,21 +27,41 @@ from .recipes import METHODS
 __all__ = ["merge_methods", "PROTOCOL"]
 
 # Settings that must be equal for two comparisons' runs to share one table (the frontier's axes included).
-PROTOCOL = ("model", "steps", "num_samples", "sample_steps", "scheduler", "reference", "ref_num", "lr", "warmup_steps",
-            "batch_size", "kd_weight", "kid_subsets", "data", "macs_budget")
+PROTOCOL = (
+    "model",
+    "steps",
+    "num_samples",
+    "sample_steps",
+    "scheduler",
+    "reference",
+    "ref_num",
+    "lr",
+    "warmup_steps",
+    "batch_size",
+    "kd_weight",
+    "kid_subsets",
+    "data",
+    "macs_budget",
+)
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except OSError as exc:
-        raise SparseDeployError(f"cannot read '{path}' ({exc.strerror}); pass methods.json files written by "
-                                "python -m sparse_deploy.bench methods") from exc
+        raise SparseDeployError(
+            f"cannot read '{path}' ({exc.strerror}); pass methods.json files written by "
+            "python -m sparse_deploy.bench methods"
+        ) from exc
     except ValueError as exc:
-        raise SparseDeployError(f"'{path}' is not JSON ({exc}); pass methods.json files written by python -m sparse_deploy.bench methods") from exc
+        raise SparseDeployError(
+            f"'{path}' is not JSON ({exc}); pass methods.json files written by python -m sparse_deploy.bench methods"
+        ) from exc
     if not isinstance(record, dict) or record.get("kind") != "methods" or "runs" not in record:
-        raise SparseDeployError(f"'{path}' is not a method comparison (kind {record.get('kind') if isinstance(record, dict) else None!r}); "
-                                "pass methods.json files written by python -m sparse_deploy.bench methods")
+        raise SparseDeployError(
+            f"'{path}' is not a method comparison (kind {record.get('kind') if isinstance(record, dict) else None!r}); "
+            "pass methods.json files written by python -m sparse_deploy.bench methods"
+        )
     return record
 
 
@@ -72,8 +92,10 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
         other = _identity(rec)
         diff = sorted(k for k in identity if other[k] != identity[k])
         if diff:
-            raise SparseDeployError(f"'{path}' was measured under another protocol than '{first_path}' ({', '.join(diff)} differ); "
-                                    "merge only comparisons run with the same settings (re-run the missing methods with them)")
+            raise SparseDeployError(
+                f"'{path}' was measured under another protocol than '{first_path}' ({', '.join(diff)} differ); "
+                "merge only comparisons run with the same settings (re-run the missing methods with them)"
+            )
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     reruns = []
     for path, rec in records:
@@ -81,9 +103,18 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
             where = (run["method"], int(run["seed"]))
             if where in runs:
                 kept = runs[where]
-                reruns.append({"method": where[0], "seed": where[1], "fid_kept": kept["fid"], "fid_rerun": run["fid"],
-                               "difference": run["fid"] - kept["fid"], "rerun_from": str(path), "label": run.get("label"),
-                               "grid": run.get("grid")})
+                reruns.append(
+                    {
+                        "method": where[0],
+                        "seed": where[1],
+                        "fid_kept": kept["fid"],
+                        "fid_rerun": run["fid"],
+                        "difference": run["fid"] - kept["fid"],
+                        "rerun_from": str(path),
+                        "label": run.get("label"),
+                        "grid": run.get("grid"),
+                    }
+                )
                 continue
             runs[where] = {**run, "merged_from": str(path)}
     order = [m for m in METHODS if any(m == method for method, _ in runs)]
@@ -91,10 +122,20 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
     ordered_runs = [runs[(m, s)] for s in seeds for m in order if (m, s) in runs]
     settings = {**first["settings"], "methods": order, "seeds": seeds, "work": None}
     labels = list(dict.fromkeys(rec.get("label") for _, rec in records if rec.get("label")))
-    sources = [{"file": str(path), "command": rec.get("command"), "created": rec.get("created"), "seconds": rec.get("seconds"),
-                "machine": (rec.get("machine") or {}).get("description"), "torch_threads": (rec.get("machine") or {}).get("torch_threads"),
-                "methods": rec["settings"].get("methods"), "seeds": rec["settings"].get("seeds"), "versions": rec.get("versions")}
-               for path, rec in records]
+    sources = [
+        {
+            "file": str(path),
+            "command": rec.get("command"),
+            "created": rec.get("created"),
+            "seconds": rec.get("seconds"),
+            "machine": (rec.get("machine") or {}).get("description"),
+            "torch_threads": (rec.get("machine") or {}).get("torch_threads"),
+            "methods": rec["settings"].get("methods"),
+            "seeds": rec["settings"].get("seeds"),
+            "versions": rec.get("versions"),
+        }
+        for path, rec in records
+    ]
     results = {
         "model": first["model"],
         "label": " + ".join(labels) if labels else None,
@@ -102,7 +143,8 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
         "dense_checkpoint": first["dense_checkpoint"],
         "reference": first["reference"],
         "preprocessing": first["preprocessing"],
-        "fid_note": first["fid_note"] + " Merged: each run's vs_dense is against the dense samples of its own comparison.",
+        "fid_note": first["fid_note"]
+        + " Merged: each run's vs_dense is against the dense samples of its own comparison.",
         "macs": first["macs"],
         "merged_from": sources,
         "reruns": reruns,
@@ -110,7 +152,9 @@ def merge_methods(files: Sequence[str | Path], command: str | None = None) -> di
         "summary": summarise(ordered_runs, order, first["macs"]),
     }
     merged = make_record("methods", command, settings, results, started)
-    merged["machine"] = first.get("machine", merged["machine"])  # where the runs were measured, not where they were joined
+    merged["machine"] = first.get(
+        "machine", merged["machine"]
+    )  # where the runs were measured, not where they were joined
     merged["versions"] = first.get("versions", merged["versions"])
     merged["seconds"] = sum(rec.get("seconds") or 0.0 for _, rec in records)
     return merged
@@ -121,20 +165,30 @@ def merged_lines(methods: dict[str, Any]) -> list[str]:
     sources = methods.get("merged_from")
     if not sources:
         return []
-    lines = [f"Joined by `bench merge` from {len(sources)} comparisons of the same protocol (each method x seed from the first "
-             "file holding it):"]
+    lines = [
+        f"Joined by `bench merge` from {len(sources)} comparisons of the same protocol (each method x seed from the first "
+        "file holding it):"
+    ]
     for s in sources:
-        lines.append(f"- `{s['file']}` ({s.get('created')}, {s.get('machine')}, {s.get('torch_threads')} torch threads): "
-                     f"{', '.join(s.get('methods') or [])}, seeds {', '.join(map(str, s.get('seeds') or []))}; command `{s.get('command')}`.")
+        lines.append(
+            f"- `{s['file']}` ({s.get('created')}, {s.get('machine')}, {s.get('torch_threads')} torch threads): "
+            f"{', '.join(s.get('methods') or [])}, seeds {', '.join(map(str, s.get('seeds') or []))}; command `{s.get('command')}`."
+        )
     machines = list(dict.fromkeys(s.get("machine") for s in sources))
     if len(machines) > 1:
-        lines += ["", f"The sources ran on different machines ({'; '.join(map(str, machines))}): their fine-tuning seconds per step "
-                      "are not comparable across sources; FID and KID are (the same protocol, checked)."]
+        lines += [
+            "",
+            f"The sources ran on different machines ({'; '.join(map(str, machines))}): their fine-tuning seconds per step "
+            "are not comparable across sources; FID and KID are (the same protocol, checked).",
+        ]
     reruns = methods.get("reruns") or []
     if reruns:
         worst = max(reruns, key=lambda r: abs(r["difference"]))
         which = sorted({r["method"] for r in reruns})
-        lines += ["", f"Re-run check: {len(reruns)} method x seed runs ({', '.join(which)}) were drawn again by a later comparison; "
-                      f"their FIDs differ from the kept runs by at most {abs(worst['difference']):.4f} "
-                      f"({worst['method']} seed {worst['seed']}: {worst['fid_kept']:.4f} kept, {worst['fid_rerun']:.4f} re-run)."]
+        lines += [
+            "",
+            f"Re-run check: {len(reruns)} method x seed runs ({', '.join(which)}) were drawn again by a later comparison; "
+            f"their FIDs differ from the kept runs by at most {abs(worst['difference']):.4f} "
+            f"({worst['method']} seed {worst['seed']}: {worst['fid_kept']:.4f} kept, {worst['fid_rerun']:.4f} re-run).",
+        ]
     return lines

@@ -25,7 +25,17 @@ from .machine import record
 from .recipes import FIRST_METHODS, METHOD_LABELS, METHOD_RECIPES, METHODS, method_train_config, recipe_key, trains
 from .timing import spread, time_call
 
-__all__ = ["budget_text", "draw_methods", "draw_run", "methods_unsupported", "MethodsConfig", "fid_sampling_seed", "draw_samples", "run_methods", "method_macs"]
+__all__ = [
+    "budget_text",
+    "draw_methods",
+    "draw_run",
+    "methods_unsupported",
+    "MethodsConfig",
+    "fid_sampling_seed",
+    "draw_samples",
+    "run_methods",
+    "method_macs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +43,15 @@ log = logging.getLogger(__name__)
 def methods_unsupported(preset, reference: str | None, data: str | None) -> str | None:
     """Why the method comparison cannot run for ``preset`` with these sources (None: it can)."""
     if preset.latent:
-        return (f"the method comparison scores images with Inception, and '{preset.name}' samples VAE latents (decoding "
-                "them is not part of the comparison): run it on a pixel-space preset, e.g. fmnist-dit")
+        return (
+            f"the method comparison scores images with Inception, and '{preset.name}' samples VAE latents (decoding "
+            "them is not part of the comparison): run it on a pixel-space preset, e.g. fmnist-dit"
+        )
     if preset.dataset != "fashion-mnist" and (reference is None or data is None):
-        return (f"preset '{preset.name}' has no built-in dataset: pass --data (its training images) and --reference "
-                "(real images to score against: a folder, an .npz, or fashion-mnist:test)")
+        return (
+            f"preset '{preset.name}' has no built-in dataset: pass --data (its training images) and --reference "
+            "(real images to score against: a folder, an .npz, or fashion-mnist:test)"
+        )
     return None
 
 
@@ -100,7 +114,9 @@ class MethodsConfig:
         if bad:
             raise SparseDeployError(f"unknown method(s) {bad}; choose from: {', '.join(METHODS)}")
         if self.steps < 0 or self.num_samples < 2 or self.sample_steps < 1 or self.sample_batch < 1 or not self.seeds:
-            raise SparseDeployError("--steps >= 0, --num-samples >= 2, --sample-steps >= 1 and at least one seed are needed")
+            raise SparseDeployError(
+                "--steps >= 0, --num-samples >= 2, --sample-steps >= 1 and at least one seed are needed"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise SparseDeployError(f"--seeds lists a seed twice: {list(self.seeds)}")
         problem = methods_unsupported(preset, self.reference, self.data)
@@ -119,17 +135,38 @@ class MethodsConfig:
         """The fine-tuning settings a trained method runs with once defaults are filled in (None: it trains nothing)."""
         if not trains(method) or self.steps == 0:
             return None
-        tconfig = method_train_config(method, self.model, "unused", steps=self.steps, init=self.dense_checkpoint,
-                                      kd_weight=self.kd_weight, macs_budget=self.macs_budget, **self.train_overrides())
-        return {k: getattr(tconfig, k) for k in ("lr", "warmup_steps", "lr_schedule", "ema_decay", "ema_warmup", "batch_size")}
+        tconfig = method_train_config(
+            method,
+            self.model,
+            "unused",
+            steps=self.steps,
+            init=self.dense_checkpoint,
+            kd_weight=self.kd_weight,
+            macs_budget=self.macs_budget,
+            **self.train_overrides(),
+        )
+        return {
+            k: getattr(tconfig, k)
+            for k in ("lr", "warmup_steps", "lr_schedule", "ema_decay", "ema_warmup", "batch_size")
+        }
 
     def run_key(self, method: str, seed: int, dense_sha: str | None) -> dict[str, Any]:
         """What a stored per-run result must match to be reused."""
         return {
-            "model": self.model, "method": method, "seed": seed, "dense_weights_sha256": dense_sha, "steps": self.steps,
-            "num_samples": self.num_samples, "sample_steps": self.sample_steps, "scheduler": self.scheduler,
-            "reference": self.reference, "ref_num": self.ref_num, "lr": self.lr, "warmup_steps": self.warmup_steps,
-            "batch_size": self.batch_size, "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
+            "model": self.model,
+            "method": method,
+            "seed": seed,
+            "dense_weights_sha256": dense_sha,
+            "steps": self.steps,
+            "num_samples": self.num_samples,
+            "sample_steps": self.sample_steps,
+            "scheduler": self.scheduler,
+            "reference": self.reference,
+            "ref_num": self.ref_num,
+            "lr": self.lr,
+            "warmup_steps": self.warmup_steps,
+            "batch_size": self.batch_size,
+            "kd_weight": self.kd_weight if METHOD_RECIPES[method][1] else 0.0,
             **({"recipe": recipe_key(method)} if method not in FIRST_METHODS else {}),
             **({"macs_budget": self.macs_budget} if self.macs_budget is not None and method != "dense" else {}),
             **({"dense_lr": "fine-tuning"} if method == "dense" else {}),
@@ -138,8 +175,16 @@ class MethodsConfig:
 
     def train_overrides(self) -> dict[str, Any]:
         """The fine-tuning settings given (not None), as ``TrainConfig`` fields."""
-        return {k: v for k, v in (("lr", self.lr), ("warmup_steps", self.warmup_steps), ("batch_size", self.batch_size),
-                                  ("data", self.data)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("lr", self.lr),
+                ("warmup_steps", self.warmup_steps),
+                ("batch_size", self.batch_size),
+                ("data", self.data),
+            )
+            if v is not None
+        }
 
 
 def fid_sampling_seed(seed: int) -> int:
@@ -150,7 +195,9 @@ def fid_sampling_seed(seed: int) -> int:
     return seed * 1_000_003
 
 
-def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_samples(
+    runner, preset, num: int, seed: int, steps: int, scheduler: str, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``num`` uint8 images ``[N, H, W, C]`` and their labels (cycled over the classes; -1 when unconditional), from fixed seeds."""
     import torch
 
@@ -159,8 +206,16 @@ def draw_samples(runner, preset, num: int, seed: int, steps: int, scheduler: str
     images, labels = [], []
     classes = tuple(range(preset.num_classes)) if preset.num_classes else None
     batch = min(batch, runner.contract.profile.max)
-    for _, x, y in sample_request(runner, preset, num=num, batch=batch, seed=fid_sampling_seed(seed), labels=classes,
-                                  steps=steps, scheduler=scheduler):
+    for _, x, y in sample_request(
+        runner,
+        preset,
+        num=num,
+        batch=batch,
+        seed=fid_sampling_seed(seed),
+        labels=classes,
+        steps=steps,
+        scheduler=scheduler,
+    ):
         images.append(to_uint8(x))
         labels.append(y.numpy() if y is not None else np.full(len(x), -1))
         del x
@@ -173,12 +228,17 @@ def _dense_manifest(config: MethodsConfig, preset) -> dict[str, Any]:
 
     manifest = read_manifest(config.dense_checkpoint)
     if manifest.get("masked_layers"):
-        raise SparseDeployError(f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the methods start from")
+        raise SparseDeployError(
+            f"--dense-checkpoint '{config.dense_checkpoint}' is sparse; pass the dense model the methods start from"
+        )
     if manifest.get("preset") != preset.name:
         raise SparseDeployError(f"--dense-checkpoint holds preset '{manifest.get('preset')}', not '{preset.name}'")
     if not manifest.get("complete", True):
-        log.warning("dense checkpoint %s is not complete (step %s): the comparison starts from a partly trained model",
-                    config.dense_checkpoint, manifest.get("step"))
+        log.warning(
+            "dense checkpoint %s is not complete (step %s): the comparison starts from a partly trained model",
+            config.dense_checkpoint,
+            manifest.get("step"),
+        )
     return manifest
 
 
@@ -213,7 +273,9 @@ def _stored_draw(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return {**drawn, "images": images}
 
 
-def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]) -> dict[str, Any]:
+def _train_and_sample(
+    config: MethodsConfig, preset, method: str, seed: int, folder: Path, key: dict[str, Any]
+) -> dict[str, Any]:
     """Fine-tune one method for one seed, draw its samples and save them (``samples.npz``, ``grid.png``, ``drawn.json``)."""
     import torch
 
@@ -229,20 +291,40 @@ def _train_and_sample(config: MethodsConfig, preset, method: str, seed: int, fol
     if method == "start":  # the starting model itself, sampled as every method is
         ckpt, train_seconds = Path(config.dense_checkpoint), 0.0
     else:
-        tconfig = method_train_config(method, preset.name, folder, steps=config.steps, init=config.dense_checkpoint, seed=seed,
-                                      kd_weight=config.kd_weight, device=config.device, macs_budget=config.macs_budget,
-                                      **config.train_overrides())
+        tconfig = method_train_config(
+            method,
+            preset.name,
+            folder,
+            steps=config.steps,
+            init=config.dense_checkpoint,
+            seed=seed,
+            kd_weight=config.kd_weight,
+            device=config.device,
+            macs_budget=config.macs_budget,
+            **config.train_overrides(),
+        )
         ckpt, train_seconds = time_call(lambda: train(tconfig))
     with load_runner(ckpt, device=config.device) as runner:
-        (images, labels), sample_seconds = time_call(lambda: draw_samples(
-            runner, preset, config.num_samples, seed, config.sample_steps, config.scheduler, config.sample_batch))
+        (images, labels), sample_seconds = time_call(
+            lambda: draw_samples(
+                runner, preset, config.num_samples, seed, config.sample_steps, config.scheduler, config.sample_batch
+            )
+        )
     with atomic_path(folder / "samples.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, images=images, labels=labels)
     save_grid(images[: 8 * max(preset.num_classes, 1)], folder / "grid.png", nrow=max(preset.num_classes, 8))
     manifest = read_manifest(ckpt)
-    drawn = {"key": key, "checkpoint": str(ckpt), "manifest": {k: manifest.get(k) for k in ("masked_layers", "coverage")},
-             "resumed": resumed, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
-             "device": str(torch_device(config.device)), "torch_threads": torch.get_num_threads(), "created": timestamp()}
+    drawn = {
+        "key": key,
+        "checkpoint": str(ckpt),
+        "manifest": {k: manifest.get(k) for k in ("masked_layers", "coverage")},
+        "resumed": resumed,
+        "train_seconds": train_seconds,
+        "sample_seconds": sample_seconds,
+        "device": str(torch_device(config.device)),
+        "torch_threads": torch.get_num_threads(),
+        "created": timestamp(),
+    }
     write_json_atomic(folder / DRAWN, drawn)
     return {**drawn, "images": images}
 
@@ -263,7 +345,9 @@ def _vs_dense(config: MethodsConfig, dense_folder: Path, images: np.ndarray, fea
         dense_images = dense_samples["images"]
     paired = min(len(dense_images), len(images))
     diff = images[:paired].astype(np.float64) / 255.0 - dense_images[:paired].astype(np.float64) / 255.0
-    kd_mean, kd_std = fid.kid_from_features(feats, dense_feats, config.kid_subsets, min(1000, len(feats), len(dense_feats)))
+    kd_mean, kd_std = fid.kid_from_features(
+        feats, dense_feats, config.kid_subsets, min(1000, len(feats), len(dense_feats))
+    )
     return {
         "fid": fid.fid_from_features(feats, dense_feats),
         "kid": {"mean": kd_mean, "std": kd_std},
@@ -273,7 +357,9 @@ def _vs_dense(config: MethodsConfig, dense_folder: Path, images: np.ndarray, fea
     }
 
 
-def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: dict[str, Any], featurize, reference) -> dict[str, Any]:
+def _score(
+    config: MethodsConfig, method: str, seed: int, folder: Path, drawn: dict[str, Any], featurize, reference
+) -> dict[str, Any]:
     """FID and KID of one run's samples against the reference set (and against the dense samples of its seed)."""
     from .. import fid
 
@@ -312,7 +398,9 @@ def _score(config: MethodsConfig, method: str, seed: int, folder: Path, drawn: d
     return run
 
 
-def run_one(config: MethodsConfig, preset, method: str, seed: int, dense_sha: str | None, featurize, reference) -> dict[str, Any]:
+def run_one(
+    config: MethodsConfig, preset, method: str, seed: int, dense_sha: str | None, featurize, reference
+) -> dict[str, Any]:
     """One method x seed: its stored result when the settings match, else train, sample, score and store it."""
     import torch
 
@@ -351,9 +439,11 @@ def method_macs(preset) -> dict[str, Any]:
 def budget_text(settings: dict[str, Any]) -> str:
     """The comparison's budget in words, from its settings (:class:`MethodsConfig` as a dict)."""
     macs = settings.get("macs_budget")
-    return (f"{settings['steps']} fine-tuning steps per method (one-shot: none), {settings['num_samples']} samples per run, "
-            f"{len(settings['seeds'])} seed(s), {settings['scheduler'].upper()} {settings['sample_steps']} steps"
-            + (f", sparse methods at {macs:g} of the dense MACs (--macs-budget)" if macs is not None else ""))
+    return (
+        f"{settings['steps']} fine-tuning steps per method (one-shot: none), {settings['num_samples']} samples per run, "
+        f"{len(settings['seeds'])} seed(s), {settings['scheduler'].upper()} {settings['sample_steps']} steps"
+        + (f", sparse methods at {macs:g} of the dense MACs (--macs-budget)" if macs is not None else "")
+    )
 
 
 def summarise(runs: list[dict[str, Any]], order: list[str], macs: dict[str, Any]) -> dict[str, Any]:
@@ -429,17 +519,28 @@ def run_methods(
     order = [m for m in METHODS if m in config.methods]
     if "dense" not in order:
         log.warning("'dense' is not among --methods: no sparse-vs-dense FID (it needs the dense samples of each seed)")
-    runs = [run_one(config, preset, method, seed, dense_sha, featurize, reference) for seed in config.seeds for method in order]
+    runs = [
+        run_one(config, preset, method, seed, dense_sha, featurize, reference)
+        for seed in config.seeds
+        for method in order
+    ]
     macs = method_macs(preset)
     settings = {**asdict(config), "seeds": list(config.seeds), "methods": list(order)}
     results = {
         "model": preset.name,
         "label": config.label,
         "budget": budget_text(settings),
-        "dense_checkpoint": {"path": str(config.dense_checkpoint), "weights_sha256": dense_sha, "step": dense_manifest.get("step"),
-                             "complete": dense_manifest.get("complete")},
-        "reference": {"source": config.reference, "num": int(len(np.asarray(reference.features))),
-                      "identity": getattr(reference, "identity", None)},
+        "dense_checkpoint": {
+            "path": str(config.dense_checkpoint),
+            "weights_sha256": dense_sha,
+            "step": dense_manifest.get("step"),
+            "complete": dense_manifest.get("complete"),
+        },
+        "reference": {
+            "source": config.reference,
+            "num": int(len(np.asarray(reference.features))),
+            "identity": getattr(reference, "identity", None),
+        },
         "preprocessing": fid.PREPROCESSING if features is None else "custom feature function (test)",
         "fid_note": "FID against the reference set; vs_dense = FID between a method's samples and the dense method's samples "
         "of the same seed (same noise and labels). FID is biased upward at small N: compare only at equal N.",

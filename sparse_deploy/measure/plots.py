@@ -14,7 +14,15 @@ import numpy as np
 
 from .report import ordered
 
-__all__ = ["pyplot", "save_figure", "plot_latency", "plot_train_cost", "plot_fid_methods", "plot_fid_vs_macs", "plot_samples"]
+__all__ = [
+    "pyplot",
+    "save_figure",
+    "plot_latency",
+    "plot_train_cost",
+    "plot_fid_methods",
+    "plot_fid_vs_macs",
+    "plot_samples",
+]
 
 
 def pyplot():
@@ -44,7 +52,9 @@ def plot_latency(record: dict[str, Any], path: Path) -> Path:
     batches = [b for b in record["batches"] if "skipped" not in b]
     has_e2e = any("end_to_end" in b for b in batches)
     fig, axes = plt.subplots(1, 2 if has_e2e else 1, figsize=(11 if has_e2e else 6, 4), squeeze=False)
-    panels = [("per_call", "per denoiser call (ms)", 1e3)] + ([("end_to_end", "end-to-end sampling run (s)", 1.0)] if has_e2e else [])
+    panels = [("per_call", "per denoiser call (ms)", 1e3)] + (
+        [("end_to_end", "end-to-end sampling run (s)", 1.0)] if has_e2e else []
+    )
     for ax, (key, title, scale) in zip(axes[0], panels):
         for name, marker in ((ref, "o"), (cand, "s")):
             xs = [b["batch"] for b in batches if key in b]
@@ -60,8 +70,11 @@ def plot_latency(record: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     engines = record["engines"]
-    fig.suptitle(f"{record['model']}: {', '.join(sorted({e['backend'] for e in engines.values()}))} "
-                 f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - {record['machine'].get('description', '')}", fontsize=9)
+    fig.suptitle(
+        f"{record['model']}: {', '.join(sorted({e['backend'] for e in engines.values()}))} "
+        f"{', '.join(sorted({e['precision'] for e in engines.values()}))} - {record['machine'].get('description', '')}",
+        fontsize=9,
+    )
     return save_figure(plt, fig, path)
 
 
@@ -85,8 +98,14 @@ def plot_fid_methods(record: dict[str, Any], path: Path) -> Path:
     names = [n for n, _ in ordered(summary, record["settings"].get("methods"))]
     fig, ax = plt.subplots(figsize=(7.5, 4))
     x = range(len(names))
-    ax.bar(x, [summary[m]["fid"].get("mean", float("nan")) for m in names], yerr=[summary[m]["fid"].get("std", 0) for m in names],
-           capsize=4, alpha=0.75, label="mean ± std over seeds")
+    ax.bar(
+        x,
+        [summary[m]["fid"].get("mean", float("nan")) for m in names],
+        yerr=[summary[m]["fid"].get("std", 0) for m in names],
+        capsize=4,
+        alpha=0.75,
+        label="mean ± std over seeds",
+    )
     for i, m in enumerate(names):
         vals = summary[m]["fid"].get("values", [])
         ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
@@ -107,8 +126,15 @@ def plot_fid_vs_macs(record: dict[str, Any], path: Path) -> Path:
     for i, (m, v) in enumerate(ordered(record["summary"], record["settings"].get("methods"))):
         if not v["fid"].get("n"):
             continue
-        ax.errorbar([v["macs"] / 1e6], [v["fid"]["mean"]], yerr=[v["fid"]["std"]], marker=markers[i % len(markers)], capsize=4,
-                    label=m, alpha=0.8)
+        ax.errorbar(
+            [v["macs"] / 1e6],
+            [v["fid"]["mean"]],
+            yerr=[v["fid"]["std"]],
+            marker=markers[i % len(markers)],
+            capsize=4,
+            label=m,
+            alpha=0.8,
+        )
     ax.set_xlabel("effective MACs per sample (M)")
     ax.set_ylabel("FID (mean ± std over seeds)")
     ax.set_title(f"{record['model']}: FID against effective MACs", fontsize=10)

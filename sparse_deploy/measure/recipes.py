@@ -15,8 +15,19 @@ from typing import Any, NamedTuple
 from ..errors import SparseDeployError
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 
-__all__ = ["Recipe", "METHOD_RECIPES", "METHODS", "METHOD_LABELS", "FIRST_METHODS", "TRAIN_COST_METHODS", "DEFAULT_PRUNED_DECAY",
-           "UNTRAINED", "trains", "recipe_key", "method_train_config"]
+__all__ = [
+    "Recipe",
+    "METHOD_RECIPES",
+    "METHODS",
+    "METHOD_LABELS",
+    "FIRST_METHODS",
+    "TRAIN_COST_METHODS",
+    "DEFAULT_PRUNED_DECAY",
+    "UNTRAINED",
+    "trains",
+    "recipe_key",
+    "method_train_config",
+]
 
 DEFAULT_PRUNED_DECAY = 5.0
 
@@ -120,8 +131,16 @@ TRAIN_COST_METHODS = tuple(m for m in METHODS if trains(m))
 
 
 def method_train_config(
-    method: str, preset: str, out: str | Path, *, steps: int, init: str | Path | None, seed: int = 0,
-    kd_weight: float = DEFAULT_KD_WEIGHT, macs_budget: float | None = None, **overrides: Any,
+    method: str,
+    preset: str,
+    out: str | Path,
+    *,
+    steps: int,
+    init: str | Path | None,
+    seed: int = 0,
+    kd_weight: float = DEFAULT_KD_WEIGHT,
+    macs_budget: float | None = None,
+    **overrides: Any,
 ):
     """The :class:`~sparse_deploy.train.TrainConfig` of one method of :data:`METHODS`."""
     from ..sparsify import SparsityConfig
@@ -131,10 +150,25 @@ def method_train_config(
         raise SparseDeployError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
     r = METHOD_RECIPES[method]
     config = TrainConfig(
-        preset=preset, out=str(out), steps=steps, init=None if init is None else str(init), seed=seed,
-        sparsity=SparsityConfig(mode=r.mode, pruned_decay=r.pruned_decay, macs_budget=macs_budget, mask_init=r.mask_init,
-                                modelopt_default_rules=r.modelopt_default_rules, decay_ramp=r.decay_ramp) if r.mode else None,
-        kd_weight=(1.0 if r.data_weight == 0 else kd_weight) if r.kd else 0.0, data_weight=r.data_weight,
-        kd_features=r.kd_features, preview=0, **overrides,
+        preset=preset,
+        out=str(out),
+        steps=steps,
+        init=None if init is None else str(init),
+        seed=seed,
+        sparsity=SparsityConfig(
+            mode=r.mode,
+            pruned_decay=r.pruned_decay,
+            macs_budget=macs_budget,
+            mask_init=r.mask_init,
+            modelopt_default_rules=r.modelopt_default_rules,
+            decay_ramp=r.decay_ramp,
+        )
+        if r.mode
+        else None,
+        kd_weight=(1.0 if r.data_weight == 0 else kd_weight) if r.kd else 0.0,
+        data_weight=r.data_weight,
+        kd_features=r.kd_features,
+        preview=0,
+        **overrides,
     ).validate()  # dense from init: the fine-tuning settings (TrainConfig.validate), the fair reference
     return config

@@ -19,7 +19,16 @@ import numpy as np
 from ..errors import SparseDeployError
 from .merge import merged_lines
 
-__all__ = ["RESULT_FILES", "load_results", "write_report", "markdown", "ordered", "methods_spread_lines", "methods_time_line", "paired_gap"]
+__all__ = [
+    "RESULT_FILES",
+    "load_results",
+    "write_report",
+    "markdown",
+    "ordered",
+    "methods_spread_lines",
+    "methods_time_line",
+    "paired_gap",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,9 @@ def load_results(folder: str | Path) -> dict[str, Any]:
         if (folder / name).is_file():
             results[key] = {**_read(folder / name, key.replace("_", "-")), "file": name}
     if not results["latency"] and len(results) == 1:
-        raise SparseDeployError(f"'{folder}' holds no benchmark results (latency-*.json, {', '.join(RESULT_FILES.values())})")
+        raise SparseDeployError(
+            f"'{folder}' holds no benchmark results (latency-*.json, {', '.join(RESULT_FILES.values())})"
+        )
     return results
 
 
@@ -49,7 +60,9 @@ def _read(path: Path, kind: str) -> dict[str, Any]:
         raise SparseDeployError(f"'{path}' is not valid JSON ({exc}); re-run the benchmark that wrote it") from exc
     if not isinstance(data, dict) or data.get("kind") != kind:
         found = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise SparseDeployError(f"'{path}' is not a {kind} result (kind {found!r}); re-run the benchmark that wrote it or remove the file")
+        raise SparseDeployError(
+            f"'{path}' is not a {kind} result (kind {found!r}); re-run the benchmark that wrote it or remove the file"
+        )
     return data
 
 
@@ -67,7 +80,11 @@ def _m(macs: float) -> str:
 def _pm(spread: dict[str, Any], digits: int = 2) -> str:
     if not spread or not spread.get("n"):
         return "-"
-    return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}" if spread["n"] > 1 else f"{spread['mean']:.{digits}f}"
+    return (
+        f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+        if spread["n"] > 1
+        else f"{spread['mean']:.{digits}f}"
+    )
 
 
 def _machine_line(record: dict[str, Any]) -> str:
@@ -92,19 +109,47 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _latency_section(record: dict[str, Any], plots: dict[str, str]) -> list[str]:
     ref, cand = record["reference"], record["candidate"]
     engines = record["engines"]
-    out = [f"## Latency ({', '.join(sorted({e['backend'] for e in engines.values()}))}, "
-           f"{', '.join(sorted({e['precision'] for e in engines.values()}))})", ""]
+    out = [
+        f"## Latency ({', '.join(sorted({e['backend'] for e in engines.values()}))}, "
+        f"{', '.join(sorted({e['precision'] for e in engines.values()}))})",
+        "",
+    ]
     out += [f"Measured {_machine_line(record)}. Command: `{record.get('command')}`.", ""]
     s = record["settings"]
-    out += [f"{s['repeats']} timed denoiser calls and {s['e2e_repeats']} timed sampling runs ({s['steps']} {s['scheduler'].upper()} steps) "
-            f"per engine and batch, interleaved {ref} / {cand}, after {s['warmup']} / {s['e2e_warmup']} warm-up rounds; "
-            f"clock: {record['clock'][ref]}. Ratio = {record['ratio_definition']}. Spread: IQR and p10-p90.", ""]
-    out += _table(["batch", f"{ref} ms/call (spread)", f"{cand} ms/call (spread)", "ratio (paired p10-p90)",
-                   f"{ref} s/sampling run", f"{cand} s/sampling run", "end-to-end ratio"], [_latency_row(b, ref, cand) for b in record["batches"]])
+    out += [
+        f"{s['repeats']} timed denoiser calls and {s['e2e_repeats']} timed sampling runs ({s['steps']} {s['scheduler'].upper()} steps) "
+        f"per engine and batch, interleaved {ref} / {cand}, after {s['warmup']} / {s['e2e_warmup']} warm-up rounds; "
+        f"clock: {record['clock'][ref]}. Ratio = {record['ratio_definition']}. Spread: IQR and p10-p90.",
+        "",
+    ]
+    out += _table(
+        [
+            "batch",
+            f"{ref} ms/call (spread)",
+            f"{cand} ms/call (spread)",
+            "ratio (paired p10-p90)",
+            f"{ref} s/sampling run",
+            f"{cand} s/sampling run",
+            "end-to-end ratio",
+        ],
+        [_latency_row(b, ref, cand) for b in record["batches"]],
+    )
     out += [""]
-    out += _table(["engine", "file", "backend", "precision", "size", "2:4 layers", "memory"],
-                  [[name, f"`{e['path']}`", e["backend"], e["precision"], f"{e['size_bytes'] / 2**20:.2f} MiB",
-                    str(e["sparse_layers"]), _memory_text(e.get("memory", {}))] for name, e in engines.items()])
+    out += _table(
+        ["engine", "file", "backend", "precision", "size", "2:4 layers", "memory"],
+        [
+            [
+                name,
+                f"`{e['path']}`",
+                e["backend"],
+                e["precision"],
+                f"{e['size_bytes'] / 2**20:.2f} MiB",
+                str(e["sparse_layers"]),
+                _memory_text(e.get("memory", {})),
+            ]
+            for name, e in engines.items()
+        ],
+    )
     if plots.get(record["file"]):
         out += ["", f"![latency]({plots[record['file']]})"]
     return out + [""]
@@ -138,15 +183,33 @@ def _memory_text(mem: dict[str, Any]) -> str:
 
 def _cost_section(cost: dict[str, Any], plots: dict[str, str]) -> list[str]:
     s = cost["settings"]
-    out = ["## Fine-tuning cost", "", f"Measured {_machine_line(cost)}. Command: `{cost.get('command')}`.", "",
-           f"{s['steps']} timed steps per method after {s['warmup']} warm-up steps, interleaved method by method; batch "
-           f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}, data {s.get('data') or 'the preset dataset'}"
-           f"{' (random tensors of the model input shape: a step costs the same)' if str(s.get('data')).startswith('synthetic') else ''}. "
-           f"{cost['note']}.", ""]
+    out = [
+        "## Fine-tuning cost",
+        "",
+        f"Measured {_machine_line(cost)}. Command: `{cost.get('command')}`.",
+        "",
+        f"{s['steps']} timed steps per method after {s['warmup']} warm-up steps, interleaved method by method; batch "
+        f"{s['batch_size']}, device {s['device']}, clock {cost['clock']}, data {s.get('data') or 'the preset dataset'}"
+        f"{' (random tensors of the model input shape: a step costs the same)' if str(s.get('data')).startswith('synthetic') else ''}. "
+        f"{cost['note']}.",
+        "",
+    ]
     ref_key = next((k for k in next(iter(cost["methods"].values())) if k.startswith("relative_to_")), None)
-    rows = [[m, f"{v['median']:.3f}", f"{v['iqr']:.3f}", f"{v['p10']:.3f}-{v['p90']:.3f}", f"{v['images_per_second']:.1f}",
-             f"{v[ref_key]:.2f}x" if ref_key else "-"] for m, v in ordered(cost["methods"], s.get("methods"))]
-    out += _table(["method", "median s/step", "IQR", "p10-p90", "images/s", ref_key.replace("_", " ") if ref_key else "relative"], rows)
+    rows = [
+        [
+            m,
+            f"{v['median']:.3f}",
+            f"{v['iqr']:.3f}",
+            f"{v['p10']:.3f}-{v['p90']:.3f}",
+            f"{v['images_per_second']:.1f}",
+            f"{v[ref_key]:.2f}x" if ref_key else "-",
+        ]
+        for m, v in ordered(cost["methods"], s.get("methods"))
+    ]
+    out += _table(
+        ["method", "median s/step", "IQR", "p10-p90", "images/s", ref_key.replace("_", " ") if ref_key else "relative"],
+        rows,
+    )
     if plots.get("train_cost"):
         out += ["", f"![train cost]({plots['train_cost']})"]
     return out + [""]
@@ -154,41 +217,93 @@ def _cost_section(cost: dict[str, Any], plots: dict[str, str]) -> list[str]:
 
 def _macs_section(macs: dict[str, Any]) -> list[str]:
     check = macs["onnx_check"]
-    out = ["## MACs (per sample, batch 1)", "", f"Computed {_machine_line(macs)}. Command: `{macs.get('command')}`. Source: {macs['source']}.", ""]
-    out += _table(["figure", "value"], [
-        ["dense MACs (PyTorch FLOP counter / 2)", _m(macs["dense_macs"])],
-        ["MACs in 2:4 layers", f"{_m(macs['sparse_layer_macs'])} ({macs['sparse_share']:.1%} of dense)"],
-        ["effective sparse MACs", f"{_m(macs['effective_sparse_macs'])} ({macs['effective_over_dense']:.1%} of dense)"],
-        ["ONNX graph MACs (MatMul/Gemm/Conv, shape inference at batch 1)", _m(check["onnx_total"])],
-        ["model MACs counting repeated layer calls once", _m(check["model_single_call"])],
-        ["ONNX vs model", f"{check['relative_difference']:+.3%} ({check['relative_difference_single_call']:+.3%} vs single-call count)"],
-        ["effective sparse MACs from the ONNX count", _m(macs["onnx_effective_sparse_macs"])],
-        ["2:4 layers / layers checked per layer", f"{len(macs['sparse_layers'])} / {len(check['layers']) - len(check['unmatched_layers'])}"],
-        ["layers whose ONNX MACs disagree", str(len(check["disagreeing_layers"]))],
-    ])
+    out = [
+        "## MACs (per sample, batch 1)",
+        "",
+        f"Computed {_machine_line(macs)}. Command: `{macs.get('command')}`. Source: {macs['source']}.",
+        "",
+    ]
+    out += _table(
+        ["figure", "value"],
+        [
+            ["dense MACs (PyTorch FLOP counter / 2)", _m(macs["dense_macs"])],
+            ["MACs in 2:4 layers", f"{_m(macs['sparse_layer_macs'])} ({macs['sparse_share']:.1%} of dense)"],
+            [
+                "effective sparse MACs",
+                f"{_m(macs['effective_sparse_macs'])} ({macs['effective_over_dense']:.1%} of dense)",
+            ],
+            ["ONNX graph MACs (MatMul/Gemm/Conv, shape inference at batch 1)", _m(check["onnx_total"])],
+            ["model MACs counting repeated layer calls once", _m(check["model_single_call"])],
+            [
+                "ONNX vs model",
+                f"{check['relative_difference']:+.3%} ({check['relative_difference_single_call']:+.3%} vs single-call count)",
+            ],
+            ["effective sparse MACs from the ONNX count", _m(macs["onnx_effective_sparse_macs"])],
+            [
+                "2:4 layers / layers checked per layer",
+                f"{len(macs['sparse_layers'])} / {len(check['layers']) - len(check['unmatched_layers'])}",
+            ],
+            ["layers whose ONNX MACs disagree", str(len(check["disagreeing_layers"]))],
+        ],
+    )
     if check["repeated_layers"]:
-        out += ["", f"Layers the PyTorch model calls more than once per forward pass while the exported graph computes them once: "
-                f"{', '.join(f'`{l}`' for l in check['repeated_layers'])}."]
+        out += [
+            "",
+            f"Layers the PyTorch model calls more than once per forward pass while the exported graph computes them once: "
+            f"{', '.join(f'`{l}`' for l in check['repeated_layers'])}.",
+        ]
     return out + [""]
 
 
 def _methods_section(methods: dict[str, Any], plots: dict[str, str]) -> list[str]:
     s = methods["settings"]
     label = f" - {methods['label']}" if methods.get("label") else ""
-    out = [f"## Method comparison{label}", "", f"Measured {_machine_line(methods)}. Command: `{methods.get('command')}`.", "",
-           f"Budget: {methods['budget']}. Dense checkpoint: `{methods['dense_checkpoint']['path']}` (step "
-           f"{methods['dense_checkpoint']['step']}). Reference: {methods['reference']['source']} "
-           f"(n={methods['reference']['num']}). {methods['fid_note']}", "", f"Preprocessing: {methods['preprocessing']}", ""]
+    out = [
+        f"## Method comparison{label}",
+        "",
+        f"Measured {_machine_line(methods)}. Command: `{methods.get('command')}`.",
+        "",
+        f"Budget: {methods['budget']}. Dense checkpoint: `{methods['dense_checkpoint']['path']}` (step "
+        f"{methods['dense_checkpoint']['step']}). Reference: {methods['reference']['source']} "
+        f"(n={methods['reference']['num']}). {methods['fid_note']}",
+        "",
+        f"Preprocessing: {methods['preprocessing']}",
+        "",
+    ]
     rows = []
     for m, v in ordered(methods["summary"], s.get("methods")):
         step = v.get("train_seconds_per_step") or {}
-        rows.append([v["label"], _pm(v["fid"]), _pm(v["kid"], 4), _pm(v["fid_vs_dense"]), _pm(v["paired_pixel_rmse_vs_dense"], 3),
-                     _m(v["macs"]), f"{step['mean']:.3f}" if step.get("n") else "-", str(v["fid"].get("n", 0))])
-    out += _table(["method", "FID ± std", "KID ± std", "FID vs dense samples", "paired pixel RMSE vs dense", "MACs/sample",
-                   "fine-tune s/step", "seeds"], rows)
-    out += ["", f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
-            f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
-            "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features)."]
+        rows.append(
+            [
+                v["label"],
+                _pm(v["fid"]),
+                _pm(v["kid"], 4),
+                _pm(v["fid_vs_dense"]),
+                _pm(v["paired_pixel_rmse_vs_dense"], 3),
+                _m(v["macs"]),
+                f"{step['mean']:.3f}" if step.get("n") else "-",
+                str(v["fid"].get("n", 0)),
+            ]
+        )
+    out += _table(
+        [
+            "method",
+            "FID ± std",
+            "KID ± std",
+            "FID vs dense samples",
+            "paired pixel RMSE vs dense",
+            "MACs/sample",
+            "fine-tune s/step",
+            "seeds",
+        ],
+        rows,
+    )
+    out += [
+        "",
+        f"Settings: lr {s.get('lr') or 'preset'}, warm-up {s.get('warmup_steps')}, batch {s.get('batch_size') or 'preset'}, "
+        f"KD weight {s.get('kd_weight')}, sampling {s.get('scheduler')} {s.get('sample_steps')} steps. "
+        "± is the standard deviation over seeds (each seed: its own fine-tuning noise, samples and Inception features).",
+    ]
     merged = merged_lines(methods)
     out += ["", *methods_spread_lines(methods), "", methods_time_line(methods), *(["", *merged] if merged else [])]
     for key, title in (("fid_methods", "FID per method"), ("fid_vs_macs", "FID against effective MACs")):
@@ -199,7 +314,14 @@ def _methods_section(methods: dict[str, Any], plots: dict[str, str]) -> list[str
 
 def _first(results: dict[str, Any], field_name: str) -> Any:
     """``field_name`` of the first result that has it (latency results first)."""
-    return next((r.get(field_name) for r in [*results["latency"], *(results.get(k) for k in RESULT_FILES)] if r and r.get(field_name)), None)
+    return next(
+        (
+            r.get(field_name)
+            for r in [*results["latency"], *(results.get(k) for k in RESULT_FILES)]
+            if r and r.get(field_name)
+        ),
+        None,
+    )
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str], folder: str | Path | None = None) -> str:
@@ -207,8 +329,11 @@ def markdown(results: dict[str, Any], plots: dict[str, str], folder: str | Path 
     out: list[str] = ["# Benchmark report", ""]
     model = _first(results, "model")
     if model:
-        out += [f"Model: `{model}`. Generated by `python -m sparse_deploy.bench report` from the JSON files in "
-                f"{f'`{Path(folder).as_posix()}/`' if folder is not None else 'this folder'}.", ""]
+        out += [
+            f"Model: `{model}`. Generated by `python -m sparse_deploy.bench report` from the JSON files in "
+            f"{f'`{Path(folder).as_posix()}/`' if folder is not None else 'this folder'}.",
+            "",
+        ]
     for record in results["latency"]:
         out += _latency_section(record, plots)
     if results.get("train_cost"):
@@ -235,10 +360,18 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
     if not stds:
         return ["One seed per method: no run-to-run spread was measured, so no gap between methods can be called real."]
     seeds = min(v["fid"]["n"] for v in summary.values() if v["fid"].get("n", 0) > 1)
-    caveat = (f" With {seeds} seeds a standard deviation is itself rough (its own uncertainty is large), so gaps near "
-              "2 standard errors are suggestive, not settled; more --seeds settle them.") if seeds < 5 else ""
-    lines = [f"Run-to-run spread: the FID standard deviation over seeds is {min(stds.values()):.2f}-{max(stds.values()):.2f} "
-             f"(median {float(np.median(list(stds.values()))):.2f}).{caveat}"]
+    caveat = (
+        (
+            f" With {seeds} seeds a standard deviation is itself rough (its own uncertainty is large), so gaps near "
+            "2 standard errors are suggestive, not settled; more --seeds settle them."
+        )
+        if seeds < 5
+        else ""
+    )
+    lines = [
+        f"Run-to-run spread: the FID standard deviation over seeds is {min(stds.values()):.2f}-{max(stds.values()):.2f} "
+        f"(median {float(np.median(list(stds.values()))):.2f}).{caveat}"
+    ]
     sparse = {m: v for m, v in summary.items() if m != "dense" and v["fid"].get("n")}
     if not sparse:
         return lines
@@ -250,14 +383,25 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
         v, against = summary[m], summary[other]
         gap = v["fid"]["mean"] - against["fid"]["mean"]
         # Standard error of a difference of two means over n seeds each.
-        se = float(np.hypot(v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]), against["fid"].get("std", 0.0) / np.sqrt(against["fid"]["n"])))
-        verdict = "larger than 2 standard errors" if se > 0 and abs(gap) > 2 * se else "within 2 standard errors: not resolved by this run"
+        se = float(
+            np.hypot(
+                v["fid"].get("std", 0.0) / np.sqrt(v["fid"]["n"]),
+                against["fid"].get("std", 0.0) / np.sqrt(against["fid"]["n"]),
+            )
+        )
+        verdict = (
+            "larger than 2 standard errors"
+            if se > 0 and abs(gap) > 2 * se
+            else "within 2 standard errors: not resolved by this run"
+        )
         line = f"- {v['label']}: FID {gap:+.2f} against {what}, standard error of the gap {se:.2f}, {verdict}"
         paired = paired_gap(runs, m, other)
         if paired is not None:
             p_verdict = "larger than 2" if paired["se"] > 0 and abs(paired["gap"]) > 2 * paired["se"] else "within 2"
-            line += (f"; paired by seed (same noise and labels, {paired['n']} seeds): {paired['gap']:+.2f}, "
-                     f"standard error {paired['se']:.2f}, {p_verdict} standard errors")
+            line += (
+                f"; paired by seed (same noise and labels, {paired['n']} seeds): {paired['gap']:+.2f}, "
+                f"standard error {paired['se']:.2f}, {p_verdict} standard errors"
+            )
         return line + "."
 
     dense = summary.get("dense")
@@ -291,19 +435,28 @@ def methods_time_line(methods: dict[str, Any]) -> str:
     runs = methods.get("runs", [])
     total = {k: sum(r.get(k) or 0.0 for r in runs) for k in ("train_seconds", "sample_seconds", "feature_seconds")}
     resumed = sum(1 for r in runs if r.get("train_resumed"))
-    note = f" ({resumed} runs resumed from a checkpoint: their training time is the resumed part only)" if resumed else ""
+    note = (
+        f" ({resumed} runs resumed from a checkpoint: their training time is the resumed part only)" if resumed else ""
+    )
     elsewhere = sorted({r["train_device"] for r in runs if r.get("train_device") and r["train_device"] != "cpu"})
     if elsewhere:  # drawn with --no-score on another device, scored here
-        note += f"; fine-tuning and sampling ran on {', '.join(elsewhere)} for some runs (their times are that device's)"
+        note += (
+            f"; fine-tuning and sampling ran on {', '.join(elsewhere)} for some runs (their times are that device's)"
+        )
     threads = sorted({r["train_torch_threads"] for r in runs if r.get("train_torch_threads")})
     if len(threads) > 1:  # e.g. runs added later beside another job: their seconds per step are not comparable
         note += f"; the runs were drawn with {' or '.join(map(str, threads))} torch threads (their seconds per step differ for that reason too)"
     where = "on the machines that ran them (see below)" if methods.get("merged_from") else "on this machine"
-    return (f"Time {where}, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
-            f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
-            + (f"the joined comparisons' invocations ran {methods.get('seconds', 0) / 60:.1f} min in all." if methods.get("merged_from") else
-               f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
-               "the reference statistics are cached)."))
+    return (
+        f"Time {where}, summed over the {len(runs)} runs: fine-tuning {total['train_seconds'] / 60:.1f} min, "
+        f"sampling {total['sample_seconds'] / 60:.1f} min, Inception features {total['feature_seconds'] / 60:.1f} min{note}; "
+        + (
+            f"the joined comparisons' invocations ran {methods.get('seconds', 0) / 60:.1f} min in all."
+            if methods.get("merged_from")
+            else f"the last invocation ran {methods.get('seconds', 0) / 60:.1f} min (runs finished earlier are reused, "
+            "the reference statistics are cached)."
+        )
+    )
 
 
 def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, Path]], str] | None:
@@ -312,9 +465,11 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
         pairs = [(f"{name} engine ({g['precision']})", folder / g["path"]) for name, g in grids["grids"].items()]
         s = grids["settings"]
         rendering = {g.get("rendering", "pixels") for g in grids["grids"].values()}
-        caption = (f"The deployed engines from the same seed ({s['seed']}) and labels (one row per class), "
-                   f"{s['scheduler'].upper()} {s['steps']} steps."
-                   + "".join(f" Shown: {r}." for r in sorted(rendering) if r != "pixels"))
+        caption = (
+            f"The deployed engines from the same seed ({s['seed']}) and labels (one row per class), "
+            f"{s['scheduler'].upper()} {s['steps']} steps."
+            + "".join(f" Shown: {r}." for r in sorted(rendering) if r != "pixels")
+        )
         if all(p.is_file() for _, p in pairs):
             return pairs, caption
     methods = results.get("methods")
@@ -323,15 +478,20 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
         # recipe whose grid is still on this machine: a merged comparison's older run folders may be gone.
         first_seed = methods["settings"]["seeds"][0]
         by_source: dict[Any, dict[str, dict[str, Any]]] = {}
-        for source, r in [*((r.get("merged_from"), r) for r in methods["runs"]),
-                          *((r.get("rerun_from"), r) for r in methods.get("reruns") or [])]:
+        for source, r in [
+            *((r.get("merged_from"), r) for r in methods["runs"]),
+            *((r.get("rerun_from"), r) for r in methods.get("reruns") or []),
+        ]:
             if r["seed"] == first_seed and r.get("grid") and Path(r["grid"]).is_file():
                 by_source.setdefault(source, {})[r["method"]] = r
         for sparse in ("srste+kd", "srste", "ste", "fixed", "oneshot"):
             runs = next((rs for rs in by_source.values() if "dense" in rs and sparse in rs), None)
             if runs:
                 pairs = [(runs[m]["label"], Path(runs[m]["grid"])) for m in ("dense", sparse)]
-                return pairs, f"Method-comparison samples of seed {first_seed}, same noise and labels (one column per class)."
+                return (
+                    pairs,
+                    f"Method-comparison samples of seed {first_seed}, same noise and labels (one column per class).",
+                )
     return None
 
 

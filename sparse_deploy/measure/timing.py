@@ -129,5 +129,11 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
     x = np.asarray([v for v in values if v is not None], np.float64)
     if x.size == 0:
         return {"n": 0}
-    return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
-            "min": float(x.min()), "max": float(x.max()), "values": x.tolist()}
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "values": x.tolist(),
+    }

@@ -45,8 +45,16 @@ def _dense_init(preset_name: str, dense_checkpoint: str | Path | None) -> Iterat
         yield save_checkpoint(Path(tmp) / "dense", model, sparsity=None)
 
 
-def _prepare_runs(model: str, methods: Sequence[str], init: Path, folder: Path, steps: int, device: str, dev,
-                  overrides: dict[str, Any]) -> dict[str, Any]:
+def _prepare_runs(
+    model: str,
+    methods: Sequence[str],
+    init: Path,
+    folder: Path,
+    steps: int,
+    device: str,
+    dev,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
     """One prepared training run per method, sharing one copy of the dataset."""
     import torch
 
@@ -124,8 +132,14 @@ def run_train_cost(
         for m, t in times.items()
     }
     settings = {
-        "model": model, "steps": steps, "warmup": warmup, "methods": list(methods), "batch_size": batch,
-        "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None, "device": dev.type, "data": data,
+        "model": model,
+        "steps": steps,
+        "warmup": warmup,
+        "methods": list(methods),
+        "batch_size": batch,
+        "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None,
+        "device": dev.type,
+        "data": data,
         "amp": runs[methods[0]].amp.dtype,
     }
     results = {

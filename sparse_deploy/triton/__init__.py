@@ -15,7 +15,14 @@ Nothing here imports Triton, tritonclient or a GPU library at import time.
 """
 
 from .pipeline import PIPELINE_INPUTS, PipelineRequest, PipelineSettings, parse_request, pipeline_outputs
-from .repository import FLAVOURS, RepositoryConfig, RepositoryReport, denoiser_config, generate_repository, pipeline_config
+from .repository import (
+    FLAVOURS,
+    RepositoryConfig,
+    RepositoryReport,
+    denoiser_config,
+    generate_repository,
+    pipeline_config,
+)
 
 __all__ = [
     "FLAVOURS",

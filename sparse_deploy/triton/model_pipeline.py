@@ -71,10 +71,16 @@ class TritonPythonModel:
 
             self.vae = load_vae(self.settings.vae)
         elif self.preset.latent:
-            _log("warn", f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
-                 "min-max normalised latent channels, not decoded images")
-        _log("info", f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls '{self.settings.denoiser}', "
-             f"denoiser max batch {self.settings.max_batch}")
+            _log(
+                "warn",
+                f"preset '{self.preset.name}' samples latents and no VAE was configured: 'images' holds "
+                "min-max normalised latent channels, not decoded images",
+            )
+        _log(
+            "info",
+            f"pipeline for '{self.preset.name}' ({self.settings.precision}) calls '{self.settings.denoiser}', "
+            f"denoiser max batch {self.settings.max_batch}",
+        )
 
     def _denoise(self, sample, timestep, class_labels):
         import torch

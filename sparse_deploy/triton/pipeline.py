@@ -128,7 +128,9 @@ class PipelineSettings:
                 preset_spec=params.get("preset_spec", ""),
             )
         except (KeyError, ValueError) as exc:
-            raise SparseDeployError(f"pipeline config parameters are incomplete or malformed ({exc}); regenerate the repository") from exc
+            raise SparseDeployError(
+                f"pipeline config parameters are incomplete or malformed ({exc}); regenerate the repository"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,9 @@ def parse_request(
         if not preset.num_classes:
             raise SparseDeployError(f"model '{preset.name}' is unconditional: drop the class_labels input")
         if raw_labels.ndim != 1 or raw_labels.size == 0:
-            raise SparseDeployError(f"input 'class_labels' must be a non-empty 1-D INT64 tensor, got shape {list(raw_labels.shape)}")
+            raise SparseDeployError(
+                f"input 'class_labels' must be a non-empty 1-D INT64 tensor, got shape {list(raw_labels.shape)}"
+            )
         if not np.issubdtype(raw_labels.dtype, np.integer):
             raise SparseDeployError(f"input 'class_labels' must be INT64, got {raw_labels.dtype}")
         bad = sorted({int(v) for v in raw_labels if not 0 <= int(v) < preset.num_classes})
@@ -207,11 +211,15 @@ def parse_request(
     if not math.isfinite(guidance) or guidance < 0:
         raise SparseDeployError(f"input 'guidance' must be a finite number >= 0, got {guidance}")
     if guidance != 1.0 and not preset.num_classes:
-        raise SparseDeployError(f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional (send guidance 1)")
+        raise SparseDeployError(
+            f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional (send guidance 1)"
+        )
 
     scheduler = (parameters or {}).get("scheduler", settings.default_scheduler)
     if scheduler not in SCHEDULERS:
-        raise SparseDeployError(f"unknown scheduler {scheduler!r} (request parameter 'scheduler'); choose one of: {', '.join(SCHEDULERS)}")
+        raise SparseDeployError(
+            f"unknown scheduler {scheduler!r} (request parameter 'scheduler'); choose one of: {', '.join(SCHEDULERS)}"
+        )
 
     request = PipelineRequest(num, seed, labels, steps, guidance, scheduler)
     if request.denoiser_batch > settings.max_batch:
@@ -234,8 +242,14 @@ def run_request(request: PipelineRequest, denoise: DenoiseFn, preset: Preset, va
     from ..sampling import sample
 
     x, y = sample(
-        denoise, preset, batch=request.num_images, steps=request.steps, scheduler=request.scheduler,
-        seed=request.seed, labels=list(request.labels) if request.labels else None, guidance=request.guidance,
+        denoise,
+        preset,
+        batch=request.num_images,
+        steps=request.steps,
+        scheduler=request.scheduler,
+        seed=request.seed,
+        labels=list(request.labels) if request.labels else None,
+        guidance=request.guidance,
     )
     images, _ = decode(x, preset, vae)
     out = {"images": np.ascontiguousarray(images), "samples": np.ascontiguousarray(x.float().numpy())}

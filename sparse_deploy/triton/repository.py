@@ -104,8 +104,14 @@ class RepositoryConfig:
         if self.flavour not in FLAVOURS:
             raise SparseDeployError(f"unknown --flavour '{self.flavour}'; choose one of: {', '.join(FLAVOURS)}")
         if self.ort_accelerator not in ORT_ACCELERATORS:
-            raise SparseDeployError(f"unknown --ort-accelerator '{self.ort_accelerator}'; choose one of: {', '.join(ORT_ACCELERATORS)}")
-        for flag, value in (("--instances", self.instances), ("--pipeline-instances", self.pipeline_instances), ("--default-steps", self.default_steps)):
+            raise SparseDeployError(
+                f"unknown --ort-accelerator '{self.ort_accelerator}'; choose one of: {', '.join(ORT_ACCELERATORS)}"
+            )
+        for flag, value in (
+            ("--instances", self.instances),
+            ("--pipeline-instances", self.pipeline_instances),
+            ("--default-steps", self.default_steps),
+        ):
             if value < 1:
                 raise SparseDeployError(f"{flag} must be at least 1, got {value}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -114,7 +120,9 @@ class RepositoryConfig:
             raise SparseDeployError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
         for flag, value in (("--name", self.name), ("--pipeline-name", self.pipeline_name)):
             if not _NAME.match(value):
-                raise SparseDeployError(f"{flag} '{value}' is not a valid Triton model name (letters, digits, '_', '.', '-')")
+                raise SparseDeployError(
+                    f"{flag} '{value}' is not a valid Triton model name (letters, digits, '_', '.', '-')"
+                )
         if self.name == self.pipeline_name:
             raise SparseDeployError(f"--name and --pipeline-name must differ, both are '{self.name}'")
         return self
@@ -245,7 +253,9 @@ def denoiser_config(
         }
         config["optimization"] = {
             "execution_accelerators": {
-                "gpu_execution_accelerator": [{"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in trt_params.items()]}]
+                "gpu_execution_accelerator": [
+                    {"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in trt_params.items()]}
+                ]
             }
         }
     if flavour == "python":
@@ -320,16 +330,27 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     copies, instance_kind = _denoiser_files(engine, manifest, flavour, notes)
 
     denoiser = denoiser_config(
-        contract, flavour, name=config.name, max_batch=config.max_batch, instances=config.instances, kind=kind,
-        compute_capability=manifest.get("compute_capability"), ort_accelerator=config.ort_accelerator,
-        engine_file=copies[0][1] if flavour == "python" else None, instance_kind=instance_kind,
+        contract,
+        flavour,
+        name=config.name,
+        max_batch=config.max_batch,
+        instances=config.instances,
+        kind=kind,
+        compute_capability=manifest.get("compute_capability"),
+        ort_accelerator=config.ort_accelerator,
+        engine_file=copies[0][1] if flavour == "python" else None,
+        instance_kind=instance_kind,
         max_queue_delay_us=config.max_queue_delay_us,
     )
     if config.ort_accelerator != "none" and flavour != "onnxruntime":
         notes.append(f"--ort-accelerator applies to the onnxruntime flavour only; ignored for '{flavour}'")
     settings = PipelineSettings(
-        preset=preset.name, precision=contract.precision, max_batch=denoiser["max_batch_size"], denoiser=config.name,
-        default_steps=config.default_steps, vae=str(resolve_vae(config.vae).resolve()) if config.vae else "",
+        preset=preset.name,
+        precision=contract.precision,
+        max_batch=denoiser["max_batch_size"],
+        denoiser=config.name,
+        default_steps=config.default_steps,
+        vae=str(resolve_vae(config.vae).resolve()) if config.vae else "",
         max_steps=training_scheduler(preset.schedule).config.num_train_timesteps,
         preset_spec=_spec_unless_builtin(preset),
     )
@@ -341,7 +362,9 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         (tmp / "1").mkdir()
         for src, dst in copies:
             shutil.copyfile(src, tmp / "1" / dst)
-        (tmp / "config.pbtxt").write_text(to_pbtxt(denoiser, _header(engine, manifest, f"denoiser ({flavour} flavour)")))
+        (tmp / "config.pbtxt").write_text(
+            to_pbtxt(denoiser, _header(engine, manifest, f"denoiser ({flavour} flavour)"))
+        )
     record = {
         "engine": str(engine),
         "flavour": flavour,
@@ -354,14 +377,20 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     with atomic_dir(root / config.pipeline_name) as tmp:
         (tmp / "1").mkdir()
         shutil.copyfile(_HERE / "model_pipeline.py", tmp / "1" / "model.py")
-        (tmp / "config.pbtxt").write_text(to_pbtxt(pipeline, _header(engine, manifest, f"sampling pipeline over '{config.name}'")))
+        (tmp / "config.pbtxt").write_text(
+            to_pbtxt(pipeline, _header(engine, manifest, f"sampling pipeline over '{config.name}'"))
+        )
         write_manifest(tmp / "sparse-deploy.json", record)  # sealed: an edit is caught by its own hash
     for n in notes:
         log.warning("%s", n)
-    return RepositoryReport(root, flavour, root / config.name, root / config.pipeline_name, denoiser["max_batch_size"], notes)
+    return RepositoryReport(
+        root, flavour, root / config.name, root / config.pipeline_name, denoiser["max_batch_size"], notes
+    )
 
 
-def _denoiser_files(engine: Path, manifest: dict[str, Any], flavour: str, notes: list[str]) -> tuple[list[tuple[Path, str]], str | None]:
+def _denoiser_files(
+    engine: Path, manifest: dict[str, Any], flavour: str, notes: list[str]
+) -> tuple[list[tuple[Path, str]], str | None]:
     """Which files the denoiser model's version folder holds for ``flavour`` (source, name there), and the
     instance kind it is then limited to (None: the flavour's own); says what it chose in ``notes``."""
     instance_kind = None
@@ -393,8 +422,14 @@ def _denoiser_files(engine: Path, manifest: dict[str, Any], flavour: str, notes:
                     "was built from, which is missing or changed; pass an ONNX Runtime engine (*.ort.onnx) instead"
                 )
             source, source_manifest = found, found.with_suffix(".json")
-            notes.append(f"python flavour of a TensorRT engine: serving its source graph {found.name} with ONNX Runtime on CPU")
-        copies += [(source, source.name), (source_manifest, source_manifest.name), (_HERE / "model_denoiser.py", "model.py")]
+            notes.append(
+                f"python flavour of a TensorRT engine: serving its source graph {found.name} with ONNX Runtime on CPU"
+            )
+        copies += [
+            (source, source.name),
+            (source_manifest, source_manifest.name),
+            (_HERE / "model_denoiser.py", "model.py"),
+        ]
     # An external-data graph refers to its weights file by name: it goes along under that name.
     copies += [(data, data.name) for src, _ in list(copies) if (data := data_path(src)).is_file()]
     return copies, instance_kind

@@ -48,7 +48,15 @@ from typing import Sequence
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_file
 
-__all__ = ["PYTRITON_INSTALL", "TritonDistribution", "find_tritonserver", "free_port", "server_environment", "TritonServer", "main"]
+__all__ = [
+    "PYTRITON_INSTALL",
+    "TritonDistribution",
+    "find_tritonserver",
+    "free_port",
+    "server_environment",
+    "TritonServer",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +111,16 @@ def find_tritonserver(python_version: str | None = None) -> TritonDistribution:
     binary = root / "bin" / "tritonserver"
     python_backend = root / "backends" / "python"
     if not binary.is_file() or not (python_backend / "libtriton_python.so").is_file():
-        raise SparseDeployError(f"the nvidia-pytriton install at '{package}' has no tritonserver binary or Python backend; reinstall it with: {PYTRITON_INSTALL}")
+        raise SparseDeployError(
+            f"the nvidia-pytriton install at '{package}' has no tritonserver binary or Python backend; reinstall it with: {PYTRITON_INSTALL}"
+        )
     version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         have = sorted(p.name for p in (root / "python_backend_stubs").glob("*") if p.is_dir())
-        raise SparseDeployError(f"nvidia-pytriton has Python-backend stubs for Python {', '.join(have)}, not for this Python {version}; use one of those")
+        raise SparseDeployError(
+            f"nvidia-pytriton has Python-backend stubs for Python {', '.join(have)}, not for this Python {version}; use one of those"
+        )
     libs = package.parent / "nvidia_pytriton.libs"
     caches = root / "caches"
     return TritonDistribution(binary, python_backend, stub, libs, caches if caches.is_dir() else None)
@@ -258,14 +270,18 @@ class TritonServer:
     def start(self) -> "TritonServer":
         """Start the server and wait until it is ready; retries with new ports if one was taken."""
         if not self.repository.is_dir():
-            raise SparseDeployError(f"model repository '{self.repository}' does not exist; write one with python -m sparse_deploy.triton")
+            raise SparseDeployError(
+                f"model repository '{self.repository}' does not exist; write one with python -m sparse_deploy.triton"
+            )
         if not repository_models(self.repository):
             raise SparseDeployError(
                 f"model repository '{self.repository}' holds no models (no <model>/config.pbtxt); write one with python -m sparse_deploy.triton"
             )
         for flag, port in zip(("--http-port", "--grpc-port"), self._fixed_ports):
             if port is not None and port_in_use(self.host, port):
-                raise SparseDeployError(f"port {port} on {self.host} is already in use (another server?); pass another {flag}, or 0 for any free port")
+                raise SparseDeployError(
+                    f"port {port} on {self.host} is already in use (another server?); pass another {flag}, or 0 for any free port"
+                )
         dist = find_tritonserver()
         atexit.register(self.stop)  # an interpreter exiting without __exit__ still stops it
         self._workdir = self._prepare(dist)
@@ -280,14 +296,28 @@ class TritonServer:
             with open(self.log_path, "ab") as log_file:
                 # A new session: the server and its stubs form one process group, stopped as one.
                 self.process = subprocess.Popen(
-                    self._command(dist), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, cwd=self._workdir, start_new_session=True, preexec_fn=_die_with_parent(),
+                    self._command(dist),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=self._workdir,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
                 )
-            log.info("tritonserver pid %d on http %s, grpc %s (log %s)", self.process.pid, self.http_url, self.grpc_url, self.log_path)
+            log.info(
+                "tritonserver pid %d on http %s, grpc %s (log %s)",
+                self.process.pid,
+                self.http_url,
+                self.grpc_url,
+                self.log_path,
+            )
             try:
                 self.wait_ready(self.startup_timeout)
                 if self.process.poll() is not None:  # "ready" came from someone else on these ports
-                    raise SparseDeployError(f"tritonserver exited (status {self.process.returncode}) while another server answered on its ports")
+                    raise SparseDeployError(
+                        f"tritonserver exited (status {self.process.returncode}) while another server answered on its ports"
+                    )
                 return self
             except SparseDeployError as exc:
                 exited = self.process.poll() is not None
@@ -298,9 +328,12 @@ class TritonServer:
                 # process idle) is retried once; a server that exited on a model error is not.
                 if attempt == self.attempts - 1 or not (port_clash or not exited):
                     raise exc
-                log.warning("tritonserver %s; restarting it (attempt %d of %d)",
-                            "hit a port clash" if port_clash else f"was not ready within {self.startup_timeout:.0f} s",
-                            attempt + 2, self.attempts)
+                log.warning(
+                    "tritonserver %s; restarting it (attempt %d of %d)",
+                    "hit a port clash" if port_clash else f"was not ready within {self.startup_timeout:.0f} s",
+                    attempt + 2,
+                    self.attempts,
+                )
         return self
 
     def is_ready(self) -> bool:
@@ -316,7 +349,9 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise SparseDeployError(f"tritonserver exited (status {code}) before it was ready:\n{self.log_summary()}")
+                raise SparseDeployError(
+                    f"tritonserver exited (status {code}) before it was ready:\n{self.log_summary()}"
+                )
             if self.is_ready():
                 log.info("tritonserver ready after %.1f s", timeout - (deadline - time.monotonic()))
                 return
@@ -379,11 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sparse_deploy.triton.server",
         description="Serve a model repository with the tritonserver binary from the nvidia-pytriton wheel (CPU, Python backend).",
     )
-    parser.add_argument("--repository", type=Path, required=True, help="model repository (python -m sparse_deploy.triton --out ...)")
+    parser.add_argument(
+        "--repository", type=Path, required=True, help="model repository (python -m sparse_deploy.triton --out ...)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
-    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait until ready (default 300)")
+    parser.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds to wait until ready (default 300)"
+    )
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--log", type=Path, help="server log file (default: a temporary file, tail shown on errors)")
     return parser
@@ -407,8 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         check_output_file(args.log, "--log")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     server = TritonServer(
-        args.repository, host=args.host, http_port=args.http_port or None, grpc_port=args.grpc_port or None,
-        startup_timeout=args.startup_timeout, log_path=args.log,
+        args.repository,
+        host=args.host,
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        startup_timeout=args.startup_timeout,
+        log_path=args.log,
     )
     with server:
         print(f"serving {args.repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)", flush=True)

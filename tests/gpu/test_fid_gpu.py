@@ -9,7 +9,10 @@ import torch
 
 from sparse_deploy import fid
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of PyTorch and a GPU")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of PyTorch and a GPU"),
+]
 
 
 def test_inception_features_on_the_gpu_match_the_cpu():

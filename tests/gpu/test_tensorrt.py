@@ -31,7 +31,8 @@ def trt_build(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trt")
     config = BuildConfig(
         export=ExportConfig(model="dit-s", out=tmp / "export", precisions=("fp16",), max_batch=64, opt_batch=32),
-        backend="tensorrt", engine_dir=tmp / "engines",
+        backend="tensorrt",
+        engine_dir=tmp / "engines",
     )
     return config, build_engines(config)
 
@@ -47,8 +48,12 @@ def test_plans_and_manifests(trt_build):
         assert m["gpu"] and m["compute_capability"] and m["tensorrt_version"]
         assert ("SPARSE_WEIGHTS" in m["builder_flags"]) == (engine.kind == "sparse")
         # TF32 is chosen explicitly (None only where this TensorRT has no such flag) and recorded
-        assert m["builder_config"]["tf32"] in (True, None) and (m["builder_config"]["tf32"] is None or "TF32" in m["builder_flags"])
-        assert m["engine_check"]["passed"], m["engine_check"]  # the plan was run against ONNX Runtime before it was kept
+        assert m["builder_config"]["tf32"] in (True, None) and (
+            m["builder_config"]["tf32"] is None or "TF32" in m["builder_flags"]
+        )
+        assert m["engine_check"]["passed"], m[
+            "engine_check"
+        ]  # the plan was run against ONNX Runtime before it was kept
         assert m["pattern"] == ("2:4" if engine.kind == "sparse" else None)
         assert m["contract"]["profile"] == {"min": 1, "opt": 32, "max": 64}
 
@@ -77,7 +82,9 @@ def test_tensorrt_matches_onnx_runtime(trt_build):
             feeds = {k: torch.from_numpy(v) for k, v in trt_runner.contract.sample_inputs(4, seed=3).items()}
             got, want = trt_runner(*feeds.values()), ort_runner(*feeds.values())
         err, scale = float((got - want).abs().max()), float(want.abs().max())
-        assert err <= 2 * (tol["atol"] + tol["rtol"] * scale), f"{engine.path.name}: TensorRT vs ONNX Runtime max err {err:.3g}"
+        assert err <= 2 * (tol["atol"] + tol["rtol"] * scale), (
+            f"{engine.path.name}: TensorRT vs ONNX Runtime max err {err:.3g}"
+        )
 
 
 @needs_trt

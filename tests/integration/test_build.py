@@ -18,11 +18,26 @@ from sparse_deploy.export import ExportConfig
 from sparse_deploy.provenance import sha256_file
 
 TRT_REASON = tensorrt_unavailable_reason()
-needs_no_trt = pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are available here: the fallback path is not taken")
+needs_no_trt = pytest.mark.skipif(
+    TRT_REASON is None, reason="TensorRT and a GPU are available here: the fallback path is not taken"
+)
 
 ENGINE_KEYS = {
-    "format", "backend", "engine", "engine_sha256", "kind", "preset", "contract", "source_onnx",
-    "source_onnx_sha256", "sparse_layers", "versions", "ort_optimization_level", "created", "fingerprint", "fingerprint_inputs",
+    "format",
+    "backend",
+    "engine",
+    "engine_sha256",
+    "kind",
+    "preset",
+    "contract",
+    "source_onnx",
+    "source_onnx_sha256",
+    "sparse_layers",
+    "versions",
+    "ort_optimization_level",
+    "created",
+    "fingerprint",
+    "fingerprint_inputs",
 }
 
 
@@ -123,8 +138,20 @@ def test_a_deleted_engine_file_is_rebuilt(tmp_path):
 
 @needs_no_trt
 def test_auto_backend_without_tensorrt_says_so_and_builds_ort(tmp_path, capsys):
-    argv = ["--model", "tiny-dit", "--precision", "fp32", "--kinds", "dense", "--max-batch", "2",
-            "--export-dir", str(tmp_path / "x"), "--engine-dir", str(tmp_path / "e")]
+    argv = [
+        "--model",
+        "tiny-dit",
+        "--precision",
+        "fp32",
+        "--kinds",
+        "dense",
+        "--max-batch",
+        "2",
+        "--export-dir",
+        str(tmp_path / "x"),
+        "--engine-dir",
+        str(tmp_path / "e"),
+    ]
     assert bd.main(argv) == 0
     out = capsys.readouterr().out
     assert "No TensorRT engine was built: " in out and "; built ONNX Runtime engines instead" in out
@@ -146,10 +173,12 @@ def test_parse_sparsity_log_and_inspector():
     nodes = {"blocks.0.a": ["/net/a/MatMul"], "blocks.0.b": ["/net/b/MatMul"], "c": ["/net/c/Conv"]}
     assert bd.picked_modules(picked, nodes) == ["blocks.0.b"]
     assert bd.picked_modules(eligible, nodes) == ["blocks.0.a", "blocks.0.b", "c"]
-    info = {"Layers": [
-        {"Name": "/net/a/MatMul", "HasSparseWeights": 1, "TacticName": "sm80_xmma_gemm_f16f16_sptensor16x8x32"},
-        {"Name": "/net/b/MatMul", "HasSparseWeights": 0, "TacticName": "sm80_xmma_gemm_f16f16"},
-    ]}
+    info = {
+        "Layers": [
+            {"Name": "/net/a/MatMul", "HasSparseWeights": 1, "TacticName": "sm80_xmma_gemm_f16f16_sptensor16x8x32"},
+            {"Name": "/net/b/MatMul", "HasSparseWeights": 0, "TacticName": "sm80_xmma_gemm_f16f16"},
+        ]
+    }
     parsed = bd.parse_inspector(json.dumps(info))
     assert parsed == {"layers": 2, "has_sparse_weights": ["/net/a/MatMul"], "sparse_tactics": ["/net/a/MatMul"]}
     assert bd.parse_inspector({"Layers": ["name only"]})["has_sparse_weights"] == []
@@ -193,7 +222,9 @@ def test_execution_providers_are_matched_by_whole_name(built, monkeypatch):
         assert cache.is_dir() == uses_cache, providers
         on_gpu = ort_backend.provider_name(providers[0]) != "CPUExecutionProvider"
         # On a GPU provider the CPU-optimized engine is swapped for its source graph.
-        assert Path(sessions[-1].path).name == (engine.manifest["source_onnx"].rsplit("/", 1)[-1] if on_gpu else engine.path.name)
+        assert Path(sessions[-1].path).name == (
+            engine.manifest["source_onnx"].rsplit("/", 1)[-1] if on_gpu else engine.path.name
+        )
         del runner
         if cache.is_dir():
             cache.rmdir()
@@ -208,8 +239,21 @@ def test_build_config_validation(tmp_path):
     assert bd.engine_path("engines/m", "dense", "fp32", "onnxruntime").as_posix() == "engines/m/dense-fp32.ort.onnx"
 
 
-@pytest.mark.parametrize("module", ["build", "export", "run", "backends", "backends.base", "backends.device",
-                                    "backends.ort", "backends.trt", "backends.pytorch", "backends.torch24"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "build",
+        "export",
+        "run",
+        "backends",
+        "backends.base",
+        "backends.device",
+        "backends.ort",
+        "backends.trt",
+        "backends.pytorch",
+        "backends.torch24",
+    ],
+)
 def test_every_module_imports_without_a_gpu(module):
     importlib.import_module(f"sparse_deploy.{module}")
 
@@ -251,7 +295,11 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     class BuilderConfig:  # TensorRT's IBuilderConfig: flags as Polygraphy's CreateConfig would set them
         def __init__(self, kwargs):
             self.kwargs = kwargs
-            self.flags = {"DIRECT_IO"} | ({"TF32"} if kwargs["tf32"] else set()) | ({"SPARSE_WEIGHTS"} if kwargs["sparse_weights"] else set())
+            self.flags = (
+                {"DIRECT_IO"}
+                | ({"TF32"} if kwargs["tf32"] else set())
+                | ({"SPARSE_WEIGHTS"} if kwargs["sparse_weights"] else set())
+            )
 
         def get_flag(self, flag):
             return flag in self.flags
@@ -279,9 +327,15 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
             self.config = self.loader(None, self.network)  # what EngineFromNetwork does with a config loader
             calls.append(self)
             if self.config.kwargs["sparse_weights"]:
-                nodes = [n for ns in read_onnx_manifest(self.network.path)["sparsity_check"]["layer_nodes"].values() for n in ns]
+                nodes = [
+                    n
+                    for ns in read_onnx_manifest(self.network.path)["sparsity_check"]["layer_nodes"].values()
+                    for n in ns
+                ]
                 G_LOGGER.verbose("[TRT] (Sparsity) Layers eligible for sparse math: " + ", ".join(nodes))
-                G_LOGGER.verbose("[TRT] (Sparsity) TRT inference plan picked sparse implementation for layers: " + nodes[0])
+                G_LOGGER.verbose(
+                    "[TRT] (Sparsity) TRT inference plan picked sparse implementation for layers: " + nodes[0]
+                )
             return Engine(self.network.path)
 
     class TrtRunner:  # runs the "plan" as ONNX Runtime runs its graph (plus an offset when broken)
@@ -306,8 +360,13 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
         def __call__(self):
             Path(self.path).write_bytes(b"stand-in plan")
 
-    for name, value in dict(NetworkFromOnnxPath=Network, CreateConfig=CreateConfig, EngineFromNetwork=EngineFromNetwork,
-                            SaveEngine=SaveEngine, TrtRunner=TrtRunner).items():
+    for name, value in dict(
+        NetworkFromOnnxPath=Network,
+        CreateConfig=CreateConfig,
+        EngineFromNetwork=EngineFromNetwork,
+        SaveEngine=SaveEngine,
+        TrtRunner=TrtRunner,
+    ).items():
         monkeypatch.setattr(poly_trt, name, value)
 
     config = _config(tmp_path, precisions=("fp16",))
@@ -320,18 +379,32 @@ def test_tensorrt_path_with_stand_ins(tmp_path, monkeypatch):
     sparse = json.loads(engines["sparse"].manifest_path.read_text())
     dense = json.loads(engines["dense"].manifest_path.read_text())
     assert sparse["format"] == ENGINE_FORMAT and sparse["backend"] == "tensorrt"
-    assert (sparse["gpu"], sparse["compute_capability"], sparse["tensorrt_version"]) == ("Stand-in GPU", "9.0", "11.1.0")
+    assert (sparse["gpu"], sparse["compute_capability"], sparse["tensorrt_version"]) == (
+        "Stand-in GPU",
+        "9.0",
+        "11.1.0",
+    )
     # The full flag set TensorRT held, and the requested settings (TF32 on explicitly).
-    assert sparse["builder_flags"] == ["DIRECT_IO", "SPARSE_WEIGHTS", "TF32"] and dense["builder_flags"] == ["DIRECT_IO", "TF32"]
-    assert sparse["builder_config"] == {"sparse_weights": True, "tf32": True, "profiling_verbosity": "DETAILED",
-                                        "precision_constraints": None, "builder_optimization_level": None}
+    assert sparse["builder_flags"] == ["DIRECT_IO", "SPARSE_WEIGHTS", "TF32"] and dense["builder_flags"] == [
+        "DIRECT_IO",
+        "TF32",
+    ]
+    assert sparse["builder_config"] == {
+        "sparse_weights": True,
+        "tf32": True,
+        "profiling_verbosity": "DETAILED",
+        "precision_constraints": None,
+        "builder_optimization_level": None,
+    }
     assert dense["builder_config"]["sparse_weights"] is False and dense["builder_config"]["tf32"] is True
     assert sparse["pattern"] == "2:4" and dense["pattern"] is None
     # Each plan was run at the profile's min and opt batch against ONNX Runtime before it was kept.
     for m in (sparse, dense):
         assert m["engine_check"]["passed"] and set(m["engine_check"]["batches"]) == {"1", "4"}
     assert sorted(runs) == [1, 1, 4, 4]
-    assert len(sparse["sparse_eligible_layers"]) == 12 and sorted(sparse["sparse_eligible_modules"]) == sorted(sparse["sparse_layers"])
+    assert len(sparse["sparse_eligible_layers"]) == 12 and sorted(sparse["sparse_eligible_modules"]) == sorted(
+        sparse["sparse_layers"]
+    )
     assert len(sparse["sparse_picked_layers"]) == 1 and len(sparse["sparse_picked_modules"]) == 1
     assert dense["sparse_picked_layers"] == [] and dense["sparse_eligible_layers"] == []
     for call in calls:

@@ -59,8 +59,25 @@ def planted_pickle(marker: Path) -> bytes:
 
 
 def _train_argv(out: Path, data: str, *extra: str) -> list[str]:
-    return ["--model", "tiny-dit", "--out", str(out), "--steps", "2", "--checkpoint-every", "1", "--preview", "0",
-            "--batch-size", "4", "--data", data, "--device", "cpu", *extra]
+    return [
+        "--model",
+        "tiny-dit",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--preview",
+        "0",
+        "--batch-size",
+        "4",
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +187,21 @@ def test_bad_train_flags_are_refused_before_work(capsys, tmp_path, fmnist_data, 
 
 
 def test_kd_weight_nan_is_refused(capsys, tmp_path, finished_run, fmnist_data):
-    line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--sparsity", "srste", "--init",
-                                                       str(finished_run / "checkpoint"), "--kd-weight", "nan"), tmp_path)
+    line = refused(
+        capsys,
+        train_mod.main,
+        _train_argv(
+            tmp_path / "run",
+            fmnist_data,
+            "--sparsity",
+            "srste",
+            "--init",
+            str(finished_run / "checkpoint"),
+            "--kd-weight",
+            "nan",
+        ),
+        tmp_path,
+    )
     assert "--kd-weight" in line
 
 
@@ -196,7 +226,9 @@ def test_out_without_write_permission_is_refused(capsys, tmp_path, fmnist_data):
         locked.chmod(0o700)
 
 
-def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoint(capsys, tmp_path, finished_run, fmnist_data, monkeypatch):
+def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoint(
+    capsys, tmp_path, finished_run, fmnist_data, monkeypatch
+):
     import errno
 
     out = tmp_path / "full"
@@ -209,7 +241,9 @@ def test_disk_full_during_checkpointing_is_one_line_and_keeps_the_last_checkpoin
     import safetensors.torch
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    line = refused(capsys, train_mod.main, _train_argv(out, fmnist_data, "--steps", "1", "--out", str(tmp_path / "fresh")), out)
+    line = refused(
+        capsys, train_mod.main, _train_argv(out, fmnist_data, "--steps", "1", "--out", str(tmp_path / "fresh")), out
+    )
     assert "No space left" in line and "free some space" in line
     assert snapshot(out / "checkpoint") == ckpt_before
     assert not (tmp_path / "fresh" / "checkpoint").exists()
@@ -231,8 +265,11 @@ def engines(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("cat-engines")
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp / "ckpt", build_model(get_preset("tiny-dit"), announce_random=False), sparsity=None)
-    config = BuildConfig(export=ExportConfig(checkpoint=ckpt, out=tmp / "export", precisions=("fp32",), max_batch=2),
-                         backend="onnxruntime", engine_dir=tmp / "tiny-dit")
+    config = BuildConfig(
+        export=ExportConfig(checkpoint=ckpt, out=tmp / "export", precisions=("fp32",), max_batch=2),
+        backend="onnxruntime",
+        engine_dir=tmp / "tiny-dit",
+    )
     return {**{e.kind: e.path for e in build_engines(config).engines}, "checkpoint": ckpt}
 
 
@@ -255,8 +292,13 @@ def test_bad_run_flags_write_nothing(capsys, tmp_path, engines, name):
     from sparse_deploy import run as rn
 
     extra, expected = BAD_RUN_FLAGS[name]
-    line = refused(capsys, rn.main, ["--engine", str(engines["dense"]), "--out", str(tmp_path / "s"), "--num", "2", "--steps", "2", *extra],
-                   tmp_path, engines["dense"].parent)
+    line = refused(
+        capsys,
+        rn.main,
+        ["--engine", str(engines["dense"]), "--out", str(tmp_path / "s"), "--num", "2", "--steps", "2", *extra],
+        tmp_path,
+        engines["dense"].parent,
+    )
     assert expected in line
     assert not list(tmp_path.rglob("*.png"))
 
@@ -266,7 +308,12 @@ def test_run_out_that_is_a_file(capsys, tmp_path, engines):
 
     target = tmp_path / "file"
     target.write_text("keep")
-    line = refused(capsys, rn.main, ["--engine", str(engines["dense"]), "--out", str(target), "--num", "1", "--steps", "1"], tmp_path)
+    line = refused(
+        capsys,
+        rn.main,
+        ["--engine", str(engines["dense"]), "--out", str(target), "--num", "1", "--steps", "1"],
+        tmp_path,
+    )
     assert "--out" in line and "is a file" in line
 
 
@@ -300,8 +347,16 @@ MANIFEST_EDITS = {
     "preset, resealed": (lambda m: m.update(preset="tiny-unet"), True, "contract is for tiny-dit"),
     "precision, resealed": (lambda m: m.update(precision="fp16"), True, "contract is for tiny-dit/fp32"),
     "profile, unsealed": (lambda m: m["contract"]["profile"].update(max=9), False, "does not match its own hash"),
-    "dtype, resealed": (lambda m: m["contract"]["inputs"][0].update(dtype="float16"), True, "not the one preset 'tiny-dit'"),
-    "I/O name, resealed": (lambda m: m["contract"]["inputs"][1].update(name="t"), True, "not the one preset 'tiny-dit'"),
+    "dtype, resealed": (
+        lambda m: m["contract"]["inputs"][0].update(dtype="float16"),
+        True,
+        "not the one preset 'tiny-dit'",
+    ),
+    "I/O name, resealed": (
+        lambda m: m["contract"]["inputs"][1].update(name="t"),
+        True,
+        "not the one preset 'tiny-dit'",
+    ),
     "missing contract, resealed": (lambda m: m.pop("contract"), True, "lacks 'contract'"),
     "missing preset, resealed": (lambda m: m.pop("preset"), True, "lacks 'preset'"),
 }
@@ -313,7 +368,12 @@ def test_edited_engine_manifests_are_refused_with_the_right_rebuild_command(caps
 
     change, reseal, expected = MANIFEST_EDITS[name]
     engine = _edit_manifest(engines["dense"], tmp_path / "1", change, reseal)  # a Triton-style version folder
-    line = refused(capsys, rn.main, ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2", "--steps", "1"], tmp_path)
+    line = refused(
+        capsys,
+        rn.main,
+        ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2", "--steps", "1"],
+        tmp_path,
+    )
     assert expected in line
     assert "MODEL=1" not in line and "MODEL=tiny-dit" in line  # the engine's real preset, not its folder
 
@@ -321,8 +381,15 @@ def test_edited_engine_manifests_are_refused_with_the_right_rebuild_command(caps
 def test_a_profile_edited_to_a_larger_batch_is_refused_by_the_session_or_the_contract(capsys, tmp_path, engines):
     from sparse_deploy import run as rn
 
-    engine = _edit_manifest(engines["dense"], tmp_path / "tiny-dit", lambda m: m["contract"]["outputs"][0].update(shape=[-1, 2, 16, 16]), True)
-    line = refused(capsys, rn.main, ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path)
+    engine = _edit_manifest(
+        engines["dense"],
+        tmp_path / "tiny-dit",
+        lambda m: m["contract"]["outputs"][0].update(shape=[-1, 2, 16, 16]),
+        True,
+    )
+    line = refused(
+        capsys, rn.main, ["--engine", str(engine), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path
+    )
     assert "MODEL=tiny-dit" in line
 
 
@@ -334,7 +401,9 @@ def test_an_edited_checkpoint_manifest_is_refused(capsys, tmp_path, engines):
     manifest = json.loads((ckpt / MANIFEST).read_text())
     manifest["preset"] = "tiny-unet"
     (ckpt / MANIFEST).write_text(json.dumps(manifest))
-    line = refused(capsys, rn.main, ["--engine", str(ckpt), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path)
+    line = refused(
+        capsys, rn.main, ["--engine", str(ckpt), "--out", str(tmp_path / "s"), "--num", "1", "--steps", "1"], tmp_path
+    )
     assert "does not match its own hash" in line
 
 
@@ -366,7 +435,12 @@ def test_fid_bad_sources(capsys, tmp_path):
     assert "missing" in line
     line = refused(capsys, fid_cli.main, [str(good), str(good), "--json", str(good), "--no-cache", "--quiet"], tmp_path)
     assert "--json" in line and "is a folder" in line
-    line = refused(capsys, fid_cli.main, [str(good), str(good), "--json", str(good / "0.png" / "r.json"), "--no-cache", "--quiet"], tmp_path)
+    line = refused(
+        capsys,
+        fid_cli.main,
+        [str(good), str(good), "--json", str(good / "0.png" / "r.json"), "--no-cache", "--quiet"],
+        tmp_path,
+    )
     assert "--json" in line
     line = refused(capsys, fid_cli.main, [str(good), str(good), "--cache-dir", str(good / "0.png")], tmp_path)
     assert "--cache-dir" in line
@@ -380,7 +454,11 @@ def test_a_truncated_fid_cache_is_recomputed_with_a_warning(tmp_path, monkeypatc
     net = tmp_path / "net.pt"
     net.write_bytes(b"w")
     monkeypatch.setattr(fid, "inception_path", lambda: net)
-    monkeypatch.setattr(fid, "features_from_images", lambda images, **_: np.random.default_rng(0).standard_normal((len(images), 4)).astype(np.float32))
+    monkeypatch.setattr(
+        fid,
+        "features_from_images",
+        lambda images, **_: np.random.default_rng(0).standard_normal((len(images), 4)).astype(np.float32),
+    )
     src = tmp_path / "s.npz"
     np.savez(src, images=np.zeros((3, 4, 4), np.uint8))
     first = fid.reference_stats(src, cache_dir=tmp_path / "c", progress=False)
@@ -395,17 +473,34 @@ def test_bench_latency_refusals(capsys, tmp_path, engines):
 
     out = tmp_path / "report"
     base = ["latency", "--repeats", "1", "--warmup", "0", "--e2e-repeats", "0", "--no-memory", "--out", str(out)]
-    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(engines["dense"])], tmp_path)
+    line = refused(
+        capsys,
+        bench.main,
+        ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(engines["dense"])],
+        tmp_path,
+    )
     assert "twice" in line
     copy = tmp_path / "copy" / engines["dense"].name
     copy.parent.mkdir()
     shutil.copy(engines["dense"], copy)
     shutil.copy(engines["dense"].with_suffix(".json"), copy.with_suffix(".json"))
-    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(copy)], tmp_path)
+    line = refused(
+        capsys, bench.main, ["--device", "cpu", *base, "--engines", str(engines["dense"]), str(copy)], tmp_path
+    )
     assert "same engine" in line
-    line = refused(capsys, bench.main, ["--device", "cpu", *base, "--batches", "16,32", "--engines", str(engines["dense"]), str(engines["sparse"])], tmp_path)
+    line = refused(
+        capsys,
+        bench.main,
+        ["--device", "cpu", *base, "--batches", "16,32", "--engines", str(engines["dense"]), str(engines["sparse"])],
+        tmp_path,
+    )
     assert "no batch" in line
-    line = refused(capsys, bench.main, ["--device", "tpu", *base, "--engines", str(engines["dense"]), str(engines["sparse"])], tmp_path)
+    line = refused(
+        capsys,
+        bench.main,
+        ["--device", "tpu", *base, "--engines", str(engines["dense"]), str(engines["sparse"])],
+        tmp_path,
+    )
     assert "--device" in line
     assert not out.exists()
 
@@ -430,7 +525,9 @@ def test_export_refusals(capsys, tmp_path, engines):
     from sparse_deploy.presets import get_preset
     from sparse_deploy.sparsify import SparsityConfig, masked_modules, sparsify_
 
-    line = refused(capsys, ex.main, ["--model", "tiny-dit", "--max-batch", "1000000000", "--out", str(tmp_path / "e")], tmp_path)
+    line = refused(
+        capsys, ex.main, ["--model", "tiny-dit", "--max-batch", "1000000000", "--out", str(tmp_path / "e")], tmp_path
+    )
     assert "--max-batch" in line
     target = tmp_path / "file"
     target.write_text("x")
@@ -442,7 +539,12 @@ def test_export_refusals(capsys, tmp_path, engines):
     for module in masked_modules(model).values():
         module.weight_mask.fill_(True)  # damaged masks: nothing pruned
     ckpt = save_checkpoint(tmp_path / "bad-masks", model, sparsity=config)
-    line = refused(capsys, ex.main, ["--checkpoint", str(ckpt), "--kinds", "sparse", "--precision", "fp32", "--out", str(tmp_path / "e")], tmp_path)
+    line = refused(
+        capsys,
+        ex.main,
+        ["--checkpoint", str(ckpt), "--kinds", "sparse", "--precision", "fp32", "--out", str(tmp_path / "e")],
+        tmp_path,
+    )
     assert "not 2:4 sparse" in line
 
 
@@ -462,7 +564,9 @@ def test_triton_refusals(capsys, tmp_path, engines):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = refused(capsys, server.main, ["--repository", str(empty), "--http-port", str(port), "--grpc-port", "0"], tmp_path)
+        line = refused(
+            capsys, server.main, ["--repository", str(empty), "--http-port", str(port), "--grpc-port", "0"], tmp_path
+        )
     assert f"port {port}" in line and "already in use" in line
     line = refused(capsys, server.main, ["--repository", str(empty), "--http-port", "70000"], tmp_path)
     assert "--http-port" in line
@@ -483,6 +587,8 @@ def test_a_pickled_diffusers_folder_is_never_loaded(capsys, tmp_path, fmnist_dat
     for f in folder.glob("*.safetensors"):
         f.unlink()
     (folder / "diffusion_pytorch_model.bin").write_bytes(planted_pickle(marker))
-    line = refused(capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path)
+    line = refused(
+        capsys, train_mod.main, _train_argv(tmp_path / "run", fmnist_data, "--weights", str(folder)), tmp_path
+    )
     assert "could not load diffusers weights" in line
     assert not marker.exists()

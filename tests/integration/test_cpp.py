@@ -39,7 +39,9 @@ def configured(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def selftest(configured) -> Path:
     build, _ = configured
-    proc = subprocess.run([CMAKE, "--build", str(build), "--target", "ddim_selftest"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [CMAKE, "--build", str(build), "--target", "ddim_selftest"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return build / "ddim_selftest"
 
@@ -57,18 +59,35 @@ def test_configures_and_states_why_the_tensorrt_target_is_skipped(configured):
 
 def test_manifest_reader(selftest, tmp_path):
     contract = contract_for(get_preset("tiny-dit"), "fp16")
-    manifest = {"format": "sparse-deploy-engine/1", "backend": "tensorrt", "engine": "sparse-fp16.trt.plan", "kind": "sparse",
-                "precision": "fp16", "preset": "tiny-dit", "preset_spec": get_preset("tiny-dit").to_dict(), "contract": contract.to_dict(), "note": "caf\u00e9 \"quoted\"",
-                "nested": {"list": [1, 2.5e-3, -4, True, False, None]}}
+    manifest = {
+        "format": "sparse-deploy-engine/1",
+        "backend": "tensorrt",
+        "engine": "sparse-fp16.trt.plan",
+        "kind": "sparse",
+        "precision": "fp16",
+        "preset": "tiny-dit",
+        "preset_spec": get_preset("tiny-dit").to_dict(),
+        "contract": contract.to_dict(),
+        "note": 'caf\u00e9 "quoted"',
+        "nested": {"list": [1, 2.5e-3, -4, True, False, None]},
+    }
     path = tmp_path / "m.json"
     path.write_text(json.dumps(manifest, indent=1))
-    out = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert "backend tensorrt" in out and "profile 1 8 64" in out and "precision fp16" in out
     assert "classes 10" in out  # from the model's own record (preset_spec), not a table of preset names
-    assert "input sample float16 -1 1 16 16" in out and "input class_labels int64 -1" in out and "output out float16 -1 1 16 16" in out
+    assert (
+        "input sample float16 -1 1 16 16" in out
+        and "input class_labels int64 -1" in out
+        and "output out float16 -1 1 16 16" in out
+    )
     # Manifests written now hold one precision field, the contract's; older ones also a top-level copy.
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "precision"}))
-    out = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert "precision fp16" in out
     path.write_text(json.dumps({**manifest, "format": "something-else"}))
     bad = subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True)
@@ -90,12 +109,38 @@ def test_ddim_loop_matches_sampling_sample(selftest, tmp_path, steps, guidance, 
         return 0.1 * x + 0.01 * (y.float() - 5).view(-1, 1, 1, 1) + 1e-4 * t.float().view(-1, 1, 1, 1)
 
     seed = 3
-    want, _ = sample(fake, preset, batch=len(labels), steps=steps, scheduler="ddim", seed=seed, labels=labels, guidance=guidance)
+    want, _ = sample(
+        fake, preset, batch=len(labels), steps=steps, scheduler="ddim", seed=seed, labels=labels, guidance=guidance
+    )
     # sampling.sample's initial noise: with labels given, the first draw from the seeded generator.
-    noise = torch.randn(len(labels), preset.in_channels, preset.sample_size, preset.sample_size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(
+        len(labels),
+        preset.in_channels,
+        preset.sample_size,
+        preset.sample_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
     (tmp_path / "noise.f32").write_bytes(noise.numpy().astype("<f4").tobytes())
-    cmd = [str(selftest), "sample", "--noise", str(tmp_path / "noise.f32"), "--labels", ",".join(map(str, labels)), "--steps", str(steps),
-           "--guidance", str(guidance), "--channels", "1", "--size", "16", "--null-label", str(preset.num_classes), "--out", str(tmp_path / "x.f32")]
+    cmd = [
+        str(selftest),
+        "sample",
+        "--noise",
+        str(tmp_path / "noise.f32"),
+        "--labels",
+        ",".join(map(str, labels)),
+        "--steps",
+        str(steps),
+        "--guidance",
+        str(guidance),
+        "--channels",
+        "1",
+        "--size",
+        "16",
+        "--null-label",
+        str(preset.num_classes),
+        "--out",
+        str(tmp_path / "x.f32"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     got = np.fromfile(tmp_path / "x.f32", dtype="<f4").reshape(want.shape)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
@@ -106,12 +151,28 @@ def test_ddim_loop_matches_sampling_sample(selftest, tmp_path, steps, guidance, 
     assert out.splitlines()[0].split()[1:] == [str(int(t)) for t in sched.timesteps]
 
 
-@pytest.mark.parametrize("config", [
-    dict(_class_name="DDIMScheduler", num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.0005, beta_end=0.015,
-         clip_sample=False, set_alpha_to_one=False),
-    dict(_class_name="DDPMScheduler", num_train_timesteps=400, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-         timestep_spacing="trailing", clip_sample=False),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(
+            _class_name="DDIMScheduler",
+            num_train_timesteps=500,
+            beta_schedule="scaled_linear",
+            beta_start=0.0005,
+            beta_end=0.015,
+            clip_sample=False,
+            set_alpha_to_one=False,
+        ),
+        dict(
+            _class_name="DDPMScheduler",
+            num_train_timesteps=400,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+            clip_sample=False,
+        ),
+    ],
+)
 def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
     """A non-default schedule recorded in an engine manifest: the C++ loop equals sampling.sample."""
     import dataclasses
@@ -120,8 +181,16 @@ def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
 
     preset = dataclasses.replace(get_preset("tiny-dit"), schedule=config)
     contract = contract_for(preset, "fp32")
-    manifest = {"format": "sparse-deploy-engine/1", "backend": "tensorrt", "engine": "e.trt.plan", "kind": "sparse", "precision": "fp32",
-                "preset": preset.name, "contract": contract.to_dict(), "schedule": schedule_record(config)}
+    manifest = {
+        "format": "sparse-deploy-engine/1",
+        "backend": "tensorrt",
+        "engine": "e.trt.plan",
+        "kind": "sparse",
+        "precision": "fp32",
+        "preset": preset.name,
+        "contract": contract.to_dict(),
+        "schedule": schedule_record(config),
+    }
     (tmp_path / "e.trt.json").write_text(json.dumps(manifest))
 
     def fake(x, t, y):
@@ -131,8 +200,28 @@ def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
     want, _ = sample(fake, preset, batch=2, steps=steps, scheduler="ddim", seed=seed, labels=labels)
     noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
     (tmp_path / "noise.f32").write_bytes(noise.numpy().astype("<f4").tobytes())
-    cmd = [str(selftest), "sample", "--noise", str(tmp_path / "noise.f32"), "--labels", "2,8", "--steps", str(steps), "--guidance", "1",
-           "--channels", "1", "--size", "16", "--null-label", "10", "--out", str(tmp_path / "x.f32"), "--manifest", str(tmp_path / "e.trt.json")]
+    cmd = [
+        str(selftest),
+        "sample",
+        "--noise",
+        str(tmp_path / "noise.f32"),
+        "--labels",
+        "2,8",
+        "--steps",
+        str(steps),
+        "--guidance",
+        "1",
+        "--channels",
+        "1",
+        "--size",
+        "16",
+        "--null-label",
+        "10",
+        "--out",
+        str(tmp_path / "x.f32"),
+        "--manifest",
+        str(tmp_path / "e.trt.json"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     from sparse_deploy.sampling import make_scheduler
 

@@ -21,19 +21,40 @@ from sparse_deploy.presets import get_preset
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
 from sparse_deploy.sources import resolve_source, resolve_vae, run_preset, source_preset
 
-DIT_SCHEDULE = dict(num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=0.0005, beta_end=0.015,
-                    clip_sample=False, set_alpha_to_one=False)
+DIT_SCHEDULE = dict(
+    num_train_timesteps=500,
+    beta_schedule="scaled_linear",
+    beta_start=0.0005,
+    beta_end=0.015,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
 
 
 def _dit_pipeline(root: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                                        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=5)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=5,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULE)).save_pretrained(str(root))
     return root
 
@@ -42,9 +63,16 @@ def _unet_pipeline(root: Path) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, layers_per_block=1,
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
     scheduler = DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(root))
     return root
@@ -66,13 +94,58 @@ def _finetune_build(root: Path, work: Path, extra: tuple[str, ...] = ()) -> dict
     from sparse_deploy.train import main as train_main
 
     run = work / "run"
-    assert train_main(["--weights", str(root), "--sparsity", "srste", "--steps", "2", "--batch-size", "4",
-                       "--data", "synthetic:8", "--out", str(run), "--preview", "0", "--lr", "1e-3", "--warmup-steps", "0"]) == 0
+    assert (
+        train_main(
+            [
+                "--weights",
+                str(root),
+                "--sparsity",
+                "srste",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--data",
+                "synthetic:8",
+                "--out",
+                str(run),
+                "--preview",
+                "0",
+                "--lr",
+                "1e-3",
+                "--warmup-steps",
+                "0",
+            ]
+        )
+        == 0
+    )
     engines = work / "engines"
-    assert build_main(["--checkpoint", str(run / "checkpoint"), "--backend", "onnxruntime", "--precision", "fp32",
-                       "--export-dir", str(work / "export"), "--engine-dir", str(engines), "--max-batch", "4"]) == 0
-    return {"run": run, "checkpoint": run / "checkpoint", "diffusers": run / "diffusers",
-            "dense": engines / "dense-fp32.ort.onnx", "sparse": engines / "sparse-fp32.ort.onnx"}
+    assert (
+        build_main(
+            [
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "fp32",
+                "--export-dir",
+                str(work / "export"),
+                "--engine-dir",
+                str(engines),
+                "--max-batch",
+                "4",
+            ]
+        )
+        == 0
+    )
+    return {
+        "run": run,
+        "checkpoint": run / "checkpoint",
+        "diffusers": run / "diffusers",
+        "dense": engines / "dense-fp32.ort.onnx",
+        "sparse": engines / "sparse-fp32.ort.onnx",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +167,11 @@ def test_sources_find_parts_by_model_index(dit_root):
     assert (pipe.kind, pipe.component, pipe.model_dir) == ("pipeline", "transformer", dit_root / "transformer")
     assert pipe.vae_dir == dit_root / "vae" and pipe.scheduler_config["beta_schedule"] == "scaled_linear"
     component = resolve_source(dit_root / "transformer")  # a component still sees its pipeline's siblings
-    assert component.kind == "model" and component.vae_dir == dit_root / "vae" and component.scheduler_config == pipe.scheduler_config
+    assert (
+        component.kind == "model"
+        and component.vae_dir == dit_root / "vae"
+        and component.scheduler_config == pipe.scheduler_config
+    )
     file = resolve_source(dit_root / "transformer" / "diffusion_pytorch_model.safetensors")
     assert file.kind == "file" and file.config["_class_name"] == "DiTTransformer2DModel"
     assert resolve_vae(dit_root) == dit_root / "vae" and resolve_vae(dit_root / "vae") == dit_root / "vae"
@@ -125,7 +202,14 @@ def test_sources_errors_name_what_was_found(dit_root, tmp_path):
 def test_any_config_becomes_a_preset(dit_root, unet_root, tmp_path):
     dit = source_preset(resolve_source(dit_root))
     assert (dit.name, dit.family, dit.in_channels, dit.sample_size, dit.num_classes, dit.learned_sigma, dit.latent) == (
-        "my-dit", "dit", 4, 8, 5, True, True)
+        "my-dit",
+        "dit",
+        4,
+        8,
+        5,
+        True,
+        True,
+    )
     assert dit.schedule["_class_name"] == "DDIMScheduler" and dit.model_kwargs["patch_size"] == 2
     unet = source_preset(resolve_source(unet_root))
     assert (unet.family, unet.num_classes, unet.latent, unet.learned_sigma) == ("unet", 0, False, False)
@@ -142,13 +226,19 @@ def test_any_config_becomes_a_preset(dit_root, unet_root, tmp_path):
 
 def test_default_schedule_is_the_old_linear_one():
     ddim = sampling_scheduler("ddim")
-    assert (ddim.config.beta_schedule, ddim.config.num_train_timesteps, ddim.config.set_alpha_to_one, ddim.config.clip_sample) == (
-        "linear", 1000, False, False)
+    assert (
+        ddim.config.beta_schedule,
+        ddim.config.num_train_timesteps,
+        ddim.config.set_alpha_to_one,
+        ddim.config.clip_sample,
+    ) == ("linear", 1000, False, False)
     record = schedule_record(None)
     assert record["config"] == DEFAULT_SCHEDULE and len(record["alphas_cumprod"]) == 1000
     x0, noise, a = torch.ones(2, 1, 2, 2), torch.full((2, 1, 2, 2), 2.0), torch.full((2, 1, 1, 1), 0.25)
     assert torch.equal(training_target(None, x0, noise, a), noise)
-    assert torch.allclose(training_target({"prediction_type": "v_prediction"}, x0, noise, a), 0.5 * noise - 0.75 ** 0.5 * x0)
+    assert torch.allclose(
+        training_target({"prediction_type": "v_prediction"}, x0, noise, a), 0.5 * noise - 0.75**0.5 * x0
+    )
     assert torch.equal(training_target({"prediction_type": "sample"}, x0, noise, a), x0)
 
 
@@ -171,8 +261,13 @@ def test_dit_pipeline_finetuned_out_and_back_in(dit_root, dit_run):
     for name in manifest["masked_layers"]:
         assert is_nm_sparse(modules[name].weight, 2, 4), name
     pipe = DiTPipeline.from_pretrained(str(out))
-    images = pipe(class_labels=[0, 4], guidance_scale=1.0, num_inference_steps=2, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        class_labels=[0, 4],
+        guidance_scale=1.0,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert images.shape == (2, 16, 16, 3) and (images >= 0).all() and (images <= 1).all()
 
 
@@ -187,8 +282,25 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
     engine_manifest = json.loads(dit_run["sparse"].with_suffix(".json").read_text())
     assert engine_manifest["schedule"]["num_train_timesteps"] == 500
     assert engine_manifest["schedule"]["config"]["beta_schedule"] == "scaled_linear"
-    assert run_main(["--engine", str(dit_run["sparse"]), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2",
-                     "--steps", "2", "--vae", str(dit_root)]) == 0
+    assert (
+        run_main(
+            [
+                "--engine",
+                str(dit_run["sparse"]),
+                "--out",
+                str(tmp_path / "s"),
+                "--num",
+                "2",
+                "--batch",
+                "2",
+                "--steps",
+                "2",
+                "--vae",
+                str(dit_root),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "s" / "run.json").read_text())
     assert record["decode"].startswith("vae") and (tmp_path / "s" / "grid.png").is_file()
 
@@ -196,13 +308,25 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
     vae = load_vae(dit_root)
     with load_runner(dit_run["sparse"]) as runner:
         x, _ = sample(runner, runner.preset, batch=2, steps=5, scheduler="ddim", seed=3, labels=[0, 1])
-        plain, _ = sample(runner, get_preset("dit-s").__class__.from_dict({**runner.preset.to_dict(), "schedule": None}),
-                          batch=2, steps=5, scheduler="ddim", seed=3, labels=[0, 1])
+        plain, _ = sample(
+            runner,
+            get_preset("dit-s").__class__.from_dict({**runner.preset.to_dict(), "schedule": None}),
+            batch=2,
+            steps=5,
+            scheduler="ddim",
+            seed=3,
+            labels=[0, 1],
+        )
     with torch.no_grad():
         ours = (vae.decode(x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
         pipe = DiTPipeline.from_pretrained(str(dit_run["diffusers"]))
-        ref = pipe(class_labels=[0, 1], guidance_scale=1.0, num_inference_steps=5, output_type="pt",
-                   generator=torch.Generator().manual_seed(3)).images
+        ref = pipe(
+            class_labels=[0, 1],
+            guidance_scale=1.0,
+            num_inference_steps=5,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(3),
+        ).images
     assert (ours - ref).abs().max() < 1e-4
     assert (x - plain).abs().max() > 1e-2  # the schedule matters: the default linear one gives other samples
 
@@ -231,14 +355,31 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
     assert manifest["masked_layers"]
     for name in manifest["masked_layers"]:
         assert is_nm_sparse(modules[name].weight, 2, 4), name  # convs: groups of 4 input channels per tap
-    assert run_main(["--engine", str(unet_run["sparse"]), "--out", str(tmp_path / "s"), "--num", "2", "--batch", "2",
-                     "--steps", "2"]) == 0
+    assert (
+        run_main(
+            [
+                "--engine",
+                str(unet_run["sparse"]),
+                "--out",
+                str(tmp_path / "s"),
+                "--num",
+                "2",
+                "--batch",
+                "2",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert run_main(["--engine", str(unet_run["sparse"]), "--out", str(tmp_path / "v"), "--vae", str(unet_root)]) == 2
     # DDPM is stochastic: the same generator drives the noise in both loops.
     with load_runner(unet_run["sparse"]) as runner:
         x, _ = sample(runner, runner.preset, batch=2, steps=4, scheduler="ddpm", seed=5)
     with torch.no_grad():
-        ref = pipe(batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(5)).images
+        ref = pipe(
+            batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(5)
+        ).images
     ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert abs(ours - ref).max() < 1e-4
 
@@ -263,8 +404,18 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
 
     def finetune(distil_sigma: bool) -> tuple[float, list[dict]]:
         torch.manual_seed(0)
-        config = TrainConfig(preset=None, out="unused", weights=str(dit_root), sparsity=SparsityConfig(mode="srste"), kd_weight=0.1,
-                             steps=12, batch_size=8, lr=5e-4, warmup_steps=0, data="synthetic:16").validate()
+        config = TrainConfig(
+            preset=None,
+            out="unused",
+            weights=str(dit_root),
+            sparsity=SparsityConfig(mode="srste"),
+            kd_weight=0.1,
+            steps=12,
+            batch_size=8,
+            lr=5e-4,
+            warmup_steps=0,
+            data="synthetic:16",
+        ).validate()
         run = prepare_run(config, torch.device("cpu"))
         assert run.preset.learned_sigma and run.teacher is not None
         if not distil_sigma:  # the control: the same run with no loss on the variance channels

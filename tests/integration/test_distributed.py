@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # --- which device each rank takes --------------------------------------------------------------
 
+
 def test_each_rank_takes_the_gpu_of_its_local_rank():
     env = DistEnv.from_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
     assert (env.rank, env.local_rank, env.world_size, env.main) == (3, 1, 4, False)
@@ -76,6 +77,7 @@ def test_the_global_batch_is_split_evenly():
 
 # --- mixed precision ----------------------------------------------------------------------------
 
+
 def test_precision_follows_what_the_gpu_supports():
     bf16 = train_mod.choose_precision("cuda", bf16_supported=True)
     fp16 = train_mod.choose_precision("cuda", bf16_supported=False)
@@ -100,15 +102,26 @@ def test_srste_decay_is_exact_after_unscaling():
 
 def test_fp16_training_step_uses_a_grad_scaler(fmnist_data, tmp_path):
     """The fp16 path as a GPU without bf16 takes it, run on the CPU (autocast and GradScaler work there)."""
-    config = train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path), steps=2, batch_size=4, preview=0, data=fmnist_data,
-                                   sparsity=SparsityConfig(mode="srste")).validate()
+    config = train_mod.TrainConfig(
+        preset="tiny-dit",
+        out=str(tmp_path),
+        steps=2,
+        batch_size=4,
+        preview=0,
+        data=fmnist_data,
+        sparsity=SparsityConfig(mode="srste"),
+    ).validate()
     torch.manual_seed(0)
-    run = train_mod.prepare_run(config, torch.device("cpu"), amp=train_mod.choose_precision("cuda", bf16_supported=False))
+    run = train_mod.prepare_run(
+        config, torch.device("cpu"), amp=train_mod.choose_precision("cuda", bf16_supported=False)
+    )
     assert run.amp.dtype == "fp16" and isinstance(run.scaler, torch.amp.GradScaler)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     rows = [train_mod.train_step(run, step) for step in range(2)]
     assert [r["amp"] for r in rows] == ["fp16", "fp16"] and rows[0]["grad_scale"] == 65536.0
-    moved = [k for k, v in run.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    moved = [
+        k for k, v in run.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
+    ]
     assert moved  # the scaled gradients reached the weights (a skipped step would leave them as they were)
     plain = train_mod.prepare_run(config, torch.device("cpu"))
     assert plain.amp.dtype == "fp32" and plain.scaler is None
@@ -116,12 +129,26 @@ def test_fp16_training_step_uses_a_grad_scaler(fmnist_data, tmp_path):
 
 # --- torchrun, two CPU processes ----------------------------------------------------------------
 
+
 def _torchrun(args: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sparse_deploy.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sparse_deploy.train",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("checkpoint: ") == 1  # rank 0 alone prints the final line
@@ -145,10 +172,22 @@ STEPS, BATCH = 3, 8
 
 
 def _solo(out: Path, data: str, init: Path | None = None) -> Path:
-    return train_mod.train(train_mod.TrainConfig(
-        preset="tiny-dit", out=str(out), steps=STEPS, batch_size=BATCH, checkpoint_every=2, preview=0, data=data, device="cpu",
-        init=str(init) if init else None, sparsity=SparsityConfig(mode="srste") if init else None, kd_weight=0.1 if init else 0.0,
-        kd_features=DEFAULT_KD_FEATURES if init else 0.0))
+    return train_mod.train(
+        train_mod.TrainConfig(
+            preset="tiny-dit",
+            out=str(out),
+            steps=STEPS,
+            batch_size=BATCH,
+            checkpoint_every=2,
+            preview=0,
+            data=data,
+            device="cpu",
+            init=str(init) if init else None,
+            sparsity=SparsityConfig(mode="srste") if init else None,
+            kd_weight=0.1 if init else 0.0,
+            kd_features=DEFAULT_KD_FEATURES if init else 0.0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +198,22 @@ def solo_dense(tmp_path_factory, fmnist_data) -> Path:
 
 @pytest.mark.parametrize("mode", ["dense", "srste"])
 def test_torchrun_two_ranks_equal_one_process_at_the_same_global_batch(mode, solo_dense, fmnist_data, tmp_path):
-    common = ["--model", "tiny-dit", "--steps", str(STEPS), "--batch-size", str(BATCH), "--checkpoint-every", "2",
-              "--data", fmnist_data, "--preview", "0", "--device", "cpu"]
+    common = [
+        "--model",
+        "tiny-dit",
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        str(BATCH),
+        "--checkpoint-every",
+        "2",
+        "--data",
+        fmnist_data,
+        "--preview",
+        "0",
+        "--device",
+        "cpu",
+    ]
     if mode == "srste":  # fine-tuned from the dense checkpoint, distilled from its output and its blocks (the default)
         # Block distillation's normaliser is averaged over the ranks, so it too equals one process.
         common += ["--sparsity", "srste", "--init", str(solo_dense)]

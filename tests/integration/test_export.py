@@ -88,7 +88,9 @@ def test_onnx_equals_pytorch(which, precision, kind, request):
         got = session.run(None, feeds)[0]
         assert got.dtype == (np.float16 if precision == "fp16" else np.float32)
         with torch.no_grad():
-            want = model(*[torch.from_numpy(v).float() if k == "sample" else torch.from_numpy(v) for k, v in feeds.items()]).numpy()
+            want = model(
+                *[torch.from_numpy(v).float() if k == "sample" else torch.from_numpy(v) for k, v in feeds.items()]
+            ).numpy()
         assert np.max(np.abs(got.astype(np.float32) - want)) <= tol["atol"] + tol["rtol"] * np.max(np.abs(want))
 
 
@@ -163,7 +165,9 @@ def test_sparse_checkpoint_exports_its_masks_and_its_dense_parent(tmp_path):
         for p in sparse.parameters():
             p.add_(0.01 * torch.randn_like(p))  # "fine-tuned"
     masked = sparsify_(sparse, sparse_cfg)
-    sparse_dir = save_checkpoint(tmp_path / "sparse", sparse, sparsity=sparse_cfg, info={"dense_checkpoint": str(dense_dir)})
+    sparse_dir = save_checkpoint(
+        tmp_path / "sparse", sparse, sparsity=sparse_cfg, info={"dense_checkpoint": str(dense_dir)}
+    )
 
     out = tmp_path / "export"
     graphs = {g.kind: g for g in ex.export_all(ex.ExportConfig(checkpoint=sparse_dir, out=out, precisions=("fp32",)))}
@@ -177,7 +181,9 @@ def test_sparse_checkpoint_exports_its_masks_and_its_dense_parent(tmp_path):
     orphan = save_checkpoint(tmp_path / "orphan", sparse, sparsity=sparse_cfg)
     with pytest.raises(SparseDeployError, match="--dense-checkpoint"):
         ex.export_all(ex.ExportConfig(checkpoint=orphan, out=out, precisions=("fp32",)))
-    only_sparse = ex.export_all(ex.ExportConfig(checkpoint=orphan, out=tmp_path / "o", kinds=("sparse",), precisions=("fp32",)))
+    only_sparse = ex.export_all(
+        ex.ExportConfig(checkpoint=orphan, out=tmp_path / "o", kinds=("sparse",), precisions=("fp32",))
+    )
     assert only_sparse[0].manifest["sparsity_check"]["passed"]
     # A dense checkpoint with --require-masks: the same clear refusal.
     with pytest.raises(SparseDeployError, match="a sparse export of a model with no masks"):

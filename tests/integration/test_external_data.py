@@ -46,11 +46,21 @@ def test_graph_and_weights_are_two_files_recorded_in_the_manifest(built):
         graph = config.export.out / f"{kind}-fp32.onnx"
         data = data_path(graph)
         manifest = ex.read_onnx_manifest(graph)
-        assert manifest["external_data"] == {"file": data.name, "bytes": data.stat().st_size, "sha256": sha256_file(data)}
+        assert manifest["external_data"] == {
+            "file": data.name,
+            "bytes": data.stat().st_size,
+            "sha256": sha256_file(data),
+        }
         proto = onnx.load(str(graph), load_external_data=False)
         inline = [t for t in proto.graph.initializer if not uses_external_data(t)]
         assert all(len(t.raw_data) < 1024 for t in inline)  # every weight matrix left the protobuf
-        locations = {e.value for t in proto.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
+        locations = {
+            e.value
+            for t in proto.graph.initializer
+            if uses_external_data(t)
+            for e in t.external_data
+            if e.key == "location"
+        }
         assert locations == {data.name}  # one file, referred to by its bare name
         assert manifest["parity"]["passed"] and manifest["sparsity_check"]["passed"]
     assert not [p.name for p in config.export.out.iterdir() if p.name.startswith(".")]  # no staging litter
@@ -74,7 +84,9 @@ def test_masked_layers_are_2to4_in_the_external_weights(built):
 def test_ort_engine_keeps_external_weights_and_matches_its_source(built):
     config, engines = built
     for kind, engine in engines.items():
-        assert data_path(engine.path).is_file() and engine.manifest["external_data"]["file"] == data_path(engine.path).name
+        assert (
+            data_path(engine.path).is_file() and engine.manifest["external_data"]["file"] == data_path(engine.path).name
+        )
         runner = load_runner(engine.path)
         contract = runner.contract
         source = _outputs(config.export.out / f"{kind}-fp32.onnx", contract)
@@ -119,7 +131,9 @@ def test_back_to_one_file_removes_the_old_data_file(built, tmp_path):
     config, _ = built
     out = tmp_path / "export"
     shutil.copytree(config.export.out, out)
-    graph = ex.export_all(ex.ExportConfig(model="tiny-dit", out=out, kinds=("dense",), precisions=("fp32",)), reuse=True)[0]
+    graph = ex.export_all(
+        ex.ExportConfig(model="tiny-dit", out=out, kinds=("dense",), precisions=("fp32",)), reuse=True
+    )[0]
     assert not graph.reused and graph.manifest["external_data"] is None and not data_path(graph.path).exists()
 
 

@@ -38,7 +38,9 @@ def test_every_distinct_linear_shape_of_dit_s_b_xl():
     shapes = {(s["out"], s["in"], s["rows_per_sample"]): s for s in gc.gemm_shapes()}
     # DiT-XL/2 at 256 px: 256 tokens per sample through q/k/v/out (112 layers), the MLP and the final projection.
     assert shapes[(1152, 1152, 256)]["presets"] == {"dit-xl": 112}
-    assert shapes[(4608, 1152, 256)]["presets"] == {"dit-xl": 28} and shapes[(1152, 4608, 256)]["presets"] == {"dit-xl": 28}
+    assert shapes[(4608, 1152, 256)]["presets"] == {"dit-xl": 28} and shapes[(1152, 4608, 256)]["presets"] == {
+        "dit-xl": 28
+    }
     assert shapes[(32, 1152, 256)]["presets"] == {"dit-xl": 1}
     # Conditioning layers see one row per sample, block 0's reused embedder included.
     assert shapes[(6912, 1152, 1)]["presets"] == {"dit-xl": 28} and shapes[(1152, 256, 1)]["presets"] == {"dit-xl": 28}
@@ -52,8 +54,17 @@ def test_run_part_time_boxes_and_reports_failures(tmp_path):
     assert ok["status"] == "ok" and ok["returncode"] == 0 and "log_tail" not in ok
     bad = gc.run_part("b", [sys.executable, "-c", "raise SystemExit('boom')"], 60, tmp_path / "b.log")
     assert bad["status"] == "failed" and "boom" in bad["log_tail"]
-    hung = gc.run_part("c", [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
-                                                   "'import time; time.sleep(60)']); time.sleep(60)"], 2, tmp_path / "c.log")
+    hung = gc.run_part(
+        "c",
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); time.sleep(60)",
+        ],
+        2,
+        tmp_path / "c.log",
+    )
     assert hung["status"] == "timeout" and hung["seconds"] < 30  # the whole process group went, grandchild too
 
 
@@ -91,18 +102,45 @@ def test_parts_and_report_on_cpu(cpu_kit, tmp_path):
     assert "not tried after the capture at batch 1 failed" in e2e["batches"][1]["cuda_graph"]["error"]
 
     assert "no TensorRT engines" in parts.part_tensorrt(out, cpu_kit)["skipped"]
-    (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [],
-                                                "skipped": [{"test": "t::b", "reason": "needs TensorRT"}]}))
-    report = {"kind": "gpu-check", "created": "today", "command": "python -m sparse_deploy.gpu_check", "budget_s": 450, "seconds": 1.0,
-              "machine": {"gpu": "Stand-in"}, "parts": [{"part": p, "status": "ok", "seconds": 1.0} for p in gc.PARTS]}
+    (out / "tests.json").write_text(
+        json.dumps(
+            {
+                "pytest_exit_code": 0,
+                "passed": ["t::a"],
+                "failed": [],
+                "errors": [],
+                "skipped": [{"test": "t::b", "reason": "needs TensorRT"}],
+            }
+        )
+    )
+    report = {
+        "kind": "gpu-check",
+        "created": "today",
+        "command": "python -m sparse_deploy.gpu_check",
+        "budget_s": 450,
+        "seconds": 1.0,
+        "machine": {"gpu": "Stand-in"},
+        "parts": [{"part": p, "status": "ok", "seconds": 1.0} for p in gc.PARTS],
+    }
     written = gc.write_report(out, report)
     md = written["markdown"].read_text()
-    for heading in ("## Parts", "## tests/gpu", "## Per-layer GEMMs", "### fp16", "### bf16", "## End to end: tiny-dit", "## TensorRT"):
+    for heading in (
+        "## Parts",
+        "## tests/gpu",
+        "## Per-layer GEMMs",
+        "### fp16",
+        "### bf16",
+        "## End to end: tiny-dit",
+        "## TensorRT",
+    ):
         assert heading in md, heading
     assert "needs TensorRT" in md and "no TensorRT engines" in md
     assert written["gemm"].is_file() and written["e2e"].is_file()
     full = json.loads(written["json"].read_text())
-    assert set(full["results"]) == set(gc.PARTS) and full["plots"] == {"gemm": "gemm_speedup.png", "e2e": "e2e_speedup.png"}
+    assert set(full["results"]) == set(gc.PARTS) and full["plots"] == {
+        "gemm": "gemm_speedup.png",
+        "e2e": "e2e_speedup.png",
+    }
 
 
 def test_a_hung_part_loses_only_itself(tmp_path, monkeypatch, capsys):
@@ -112,7 +150,9 @@ def test_a_hung_part_loses_only_itself(tmp_path, monkeypatch, capsys):
         assert "--part" in argv and timeout <= gc.PART_CAPS[name]
         if name == "gemm":
             return {"part": name, "status": "timeout", "seconds": timeout, "log_tail": "still timing"}
-        (out / "tests.json").write_text(json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [], "skipped": []}))
+        (out / "tests.json").write_text(
+            json.dumps({"pytest_exit_code": 0, "passed": ["t::a"], "failed": [], "errors": [], "skipped": []})
+        )
         return {"part": name, "status": "ok", "seconds": 1.0}
 
     monkeypatch.setattr(cli, "no_gpu_reason", lambda: None)
@@ -134,10 +174,18 @@ def test_the_package_runs_as_a_module_and_imports_only_the_standard_library(tmp_
     starts each part as ``python -m sparse_deploy.gpu_check part --part NAME``."""
     import subprocess
 
-    probe = ("import sys, sparse_deploy.gpu_check; "
-             "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if m in sys.modules))")
-    imported = subprocess.run([sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True)
+    probe = (
+        "import sys, sparse_deploy.gpu_check; "
+        "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'matplotlib', 'pytest') if m in sys.modules))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], cwd=gc.cli.REPO, capture_output=True, text=True, check=True
+    )
     assert imported.stdout.strip() == "[]"
-    part = subprocess.run([sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],
-                          cwd=gc.cli.REPO, capture_output=True, text=True)
+    part = subprocess.run(
+        [sys.executable, "-m", "sparse_deploy.gpu_check", "part", "--part", "gemm", "--out", str(tmp_path / "gpu")],
+        cwd=gc.cli.REPO,
+        capture_output=True,
+        text=True,
+    )
     assert part.returncode == 0 and part.stdout.startswith("gpu-check: nothing to do: "), part.stderr[-2000:]

@@ -29,8 +29,9 @@ def _env() -> dict[str, str]:
 
 def kill_at_random(args: list[str], started: Callable[[], bool], rng: random.Random, window: float) -> None:
     """Start ``python -m args``; once ``started()`` holds, wait a random time in ``[0, window]`` and SIGKILL it."""
-    proc = subprocess.Popen([sys.executable, "-m", *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
     try:
         while proc.poll() is None and not started():
             time.sleep(0.02)
@@ -48,7 +49,11 @@ def finish(args: list[str]) -> None:
 
 def finals(root: Path) -> list[Path]:
     """Files under their final names (temporaries are ``.<name>.tmp-<pid>``)."""
-    return [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
 
 
 @pytest.mark.parametrize("round_", range(1))
@@ -57,8 +62,25 @@ def test_kill_during_training_then_resume(tmp_path, fmnist_data, round_):
 
     rng = random.Random(SEED * 100 + round_)
     out = tmp_path / "run"
-    args = ["sparse_deploy.train", "--model", "tiny-dit", "--out", str(out), "--steps", "6", "--checkpoint-every", "2",
-            "--batch-size", "4", "--preview", "0", "--data", fmnist_data, "--device", "cpu"]
+    args = [
+        "sparse_deploy.train",
+        "--model",
+        "tiny-dit",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--preview",
+        "0",
+        "--data",
+        fmnist_data,
+        "--device",
+        "cpu",
+    ]
     kill_at_random(args, lambda: (out / "metrics.jsonl").exists(), rng, window=3.0)
     ckpt = out / "checkpoint"
     trained = 0
@@ -91,8 +113,21 @@ def test_kill_during_export_build_and_sampling(tmp_path):
 
     rng = random.Random(SEED)
     export, engines, samples = tmp_path / "export", tmp_path / "tiny-dit", tmp_path / "samples"
-    build = ["sparse_deploy.build", "--model", "tiny-dit", "--precision", "fp32", "--max-batch", "2", "--backend", "onnxruntime",
-             "--export-dir", str(export), "--engine-dir", str(engines)]
+    build = [
+        "sparse_deploy.build",
+        "--model",
+        "tiny-dit",
+        "--precision",
+        "fp32",
+        "--max-batch",
+        "2",
+        "--backend",
+        "onnxruntime",
+        "--export-dir",
+        str(export),
+        "--engine-dir",
+        str(engines),
+    ]
     kill_at_random(build, lambda: export.exists(), rng, window=6.0)
     for path in finals(tmp_path):
         if path.suffix == ".onnx":
@@ -103,8 +138,21 @@ def test_kill_during_export_build_and_sampling(tmp_path):
         if engine.with_suffix(".json").exists():
             load_runner(engine).close()  # manifest sealed and matching the file
     finish(build)
-    run = ["sparse_deploy.run", "--engine", str(engines / "sparse-fp32.ort.onnx"), "--out", str(samples), "--num", "8",
-           "--batch", "2", "--steps", "4", "--device", "cpu"]
+    run = [
+        "sparse_deploy.run",
+        "--engine",
+        str(engines / "sparse-fp32.ort.onnx"),
+        "--out",
+        str(samples),
+        "--num",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    ]
     kill_at_random(run, lambda: samples.exists(), rng, window=2.0)
     for png in samples.glob("*.png") if samples.exists() else ():
         with Image.open(png) as im:

@@ -17,7 +17,14 @@ from sparse_deploy import train as train_mod
 from sparse_deploy.checkpoint import WEIGHTS, load_checkpoint
 from sparse_deploy.masks import is_nm_sparse, nm_mask, nm_patterns, pattern_index
 from sparse_deploy.sparsify import (
-    SparsityConfig, bake_, decay_pruned_, mask_logit_parameters, masked_modules, refresh_masks_, set_mask_temperature_, sparsify_,
+    SparsityConfig,
+    bake_,
+    decay_pruned_,
+    mask_logit_parameters,
+    masked_modules,
+    refresh_masks_,
+    set_mask_temperature_,
+    sparsify_,
 )
 
 STEPS = 4
@@ -115,12 +122,15 @@ def test_decoupled_decay_shrinks_only_pruned_weights():
     assert_close(model.fc.weight[~mask], before[~mask] * 0.5, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
-    (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
-    (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
-    (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="fixed", pruned_decay=1.0), "pruned-decay"),
+        (dict(mode="srste", pruned_decay=-1.0), "pruned-decay"),
+        (dict(mode="maskllm", tau=(1.0, 0.0)), "tau"),
+        (dict(mode="maskllm", mask_lr=0.0), "mask-lr"),
+    ],
+)
 def test_new_settings_validate(kwargs, match):
     from sparse_deploy.errors import SparseDeployError
 
@@ -151,13 +161,24 @@ def test_cosine_lr_factor():
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory, fmnist_data) -> Path:
     out = tmp_path_factory.mktemp("dense")
-    return train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data))
+    return train_mod.train(
+        train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data)
+    )
 
 
 def _config(out: Path, dense: Path, data: str) -> train_mod.TrainConfig:
     return train_mod.TrainConfig(
-        preset="tiny-dit", out=str(out), steps=STEPS, checkpoint_every=2, preview=0, data=data, init=str(dense),
-        sparsity=SparsityConfig(mode="maskllm", pruned_decay=1.0), kd_weight=0.1, kd_features=0.5, lr_schedule="cosine",
+        preset="tiny-dit",
+        out=str(out),
+        steps=STEPS,
+        checkpoint_every=2,
+        preview=0,
+        data=data,
+        init=str(dense),
+        sparsity=SparsityConfig(mode="maskllm", pruned_decay=1.0),
+        kd_weight=0.1,
+        kd_features=0.5,
+        lr_schedule="cosine",
     )
 
 
@@ -205,7 +226,9 @@ def test_feature_distillation_is_zero_for_an_identical_student(dense_ckpt):
     assert float(taps.loss()) > 0.0
 
 
-def test_maskllm_resume_after_kill_matches_uninterrupted_run(tmp_path, killed_at_step, learned_run, dense_ckpt, fmnist_data):
+def test_maskllm_resume_after_kill_matches_uninterrupted_run(
+    tmp_path, killed_at_step, learned_run, dense_ckpt, fmnist_data
+):
     out = tmp_path / "killed"
     with killed_at_step(3), pytest.raises(KeyboardInterrupt):  # step 3, after the step-2 checkpoint was written
         train_mod.train(_config(out, dense_ckpt, fmnist_data))
@@ -244,8 +267,15 @@ def test_choose_for_budget_takes_the_cheapest_loss_per_mac_first():
 
 
 def test_macs_budget_run_keeps_the_most_sensitive_layers_dense(tmp_path, dense_ckpt, fmnist_data):
-    config = train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "b"), steps=2, preview=0, data=fmnist_data,
-                                   init=str(dense_ckpt), sparsity=SparsityConfig(mode="srste", macs_budget=0.9))
+    config = train_mod.TrainConfig(
+        preset="tiny-dit",
+        out=str(tmp_path / "b"),
+        steps=2,
+        preview=0,
+        data=fmnist_data,
+        init=str(dense_ckpt),
+        sparsity=SparsityConfig(mode="srste", macs_budget=0.9),
+    )
     ckpt = train_mod.train(config)
     coverage = json.loads((tmp_path / "b" / "coverage.json").read_text())
     kept = [k for k, why in coverage["skipped"].items() if "macs-budget" in why]

@@ -20,17 +20,28 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory, fmnist_data) -> Path:
     out = tmp_path_factory.mktemp("dense")
-    return train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data))
+    return train_mod.train(
+        train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data)
+    )
 
 
 def _run(tmp_path: Path, dense: Path, data: str, mode: str, init: str, steps: int = STEPS) -> Path:
-    config = train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / f"{mode}-{init}"), steps=steps, preview=0, data=data,
-                                   init=str(dense), sparsity=SparsityConfig(mode=mode, mask_init=init, calib_samples=32),
-                                   kd_weight=0.1)
+    config = train_mod.TrainConfig(
+        preset="tiny-dit",
+        out=str(tmp_path / f"{mode}-{init}"),
+        steps=steps,
+        preview=0,
+        data=data,
+        init=str(dense),
+        sparsity=SparsityConfig(mode=mode, mask_init=init, calib_samples=32),
+        kd_weight=0.1,
+    )
     return train_mod.train(config)
 
 
-def test_sparsegpt_oneshot_records_its_start_and_beats_magnitude_on_the_layer_outputs(tmp_path, dense_ckpt, fmnist_data):
+def test_sparsegpt_oneshot_records_its_start_and_beats_magnitude_on_the_layer_outputs(
+    tmp_path, dense_ckpt, fmnist_data
+):
     ckpt = _run(tmp_path, dense_ckpt, fmnist_data, "oneshot", "sparsegpt")
     manifest = read_manifest(ckpt)
     start = manifest["mask_start"]
@@ -49,7 +60,9 @@ def test_sparsegpt_oneshot_records_its_start_and_beats_magnitude_on_the_layer_ou
     assert not torch.equal(layers[name].weight[kept], dense_layers[f"net.{name}"].weight[kept])
 
 
-def test_srste_from_a_calibrated_start_keeps_that_mask_at_its_first_refresh(tmp_path, dense_ckpt, fmnist_data, monkeypatch):
+def test_srste_from_a_calibrated_start_keeps_that_mask_at_its_first_refresh(
+    tmp_path, dense_ckpt, fmnist_data, monkeypatch
+):
     seen = {}
     real = train_mod.prepare_run
 
@@ -73,13 +86,31 @@ def test_fine_tuning_defaults_keep_the_start_and_pretraining_keeps_its_warm_up(d
     assert tune.warmup_steps == min(d.warmup_steps, 20) and scratch.warmup_steps == d.warmup_steps
     assert tune.lr == (d.sparse_lr or d.lr)
     # Without the warm-up the EMA moves by (1 - decay) from the first step: the start is kept.
-    assert train_mod.ema_decay_at(0.99, 0, warmup=False) == 0.99 and train_mod.ema_decay_at(0.99, 0) == pytest.approx(0.1)
+    assert train_mod.ema_decay_at(0.99, 0, warmup=False) == 0.99 and train_mod.ema_decay_at(0.99, 0) == pytest.approx(
+        0.1
+    )
 
 
 def test_cli_flags_reach_the_config(dense_ckpt):
-    args = build_parser().parse_args(["--model", "tiny-dit", "--init", str(dense_ckpt), "--sparsity", "srste", "--mask-init",
-                                      "sparsegpt", "--calib-samples", "64", "--decay-ramp", "0.25", "--ema-warmup",
-                                      "--data-weight", "0.5"])
+    args = build_parser().parse_args(
+        [
+            "--model",
+            "tiny-dit",
+            "--init",
+            str(dense_ckpt),
+            "--sparsity",
+            "srste",
+            "--mask-init",
+            "sparsegpt",
+            "--calib-samples",
+            "64",
+            "--decay-ramp",
+            "0.25",
+            "--ema-warmup",
+            "--data-weight",
+            "0.5",
+        ]
+    )
     config = config_from_args(args).validate()
     assert config.sparsity.mask_init == "sparsegpt" and config.sparsity.calib_samples == 64
     assert config.sparsity.decay_ramp == 0.25 and config.ema_warmup is True and config.data_weight == 0.5

@@ -18,8 +18,11 @@ from sparse_deploy.sampling import batch_seed, sample, sample_request, to_uint8
 @pytest.fixture(scope="module")
 def tiny_runner(tmp_path_factory):
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("measure") / "dense", build_model(get_preset("tiny-dit"), announce_random=False),
-                           sparsity=None)
+    ckpt = save_checkpoint(
+        tmp_path_factory.mktemp("measure") / "dense",
+        build_model(get_preset("tiny-dit"), announce_random=False),
+        sparsity=None,
+    )
     with load_runner(ckpt, device="cpu") as runner:
         yield runner
 
@@ -40,8 +43,15 @@ def test_fid_samples_keep_their_seeds(tiny_runner):
     want = []
     for start in (0, 3):
         n = min(3, 5 - start)
-        x, _ = sample(tiny_runner, preset, batch=n, steps=1, scheduler="ddim", seed=1 * 1_000_003 + start,
-                      labels=[(start + j) % preset.num_classes for j in range(n)])
+        x, _ = sample(
+            tiny_runner,
+            preset,
+            batch=n,
+            steps=1,
+            scheduler="ddim",
+            seed=1 * 1_000_003 + start,
+            labels=[(start + j) % preset.num_classes for j in range(n)],
+        )
         want.append(to_uint8(x))
     assert fid_sampling_seed(1) == 1_000_003
     assert np.array_equal(images, np.concatenate(want)) and labels.tolist() == [0, 1, 2, 3, 4]

@@ -31,7 +31,8 @@ def artifacts(tmp_path_factory):
     checkpoint = save_checkpoint(tmp / "ckpt", build_model(get_preset("tiny-dit")), sparsity=None)
     config = BuildConfig(
         export=ExportConfig(checkpoint=checkpoint, out=tmp / "export", precisions=("fp32",), max_batch=4),
-        backend="onnxruntime", engine_dir=tmp / "engines",
+        backend="onnxruntime",
+        engine_dir=tmp / "engines",
     )
     engines = {e.kind: e.path for e in build_engines(config).engines}
     return {"tmp": tmp, "checkpoint": checkpoint, **engines}
@@ -39,7 +40,20 @@ def artifacts(tmp_path_factory):
 
 def test_run_writes_n_pngs_a_grid_and_a_record(artifacts, tmp_path, capsys):
     out = tmp_path / "samples"
-    argv = ["--engine", str(artifacts["sparse"]), "--out", str(out), "--num", "5", "--batch", "2", "--steps", "3", "--labels", "1,7"]
+    argv = [
+        "--engine",
+        str(artifacts["sparse"]),
+        "--out",
+        str(out),
+        "--num",
+        "5",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--labels",
+        "1,7",
+    ]
     assert rn.main(argv) == 0
     assert sorted(p.name for p in out.glob("sample-*.png")) == [f"sample-{i:04d}.png" for i in range(5)]
     assert Image.open(out / "sample-0000.png").size == (16, 16)
@@ -55,7 +69,9 @@ def test_same_seed_same_images_on_torch_and_ort(artifacts, tmp_path):
     draws = {}
     for name in ("checkpoint", "dense"):
         with load_runner(artifacts[name], device="cpu") as runner:
-            draws[name] = sample(runner, preset, batch=2, steps=5, seed=11, labels=[2, 4], guidance=1.5)  # 2x2 = 4 <= max
+            draws[name] = sample(
+                runner, preset, batch=2, steps=5, seed=11, labels=[2, 4], guidance=1.5
+            )  # 2x2 = 4 <= max
     (x_torch, y_torch), (x_ort, y_ort) = draws["checkpoint"], draws["dense"]
     assert torch.equal(y_torch, y_ort)
     torch.testing.assert_close(x_ort, x_torch, atol=1e-3, rtol=1e-3)
@@ -86,7 +102,20 @@ def test_batch_outside_the_profile_is_refused(artifacts, tmp_path):
         with pytest.raises(SparseDeployError, match=r"batch 5 is outside .* profile \[1, 4\]"):
             runner(torch.randn(5, 1, 16, 16), torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long))
     # Guidance doubles the batch: 3 images -> 6 > 4.
-    argv = ["--engine", str(artifacts["dense"]), "--out", str(tmp_path), "--num", "3", "--batch", "3", "--steps", "2", "--guidance", "2"]
+    argv = [
+        "--engine",
+        str(artifacts["dense"]),
+        "--out",
+        str(tmp_path),
+        "--num",
+        "3",
+        "--batch",
+        "3",
+        "--steps",
+        "2",
+        "--guidance",
+        "2",
+    ]
     assert rn.main(argv) == 2
 
 
@@ -127,7 +156,9 @@ def test_tampered_engine_or_manifest_is_refused(artifacts, tmp_path):
     data = bytearray(engine.read_bytes())
     data[-10] ^= 0xFF
     engine.write_bytes(bytes(data))
-    with pytest.raises(SparseDeployError, match="does not match the sha256 in its manifest.*make engine MODEL=tiny-dit"):
+    with pytest.raises(
+        SparseDeployError, match="does not match the sha256 in its manifest.*make engine MODEL=tiny-dit"
+    ):
         load_runner(engine)
     sparse = folder / "sparse-fp32.ort.onnx"
     manifest = json.loads(sparse.with_suffix(".json").read_text())
@@ -168,13 +199,21 @@ def test_checkpoint_backends(artifacts):
         load_runner(artifacts["dense"], backend="trt")
 
 
-@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT is usable here; tests/gpu covers real plans")
+@pytest.mark.skipif(
+    tensorrt_unavailable_reason() is None, reason="TensorRT is usable here; tests/gpu covers real plans"
+)
 def test_tensorrt_engine_without_tensorrt_is_refused_clearly(artifacts, tmp_path):
     plan = tmp_path / "tiny-dit" / "dense-fp32.trt.plan"
     plan.parent.mkdir()
     plan.write_bytes(b"plan bytes")
     manifest = json.loads(artifacts["dense"].with_suffix(".json").read_text())
-    manifest.update(backend="tensorrt", engine=plan.name, engine_sha256=sha256_file(plan), tensorrt_version="11.1.0", compute_capability="9.0")
+    manifest.update(
+        backend="tensorrt",
+        engine=plan.name,
+        engine_sha256=sha256_file(plan),
+        tensorrt_version="11.1.0",
+        compute_capability="9.0",
+    )
     plan.with_suffix(".json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(SparseDeployError, match="TensorRT|CUDA GPU"):
         load_runner(plan)
@@ -188,7 +227,9 @@ def test_trt_compatibility_check_names_the_fix(tmp_path):
     plan = tmp_path / "dit-s" / "sparse-fp16.trt.plan"
     manifest = {"tensorrt_version": "11.1.0", "compute_capability": "8.0", "gpu": "NVIDIA A100"}
     check_engine_compatible(plan, manifest, "11.1.0", {"name": "NVIDIA A100", "compute_capability": "8.0"})
-    with pytest.raises(SparseDeployError, match=r"compute capability 8.0 .*rebuild it here with make engine MODEL=dit-s"):
+    with pytest.raises(
+        SparseDeployError, match=r"compute capability 8.0 .*rebuild it here with make engine MODEL=dit-s"
+    ):
         check_engine_compatible(plan, manifest, "11.1.0", {"name": "NVIDIA H100", "compute_capability": "9.0"})
     with pytest.raises(SparseDeployError, match=r"TensorRT 11.1.0 \(this machine has 11.4.0\)"):
         check_engine_compatible(plan, manifest, "11.4.0", {"name": "NVIDIA A100", "compute_capability": "8.0"})

@@ -23,8 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory, fmnist_data) -> Path:
     out = tmp_path_factory.mktemp("dense")
-    return train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=3, preview=0, data=fmnist_data,
-                                                 lr_schedule="cosine"))
+    return train_mod.train(
+        train_mod.TrainConfig(
+            preset="tiny-dit", out=str(out), steps=3, preview=0, data=fmnist_data, lr_schedule="cosine"
+        )
+    )
 
 
 @pytest.fixture()
@@ -72,8 +75,17 @@ def test_tampered_or_missing_files_are_refused(tmp_path, packed):
 def test_pack_refuses_sparse_or_unfinished_checkpoints(tmp_path, dense_ckpt, fmnist_data):
     from sparse_deploy.sparsify import SparsityConfig
 
-    sparse = train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "s"), steps=2, preview=0, data=fmnist_data,
-                                                   init=str(dense_ckpt), sparsity=SparsityConfig(mode="fixed")))
+    sparse = train_mod.train(
+        train_mod.TrainConfig(
+            preset="tiny-dit",
+            out=str(tmp_path / "s"),
+            steps=2,
+            preview=0,
+            data=fmnist_data,
+            init=str(dense_ckpt),
+            sparsity=SparsityConfig(mode="fixed"),
+        )
+    )
     with pytest.raises(SparseDeployError, match="sparse checkpoint"):
         shipped.pack_weights(sparse, tmp_path / "w")
     assert not (tmp_path / "w").exists()
@@ -88,12 +100,16 @@ def test_score_records_fid_and_a_class_per_row_grid(monkeypatch, tmp_path, packe
         sigma = np.eye(4)
 
     monkeypatch.setattr(fid, "reference_stats", lambda *a, **k: Ref())
-    monkeypatch.setattr(fid, "features_from_images", lambda images, **k: images.reshape(len(images), -1)[:, :4].astype(np.float64) / 255)
+    monkeypatch.setattr(
+        fid, "features_from_images", lambda images, **k: images.reshape(len(images), -1)[:, :4].astype(np.float64) / 255
+    )
     from sparse_deploy import sampling
 
     grids = []
     real_save_grid = sampling.save_grid
-    monkeypatch.setattr(sampling, "save_grid", lambda images, path, nrow=None: grids.append(nrow) or real_save_grid(images, path, nrow))
+    monkeypatch.setattr(
+        sampling, "save_grid", lambda images, path, nrow=None: grids.append(nrow) or real_save_grid(images, path, nrow)
+    )
     result = shipped.score_weights(packed, num=12, steps=2, batch=6)
     manifest = json.loads((packed / "MANIFEST.json").read_text())
     assert manifest["fid"]["value"] == pytest.approx(result["value"]) and manifest["fid"]["samples"] == 12
@@ -109,15 +125,41 @@ def test_class_rows():
 
 
 def test_format_summary_fits_one_screen():
-    text = format_summary({
-        "preset": "fmnist-dit", "dense_source": "runs/fmnist-dit/dense/checkpoint",
-        "recipe": {"mode": "srste", "kd_weight": 0.1, "kd_features": 0.0, "pruned_decay": 0.0, "steps": 600, "lr": 3e-4},
-        "coverage": {"pattern": "2:4", "sparse_layers": ["a"] * 36, "sparse_share": 0.7, "model_macs": 20e6, "effective_macs": 13e6},
-        "engines": {"dense": {"path": "d.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"},
-                    "sparse": {"path": "s.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"}},
-        "fid": {"num": 300, "reference": "fashion-mnist:test", "reference_num": 1000, "sampler": "ddim 25",
-                "dense": 50.0, "sparse": 52.0, "gap": 0.04, "sparse_vs_dense_samples": 10.0},
-    })
+    text = format_summary(
+        {
+            "preset": "fmnist-dit",
+            "dense_source": "runs/fmnist-dit/dense/checkpoint",
+            "recipe": {
+                "mode": "srste",
+                "kd_weight": 0.1,
+                "kd_features": 0.0,
+                "pruned_decay": 0.0,
+                "steps": 600,
+                "lr": 3e-4,
+            },
+            "coverage": {
+                "pattern": "2:4",
+                "sparse_layers": ["a"] * 36,
+                "sparse_share": 0.7,
+                "model_macs": 20e6,
+                "effective_macs": 13e6,
+            },
+            "engines": {
+                "dense": {"path": "d.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"},
+                "sparse": {"path": "s.ort.onnx", "bytes": 8e6, "backend": "onnxruntime"},
+            },
+            "fid": {
+                "num": 300,
+                "reference": "fashion-mnist:test",
+                "reference_num": 1000,
+                "sampler": "ddim 25",
+                "dense": 50.0,
+                "sparse": 52.0,
+                "gap": 0.04,
+                "sparse_vs_dense_samples": 10.0,
+            },
+        }
+    )
     lines = text.splitlines()
     assert len(lines) <= 24 and max(map(len, lines)) <= 140
     assert "+4.0%" in text and "no TensorRT engine was built" in text and "36 layers 2:4" in text
@@ -151,14 +193,26 @@ def test_the_shipped_fid_reference_is_used_without_running_inception(monkeypatch
         fid.source_identity("fashion-mnist:test", 1000)
     except SparseDeployError as exc:
         pytest.skip(f"no Fashion-MNIST test set here ({exc})")
-    monkeypatch.setattr(fid, "features_from_images", lambda *a, **k: pytest.fail("ran Inception: the shipped key no longer matches"))
+    monkeypatch.setattr(
+        fid, "features_from_images", lambda *a, **k: pytest.fail("ran Inception: the shipped key no longer matches")
+    )
     stats = fid.reference_stats("fashion-mnist:test", 1000, cache_dir=None, progress=False)
     assert stats.num == 1000 and stats.features.dtype == np.float32 and np.isfinite(stats.sigma).all()
 
 
 def test_a_refined_model_records_every_run_behind_it(tmp_path, dense_ckpt, fmnist_data):
-    refined = train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(tmp_path / "refine"), init=str(dense_ckpt), steps=2,
-                                                    lr=4e-4, preview=0, data=fmnist_data, lr_schedule="cosine"))
+    refined = train_mod.train(
+        train_mod.TrainConfig(
+            preset="tiny-dit",
+            out=str(tmp_path / "refine"),
+            init=str(dense_ckpt),
+            steps=2,
+            lr=4e-4,
+            preview=0,
+            data=fmnist_data,
+            lr_schedule="cosine",
+        )
+    )
     manifest = json.loads((shipped.pack_weights(refined, tmp_path / "w") / "MANIFEST.json").read_text())
     first, second = manifest["training_commands"]
     assert "--steps 3" in first and "--init" not in first

@@ -30,15 +30,24 @@ DIT_SELECTED = sorted(
 
 def _sparse_config(out: Path, dense: Path, data: str) -> train_mod.TrainConfig:
     return train_mod.TrainConfig(
-        preset="tiny-dit", out=str(out), steps=STEPS, checkpoint_every=2, preview=0, data=data,
-        init=str(dense), sparsity=SparsityConfig(mode="srste"), kd_weight=0.1,
+        preset="tiny-dit",
+        out=str(out),
+        steps=STEPS,
+        checkpoint_every=2,
+        preview=0,
+        data=data,
+        init=str(dense),
+        sparsity=SparsityConfig(mode="srste"),
+        kd_weight=0.1,
     )
 
 
 @pytest.fixture(scope="module")
 def dense_ckpt(tmp_path_factory, fmnist_data) -> Path:
     out = tmp_path_factory.mktemp("dense")
-    return train_mod.train(train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data))
+    return train_mod.train(
+        train_mod.TrainConfig(preset="tiny-dit", out=str(out), steps=STEPS, preview=0, data=fmnist_data)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +64,7 @@ def sparse_run(tmp_path_factory, dense_ckpt, fmnist_data):
             # Copied before masks go on: the distillation teacher.
             def hook(_module, _inputs, output):
                 grad_modes.append((torch.is_grad_enabled(), output.requires_grad))
+
             result.register_forward_hook(hook)
             copies.append(result)
         return result
@@ -157,11 +167,14 @@ def test_resume_refuses_a_different_run(tmp_path, sparse_run, dense_ckpt, fmnist
     shutil.copytree(sparse_run["out"], out)
     config = _sparse_config(out, dense_ckpt, fmnist_data)
     config.sparsity = SparsityConfig(mode="fixed")
-    with pytest.raises(train_mod.SparseDeployError, match=r"different run \(differs in sparsity.mode \('srste' -> 'fixed'\)\)"):
+    with pytest.raises(
+        train_mod.SparseDeployError, match=r"different run \(differs in sparsity.mode \('srste' -> 'fixed'\)\)"
+    ):
         train_mod.train(config)
 
 
 # --- the CLI: one-line errors, exit status 2 -------------------------------------------------
+
 
 def _cli_error(capsys, argv: list[str]) -> str:
     status = train_mod.main(argv)
@@ -174,7 +187,18 @@ def _cli_error(capsys, argv: list[str]) -> str:
 
 
 def _base(tmp_path: Path, fmnist_data: str) -> list[str]:
-    return ["--model", "tiny-dit", "--out", str(tmp_path / "run"), "--steps", "1", "--preview", "0", "--data", fmnist_data]
+    return [
+        "--model",
+        "tiny-dit",
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--preview",
+        "0",
+        "--data",
+        fmnist_data,
+    ]
 
 
 def test_cli_unknown_preset(capsys, tmp_path):
@@ -232,7 +256,10 @@ def test_cli_data_folder_without_images(capsys, tmp_path):
     empty = tmp_path / "empty"
     (empty / "class0").mkdir(parents=True)
     (empty / "class0" / "notes.txt").write_text("not an image")
-    line = _cli_error(capsys, ["--model", "tiny-dit", "--out", str(tmp_path / "run"), "--steps", "1", "--preview", "0", "--data", str(empty)])
+    line = _cli_error(
+        capsys,
+        ["--model", "tiny-dit", "--out", str(tmp_path / "run"), "--steps", "1", "--preview", "0", "--data", str(empty)],
+    )
     assert str(empty) in line and "no images" in line
 
 
@@ -255,7 +282,9 @@ def test_cli_distils_block_outputs_by_default_when_sparse_from_dense_weights(tmp
     from sparse_deploy.train_cli import build_parser, config_from_args
 
     def config(*flags: str) -> train_mod.TrainConfig:
-        return config_from_args(build_parser().parse_args(["--model", "tiny-dit", "--out", str(tmp_path / "r"), *flags]))
+        return config_from_args(
+            build_parser().parse_args(["--model", "tiny-dit", "--out", str(tmp_path / "r"), *flags])
+        )
 
     default = config("--sparsity", "srste", "--init", str(dense_ckpt))
     assert (default.kd_weight, default.kd_features) == (DEFAULT_KD_WEIGHT, DEFAULT_KD_FEATURES) == (0.1, 0.5)

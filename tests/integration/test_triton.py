@@ -32,7 +32,8 @@ from sparse_deploy.triton.pbtxt import Enum, to_pbtxt
 HAVE_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
 needs_schema = pytest.mark.skipif(
-    not HAVE_TRITONCLIENT, reason="tritonclient is not installed (pip install 'tritonclient[http,grpc]==2.73.0'); it ships Triton's model_config_pb2"
+    not HAVE_TRITONCLIENT,
+    reason="tritonclient is not installed (pip install 'tritonclient[http,grpc]==2.73.0'); it ships Triton's model_config_pb2",
 )
 needs_server = pytest.mark.skipif(
     not (HAVE_TRITONCLIENT and HAVE_PYTRITON),
@@ -48,7 +49,9 @@ ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64"}  # onnx.TensorPr
 def engines(tmp_path_factory) -> dict[str, Path]:
     """tiny-dit ONNX Runtime engines (sparse; fp32 and fp16; max batch 4), built the one way engines are built."""
     tmp = tmp_path_factory.mktemp("engines")
-    export = ExportConfig(model="tiny-dit", out=tmp / "export", precisions=("fp32", "fp16"), kinds=("sparse",), max_batch=MAX_BATCH)
+    export = ExportConfig(
+        model="tiny-dit", out=tmp / "export", precisions=("fp32", "fp16"), kinds=("sparse",), max_batch=MAX_BATCH
+    )
     report = build_engines(BuildConfig(export=export, backend="onnxruntime", engine_dir=tmp / "engines"))
     return {e.precision: e.path for e in report.engines}
 
@@ -60,11 +63,23 @@ def trt_engine(tmp_path_factory) -> Path:
     plan = folder / "sparse-fp16.trt.plan"
     plan.write_bytes(b"not a real plan: config generation only")
     contract = contract_for(get_preset("tiny-dit"), "fp16")
-    write_json_atomic(folder / "sparse-fp16.trt.json", {
-        "format": "sparse-deploy-engine/1", "backend": "tensorrt", "engine": plan.name, "engine_sha256": sha256_file(plan),
-        "kind": "sparse", "precision": "fp16", "preset": "tiny-dit", "contract": contract.to_dict(),
-        "compute_capability": "8.9", "tensorrt_version": "10.13.0", "gpu": "NVIDIA L4", "builder_flags": ["SPARSE_WEIGHTS"],
-    })
+    write_json_atomic(
+        folder / "sparse-fp16.trt.json",
+        {
+            "format": "sparse-deploy-engine/1",
+            "backend": "tensorrt",
+            "engine": plan.name,
+            "engine_sha256": sha256_file(plan),
+            "kind": "sparse",
+            "precision": "fp16",
+            "preset": "tiny-dit",
+            "contract": contract.to_dict(),
+            "compute_capability": "8.9",
+            "tensorrt_version": "10.13.0",
+            "gpu": "NVIDIA L4",
+            "builder_flags": ["SPARSE_WEIGHTS"],
+        },
+    )
     return plan
 
 
@@ -119,7 +134,9 @@ def _config_io(config) -> dict[str, tuple[str, list[int]]]:
 
 
 def test_pbtxt_writer_quotes_strings_and_writes_enums_bare():
-    text = to_pbtxt({"name": 'a"b', "kind": Enum("KIND_CPU"), "dims": [1, -1], "shape": [], "flag": True, "m": {"x": 1.5}})
+    text = to_pbtxt(
+        {"name": 'a"b', "kind": Enum("KIND_CPU"), "dims": [1, -1], "shape": [], "flag": True, "m": {"x": 1.5}}
+    )
     assert 'name: "a\\"b"' in text and "kind: KIND_CPU" in text and "dims: [ 1, -1 ]" in text
     assert "shape: [ ]" in text and "flag: true" in text and "m {\n  x: 1.5\n}" in text
 
@@ -128,7 +145,11 @@ def test_parse_request_defaults_and_cycling():
     settings = pl.PipelineSettings(preset="tiny-dit", precision="fp32", max_batch=4)
     r = pl.parse_request({}, settings)
     assert (r.num_images, r.seed, r.labels, r.steps, r.guidance, r.scheduler) == (1, 0, None, 50, 1.0, "ddim")
-    r = pl.parse_request({"class_labels": np.array([3, 4], np.int64), "num_images": np.array([3]), "seed": np.array([7])}, settings, {"scheduler": "dpm"})
+    r = pl.parse_request(
+        {"class_labels": np.array([3, 4], np.int64), "num_images": np.array([3]), "seed": np.array([7])},
+        settings,
+        {"scheduler": "dpm"},
+    )
     assert (r.num_images, r.labels, r.seed, r.scheduler) == (3, (3, 4), 7, "dpm")
 
 
@@ -190,7 +211,9 @@ def test_missing_pytriton_is_one_sentence_with_the_install_line(monkeypatch):
     assert "pip install --no-deps nvidia-pytriton==0.7.0" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.skipif(not HAVE_PYTRITON, reason="nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton==0.7.0)")
+@pytest.mark.skipif(
+    not HAVE_PYTRITON, reason="nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton==0.7.0)"
+)
 def test_server_environment_points_at_this_interpreter():
     import sysconfig
 
@@ -224,7 +247,9 @@ def test_client_helpers():
 @pytest.mark.parametrize("flavour", ["onnxruntime", "python"])
 def test_onnx_flavours_parse_and_match_the_model(engines, tmp_path, flavour, precision):
     engine = engines[precision]
-    report = repo.generate_repository(repo.RepositoryConfig(engine=engine, out=tmp_path, flavour=flavour, instances=2, ort_accelerator="tensorrt"))
+    report = repo.generate_repository(
+        repo.RepositoryConfig(engine=engine, out=tmp_path, flavour=flavour, instances=2, ort_accelerator="tensorrt")
+    )
     config = _parse(report.denoiser / "config.pbtxt")
     assert config.name == "denoiser" and config.max_batch_size == MAX_BATCH
     assert config.instance_group[0].count == 2
@@ -244,7 +269,9 @@ def test_onnx_flavours_parse_and_match_the_model(engines, tmp_path, flavour, pre
         assert config.backend == "python" and not config.platform
         assert config.parameters["engine"].string_value == engine.name
         model_file = report.denoiser / "1" / engine.name
-        assert (report.denoiser / "1" / "model.py").is_file() and (report.denoiser / "1" / engine.with_suffix(".json").name).is_file()
+        assert (report.denoiser / "1" / "model.py").is_file() and (
+            report.denoiser / "1" / engine.with_suffix(".json").name
+        ).is_file()
         assert sha256_file(model_file) == sha256_file(engine)
     contract = IOContract.from_dict(json.loads(engine.with_suffix(".json").read_text())["contract"])
     assert _config_io(config) == _onnx_io(model_file, contract)
@@ -271,7 +298,10 @@ def test_tensorrt_flavour_parses_and_matches_the_contract(trt_engine, tmp_path):
     timestep = next(t for t in config.input if t.name == "timestep")
     assert list(timestep.dims) == [1] and list(timestep.reshape.shape) == []
     pipeline = _parse(report.pipeline / "config.pbtxt")
-    assert pipeline.parameters["precision"].string_value == "fp16" and pipeline.parameters["max_batch"].string_value == "32"
+    assert (
+        pipeline.parameters["precision"].string_value == "fp16"
+        and pipeline.parameters["max_batch"].string_value == "32"
+    )
 
 
 @needs_schema
@@ -287,15 +317,24 @@ def test_pipeline_config_parses_and_describes_the_pipeline(engines, tmp_path):
     config = _parse(report.pipeline / "config.pbtxt")
     assert config.backend == "python" and config.max_batch_size == 0 and config.instance_group[0].count == 2
     assert {t.name: (_dtype(config, t.data_type), list(t.dims), t.optional) for t in config.input} == {
-        "seed": ("TYPE_INT64", [1], True), "num_images": ("TYPE_INT64", [1], True), "class_labels": ("TYPE_INT64", [-1], True),
-        "steps": ("TYPE_INT64", [1], True), "guidance": ("TYPE_FP32", [1], True),
+        "seed": ("TYPE_INT64", [1], True),
+        "num_images": ("TYPE_INT64", [1], True),
+        "class_labels": ("TYPE_INT64", [-1], True),
+        "steps": ("TYPE_INT64", [1], True),
+        "guidance": ("TYPE_FP32", [1], True),
     }
     assert {t.name: (_dtype(config, t.data_type), list(t.dims)) for t in config.output} == {
-        "images": ("TYPE_UINT8", [-1, 16, 16, 1]), "samples": ("TYPE_FP32", [-1, 1, 16, 16]), "labels": ("TYPE_INT64", [-1]),
+        "images": ("TYPE_UINT8", [-1, 16, 16, 1]),
+        "samples": ("TYPE_FP32", [-1, 1, 16, 16]),
+        "labels": ("TYPE_INT64", [-1]),
     }
     settings = pl.PipelineSettings.from_parameters({k: v.string_value for k, v in config.parameters.items()})
-    assert settings == pl.PipelineSettings(preset="tiny-dit", precision="fp32", max_batch=MAX_BATCH, denoiser="denoiser")
-    assert (report.pipeline / "1" / "model.py").read_text() == (Path(repo.__file__).parent / "model_pipeline.py").read_text()
+    assert settings == pl.PipelineSettings(
+        preset="tiny-dit", precision="fp32", max_batch=MAX_BATCH, denoiser="denoiser"
+    )
+    assert (report.pipeline / "1" / "model.py").read_text() == (
+        Path(repo.__file__).parent / "model_pipeline.py"
+    ).read_text()
     record = json.loads((report.pipeline / "sparse-deploy.json").read_text())
     assert record["flavour"] == "python" and record["denoiser"] == "denoiser"
     assert seal_problem(record) is None and "manifest_sha256" in record
@@ -304,8 +343,24 @@ def test_pipeline_config_parses_and_describes_the_pipeline(engines, tmp_path):
 def test_cli_writes_a_repository(engines, tmp_path, capsys):
     from sparse_deploy.triton.__main__ import main
 
-    assert main(["--engine", str(engines["fp32"]), "--out", str(tmp_path / "r"), "--name", "dit", "--pipeline-name", "dit-pipeline"]) == 0
-    assert (tmp_path / "r" / "dit" / "config.pbtxt").is_file() and (tmp_path / "r" / "dit-pipeline" / "1" / "model.py").is_file()
+    assert (
+        main(
+            [
+                "--engine",
+                str(engines["fp32"]),
+                "--out",
+                str(tmp_path / "r"),
+                "--name",
+                "dit",
+                "--pipeline-name",
+                "dit-pipeline",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "r" / "dit" / "config.pbtxt").is_file() and (
+        tmp_path / "r" / "dit-pipeline" / "1" / "model.py"
+    ).is_file()
     assert main(["--engine", str(tmp_path / "missing.ort.onnx"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -319,11 +374,15 @@ def test_cli_writes_a_repository(engines, tmp_path, capsys):
 def served(engines, tmp_path_factory):
     """The CPU-flavour repository of the fp32 engine, served by tritonserver on loopback; always stopped."""
     if not (HAVE_TRITONCLIENT and HAVE_PYTRITON):
-        pytest.skip("needs tritonclient and nvidia-pytriton (pip install 'tritonclient[http,grpc]==2.73.0'; pip install --no-deps nvidia-pytriton==0.7.0)")
+        pytest.skip(
+            "needs tritonclient and nvidia-pytriton (pip install 'tritonclient[http,grpc]==2.73.0'; pip install --no-deps nvidia-pytriton==0.7.0)"
+        )
     from sparse_deploy.triton.server import TritonServer
 
     root = tmp_path_factory.mktemp("repository")
-    repo.generate_repository(repo.RepositoryConfig(engine=engines["fp32"], out=root, flavour="python", default_steps=10))
+    repo.generate_repository(
+        repo.RepositoryConfig(engine=engines["fp32"], out=root, flavour="python", default_steps=10)
+    )
     server = TritonServer(root, startup_timeout=90, attempts=2)
     try:
         server.start()
@@ -356,8 +415,13 @@ def test_served_pipeline_equals_sampling_sample(served, engines, protocol):
         for case in cases:
             got = client.generate(**case)
             want_x, want_images = _reference(
-                engines["fp32"], batch=case["num"], seed=case["seed"], labels=case["labels"], steps=case["steps"],
-                guidance=case["guidance"] or 1.0, scheduler=case["scheduler"] or "ddim",
+                engines["fp32"],
+                batch=case["num"],
+                seed=case["seed"],
+                labels=case["labels"],
+                steps=case["steps"],
+                guidance=case["guidance"] or 1.0,
+                scheduler=case["scheduler"] or "ddim",
             )
             scale = float(np.abs(want_x).max())
             np.testing.assert_allclose(got.samples, want_x, rtol=1e-4, atol=1e-4 * scale)
@@ -373,10 +437,19 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, prot
     from sparse_deploy.client import PipelineClient
 
     bad = {
-        "wrong dtype": (dict(raw_inputs=[("seed", np.array([1.0], np.float32), "FP32")]), "data-type is 'FP32', but model 'pipeline' expects 'INT64'"),
+        "wrong dtype": (
+            dict(raw_inputs=[("seed", np.array([1.0], np.float32), "FP32")]),
+            "data-type is 'FP32', but model 'pipeline' expects 'INT64'",
+        ),
         "string tensor": (dict(raw_inputs=[("seed", np.array([b"1"], dtype=object), "BYTES")]), "expects 'INT64'"),
-        "wrong shape": (dict(raw_inputs=[("seed", np.array([1, 2], np.int64), "INT64")]), "unexpected shape for input 'seed'"),
-        "2-D labels": (dict(raw_inputs=[("class_labels", np.array([[1, 2]], np.int64), "INT64")]), "unexpected shape for input 'class_labels'"),
+        "wrong shape": (
+            dict(raw_inputs=[("seed", np.array([1, 2], np.int64), "INT64")]),
+            "unexpected shape for input 'seed'",
+        ),
+        "2-D labels": (
+            dict(raw_inputs=[("class_labels", np.array([[1, 2]], np.int64), "INT64")]),
+            "unexpected shape for input 'class_labels'",
+        ),
         "batch above max": (dict(num=MAX_BATCH + 1, steps=2), f"above the engine's max batch {MAX_BATCH}"),
         "batch above max with guidance": (dict(num=3, steps=2, guidance=2.0), "send at most 2 images per request"),
         "unknown class label": (dict(labels=[3, 10], steps=2), "unknown class label(s) [10]"),
@@ -397,10 +470,37 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, prot
 def test_load_test_and_client_cli(served, tmp_path):
     from sparse_deploy.client import LoadTestConfig, load_test, main
 
-    report = load_test(LoadTestConfig(url=served.grpc_url, protocol="grpc", concurrency=2, duration=2.0, steps=2, warmup=1))
+    report = load_test(
+        LoadTestConfig(url=served.grpc_url, protocol="grpc", concurrency=2, duration=2.0, steps=2, warmup=1)
+    )
     assert report["failed"] == 0 and report["succeeded"] >= 2 and report["latency"]["p99_ms"] > 0
     out = tmp_path / "client"
-    assert main(["--url", served.http_url, "--protocol", "http", "--num", "3", "--batch", "2", "--labels", "1,2", "--steps", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--url",
+                served.http_url,
+                "--protocol",
+                "http",
+                "--num",
+                "3",
+                "--batch",
+                "2",
+                "--labels",
+                "1,2",
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "client.json").read_text())
     assert [r["num"] for r in record["requests"]] == [2, 1] and [r["seed"] for r in record["requests"]] == [0, 2]
-    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "sample-0000.png", "sample-0001.png", "sample-0002.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "grid.png",
+        "sample-0000.png",
+        "sample-0001.png",
+        "sample-0002.png",
+    ]

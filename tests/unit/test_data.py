@@ -85,7 +85,9 @@ def test_fashion_mnist_folder_from_the_environment_at_call_time(tmp_path, monkey
         data.fashion_mnist_images_file("test")
     test_images = idx_writer(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), dtype=np.uint8))
     assert data.fashion_mnist_images_file("test") == test_images
-    assert data.idx_shape(test_images) == (3, 28, 28) and data.idx_shape(tmp_path / "train-labels-idx1-ubyte.gz") == (2,)
+    assert data.idx_shape(test_images) == (3, 28, 28) and data.idx_shape(tmp_path / "train-labels-idx1-ubyte.gz") == (
+        2,
+    )
     with pytest.raises(SparseDeployError, match="split"):
         data.fashion_mnist_images_file("val")
 
@@ -98,7 +100,12 @@ def test_image_files_every_suffix_any_case_sorted(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "dir.png").mkdir()
-    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == ["a.bmp", "b.WEBP", "sub/d.jpeg", "sub/e.Png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == [
+        "a.bmp",
+        "b.WEBP",
+        "sub/d.jpeg",
+        "sub/e.Png",
+    ]
     assert [p.name for p in image_files(tmp_path, recursive=False)] == ["a.bmp", "b.WEBP"]
 
 
@@ -170,8 +177,12 @@ def test_latent_dataset_encodes_once_and_caches(tmp_path):
 
     vae_dir = tmp_path / "vae"
     AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=32,
     ).save_pretrained(vae_dir)
     preset = dataclasses.replace(get_preset("dit-s"), sample_size=4)  # 4x4 latents = 32 px images (8x VAE)
     images = tmp_path / "imgs" / "cat"

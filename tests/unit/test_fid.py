@@ -151,7 +151,9 @@ def _nv_bilinear_reference(x: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     theta[0, 2] += 1 / w - 1 / nw
     theta[1, 2] += 1 / h - 1 / nh
     grid = torch.nn.functional.affine_grid(theta[None].repeat(b, 1, 1), [b, c, nh, nw], align_corners=False)
-    return torch.nn.functional.grid_sample(x.double(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.nn.functional.grid_sample(
+        x.double(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 def test_resize_is_tf1_legacy_bilinear():
@@ -257,7 +259,12 @@ def test_fashion_mnist_source_honours_the_environment_variable(tmp_path, monkeyp
     got = fid.load_images("fashion-mnist:test")
     assert got.shape == (5, 6, 7, 1)
     np.testing.assert_array_equal(got[..., 0], imgs)
-    assert fid.source_identity("fashion-mnist:test", 4) == {"kind": "fashion-mnist", "split": "test", "sha256": sha256_file(path), "num": 4}
+    assert fid.source_identity("fashion-mnist:test", 4) == {
+        "kind": "fashion-mnist",
+        "split": "test",
+        "sha256": sha256_file(path),
+        "num": 4,
+    }
     # Other files under the variable are another source: their statistics get another cache key.
     other = tmp_path / "other"
     other.mkdir()
@@ -363,7 +370,9 @@ def test_a_shipped_reference_stands_in_for_the_network_while_its_key_and_content
     meta = json.loads(str(np.load(path)["meta"]))
     assert meta["identity"]["num"] == 6 and meta["preprocessing"] == fid.PREPROCESSING and "--num 6" in meta["command"]
     index = json.loads((ship / "MANIFEST.json").read_text())["files"][path.name]
-    assert index["key"] == meta["key"] and index["bytes"] == path.stat().st_size and index["make"] == "make fid-reference"
+    assert (
+        index["key"] == meta["key"] and index["bytes"] == path.stat().st_size and index["make"] == "make fid-reference"
+    )
 
     got = fid.reference_stats(src, 6, cache_dir=tmp_path / "c", progress=False, shipped_dir=ship)
     assert calls == [6] and not got.cached  # no network pass: the shipped features, then written to the cache
@@ -393,8 +402,22 @@ def test_cli_prints_fid_kid_and_preprocessing_and_writes_json(tmp_path, fake_net
     np.savez(a, images=rng.integers(0, 256, (12, 4, 4), dtype=np.uint8))
     np.savez(b, images=rng.integers(0, 100, (12, 4, 4), dtype=np.uint8))
     out = tmp_path / "r.json"
-    rc = fid_cli.main([str(a), str(b), "--num", "10", "--kid", "--kid-subsets", "3", "--quiet",
-                   "--cache-dir", str(tmp_path / "c"), "--json", str(out)])
+    rc = fid_cli.main(
+        [
+            str(a),
+            str(b),
+            "--num",
+            "10",
+            "--kid",
+            "--kid-subsets",
+            "3",
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "FID " in text and "KID " in text and fid.PREPROCESSING in text
@@ -432,5 +455,19 @@ def test_features_take_a_device_and_the_cli_records_it(tmp_path):
     np.testing.assert_array_equal(fid.features_from_images(images, progress=False, device="cpu"), default)
     np.savez(tmp_path / "a.npz", images=images)
     out = tmp_path / "r.json"
-    assert fid_cli.main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--no-cache", "--quiet", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        fid_cli.main(
+            [
+                str(tmp_path / "a.npz"),
+                str(tmp_path / "a.npz"),
+                "--no-cache",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["device"] == "cpu"

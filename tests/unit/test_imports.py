@@ -62,7 +62,10 @@ def _run() -> dict:
     # cwd=REPO puts the source tree first on sys.path, so this checks the code, not an install.
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT % {"blocked": BLOCKED}],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -88,6 +88,7 @@ def _assert_exact_2_4(masks: dict[str, torch.Tensor], model: nn.Module) -> None:
 
 # --- Model Optimizer computes the masks ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", MODELOPT_MODES)
 def test_modes_give_exact_2_4_masks_on_the_requested_layers_only(mts, tiny_dit, ours, mode):
     masks = modelopt_masks(tiny_dit, mode, _calibration(), layers=ours)
@@ -138,14 +139,23 @@ def test_modelopt_rules_select_exactly_our_layers_in_modelopt(mts, tiny_dit, our
     # As a Model Optimizer user would run it: on the diffusers model, with the rules as the mode's config.
     net = copy.deepcopy(tiny_dit.net)
     mts.sparsify(net, [("sparse_magnitude", rules)], config={"verbose": False})
-    sparse = [n for n, m in net.named_modules() if isinstance(m, mts.module.SparseModule) and m.is_sparse
-              and m._weight_mask is not None and not bool(m._weight_mask.all())]
+    sparse = [
+        n
+        for n, m in net.named_modules()
+        if isinstance(m, mts.module.SparseModule)
+        and m.is_sparse
+        and m._weight_mask is not None
+        and not bool(m._weight_mask.all())
+    ]
     assert sparse == ours
     # On the Denoiser itself, with the net. prefix.
     wrapped = copy.deepcopy(tiny_dit)
     mts.sparsify(wrapped, [("sparse_magnitude", modelopt_rules(ours, prefix="net."))], config={"verbose": False})
-    sparse = [short_name(n) for n, m in wrapped.named_modules() if isinstance(m, mts.module.SparseModule)
-              and m._weight_mask is not None and not bool(m._weight_mask.all())]
+    sparse = [
+        short_name(n)
+        for n, m in wrapped.named_modules()
+        if isinstance(m, mts.module.SparseModule) and m._weight_mask is not None and not bool(m._weight_mask.all())
+    ]
     assert sparse == ours
 
 
@@ -180,18 +190,28 @@ def test_bad_inputs_are_one_sentence(mts, tiny_dit):
 def test_missing_modelopt_says_how_to_install(monkeypatch, tiny_dit):
     for name in ("modelopt", "modelopt.torch", "modelopt.torch.opt", "modelopt.torch.sparsity"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(SparseDeployError, match=r"NVIDIA Model Optimizer is not installed.*pip install 'sparse-deploy\[modelopt\]'"):
+    with pytest.raises(
+        SparseDeployError, match=r"NVIDIA Model Optimizer is not installed.*pip install 'sparse-deploy\[modelopt\]'"
+    ):
         modelopt_masks(tiny_dit, "sparse_magnitude", None)
 
 
 # --- importing Model Optimizer's outputs ---------------------------------------------------------------
 
+
 def test_exported_and_saved_pretrained_model_round_trips_through_masks_from_zeros(mts, tiny_dit, tmp_path):
     expected = modelopt_masks(tiny_dit, "sparsegpt", _calibration())
     # What a Model Optimizer user ships: sparsify, export (bakes the zeros), save_pretrained.
     net = copy.deepcopy(tiny_dit.net)
-    mts.sparsify(net, "sparsegpt", config={"data_loader": _calibration(), "verbose": False,
-                                           "collect_func": lambda b: (b[0], {"timestep": b[1], "class_labels": b[2], "return_dict": False})})
+    mts.sparsify(
+        net,
+        "sparsegpt",
+        config={
+            "data_loader": _calibration(),
+            "verbose": False,
+            "collect_func": lambda b: (b[0], {"timestep": b[1], "class_labels": b[2], "return_dict": False}),
+        },
+    )
     mts.export(net)
     net.save_pretrained(tmp_path / "exported")
     loaded = build_model(get_preset("tiny-dit"), tmp_path / "exported")
@@ -216,11 +236,22 @@ def test_masks_from_zeros_round_trips_our_bake_and_fills_groups_deterministicall
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[0, 0, 0, 5, 0, 0, 0, 0], [1, 0, 2, 0, 0, 3, 0, 0]], dtype=torch.float32))
     mask = masks_from_zeros(nn.Sequential(layer))["0"]
-    assert mask.tolist() == [[True, False, False, True, True, True, False, False],
-                             [True, False, True, False, True, True, False, False]]
+    assert mask.tolist() == [
+        [True, False, False, True, True, True, False, False],
+        [True, False, True, False, True, True, False, False],
+    ]
     # All zeros (a zero-initialised layer) and dense layers are not "already sparse".
-    assert masks_from_zeros(nn.Sequential(nn.Linear(8, 2), nn.Linear(8, 8).requires_grad_(False).apply(
-        lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None))) == {}
+    assert (
+        masks_from_zeros(
+            nn.Sequential(
+                nn.Linear(8, 2),
+                nn.Linear(8, 8)
+                .requires_grad_(False)
+                .apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None),
+            )
+        )
+        == {}
+    )
 
 
 @pytest.mark.parametrize("export", [False, True], ids=["masks", "exported"])
@@ -238,7 +269,9 @@ def test_masks_from_modelopt_state(mts, mto, tiny_dit, ours, tmp_path, export):
     # Saved from a Denoiser (names with net.) works too.
     wrapped = copy.deepcopy(tiny_dit)
     mts.sparsify(wrapped, [("sparse_magnitude", modelopt_rules(ours, prefix="net."))], config={"verbose": False})
-    found = masks_from_modelopt_state(tiny_dit, {"modelopt_state": mto.modelopt_state(wrapped), "model_state_dict": wrapped.state_dict()})
+    found = masks_from_modelopt_state(
+        tiny_dit, {"modelopt_state": mto.modelopt_state(wrapped), "model_state_dict": wrapped.state_dict()}
+    )
     assert list(found) == ours
 
 
@@ -248,7 +281,9 @@ def test_masks_from_modelopt_state_refuses_what_is_not_one(mts, tiny_dit, tmp_pa
     with pytest.raises(SparseDeployError, match="not one mto.save wrote"):
         masks_from_modelopt_state(tiny_dit, {"state_dict": {}})
     with pytest.raises(SparseDeployError, match="applied no weight sparsity"):
-        masks_from_modelopt_state(tiny_dit, modelopt_state={"modelopt_state_dict": [], "modelopt_version": "0"}, state_dict={})
+        masks_from_modelopt_state(
+            tiny_dit, modelopt_state={"modelopt_state_dict": [], "modelopt_version": "0"}, state_dict={}
+        )
 
 
 def test_masks_from_asp_state_dict(tiny_dit, ours):
@@ -272,5 +307,7 @@ def test_masks_from_asp_state_dict(tiny_dit, ours):
     with pytest.raises(SparseDeployError, match=f"apex ASP mask for layer '{name}' keeps more than 2 of 4"):
         masks_from_asp_state_dict(across)
     with pytest.raises(SparseDeployError, match="no computed ASP mask"):
-        masks_from_asp_state_dict({"net.proj_out_1.__weight_mma_mask": state["module.net.proj_out_1.__weight_mma_mask"]})
+        masks_from_asp_state_dict(
+            {"net.proj_out_1.__weight_mma_mask": state["module.net.proj_out_1.__weight_mma_mask"]}
+        )
     assert is_nm_sparse(masks[name].float())

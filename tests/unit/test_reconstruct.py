@@ -172,7 +172,9 @@ def test_init_masks_magnitude_is_plain_sparsify_and_a_calibrated_start_resets_ma
     torch.manual_seed(0)
     model = build_model(preset, announce_random=False)
     ml = SparsityConfig(mode="maskllm", mask_init="wanda", calib_samples=32)
-    layers, errors = init_masks_(model, ml, select_layers(model, ml).selected, preset, images, labels, alphas, progress=False)
+    layers, errors = init_masks_(
+        model, ml, select_layers(model, ml).selected, preset, images, labels, alphas, progress=False
+    )
     assert set(errors) == set(layers)
     for module in masked_modules(model).values():
         chosen = nm_patterns().bool()[module.mask_logits.argmax(dim=-1)]

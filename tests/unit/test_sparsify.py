@@ -43,6 +43,7 @@ def _fresh(preset: str, seed: int = 0) -> nn.Module:
 
 # --- the straight-through estimators -------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", [(8, 16), (4, 8, 3, 3)])
 def test_srste_gradient_formula(shape):
     gen = torch.Generator().manual_seed(0)
@@ -100,6 +101,7 @@ def test_masked_linear_gradients_by_mode(mode, decay):
 
 # --- layer selection -----------------------------------------------------------------------
 
+
 def test_select_layers_tiny_dit_defaults(tiny_dit):
     choice = select_layers(tiny_dit, SparsityConfig())
     expected = [f"transformer_blocks.{b}.{name}" for b in range(2) for name in DIT_BLOCK_LAYERS]
@@ -145,13 +147,16 @@ def test_only_ineligible_layers_raises(tiny_unet):
         select_layers(tiny_unet, SparsityConfig(include=("conv_in",)))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(mode="magic"), "unknown sparsity mode"),
-    (dict(pattern="4:4"), "pattern .4:4. is not supported"),
-    (dict(decay=-1.0), "decay"),
-    (dict(mask_every=0), "mask-every"),
-    (dict(types=("Embedding",)), "unknown layer types"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mode="magic"), "unknown sparsity mode"),
+        (dict(pattern="4:4"), "pattern .4:4. is not supported"),
+        (dict(decay=-1.0), "decay"),
+        (dict(mask_every=0), "mask-every"),
+        (dict(types=("Embedding",)), "unknown layer types"),
+    ],
+)
 def test_sparsity_config_validate(kwargs, match):
     with pytest.raises(SparseDeployError, match=match):
         SparsityConfig(**kwargs).validate()
@@ -164,6 +169,7 @@ def test_sparsify_rejects_unknown_layer_names(tiny_dit):
 
 
 # --- masks follow the dense weights ---------------------------------------------------------
+
 
 def test_refresh_masks_follows_dense_weights():
     model = _fresh("tiny-dit")
@@ -202,6 +208,7 @@ def test_fixed_mode_keeps_masks_at_sparsify_time_but_refresh_recomputes():
 
 # --- bake ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", ["tiny-dit", "tiny-unet"])
 def test_bake_leaves_plain_modules_with_exact_zeros(preset):
     model = _fresh(preset)
@@ -232,6 +239,7 @@ def test_bake_leaves_plain_modules_with_exact_zeros(preset):
 
 
 # --- MACs ----------------------------------------------------------------------------------
+
 
 def test_linear_and_conv_mac_counts(tiny_dit):
     preset = get_preset("tiny-dit")
@@ -270,6 +278,7 @@ def test_coverage_report_is_consistent():
 
 
 # --- the one pattern ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("pattern", ["4:8", "1:4", "2:8"])
 def test_other_patterns_are_refused_at_config_time(pattern):
