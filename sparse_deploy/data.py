@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .errors import SparseDeployError
+from .limits import open_image
 from .presets import Preset
 
 __all__ = [
@@ -86,13 +87,21 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an idx file (optionally .gz) into a numpy array of its declared shape."""
+    """Read an idx file (optionally .gz) into a numpy array of its declared shape (checked against ``limits`` first)."""
+    from .limits import check_idx_shape
+
     path = Path(path)
-    data = _idx_bytes(path)
-    shape = _idx_header(data, path)
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(shape))
-    if arr.size != int(np.prod(shape)):
-        raise SparseDeployError(f"idx file '{path}' is truncated ({arr.size} of {int(np.prod(shape))} values)")
+    shape = check_idx_shape(idx_shape(path), path)
+    offset, total = 4 + 4 * len(shape), int(np.prod(shape))
+    data = _idx_bytes(
+        path, offset + total + 1
+    )  # never more than the header declares (plus one byte to notice extra data)
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if arr.size != total:
+        state = "truncated" if arr.size < total else "longer than its header declares"
+        raise SparseDeployError(
+            f"idx file '{path}' is {state} ({arr.size if arr.size < total else 'more than ' + str(total)} of {total} values)"
+        )
     return arr.reshape(shape)
 
 
@@ -197,7 +206,10 @@ def image_folder(preset: Preset, root: str | Path) -> TensorDataset:
             f"'{root}' has {len(classes)} class folders but preset '{preset.name}' has {preset.num_classes} classes"
         )
     mode = "L" if preset.in_channels == 1 else "RGB"
-    arrays = [np.asarray(Image.open(p).convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)) for p in files]
+    arrays = []
+    for p in files:
+        with open_image(p) as im:  # a pixel limit, checked before decoding
+            arrays.append(np.asarray(im.convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)))
     x = torch.from_numpy(np.stack(arrays))
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     log.info("loaded %d images in %d classes from %s", len(files), max(len(classes), 1), root)
@@ -243,12 +255,11 @@ def latent_dataset(
     scale = float(getattr(model.config, "scaling_factor", 0.18215))
     latents = []
     for i in tqdm(range(0, len(files), batch), desc="encoding latents"):
-        arr = np.stack(
-            [
-                np.asarray(Image.open(p).convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC))
-                for p in files[i : i + batch]
-            ]
-        )
+        parts = []
+        for p in files[i : i + batch]:
+            with open_image(p) as im:
+                parts.append(np.asarray(im.convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC)))
+        arr = np.stack(parts)
         x = _to_model_space(torch.from_numpy(arr).permute(0, 3, 1, 2), pixel_size)
         latents.append(model.encode(x).latent_dist.sample() * scale)
     out = {"latents": torch.cat(latents).contiguous(), "labels": torch.tensor(labels, dtype=torch.int64)}

@@ -18,7 +18,8 @@ from .fid import (
     kid_from_features,
     reference_stats,
 )
-from .guards import check_output_dir, check_output_file
+from .guards import check_output_dir
+from .outputs import check_output_record
 
 __all__ = ["main"]
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if cache_dir is not None:
         check_output_dir(cache_dir, "--cache-dir")
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_record(args.json, "--json", "fid")  # a new file or an earlier result, never someone's file
     from .backends.device import torch_device
 
     device = torch_device(args.device)

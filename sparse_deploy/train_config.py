@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import SparseDeployError
-from .guards import check_device, check_finite, check_positive
+from .guards import check_device, check_finite, check_positive, check_seed
 from .presets import Preset
 from .sources import run_preset
 from .sparsify import SparsityConfig
@@ -90,10 +90,11 @@ class TrainConfig:
                 setattr(self, name, default)
         oneshot = self.sparsity is not None and self.sparsity.mode == "oneshot"
         check_positive("--steps", self.steps, 0 if oneshot else 1)
-        check_positive("--batch-size", self.batch_size)
+        check_positive("--batch-size", self.batch_size, 1, 65536)
         check_positive("--checkpoint-every", self.checkpoint_every)
         check_positive("--warmup-steps", self.warmup_steps, 0)
-        check_positive("--preview", self.preview, 0)
+        check_positive("--preview", self.preview, 0, 1024)
+        check_seed(self.seed)
         check_positive("--preview-steps", self.preview_steps)
         check_finite("--lr", self.lr, 0, strict=True)
         check_finite("--weight-decay", self.weight_decay, 0)
