@@ -13,7 +13,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WEIGHTS := weights/$(MODEL)
 DENSE  := $(RUNS)/dense/checkpoint
 
-.PHONY: setup data demo test test-unit lint test-gpu gpu-check gpu-wheels pretrain fid-reference dense train-sparse export engine run bench triton triton-serve triton-load clean
+.PHONY: setup data demo test test-unit lint test-gpu gpu-check gpu-wheels pretrain fid-reference seal-weights dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ pretrain: setup data
 # (data, count, preprocessing, network file) matches.
 fid-reference: setup data
 	$(PY) -m sparse_deploy.shipped reference --source fashion-mnist:test --num 1000 --out weights/fid
+
+# Seal weights/$(MODEL)/MANIFEST.json (its manifest_sha256) after checking it against its files and
+# config.json; the weights are not touched. For a manifest edited on purpose (pack and score seal their own).
+seal-weights: setup
+	$(PY) -m sparse_deploy.shipped seal $(WEIGHTS)
 
 dense: $(DENSE)/manifest.json
 

@@ -133,7 +133,8 @@ def _parse(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return data, problem
     if data.get("format") not in _FILE_KEY:
         return data, f"is not a sparse-deploy manifest (format {ENGINE_FORMAT} or {ONNX_FORMAT} expected)"
-    return data, None
+    # Every graph and engine manifest has been written sealed: one without its seal was edited (cpp/ checks the same).
+    return data, seal_problem(data, required=True)
 
 
 def _say(subject: str, problem: str) -> str:

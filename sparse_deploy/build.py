@@ -64,10 +64,10 @@ from .export import (
     export_all,
 )
 from .export.verify import max_abs_err, tolerance_bound
-from .guards import check_output_dir
 from .lazy import lazy_import
 from .masks import PATTERN
 from .onnx_files import data_path, describe_data, share_mode
+from .outputs import check_output, claim_output
 from .presets import PRESET_SPEC, Preset, preset_from_manifest
 from .provenance import atomic_path, library_versions, sha256_file, timestamp
 from .schedule import schedule_record
@@ -547,6 +547,8 @@ def build_engines(config: BuildConfig) -> BuildReport:
     config.validate()
     backend, fallback = _choose_backend(config.backend)
     profile = config.profile
+    if config.engine_dir is not None:  # refused before the export's work, not after it
+        check_output(config.engine_dir, "engines", "--engine-dir")
     # Graphs exported now record the build's profile; reused ones keep theirs (the batch axis is dynamic).
     exports = export_all(
         dataclasses.replace(config.export, max_batch=profile.max, opt_batch=profile.opt), reuse=not config.force
@@ -554,41 +556,42 @@ def build_engines(config: BuildConfig) -> BuildReport:
     preset = preset_from_manifest(exports[0].manifest)
     engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
     report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
-    for graph in exports:
-        contract = contract_for(preset, graph.precision, profile)
-        path = engine_path(engine_dir, graph.kind, graph.precision, backend)
-        settings = _settings(backend, graph.kind == "sparse", config.tf32)
-        inputs = _fingerprint_inputs(graph, contract, backend, settings)
-        reason = "--force" if config.force else stale_reason(path, inputs)
-        if reason is None:
-            log.info("%s is up to date; reusing it", path)
-            report.engines.append(
-                BuiltEngine(
-                    graph.kind,
-                    graph.precision,
-                    path,
-                    read_engine_manifest(path, verify=False)[1],
-                    reused=True,
-                    backend=backend,
+    with claim_output(engine_dir, "engines", "--engine-dir"):  # one build at a time per engine folder
+        for graph in exports:
+            contract = contract_for(preset, graph.precision, profile)
+            path = engine_path(engine_dir, graph.kind, graph.precision, backend)
+            settings = _settings(backend, graph.kind == "sparse", config.tf32)
+            inputs = _fingerprint_inputs(graph, contract, backend, settings)
+            reason = "--force" if config.force else stale_reason(path, inputs)
+            if reason is None:
+                log.info("%s is up to date; reusing it", path)
+                report.engines.append(
+                    BuiltEngine(
+                        graph.kind,
+                        graph.precision,
+                        path,
+                        read_engine_manifest(path, verify=False)[1],
+                        reused=True,
+                        backend=backend,
+                    )
                 )
-            )
-            continue
-        log.info("building %s (%s)", path, reason)
-        start = time.perf_counter()
-        # Never leave a manifest that describes a file about to be replaced.
-        manifest_path(path).unlink(missing_ok=True)
-        details = _build_one(graph, path, contract, backend, settings)
-        manifest = {
-            **_described(graph, preset, inputs),
-            **details,
-            "engine": path.name,
-            "engine_sha256": sha256_file(path),
-            "external_data": describe_data(path) if backend == "onnxruntime" else None,
-            "seconds": round(time.perf_counter() - start, 1),
-            "created": timestamp(),
-        }
-        manifest = write_artifact_manifest(path, manifest, inputs)
-        report.engines.append(BuiltEngine(graph.kind, graph.precision, path, manifest, backend=backend))
+                continue
+            log.info("building %s (%s)", path, reason)
+            start = time.perf_counter()
+            # Never leave a manifest that describes a file about to be replaced.
+            manifest_path(path).unlink(missing_ok=True)
+            details = _build_one(graph, path, contract, backend, settings)
+            manifest = {
+                **_described(graph, preset, inputs),
+                **details,
+                "engine": path.name,
+                "engine_sha256": sha256_file(path),
+                "external_data": describe_data(path) if backend == "onnxruntime" else None,
+                "seconds": round(time.perf_counter() - start, 1),
+                "created": timestamp(),
+            }
+            manifest = write_artifact_manifest(path, manifest, inputs)
+            report.engines.append(BuiltEngine(graph.kind, graph.precision, path, manifest, backend=backend))
     return report
 
 
@@ -634,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         opt_batch=args.opt_batch,
     )
     if args.engine_dir is not None:
-        check_output_dir(args.engine_dir, "--engine-dir")
+        check_output(args.engine_dir, "engines", "--engine-dir")
     report = build_engines(config)
     if report.fallback_reason:
         print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines instead")

@@ -1,7 +1,8 @@
 """Client for the served sampling pipeline, and a bounded load test.
 
-Draw images (``--num`` in requests of ``--batch``, request ``i`` seeded ``seed + start`` like
-``python -m sparse_deploy.run``, so the same flags give the same images)::
+Draw images (``--num`` in requests of ``--batch``; each request sends the seed and the index of
+its first image, so image ``i`` is seeded from ``(seed, i)`` as in ``python -m sparse_deploy.run``,
+and the same flags give the same images whatever ``--batch``)::
 
     python -m sparse_deploy.client --url 127.0.0.1:8001 --protocol grpc --num 8 --batch 4 --seed 0 \\
         --labels 0,1,2,3 --steps 50 --out samples/triton
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from .errors import SparseDeployError, cli_entry
+from .guards import check_positive
 from .lazy import require
+from .outputs import claim_output
 from .provenance import timestamp, write_json_atomic
 from .sampling import parse_labels, save_grid, save_pngs
 
@@ -111,6 +114,7 @@ class PipelineClient:
         *,
         num: int | None = None,
         seed: int | None = None,
+        first: int | None = None,
         labels: Sequence[int] | None = None,
         steps: int | None = None,
         guidance: float | None = None,
@@ -128,6 +132,7 @@ class PipelineClient:
         inputs = []
         for name, value, dtype, triton in (
             ("seed", seed, np.int64, "INT64"),
+            ("first_image", first or None, np.int64, "INT64"),
             ("num_images", num, np.int64, "INT64"),
             ("steps", steps, np.int64, "INT64"),
             ("guidance", guidance, np.float32, "FP32"),
@@ -319,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     labels = parse_labels(args.labels)
     if args.num < 1:
         raise SparseDeployError(f"--num must be at least 1, got {args.num}")
+    check_positive("--seed", args.seed, -(2**63), 2**63 - 1)  # the pipeline's seed input is INT64
+    with claim_output(args.out, "client", "--out"):  # a new folder or an earlier client's, one writer
+        return _main(args, labels)
+
+
+def _main(args: argparse.Namespace, labels: tuple[int, ...] | None) -> int:
     if args.duration is not None:
         report = load_test(
             LoadTestConfig(
@@ -360,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             chunk = [labels[(start + j) % len(labels)] for j in range(n)] if labels else None
             result = client.generate(
                 num=n,
-                seed=args.seed + start,
+                seed=args.seed,
+                first=start,
                 labels=chunk,
                 steps=args.steps,
                 guidance=args.guidance,
@@ -369,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             images.append(result.images)
             requests.append(
                 {
-                    "seed": args.seed + start,
+                    "seed": args.seed,
+                    "first_image": start,
                     "num": n,
                     "labels": None if result.labels is None else [int(v) for v in result.labels],
                     "latency_ms": round(result.latency_s * 1000, 2),

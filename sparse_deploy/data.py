@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SparseDeployError
+from .limits import check_idx_shape
 
 __all__ = [
     "read_idx",
@@ -78,13 +79,20 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an idx file (optionally .gz) into a numpy array of its declared shape."""
+    """Read an idx file (optionally .gz) into a numpy array of its declared shape (checked against ``limits`` first)."""
     path = Path(path)
-    data = _idx_bytes(path)
-    shape = _idx_header(data, path)
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(shape))
-    if arr.size != int(np.prod(shape)):
-        raise SparseDeployError(f"idx file '{path}' is truncated ({arr.size} of {int(np.prod(shape))} values)")
+    shape = check_idx_shape(idx_shape(path), path)
+    offset, total = 4 + 4 * len(shape), int(np.prod(shape))
+    data = _idx_bytes(
+        path, offset + total + 1
+    )  # never more than the header declares (plus one byte to notice extra data)
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if arr.size != total:
+        state = "truncated" if arr.size < total else "longer than its header declares"
+        raise SparseDeployError(
+            f"idx file '{path}' is {state} ({arr.size if arr.size < total else 'more than ' + str(total)} of {total} "
+            "values)"
+        )
     return arr.reshape(shape)
 
 

@@ -8,7 +8,18 @@ from pathlib import Path
 
 from .errors import SparseDeployError
 
-__all__ = ["check_output_dir", "check_output_file", "check_positive", "check_finite", "check_device"]
+__all__ = [
+    "check_output_dir",
+    "check_output_file",
+    "check_positive",
+    "check_finite",
+    "check_device",
+    "check_seed",
+    "SEED_MAX",
+]
+
+#: Seeds are unsigned 64-bit numbers (what ``torch.Generator.manual_seed`` takes).
+SEED_MAX = 2**64 - 1
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -56,11 +67,23 @@ def check_finite(flag: str, value: float, low: float | None = None, *, strict: b
     return value
 
 
+def _shown(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+
+
 def check_positive(flag: str, value: int, low: int = 1, high: int | None = None) -> int:
     """``low <= value <= high`` for an integer flag."""
     if value < low or (high is not None and value > high):
         span = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise SparseDeployError(f"{flag} must be {span}, got {value}")
+        raise SparseDeployError(f"{flag} must be {span}, got {_shown(value)}")
+    return value
+
+
+def check_seed(value: int, flag: str = "--seed") -> int:
+    """A seed: an integer from 0 to 2**64 - 1."""
+    if not 0 <= value <= SEED_MAX:
+        raise SparseDeployError(f"{flag} must be between 0 and 2**64 - 1 ({SEED_MAX}), got {_shown(value)}")
     return value
 
 

@@ -62,6 +62,29 @@ def _disable_internal_label_dropout(net: nn.Module) -> None:
             module.dropout_prob = 0.0
 
 
+def _builtin(preset: Preset) -> bool:
+    from .presets import PRESETS
+
+    return PRESETS.get(preset.name) == preset
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SparseDeployError(f"'{path}' is not readable JSON ({exc}); fix or replace it") from exc
+    if not isinstance(data, dict):
+        raise SparseDeployError(f"'{path}' is not a diffusers config (a JSON object)")
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _check_size(kwargs: dict, name: str, cls, trusted: bool = False) -> None:
+    """Refuse a config asking for absurd sizes (``limits.check_model_config``) before anything is allocated."""
+    from .limits import check_model_config
+
+    check_model_config(dict(kwargs), name, build=None if trusted else (lambda config: cls.from_config(dict(config))))
+
+
 def build_model(preset: Preset, weights: str | Path | None = None, *, announce_random: bool = True) -> Denoiser:
     """Build the preset's model, with weights from a diffusers pipeline or model folder or a .safetensors file.
 
@@ -69,10 +92,13 @@ def build_model(preset: Preset, weights: str | Path | None = None, *, announce_r
     work, meaningless for image quality.
     """
     cls = diffusers_class(preset.family)
+    _check_size(preset.model_kwargs, preset.name, cls, trusted=_builtin(preset))
     if weights is not None:
         weights = resolve_source(weights).weights
     if weights is not None and Path(weights).is_dir():
         path = Path(weights)
+        if (path / "config.json").is_file():  # the folder's own config decides what from_pretrained allocates
+            _check_size(_read_config(path / "config.json"), str(path), cls)
         try:
             net = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
         except Exception as exc:

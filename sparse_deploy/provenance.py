@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,6 +30,13 @@ __all__ = [
     "seal",
     "seal_problem",
     "write_manifest",
+    "temp_sibling",
+    "temp_dir",
+    "remove_stale_temps",
+    "pid_alive",
+    "follow_link",
+    "settle_modes",
+    "is_temp_name",
 ]
 
 _LIBS = ("sparse_deploy", "torch", "diffusers", "onnx", "onnxruntime", "polygraphy", "tensorrt", "numpy", "safetensors")
@@ -57,21 +65,152 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+# Temporaries are named after what they become and the process that made them: ``.<name>.<tag>-<pid>``
+# (``tmp``: being written; ``old``: the version a folder swap is replacing; ``stage``: an export's
+# staging folder). A later run removes those of dead processes (:func:`remove_stale_temps`).
+TEMP_TAGS = ("tmp", "old", "stage")
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old|stage)-(?P<pid>[0-9]+)$")
+
+
+def temp_sibling(final: str | Path, tag: str = "tmp") -> Path:
+    """``.<name>.<tag>-<pid>`` beside ``final``: a temporary that says what made it."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{tag}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts; one of another user counts too)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries (``.<name>.<tag>-<pid>``) of dead processes in ``folder``; returns them.
+
+    Only those of ``name`` when given. A swap's ``old`` copy whose final name is missing is put
+    back instead (:func:`recover_dir`), never removed. Temporaries of live processes are kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
+            continue
+        if match["tag"] == "old" and not (folder / match["name"]).exists():
+            recover_dir(folder / match["name"])
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
+_SWEPT: set[str] = set()  # folders this process has already cleared of dead processes' temporaries
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_stale_temps` of ``folder``, once per process (a folder of a million PNGs is listed once, not per
+    PNG).
+    """
+    key = os.path.normpath(folder.absolute())
+    if key not in _SWEPT:
+        remove_stale_temps(folder)
+        _SWEPT.add(key)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary of :func:`temp_sibling` (of any process)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def follow_link(path: str | Path) -> Path:
+    """``path`` with a symlink at its end followed (to where it points), so a write replaces the target, not the
+    link.
+    """
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def settle_modes(path: str | Path) -> None:
+    """Give a freshly written file (or every file and folder below a fresh folder) the mode a plain ``open`` gives.
+
+    Writers that go through a private temporary file (safetensors' own atomic save does, with
+    mkstemp's 0600) would otherwise leave artifacts only their owner can read; ``save_pretrained``'s
+    ``config.json`` and every other file here is ``0666 & ~umask``.
+    """
+    path = Path(path)
+    mask = _umask()
+    items = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for item in items:
+        if item.is_symlink():
+            continue
+        st = item.stat()
+        base = 0o777 if item.is_dir() or st.st_mode & 0o111 else 0o666
+        want = base & ~mask
+        if st.st_mode & 0o777 != want:
+            os.chmod(item, want)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is renamed to ``final``, on failure removed.
 
-    A killed process leaves only ``.<name>.tmp-<pid>`` litter, never a half-written ``final``.
+    A killed process leaves only ``.<name>.tmp-<pid>``, which the next process writing into that
+    folder removes (:func:`remove_stale_temps`, once per process and folder), never a half-written
+    ``final``. A symlink at ``final`` is
+    followed: its target is replaced. The file gets a plain file's mode (:func:`settle_modes`).
     """
-    final = Path(final)
+    final = follow_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _sweep_once(final.parent)
+    tmp = temp_sibling(final)
     try:
         yield tmp
+        if tmp.exists():
+            settle_modes(tmp)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def temp_dir(final: str | Path, tag: str = "tmp") -> Iterator[Path]:
+    """A fresh folder ``.<name>.<tag>-<pid>`` beside ``final`` (stale ones of dead processes removed), removed on
+    exit.
+    """
+    final = follow_link(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_once(final.parent)
+    tmp = temp_sibling(final, tag)
+    _remove(tmp)  # a folder of an earlier process that had this pid
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -88,7 +227,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def recover_dir(final: str | Path) -> bool:
     """Put back ``final`` from the ``.<name>.old-*`` copy a swap killed half-way left; True if it did."""
-    final = Path(final)
+    final = follow_link(final)
     if final.exists() or not final.parent.is_dir():
         return False
     olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
@@ -104,31 +243,25 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
     The swap is one atomic exchange where the filesystem supports it, so ``final`` always names a
     complete folder; elsewhere a kill between the two renames leaves ``.<name>.old-<pid>``, which
-    :func:`recover_dir` puts back.
+    :func:`recover_dir` puts back. A symlink at ``final`` is followed (its target is replaced).
     """
-    final = Path(final)
+    final = follow_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with temp_dir(final) as tmp:
         yield tmp
+        settle_modes(tmp)
         _fsync_tree(tmp)
         if final.exists() and _exchange(tmp, final):
-            shutil.rmtree(tmp)  # now the old version
+            pass  # tmp now holds the old version; temp_dir removes it
         else:
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            old = temp_sibling(final, "old")
             if final.exists():
                 os.replace(final, old)
             os.replace(tmp, final)
             if old.exists():
                 shutil.rmtree(old)
         _fsync_dir(final.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -177,11 +310,13 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**body, MANIFEST_SEAL: _content_sha256(body)}
 
 
-def seal_problem(manifest: dict[str, Any]) -> str | None:
-    """Why a manifest's content does not match its own hash; None when it does or has none (older files)."""
+def seal_problem(manifest: dict[str, Any], *, required: bool = False) -> str | None:
+    """Why a manifest's content does not match its own hash; None when it does, or has none (older files) unless
+    ``required``.
+    """
     want = manifest.get(MANIFEST_SEAL)
     if want is None:
-        return None
+        return f"it carries no seal ({MANIFEST_SEAL}: written by hand or by an older version)" if required else None
     if want != _content_sha256(manifest):
         return "its content does not match its own hash (edited by hand or damaged)"
     return None

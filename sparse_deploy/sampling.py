@@ -3,14 +3,17 @@
 The loop only needs a *denoise function* ``(sample, timestep, class_labels) -> output``
 on CPU torch tensors, so the same code drives the PyTorch model, ONNX Runtime, TensorRT or a
 Triton BLS call. Initial noise comes from a seeded CPU generator: one seed gives the same
-images on every backend, within the backend's numerical tolerance. A request for many images is
-drawn batch by batch with :func:`sample_request`, whose :func:`batch_seed` is the one rule for
-"the same images" (``run``, ``bench grids``, the method comparison); :func:`decode` turns model-space
-samples into uint8 images.
+images on every backend, within the backend's numerical tolerance. Every image has its own
+generator, seeded by :func:`image_seed` from the request's seed and the image's index in the request:
+the one rule for "the same images" (``run``, ``bench grids``, the method comparison, Triton). Image
+``i`` of a request is the same whatever the batch size, and two requests share no image unless
+their seeds are equal. A request for many images is drawn batch by batch with :func:`sample_request`;
+:func:`decode` turns model-space samples into uint8 images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +37,10 @@ __all__ = [
     "make_scheduler",
     "training_scheduler",
     "sample",
-    "batch_seed",
+    "image_seed",
+    "image_generators",
+    "initial_noise",
+    "SEEDING",
     "sample_request",
     "to_uint8",
     "decode",
@@ -63,15 +69,50 @@ def make_scheduler(name: str, schedule: dict | None = None):
     return sampling_scheduler(name, schedule)
 
 
+#: How images are seeded, as recorded beside them (run.json, the shipped score).
+SEEDING = (
+    "image i of a request seeded s: torch.Generator seeded with the first 8 bytes (little-endian) of sha256('s:i')"
+)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of image ``index`` of a request seeded ``seed`` (:data:`SEEDING`).
+
+    A hash, so that no two (seed, index) pairs in practice share a generator: seeds that differ by
+    a multiple of the batch size draw different images, as do overlapping requests.
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def image_generators(seed: int, first: int, count: int) -> list[torch.Generator]:
+    """One generator per image ``first .. first + count - 1`` of a request seeded ``seed``."""
+    return [torch.Generator().manual_seed(image_seed(seed, first + j)) for j in range(count)]
+
+
+def initial_noise(preset: Preset, seed: int, count: int, first: int = 0, labels_drawn: bool = False) -> torch.Tensor:
+    """The initial noise :func:`sample` starts images ``first ..`` from (before ``init_noise_sigma``).
+
+    ``labels_drawn``: the request drew random labels first (no ``labels`` given to a class-conditional model).
+    """
+    shape = (1, preset.in_channels, preset.sample_size, preset.sample_size)
+    noise = []
+    for gen in image_generators(seed, first, count):
+        if labels_drawn:
+            torch.randint(0, preset.num_classes, (1,), generator=gen)
+        noise.append(torch.randn(shape, generator=gen))
+    return torch.cat(noise)
+
+
 def _labels_tensor(
-    preset: Preset, labels: Sequence[int] | None, batch: int, gen: torch.Generator
+    preset: Preset, labels: Sequence[int] | None, batch: int, gens: list[torch.Generator]
 ) -> torch.Tensor | None:
     if not preset.num_classes:
         if labels:
             raise SparseDeployError(f"preset '{preset.name}' is unconditional; drop --labels")
         return None
     if not labels:
-        return torch.randint(0, preset.num_classes, (batch,), generator=gen)
+        return torch.cat([torch.randint(0, preset.num_classes, (1,), generator=g) for g in gens])
     bad = [lab for lab in labels if not 0 <= lab < preset.num_classes]
     if bad:
         raise SparseDeployError(f"class labels {bad} are outside 0..{preset.num_classes - 1} of preset '{preset.name}'")
@@ -90,6 +131,7 @@ def sample(
     labels: Sequence[int] | None = None,
     guidance: float = 1.0,
     progress: bool = False,
+    first: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the full denoising loop.
 
@@ -99,10 +141,12 @@ def sample(
         batch: images to draw.
         steps: scheduler steps (>= 1).
         scheduler: ``ddpm`` | ``ddim`` | ``dpm``.
-        seed: seeds the initial noise, random labels and stochastic schedulers.
+        seed: the request's seed: image ``j`` draws its random label, initial noise and stochastic
+            scheduler noise from its own generator, seeded ``image_seed(seed, first + j)``.
         labels: class ids, cycled over the batch; random when omitted (class-conditional only).
         guidance: classifier-free guidance scale; 1 disables it. With guidance the denoiser
             is called on a batch of ``2 * batch`` (conditional and null labels).
+        first: the index of this batch's first image in its request (:func:`sample_request`).
 
     Returns:
         ``(samples, labels)``: samples in the model's space (pixels in [-1, 1] or latents).
@@ -120,8 +164,8 @@ def sample(
         raise SparseDeployError(
             f"classifier-free guidance needs a class-conditional model; '{preset.name}' is unconditional"
         )
-    gen = torch.Generator().manual_seed(seed)
-    y = _labels_tensor(preset, labels, batch, gen)
+    gens = image_generators(seed, first, batch)
+    y = _labels_tensor(preset, labels, batch, gens)
     sched = make_scheduler(scheduler, preset.schedule)
     sched.set_timesteps(steps)
     # A DDPM sampler with a learned-range variance reads the model's variance channels too.
@@ -130,7 +174,8 @@ def sample(
         if getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
         else preset.in_channels
     )
-    x = torch.randn(batch, preset.in_channels, preset.sample_size, preset.sample_size, generator=gen)
+    shape = (1, preset.in_channels, preset.sample_size, preset.sample_size)
+    x = torch.cat([torch.randn(shape, generator=g) for g in gens])
     x = x * sched.init_noise_sigma
     if use_cfg:
         y_in = torch.cat([y, torch.full_like(y, preset.null_class)])
@@ -148,18 +193,8 @@ def sample(
         if use_cfg:  # guidance on epsilon; the variance (if kept) is the conditional one
             cond, uncond = out.chunk(2)
             out = torch.cat([uncond[:, :c] + guidance * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], dim=1)
-        x = sched.step(out, t, x, generator=gen, return_dict=False)[0]
+        x = sched.step(out, t, x, generator=gens, return_dict=False)[0]  # one generator per image
     return x, y
-
-
-def batch_seed(seed: int, start: int) -> int:
-    """The generator seed of the batch that starts at image ``start`` of a request seeded ``seed``.
-
-    The one rule for "the same images": ``run``, ``bench grids`` and the method comparison all
-    draw a request batch by batch with this seed (:func:`sample_request`), so image ``i`` of two
-    requests with the same seed, batch size and labels starts from the same noise on any backend.
-    """
-    return seed + start
 
 
 def sample_request(
@@ -178,30 +213,30 @@ def sample_request(
     Args:
         denoise / preset: as for :func:`sample`.
         num: images in the request; batch: images per batch (the last one may be smaller).
-        seed: the request's seed; the batch starting at image ``start`` uses :func:`batch_seed`.
+        seed: the request's seed; image ``i`` is seeded ``image_seed(seed, i)`` whatever the batch size.
         labels: class ids cycled over the request (image ``i`` gets ``labels[i % len(labels)]``);
             None: random labels drawn from each batch's generator.
         progress: a bar over the batches (over the steps when there is a single batch).
         options: ``steps``, ``scheduler``, ``guidance`` of :func:`sample`.
 
     Yields:
-        ``(batch seed, samples, labels)`` per batch, in order.
+        ``(index of the batch's first image, samples, labels)`` per batch, in order.
     """
     starts = range(0, num, batch)
     for start in tqdm(starts, desc="batches", unit="batch", disable=not progress or len(starts) < 2):
         n = min(batch, num - start)
         chosen = [labels[(start + j) % len(labels)] for j in range(n)] if labels else None
-        seed_of_batch = batch_seed(seed, start)
         x, y = sample(
             denoise,
             preset,
             batch=n,
-            seed=seed_of_batch,
+            seed=seed,
+            first=start,
             labels=chosen,
             progress=progress and len(starts) == 1,
             **options,
         )
-        yield seed_of_batch, x, y
+        yield start, x, y
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -279,12 +314,14 @@ def class_rows(labels: Sequence[int] | None) -> tuple[list[int], int | None]:
     return sorted(range(len(labels)), key=lambda i: (labels[i], i)), per_class
 
 
-def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample") -> list[Path]:
-    """Write one PNG per image into ``folder``, each through a temporary name (never half-written)."""
+def save_pngs(images: np.ndarray, folder: str | Path, prefix: str = "sample", start: int = 0) -> list[Path]:
+    """Write one PNG per image into ``folder`` (``<prefix>-<start + i>``), each through a temporary name (never
+    half-written).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, img in enumerate(images):
+    for i, img in enumerate(images, start):
         p = folder / f"{prefix}-{i:04d}.png"
         with atomic_path(p) as tmp:
             _pil(img).save(tmp, format="PNG")

@@ -28,7 +28,6 @@ import logging
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +42,26 @@ from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
 from .errors import SparseDeployError, cli_entry
 from .measure.methods import draw_samples
 from .models import build_model
-from .presets import get_preset
+from .outputs import check_output, claim_output
+from .presets import PRESETS, family_of, get_preset
 from .provenance import (
     atomic_dir,
     atomic_path,
     library_versions,
+    seal_problem,
     sha256_file,
+    temp_dir,
     timestamp,
     write_json_atomic,
+    write_manifest,
 )
-from .sampling import class_rows, save_grid
+from .sampling import SEEDING, class_rows, save_grid
 
 __all__ = [
     "MANIFEST",
     "pack_weights",
     "verify_weights",
+    "seal_weights",
     "weights_to_checkpoint",
     "score_weights",
     "ship_reference",
@@ -140,7 +144,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
         )
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
-    with atomic_dir(out) as tmp:
+    with claim_output(out, "weights", "--out"), atomic_dir(out) as tmp:
         model.net.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         info = {
@@ -159,7 +163,7 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
             "created": timestamp(),
             "versions": library_versions(),
         }
-        (tmp / MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        write_manifest(tmp / MANIFEST, info)  # sealed: an edited FID or file list is refused
     log.info("packed %s (%s) into %s", checkpoint, precision, out)
     return Path(out)
 
@@ -171,7 +175,16 @@ def _last_loss(metrics: Path) -> float | None:
     return sum(r["loss"] for r in rows) / len(rows) if rows else None
 
 
-def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
+WEIGHTS_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # what every shipped folder's manifest lists
+
+
+def _restore_hint(folder: Path) -> str:
+    return f"restore it with 'git checkout {folder}' or rebuild it with 'make pretrain'"
+
+
+def read_weights_manifest(folder: str | Path, *, sealed: bool = True) -> dict[str, Any]:
+    """The shipped folder's MANIFEST.json, refused unless its seal matches (``sealed=False``: for re-sealing)."""
+
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -179,30 +192,94 @@ def read_weights_manifest(folder: str | Path) -> dict[str, Any]:
             f"'{folder}' has no {MANIFEST}: not a shipped weights folder (make one with 'make pretrain')"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseDeployError(f"'{path}' is corrupt ({exc}); {_restore_hint(folder)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SparseDeployError(
-            f"'{path}' is corrupt ({exc}); restore it with 'git checkout {folder}' or 'make pretrain'"
-        ) from exc
-
-
-def verify_weights(folder: str | Path) -> dict[str, Any]:
-    """Check every file of a shipped weights folder against its manifest; return the manifest."""
-    folder = Path(folder)
-    manifest = read_weights_manifest(folder)
-    for name, digest in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or sha256_file(path) != digest:
-            raise SparseDeployError(
-                f"'{path}' is missing or does not match {MANIFEST} (corrupt, edited, or a Git LFS "
-                "pointer); "
-                f"restore it with 'git checkout {folder}' or rebuild it with 'make pretrain'"
-            )
+            f"'{path}' is not a shipped weights manifest (format {FORMAT} expected); {_restore_hint(folder)}"
+        )
+    problem = seal_problem(manifest, required=True) if sealed else None
+    if problem:
+        raise SparseDeployError(
+            f"'{path}': {problem}; {_restore_hint(folder)} (after an honest change: make seal-weights)"
+        )
     return manifest
+
+
+def _config_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the folder's config.json is not the model of the manifest's preset; None when it is."""
+
+    preset = PRESETS.get(manifest.get("preset"))  # type: ignore[arg-type]
+    if preset is None:
+        return f"names preset {manifest.get('preset')!r}, which is not a built-in one ({', '.join(PRESETS)})"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        family = family_of(config.get("_class_name"))
+    except (OSError, ValueError, AttributeError, SparseDeployError) as exc:
+        return f"has no readable diffusers config.json ({exc.__class__.__name__})"
+    if family != preset.family:
+        return f"says preset '{preset.name}' ({preset.family}) but config.json is a {config.get('_class_name')}"
+    differ = [
+        f"{k}: {config.get(k)!r} in config.json, {v!r} in the preset"
+        for k, v in preset.model_kwargs.items()
+        if json.dumps(config.get(k)) != json.dumps(v)
+    ]
+    if differ:
+        return f"says preset '{preset.name}' but config.json contradicts it ({'; '.join(differ[:3])})"
+    return None
+
+
+def _files_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the files do not match the manifest (a sentence naming the file or the manifest); None when they do."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"'{folder / MANIFEST}' lists no files"
+    missing = [name for name in WEIGHTS_FILES if name not in files]
+    if missing:
+        return f"'{folder / MANIFEST}' does not list {', '.join(missing)}"
+
+    for name, digest in files.items():
+        path = folder / str(name)
+        if Path(str(name)).name != name:
+            return f"'{folder / MANIFEST}' lists '{name}', which is not a file of the folder"
+        if not path.is_file() or sha256_file(path) != digest:
+            return f"'{path}' is missing or does not match {MANIFEST} (corrupt, edited, or a Git LFS pointer)"
+    return None
+
+
+def verify_weights(folder: str | Path, *, sealed: bool = True) -> dict[str, Any]:
+    """Check a shipped weights folder: its sealed manifest, every file against it, its config.json against its preset.
+
+    Returns the manifest.
+    """
+    folder = Path(folder)
+    manifest = read_weights_manifest(folder, sealed=sealed)
+    problem = _files_problem(folder, manifest)
+    if problem is None and (problem := _config_problem(folder, manifest)):
+        problem = f"'{folder / MANIFEST}' {problem}"
+    if problem:
+        raise SparseDeployError(f"{problem}; {_restore_hint(folder)}")
+    return manifest
+
+
+def seal_weights(folder: str | Path) -> Path:
+    """Seal a shipped folder's MANIFEST.json (``make seal-weights``) after checking it against its files and config.
+
+    The weights are never touched, and nothing that does not match the manifest is sealed.
+    """
+
+    folder = Path(folder)
+    with claim_output(folder, "weights", "the weights folder"):
+        manifest = verify_weights(folder, sealed=False)
+        write_manifest(folder / MANIFEST, manifest)
+    return folder / MANIFEST
 
 
 def weights_to_checkpoint(folder: str | Path, out: str | Path) -> Path:
     """A dense checkpoint (fp32 model) from a verified shipped weights folder; its manifest names the source."""
+    check_output(out, "checkpoint", "--out")  # never over the weights folder, a run or anyone's files
+
     manifest = verify_weights(folder)
     model = build_model(get_preset(manifest["preset"]), folder).float().eval()
     info = {
@@ -211,7 +288,8 @@ def weights_to_checkpoint(folder: str | Path, out: str | Path) -> Path:
         "train_config": manifest.get("train_config"),
         "source_weights": {"path": str(Path(folder)), "files": manifest.get("files"), "fid": manifest.get("fid")},
     }
-    return save_checkpoint(out, model, sparsity=None, info=info)
+    with claim_output(out, "checkpoint", "--out"):
+        return save_checkpoint(out, model, sparsity=None, info=info)
 
 
 def score_weights(
@@ -228,8 +306,13 @@ def score_weights(
 
     Records the result (with its protocol) in the folder's manifest and writes ``samples.png``.
     """
+    with claim_output(folder, "weights", "the weights folder"):
+        return _score(folder, num, steps, reference, ref_num, seed, batch, cache_dir)
+
+
+def _score(folder, num, steps, reference, ref_num, seed, batch, cache_dir) -> dict[str, Any]:
     manifest = verify_weights(folder)
-    with tempfile.TemporaryDirectory(prefix="shipped-") as tmp:
+    with temp_dir(folder) as tmp:  # .<folder>.tmp-<pid> beside it: a killed score's is removed by the next claim
         ckpt = weights_to_checkpoint(folder, Path(tmp) / "dense")
         with load_runner(ckpt, device="cpu") as runner:
             preset = runner.preset
@@ -249,6 +332,7 @@ def score_weights(
         "sampler": "ddim",
         "steps": steps,
         "seed": seed,
+        "seeding": SEEDING,
         "labels": "cycled over the classes",
         "reference": reference,
         "reference_num": ref.num,
@@ -257,7 +341,7 @@ def score_weights(
         "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --steps {steps}",
     }
     manifest["fid"] = result
-    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    write_manifest(Path(folder) / MANIFEST, manifest)
     log.info("FID %.2f (%d samples vs %s n=%d)", value, num, reference, ref.num)
     return result
 
@@ -278,6 +362,11 @@ def ship_reference(
     command, the versions.
     """
     out = Path(out) if out is not None else fid.SHIPPED_REFERENCE_DIR
+    with claim_output(out, "fid-reference", "--out"):
+        return _ship_reference(source, num, out, cache_dir)
+
+
+def _ship_reference(source: str, num: int | None, out: Path, cache_dir: str | Path | None) -> Path:
     stats = fid.reference_stats(source, num, cache_dir=cache_dir, shipped_dir=None)
     features = np.ascontiguousarray(stats.features, dtype=np.float32)
     meta = {
@@ -401,6 +490,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="folder (default weights/fid)")
     q.add_argument("--cache-dir", default=".cache/fid")
     q = sub.add_parser(
+        "seal",
+        help="seal a shipped folder's MANIFEST.json after checking it against its files and config (make seal-weights)",
+    )
+    q.add_argument("folder")
+    q = sub.add_parser(
         "checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)"
     )
     q.add_argument("folder")
@@ -431,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.num < 2:
             raise SparseDeployError("--num must be at least 2")
         print(f"reference features: {ship_reference(args.source, args.num, args.out, args.cache_dir)}")
+    elif args.command == "seal":
+        print(f"sealed: {seal_weights(args.folder)}")
     else:
         print(f"checkpoint: {weights_to_checkpoint(args.folder, args.out)}")
     return 0

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from . import fid
+from .artifacts import read_engine_manifest
 from .backends import load_runner
 from .checkpoint import read_manifest
 from .errors import SparseDeployError, cli_entry
 from .measure.methods import draw_samples
+from .outputs import check_output_record
 from .provenance import timestamp, write_json_atomic
 from .settings import CPU_PRECISION
 
@@ -38,6 +40,22 @@ def _engine(folder: Path, kind: str, precision: str) -> Path:
             "-m sparse_deploy.build'"
         )
     return matches[0]
+
+
+def _check_engines_of_run(run: Path, manifest: dict[str, Any], sparse_engine: Path) -> None:
+    """Refuse a sparse engine built from another checkpoint than the run's (its manifest records its source's weights
+    hash).
+    """
+    _, engine_manifest = read_engine_manifest(sparse_engine, verify=False)
+    source = engine_manifest.get("source") or {}
+    if source.get("weights_sha256") != manifest.get("weights_sha256"):
+        raise SparseDeployError(
+            f"the sparse engine '{sparse_engine}' was built from {source.get('path') or 'other weights'}, not from "
+            "the run's "
+            f"'{run / 'checkpoint'}' (its weights differ); rebuild it with python -m sparse_deploy.build "
+            f"--checkpoint {run / 'checkpoint'} "
+            f"--engine-dir {sparse_engine.parent}, or pass the engines of this run"
+        )
 
 
 def demo_summary(
@@ -84,6 +102,9 @@ def demo_summary(
             "preprocessing": fid.PREPROCESSING,
         },
     }
+    _check_engines_of_run(
+        run, manifest, _engine(engines, "sparse", precision)
+    )  # never one run's settings with another's engines
     feats = {}
     for kind in ("dense", "sparse"):
         path = _engine(engines, kind, precision)
@@ -163,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num < 2 or args.ref_num < 2 or args.steps < 1:
         raise SparseDeployError("--num and --ref-num must be at least 2, --steps at least 1")
+    out = Path(args.json or Path(args.engines) / "summary.json")
+    check_output_record(out, "--json", "fid")  # a new file or an earlier summary, never someone's file
     summary = demo_summary(
         args.run,
         args.engines,
@@ -173,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
         reference=args.reference,
     )
     summary["created"] = timestamp()
-    out = Path(args.json or Path(args.engines) / "summary.json")
     write_json_atomic(out, summary)
     print(format_summary(summary))
     print(f"summary: {out}")

@@ -27,6 +27,7 @@
 
 #include "ddim.hpp"
 #include "image.hpp"
+#include "cli.hpp"
 #include "manifest.hpp"
 
 namespace {
@@ -238,17 +239,14 @@ Args parse_args(int argc, char** argv) {
     if (k == "--engine") a.engine = next();
     else if (k == "--manifest") a.manifest = next();
     else if (k == "--out") a.out = next();
-    else if (k == "--num") a.num = std::stoi(next());
-    else if (k == "--steps") a.steps = std::stoi(next());
-    else if (k == "--guidance") a.guidance = std::stof(next());
-    else if (k == "--seed") a.seed = std::stoull(next());
+    else if (k == "--num") a.num = static_cast<int>(sd::parse_whole(k, next(), 1, 65536));
+    else if (k == "--steps") a.steps = static_cast<int>(sd::parse_whole(k, next(), 1, 100000));
+    else if (k == "--guidance") a.guidance = sd::parse_number(k, next());
+    else if (k == "--seed") a.seed = sd::parse_seed(k, next());
     else if (k == "--noise") a.noise = next();
-    else if (k == "--num-classes") a.num_classes = std::stoll(next());
-    else if (k == "--labels") {
-      std::stringstream ss(next());
-      for (std::string part; std::getline(ss, part, ',');)
-        if (!part.empty()) a.labels.push_back(std::stoll(part));
-    } else if (k == "--help" || k == "-h") {
+    else if (k == "--num-classes") a.num_classes = sd::parse_whole(k, next(), 0, 1 << 20);
+    else if (k == "--labels") a.labels = sd::parse_labels(next());
+    else if (k == "--help" || k == "-h") {
       usage();
       std::exit(0);
     } else {

@@ -13,6 +13,7 @@
 
 #include "ddim.hpp"
 #include "json.hpp"
+#include "sha256.hpp"
 
 namespace sd {
 
@@ -46,17 +47,37 @@ inline std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+// The key holding a manifest's seal: sha256 of its canonical JSON without this key (sparse_deploy/provenance.py).
+constexpr const char* kSealKey = "manifest_sha256";
+constexpr long long kMaxDim = 1 << 20;  // any dimension or batch a manifest may state
+
+// Why a manifest's seal does not hold (empty when it does), as Python's provenance.seal_problem(required=True).
+inline std::string seal_problem(const Json& j) {
+  if (!j.contains(kSealKey) || !j[kSealKey].is_string())
+    return std::string("it carries no seal (") + kSealKey + ": written by hand or by an older version)";
+  if (sha256_hex(j.canonical(kSealKey)) != j[kSealKey].str()) return "its content does not match its own hash (edited by hand or damaged)";
+  return "";
+}
+
+inline long long bounded(const Json& v, long long lo, long long hi, const std::string& what) {
+  const long long x = v.integer();
+  if (x < lo || x > hi) throw std::runtime_error(what + " is " + std::to_string(x) + ", outside " + std::to_string(lo) + ".." + std::to_string(hi));
+  return x;
+}
+
 inline std::vector<TensorSpec> read_specs(const Json& list) {
   std::vector<TensorSpec> out;
   for (const Json& t : list.items()) {
     TensorSpec spec{t["name"].str(), t["dtype"].str(), {}};
-    for (const Json& d : t["shape"].items()) spec.shape.push_back(d.integer());
+    for (const Json& d : t["shape"].items()) spec.shape.push_back(bounded(d, -1, kMaxDim, "a dimension of '" + spec.name + "'"));
     out.push_back(spec);
   }
   return out;
 }
 
-// Parse and check a manifest; throws std::runtime_error with a sentence saying what is wrong.
+inline void read_fields(const Json& j, const std::string& where, Manifest& m);
+
+// Parse and check a manifest (format, seal, fields); throws std::runtime_error with a sentence saying what is wrong.
 inline Manifest parse_manifest(const std::string& text, const std::string& where) {
   Json j;
   try {
@@ -64,9 +85,22 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   } catch (const std::exception& e) {
     throw std::runtime_error("'" + where + "' is not valid JSON (" + e.what() + "); rebuild the engine with make engine");
   }
-  if (!j.is_object() || j.get_string("format") != "sparse-deploy-engine/1")
+  if (!j.is_object() || !j.contains("format") || !j["format"].is_string() || j["format"].str() != "sparse-deploy-engine/1")
     throw std::runtime_error("'" + where + "' is not a sparse-deploy engine manifest (format sparse-deploy-engine/1 expected)");
+  const std::string problem = seal_problem(j);
+  if (!problem.empty()) throw std::runtime_error("engine manifest '" + where + "': " + problem + "; rebuild the engine with make engine");
   Manifest m;
+  try {
+    read_fields(j, where, m);
+  } catch (const std::runtime_error& e) {  // a sealed manifest of the right format, but not the shape this reader knows
+    const std::string what = e.what();
+    if (what.rfind("manifest '", 0) == 0) throw;
+    throw std::runtime_error("manifest '" + where + "' is malformed (" + what + "); rebuild the engine with make engine");
+  }
+  return m;
+}
+
+inline void read_fields(const Json& j, const std::string& where, Manifest& m) {
   m.format = j.get_string("format");
   m.backend = j.get_string("backend");
   m.engine = j.get_string("engine");
@@ -77,10 +111,10 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   m.gpu = j.get_string("gpu");
   // Classes come from the model's own record (the preset spec every engine manifest carries), not a
   // table of preset names kept here.
-  if (j.contains("num_classes") && j["num_classes"].is_number()) m.num_classes = j["num_classes"].integer();
+  if (j.contains("num_classes") && j["num_classes"].is_number()) m.num_classes = bounded(j["num_classes"], 0, kMaxDim, "num_classes");
   else if (j.contains("preset_spec") && j["preset_spec"].is_object() && j["preset_spec"].contains("num_classes") &&
            j["preset_spec"]["num_classes"].is_number())
-    m.num_classes = j["preset_spec"]["num_classes"].integer();
+    m.num_classes = bounded(j["preset_spec"]["num_classes"], 0, kMaxDim, "num_classes");
   if (j.contains("schedule") && j["schedule"].is_object() && j["schedule"].contains("alphas_cumprod")) {
     const Json& s = j["schedule"];
     for (const Json& a : s["alphas_cumprod"].items()) m.schedule.alphas_cumprod.push_back(static_cast<float>(a.num()));
@@ -99,13 +133,12 @@ inline Manifest parse_manifest(const std::string& text, const std::string& where
   m.precision = c.get_string("precision", j.get_string("precision"));
   m.inputs = read_specs(c["inputs"]);
   m.outputs = read_specs(c["outputs"]);
-  m.profile_min = static_cast<int>(c["profile"]["min"].integer());
-  m.profile_opt = static_cast<int>(c["profile"]["opt"].integer());
-  m.profile_max = static_cast<int>(c["profile"]["max"].integer());
+  m.profile_min = static_cast<int>(bounded(c["profile"]["min"], 1, kMaxDim, "the profile's min"));
+  m.profile_opt = static_cast<int>(bounded(c["profile"]["opt"], m.profile_min, kMaxDim, "the profile's opt"));
+  m.profile_max = static_cast<int>(bounded(c["profile"]["max"], m.profile_opt, kMaxDim, "the profile's max"));
   const TensorSpec* sample = m.input("sample");
   if (!sample || sample->shape.size() != 4 || !m.input("timestep") || m.outputs.size() != 1 || m.outputs[0].shape.size() != 4)
     throw std::runtime_error("manifest '" + where + "' does not describe a denoiser (sample [B,C,H,W], timestep [B] -> out [B,C',H,W])");
-  return m;
 }
 
 }  // namespace sd

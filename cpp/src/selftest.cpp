@@ -7,6 +7,7 @@
 //                        --null-label 10 --out FILE.f32 [--manifest ENGINE.json]   (all on one line;
 //                        with --manifest, the schedule that manifest records)
 //   ddim_selftest half
+//   ddim_selftest labels TEXT        (the runner's --labels parser: one id a line, or one error line)
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "ddim.hpp"
 #include "manifest.hpp"
 
@@ -54,15 +56,13 @@ int sample_mode(int argc, char** argv) {
     if (k == "--noise") noise_path = v;
     else if (k == "--out") out_path = v;
     else if (k == "--manifest") manifest_path = v;
-    else if (k == "--steps") steps = std::stoi(v);
-    else if (k == "--channels") channels = std::stoi(v);
-    else if (k == "--size") size = std::stoi(v);
-    else if (k == "--guidance") guidance = std::stof(v);
-    else if (k == "--null-label") null_label = std::stoll(v);
-    else if (k == "--labels") {
-      std::stringstream ss(v);
-      for (std::string p; std::getline(ss, p, ',');) labels.push_back(std::stoll(p));
-    } else throw std::runtime_error("unknown argument " + k);
+    else if (k == "--steps") steps = static_cast<int>(sd::parse_whole(k, v, 1, 100000));
+    else if (k == "--channels") channels = static_cast<int>(sd::parse_whole(k, v, 1, 64));
+    else if (k == "--size") size = static_cast<int>(sd::parse_whole(k, v, 1, 4096));
+    else if (k == "--guidance") guidance = sd::parse_number(k, v);
+    else if (k == "--null-label") null_label = sd::parse_whole(k, v, 0, 1 << 20);
+    else if (k == "--labels") labels = sd::parse_labels(v);
+    else throw std::runtime_error("unknown argument " + k);
   }
   sd::SampleShape shape{channels, channels, size, size, null_label};
   const size_t per = static_cast<size_t>(channels) * size * size;
@@ -100,6 +100,10 @@ int main(int argc, char** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "manifest" && argc > 2) return manifest_mode(argv[2]);
     if (mode == "half") return half_mode();
+    if (mode == "labels" && argc > 2) {
+      for (auto label : sd::parse_labels(argv[2])) std::cout << label << "\n";
+      return 0;
+    }
     if (mode == "sample") return sample_mode(argc, argv);
     std::cerr << "usage: ddim_selftest manifest PATH | half | sample --noise F --labels L --steps S --guidance G ... --out F\n";
     return 2;

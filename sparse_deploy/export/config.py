@@ -9,7 +9,8 @@ from pathlib import Path
 from ..artifacts import KINDS
 from ..contract import PRECISIONS, BatchProfile
 from ..errors import SparseDeployError
-from ..guards import check_output_dir
+from ..guards import check_seed
+from ..outputs import check_output
 from ..presets import get_preset
 from ..settings import DEFAULT_MAX_BATCH, DEFAULT_PRECISIONS
 from ..sources import is_path
@@ -73,8 +74,9 @@ class ExportConfig:
         _check_choices("--precision", self.precisions, PRECISIONS)
         _check_choices("--kinds", self.kinds, KINDS)
         self.profile.validate()
+        check_seed(self.seed)
         if self.out is not None:
-            check_output_dir(self.out, "--out")
+            check_output(self.out, "export", "--out")
         return self
 
     @property

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from ..errors import SparseDeployError
 from ..masks import PATTERN
 from ..models import Denoiser
 from ..onnx_files import data_path, describe_data, save_with_external_data
+from ..outputs import claim_output
 from ..precision import (
     FP32_OPS,
     fp16_attention,
@@ -54,7 +54,7 @@ from ..precision import (
     to_fp16,
 )
 from ..presets import PRESET_SPEC, Preset
-from ..provenance import library_versions, sha256_file, timestamp
+from ..provenance import library_versions, settle_modes, sha256_file, temp_dir, timestamp
 from ..schedule import schedule_record
 from . import verify
 from .config import ExportConfig
@@ -226,13 +226,12 @@ def export_graph(
         EXPORTER,
         f", external data: {weight_bytes / 2**30:.2f} GiB of weights" if external else "",
     )
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
-    try:
+    # .<name>.stage-<pid>: a killed export's stage (graph-sized) is removed by the next export of this graph.
+    with temp_dir(path, "stage") as stage:
         staged = _write_staged(export_model, contract, stage, path.name, external)
         checks = _verify(staged, model, export_model, contract, sparse_layers, kind) if verify else _UNVERIFIED
+        settle_modes(stage)
         digest, data_entry = _install(staged, path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     manifest = {
         "format": ONNX_FORMAT,
         "file": path.name,
@@ -261,6 +260,14 @@ def export_all(config: ExportConfig, *, reuse: bool = False) -> list[ExportedGra
     """
     preset, sources = plan_sources(config)
     out = Path(config.out) if config.out is not None else Path("export") / preset.name
+    with claim_output(out, "export", "--out" if config.out is not None else "the export folder"):
+        return _export_all(config, preset, sources, out, reuse)
+
+
+def _export_all(
+    config: ExportConfig, preset: Preset, sources: dict[str, GraphSource], out: Path, reuse: bool
+) -> list[ExportedGraph]:
+
     results: list[ExportedGraph] = []
     todo = [
         (kind, precision)

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..data import (
@@ -51,6 +50,8 @@ from ..data import (
     read_idx,
 )
 from ..errors import SparseDeployError
+from ..limits import open_image
+from ..outputs import check_samples
 from ..provenance import atomic_path, library_versions, sha256_file, timestamp
 
 __all__ = [
@@ -396,6 +397,7 @@ def _run_images(folder: Path) -> list[Path] | None:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    check_samples(folder)  # a sample folder whose run has not finished is refused
     listed = _run_images(folder)
     if listed is not None:
         return listed
@@ -451,6 +453,7 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
     PNG, JPEG, BMP, WebP; sorted by path, searched recursively), or an ``.npz`` holding one uint8
     array ``[N, H, W(, C)]`` (or several, one named ``images``).
     """
+
     kind, where = _parse_source(source)
     if kind == "fashion-mnist":
         arr = _fashion_mnist_images(fashion_mnist_images_file(str(where)))
@@ -462,13 +465,13 @@ def load_images(source: str | Path, num: int | None = None) -> np.ndarray | list
     files = files[: _check_num(num, len(files), str(source))]
     images = []
     for f in files:
-        try:
-            with Image.open(f) as im:
+        with open_image(f) as im:  # a pixel limit, checked before decoding
+            try:
                 images.append(np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"), dtype=np.uint8))
-        except (OSError, ValueError) as exc:
-            raise SparseDeployError(
-                f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder"
-            ) from exc
+            except (OSError, ValueError) as exc:
+                raise SparseDeployError(
+                    f"'{f}' is not a readable image ({exc.__class__.__name__}); remove it or pass another folder"
+                ) from exc
     images = [im[..., None] if im.ndim == 2 else im for im in images]
     if len({im.shape for im in images}) == 1:
         return np.stack(images)

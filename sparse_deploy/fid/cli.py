@@ -10,7 +10,8 @@ import argparse
 
 from ..backends.device import torch_device
 from ..errors import SparseDeployError, cli_entry
-from ..guards import check_output_dir, check_output_file
+from ..guards import check_output_dir
+from ..outputs import check_output_record
 from ..provenance import library_versions, timestamp, write_json_atomic
 from . import (
     DEFAULT_CACHE_DIR,
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if cache_dir is not None:
         check_output_dir(cache_dir, "--cache-dir")
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_record(args.json, "--json", "fid")  # a new file or an earlier result, never someone's file
     device = torch_device(args.device)
     stats = [
         reference_stats(

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import SparseDeployError
-from ..guards import check_device, check_finite, check_positive
+from ..guards import check_device, check_finite, check_positive, check_seed
 from ..inputs import run_preset
 from ..modes import MODES
 from ..presets import Preset
@@ -99,10 +99,11 @@ class TrainConfig:
             MODES.get(self.sparsity.mode) if self.sparsity is not None else None
         )  # an unknown one: sparsity.validate() says so
         check_positive("--steps", self.steps, mode.min_steps if mode is not None else 1)
-        check_positive("--batch-size", self.batch_size)
+        check_positive("--batch-size", self.batch_size, 1, 65536)
         check_positive("--checkpoint-every", self.checkpoint_every)
         check_positive("--warmup-steps", self.warmup_steps, 0)
-        check_positive("--preview", self.preview, 0)
+        check_positive("--preview", self.preview, 0, 1024)
+        check_seed(self.seed)
         check_positive("--preview-steps", self.preview_steps)
         check_finite("--lr", self.lr, 0, strict=True)
         check_finite("--weight-decay", self.weight_decay, 0)

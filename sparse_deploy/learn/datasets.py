@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import IMAGE_SUFFIXES, fashion_mnist_arrays, image_files
 from ..errors import SparseDeployError
+from ..limits import open_image
 from ..presets import Preset
 from ..provenance import atomic_path
 from ..sources import load_vae
@@ -82,7 +83,10 @@ def image_folder(preset: Preset, root: str | Path) -> TensorDataset:
             f"'{root}' has {len(classes)} class folders but preset '{preset.name}' has {preset.num_classes} classes"
         )
     mode = "L" if preset.in_channels == 1 else "RGB"
-    arrays = [np.asarray(Image.open(p).convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)) for p in files]
+    arrays = []
+    for p in files:
+        with open_image(p) as im:  # a pixel limit, checked before decoding
+            arrays.append(np.asarray(im.convert(mode).resize((preset.sample_size,) * 2, Image.BICUBIC)))
     x = torch.from_numpy(np.stack(arrays))
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     log.info("loaded %d images in %d classes from %s", len(files), max(len(classes), 1), root)
@@ -117,12 +121,11 @@ def latent_dataset(
     scale = float(getattr(model.config, "scaling_factor", 0.18215))
     latents = []
     for i in tqdm(range(0, len(files), batch), desc="encoding latents"):
-        arr = np.stack(
-            [
-                np.asarray(Image.open(p).convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC))
-                for p in files[i : i + batch]
-            ]
-        )
+        parts = []
+        for p in files[i : i + batch]:
+            with open_image(p) as im:
+                parts.append(np.asarray(im.convert("RGB").resize((pixel_size,) * 2, Image.BICUBIC)))
+        arr = np.stack(parts)
         x = _to_model_space(torch.from_numpy(arr).permute(0, 3, 1, 2), pixel_size)
         latents.append(model.encode(x).latent_dist.sample() * scale)
     out = {"latents": torch.cat(latents).contiguous(), "labels": torch.tensor(labels, dtype=torch.int64)}

@@ -102,7 +102,7 @@ def calibration_batches(
     them are replaced by the null label. The draw depends on ``seed`` alone.
     """
     config.validate()
-    gen = torch.Generator().manual_seed(seed * 7919 + 104_729)
+    gen = torch.Generator().manual_seed((seed * 7919 + 104_729) % 2**64)
     n, steps = config.samples, len(alphas_cumprod)
     t = (
         ((torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=gen, dtype=torch.float64)) * steps / n)

@@ -41,6 +41,7 @@ from ..guards import check_output_dir
 from ..inputs import run_vae
 from ..models import build_model, example_inputs, short_name
 from ..modes import get_mode
+from ..outputs import claim_output
 from ..presets import Preset
 from ..provenance import recover_dir, write_json_atomic
 from ..sampling import sample, save_grid, to_uint8, training_scheduler
@@ -336,7 +337,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     train_model = run.train_model if run.train_model is not None else model
     dist = run.dist if run.dist is not None else Distributed(DistEnv(), device)
     c = preset.in_channels
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919)
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step * 7919) % 2**64)  # folded: any 64-bit --seed
     sparsity = config.sparsity
     flipped = 0.0
     if run.learns_masks and step % sparsity.mask_every == 0:
@@ -349,7 +350,7 @@ def train_step(run: TrainingRun, step: int) -> dict[str, float]:
     if sparsity is not None and get_mode(sparsity.mode).mask_logits:
         set_mask_temperature_(model, *mask_schedule(sparsity, step, run.train_steps))
         # The Gumbel noise of this step: the same on every rank, so the ranks' masks stay identical.
-        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + 1)
+        torch.manual_seed((config.seed * 1_000_003 + step * 7919 + 1) % 2**64)
     idx = torch.randint(0, len(run.images), (config.batch_size,), generator=gen)
     x0, y = run.images[idx], run.labels[idx]
     if preset.num_classes:
@@ -421,11 +422,12 @@ def train(config: TrainConfig) -> Path:
     config.validate()
     env = DistEnv.from_env()
     device = resolve_device(config.device, env)
-    dist = Distributed(env, device).start()  # the rank's GPU is made current before anything touches CUDA
-    try:
-        return _train(config, dist)
-    finally:
-        dist.close()
+    with claim_output(config.out, "training-run", "--out", lock=env.main):  # a run folder, one writer (rank 0)
+        dist = Distributed(env, device).start()  # the rank's GPU is made current before anything touches CUDA
+        try:
+            return _train(config, dist)
+        finally:
+            dist.close()
 
 
 def _train(config: TrainConfig, dist: Distributed) -> Path:

@@ -41,8 +41,9 @@ from ..checkpoint import read_manifest
 from ..cliargs import comma_ints, comma_list
 from ..errors import SparseDeployError, cli_entry
 from ..export import ExportConfig
-from ..guards import check_device, check_output_dir
+from ..guards import check_device
 from ..inputs import run_preset
+from ..outputs import claim_output
 from ..settings import CPU_PRECISION, DEFAULT_KD_WEIGHT, GPU_PRECISION
 from .engine_latency import LatencyConfig, latency_filename, run_latency
 from .frontier import write_frontier
@@ -511,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = command_line(argv)
     check_device(args.device)
-    if getattr(args, "out", None) is not None and args.command != "report":
-        check_output_dir(args.out, "--out")
-    _COMMANDS[args.command](args, command)
+    if getattr(args, "out", None) is None or args.command == "report":  # report reads the results folder it is given
+        _COMMANDS[args.command](args, command)
+        return 0
+    with claim_output(args.out, "report", "--out"):  # a new folder or one of earlier results; one writer
+        _COMMANDS[args.command](args, command)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import cli_entry
-from ..guards import check_output_dir
+from ..outputs import check_output
 from .repository import (
     FLAVOURS,
     ORT_ACCELERATORS,
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_output_dir(args.out, "--out")
+    check_output(args.out, "triton", "--out")
     report = generate_repository(
         RepositoryConfig(
             engine=args.engine,

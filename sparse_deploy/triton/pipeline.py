@@ -6,6 +6,9 @@ repository generator and the client read the tensor names and types from :data:`
 and :func:`pipeline_outputs`. One request is one batch of images::
 
     seed          INT64  [1]    optional, default 0: seeds the initial noise (and random labels)
+    first_image   INT64  [1]    optional, default 0: the index of this request's first image in a
+                                larger draw split over requests (image j is seeded from seed and
+                                first_image + j, sampling.image_seed)
     num_images    INT64  [1]    optional, default len(class_labels), else 1
     class_labels  INT64  [-1]   optional (class-conditional models): cycled over the images;
                                 random labels when omitted
@@ -21,8 +24,9 @@ deserializing any BYTES input (numeric tensors are passed through DLPack, which 
     samples       FP32   [N, C, S, S]   model-space samples (pixels in [-1, 1] or latents)
     labels        INT64  [N]            the labels used (class-conditional models only)
 
-With the same arguments the images equal ``python -m sparse_deploy.run --num N --batch N``:
-both call :func:`sparse_deploy.sampling.sample` once with the same seed.
+With the same arguments the images equal ``python -m sparse_deploy.run``'s images
+``first_image .. first_image + N - 1`` of the same seed (any ``--batch``): both call
+:func:`sparse_deploy.sampling.sample`, which seeds each image from the seed and its index.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class PipelineTensor:
 
 PIPELINE_INPUTS: tuple[PipelineTensor, ...] = (
     PipelineTensor("seed", "int64", (1,), "seeds the initial noise and random labels (default 0)"),
+    PipelineTensor("first_image", "int64", (1,), "index of the request's first image in a larger draw (default 0)"),
     PipelineTensor("num_images", "int64", (1,), "images to draw (default: len(class_labels), else 1)"),
     PipelineTensor("class_labels", "int64", (-1,), "class ids cycled over the images (default random)"),
     PipelineTensor("steps", "int64", (1,), "scheduler steps (default 50)"),
@@ -144,6 +149,7 @@ class PipelineRequest:
     steps: int
     guidance: float
     scheduler: str
+    first: int = 0  # the index of the request's first image in a larger draw
 
     @property
     def denoiser_batch(self) -> int:
@@ -178,6 +184,9 @@ def parse_request(
     get = lambda name: None if values.get(name) is None else np.asarray(values[name])  # noqa: E731
 
     seed = 0 if get("seed") is None else int(_one("seed", get("seed"), "int"))
+    first = 0 if get("first_image") is None else int(_one("first_image", get("first_image"), "int"))
+    if first < 0:
+        raise SparseDeployError(f"input 'first_image' must be at least 0, got {first}")
 
     labels: tuple[int, ...] | None = None
     raw_labels = get("class_labels")
@@ -223,7 +232,7 @@ def parse_request(
             f"unknown scheduler {scheduler!r} (request parameter 'scheduler'); choose one of: {', '.join(SCHEDULERS)}"
         )
 
-    request = PipelineRequest(num, seed, labels, steps, guidance, scheduler)
+    request = PipelineRequest(num, seed, labels, steps, guidance, scheduler, first)
     if request.denoiser_batch > settings.max_batch:
         per = settings.max_batch // (2 if guidance != 1.0 else 1)
         raise SparseDeployError(
@@ -249,6 +258,7 @@ def run_request(request: PipelineRequest, denoise: DenoiseFn, preset: Preset, va
         steps=request.steps,
         scheduler=request.scheduler,
         seed=request.seed,
+        first=request.first,
         labels=list(request.labels) if request.labels else None,
         guidance=request.guidance,
     )

@@ -34,6 +34,7 @@ from ..artifacts import (
 from ..contract import IOContract, precision_of
 from ..errors import SparseDeployError
 from ..onnx_files import data_path
+from ..outputs import claim_output
 from ..presets import PRESETS, Preset, preset_from_manifest
 from ..provenance import atomic_dir, timestamp, write_manifest
 from ..sampling import training_scheduler
@@ -354,6 +355,13 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
     )
     if config.ort_accelerator != "none" and flavour != "onnxruntime":
         notes.append(f"--ort-accelerator applies to the onnxruntime flavour only; ignored for '{flavour}'")
+    max_steps = training_scheduler(preset.schedule).config.num_train_timesteps
+    if config.default_steps > max_steps:  # every request without 'steps' would fail
+        raise SparseDeployError(
+            f"--default-steps {config.default_steps} is above the model's {max_steps}-step schedule, the pipeline's "
+            "maximum; "
+            f"pass --default-steps {max_steps} or fewer"
+        )
     settings = PipelineSettings(
         preset=preset.name,
         precision=contract.precision,
@@ -361,13 +369,45 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
         denoiser=config.name,
         default_steps=config.default_steps,
         vae=str(resolve_vae(config.vae).resolve()) if config.vae else "",
-        max_steps=training_scheduler(preset.schedule).config.num_train_timesteps,
+        max_steps=max_steps,
         preset_spec=_spec_unless_builtin(preset),
     )
     pipeline = pipeline_config(settings, name=config.pipeline_name, instances=config.pipeline_instances)
+    with claim_output(config.out, "triton", "--out") as root:
+        for name in (config.name, config.pipeline_name):  # replaced whole: only an earlier model of that name
+            _check_model_folder(root / name, config.out)
+        _write_models(root, config, engine, manifest, flavour, copies, denoiser, pipeline, notes)
+    for n in notes:
+        log.warning("%s", n)
+    return RepositoryReport(
+        Path(config.out),
+        flavour,
+        Path(config.out) / config.name,
+        Path(config.out) / config.pipeline_name,
+        denoiser["max_batch_size"],
+        notes,
+    )
 
-    root = Path(config.out)
-    root.mkdir(parents=True, exist_ok=True)
+
+def _check_model_folder(folder: Path, out: Path) -> None:
+    if folder.exists() and not (folder / "config.pbtxt").is_file() and any(folder.iterdir()):
+        raise SparseDeployError(
+            f"'{folder}' in --out '{out}' is not a Triton model (no config.pbtxt) and would be replaced; move it "
+            "away or pass another --name"
+        )
+
+
+def _write_models(
+    root: Path,
+    config: RepositoryConfig,
+    engine: Path,
+    manifest: dict[str, Any],
+    flavour: str,
+    copies: list[tuple[Path, str]],
+    denoiser: dict[str, Any],
+    pipeline: dict[str, Any],
+    notes: list[str],
+) -> None:
     with atomic_dir(root / config.name) as tmp:
         (tmp / "1").mkdir()
         for src, dst in copies:
@@ -391,11 +431,6 @@ def generate_repository(config: RepositoryConfig) -> RepositoryReport:
             to_pbtxt(pipeline, _header(engine, manifest, f"sampling pipeline over '{config.name}'"))
         )
         write_manifest(tmp / "sparse-deploy.json", record)  # sealed: an edit is caught by its own hash
-    for n in notes:
-        log.warning("%s", n)
-    return RepositoryReport(
-        root, flavour, root / config.name, root / config.pipeline_name, denoiser["max_batch_size"], notes
-    )
 
 
 def _denoiser_files(

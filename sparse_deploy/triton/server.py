@@ -67,6 +67,36 @@ PYTRITON_INSTALL = "pip install --no-deps nvidia-pytriton==0.7.0"
 _PORT_IN_USE = ("address already in use", "failed to start", "bind")
 
 
+_WORK_PREFIX = "sparse-deploy-triton-"  # + <pid>-<random>: the work folder names the process that made it
+_SHM_PREFIX = "sdtriton"  # + <pid><6 hex>_: the Python backend's shared-memory regions
+
+
+def remove_stale_server_files() -> list[Path]:
+    """Remove the work folders and shared-memory regions of servers whose wrapper process is gone (killed).
+
+    Each is named after the process that made it, so only those of dead processes are touched.
+    """
+    from ..provenance import pid_alive
+
+    removed = []
+    for work in Path(tempfile.gettempdir()).glob(f"{_WORK_PREFIX}*-*"):
+        pid = work.name[len(_WORK_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and work.is_dir() and not work.is_symlink() and not pid_alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    shm = Path("/dev/shm")
+    for region in shm.glob(f"{_SHM_PREFIX}*_*") if shm.is_dir() else ():
+        tag = region.name[len(_SHM_PREFIX) :].split("_", 1)[0]
+        pid = tag[:-6]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                region.unlink()
+                removed.append(region)
+    if removed:
+        log.info("removed %d work folders and shared-memory regions of killed Triton servers", len(removed))
+    return removed
+
+
 @dataclass(frozen=True)
 class TritonDistribution:
     """The parts of the nvidia-pytriton wheel the server needs."""
@@ -214,7 +244,7 @@ class TritonServer:
         self.log_path: Path | None = None
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
-        self._shm_prefix = f"sdtriton{os.getpid()}{uuid.uuid4().hex[:6]}_"
+        self._shm_prefix = f"{_SHM_PREFIX}{os.getpid()}{uuid.uuid4().hex[:6]}_"
         self.last_log = ""  # the log's tail, kept when a temporary log is removed on stop
 
     # -- addresses ----------------------------------------------------------------------------
@@ -242,7 +272,8 @@ class TritonServer:
         self.stop()
 
     def _prepare(self, dist: TritonDistribution) -> Path:
-        work = Path(tempfile.mkdtemp(prefix="sparse-deploy-triton-"))
+        remove_stale_server_files()  # what a killed predecessor left
+        work = Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
         backend = work / "backends" / "python"
         shutil.copytree(dist.python_backend, backend, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(dist.stub, backend / "triton_python_backend_stub")

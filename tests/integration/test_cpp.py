@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sparse_deploy.contract import contract_for
 from sparse_deploy.presets import get_preset
-from sparse_deploy.sampling import sample
+from sparse_deploy.provenance import seal
+from sparse_deploy.sampling import initial_noise, sample
 
 CPP = Path(__file__).resolve().parents[2] / "cpp"
 CMAKE = shutil.which("cmake")
@@ -72,7 +72,7 @@ def test_manifest_reader(selftest, tmp_path):
         "nested": {"list": [1, 2.5e-3, -4, True, False, None]},
     }
     path = tmp_path / "m.json"
-    path.write_text(json.dumps(manifest, indent=1))
+    path.write_text(json.dumps(seal(manifest), indent=1))
     out = subprocess.run(
         [str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -84,7 +84,7 @@ def test_manifest_reader(selftest, tmp_path):
         and "output out float16 -1 1 16 16" in out
     )
     # Manifests written now hold one precision field, the contract's; older ones also a top-level copy.
-    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "precision"}))
+    path.write_text(json.dumps(seal({k: v for k, v in manifest.items() if k != "precision"})))
     out = subprocess.run(
         [str(selftest), "manifest", str(path)], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -112,14 +112,8 @@ def test_ddim_loop_matches_sampling_sample(selftest, tmp_path, steps, guidance, 
     want, _ = sample(
         fake, preset, batch=len(labels), steps=steps, scheduler="ddim", seed=seed, labels=labels, guidance=guidance
     )
-    # sampling.sample's initial noise: with labels given, the first draw from the seeded generator.
-    noise = torch.randn(
-        len(labels),
-        preset.in_channels,
-        preset.sample_size,
-        preset.sample_size,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    # sampling.sample's initial noise: with labels given, each image's first draw from its own generator.
+    noise = initial_noise(preset, seed, len(labels))
     (tmp_path / "noise.f32").write_bytes(noise.numpy().astype("<f4").tobytes())
     cmd = [
         str(selftest),
@@ -191,14 +185,14 @@ def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
         "contract": contract.to_dict(),
         "schedule": schedule_record(config),
     }
-    (tmp_path / "e.trt.json").write_text(json.dumps(manifest))
+    (tmp_path / "e.trt.json").write_text(json.dumps(seal(manifest)))
 
     def fake(x, t, y):
         return 0.1 * x + 0.01 * (y.float() - 5).view(-1, 1, 1, 1) + 1e-4 * t.float().view(-1, 1, 1, 1)
 
     labels, steps, seed = [2, 8], 7, 4
     want, _ = sample(fake, preset, batch=2, steps=steps, scheduler="ddim", seed=seed, labels=labels)
-    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+    noise = initial_noise(preset, seed, 2)
     (tmp_path / "noise.f32").write_bytes(noise.numpy().astype("<f4").tobytes())
     cmd = [
         str(selftest),
@@ -230,3 +224,104 @@ def test_ddim_loop_follows_the_manifest_schedule(selftest, tmp_path, config):
     assert out.splitlines()[0].split()[1:] == [str(int(t)) for t in sched.timesteps]
     got = np.fromfile(tmp_path / "x.f32", dtype="<f4").reshape(want.shape)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --- the C++ manifest reader checks what Python checks (bad-input catalogue, C++ side) -------------------
+
+
+def _engine_manifest(**extra) -> dict:
+    preset = get_preset("tiny-dit")
+    return {
+        "format": "sparse-deploy-engine/1",
+        "backend": "tensorrt",
+        "engine": "e.trt.plan",
+        "kind": "sparse",
+        "preset": preset.name,
+        "preset_spec": preset.to_dict(),
+        "contract": contract_for(preset, "fp16").to_dict(),
+        **extra,
+    }
+
+
+def _read(selftest, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(selftest), "manifest", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def _one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def test_the_seal_is_checked_as_python_checks_it(selftest, tmp_path):
+    """Python writes with ensure_ascii and indent; C++ re-emits raw tokens with sorted keys: the same bytes, the same
+    hash.
+    """
+    from sparse_deploy.provenance import seal_problem
+
+    tricky = {
+        "note": 'caf\u00e9 "q" \\ / \n \t \x01 \u2603 \U0001f600',
+        "numbers": [1, -2, 2.5e-3, 1e-05, 1e16, 0.1, 2**64, True, None],
+        "nested": {"b": 1, "a": {"\u00e9": 2, "e": 3}, "empty": {}, "none": []},
+    }
+    path = tmp_path / "e.trt.json"
+    sealed = seal(_engine_manifest(**tricky))
+    path.write_text(json.dumps(sealed, indent=2, sort_keys=True))
+    assert seal_problem(json.loads(path.read_text()), required=True) is None
+    assert _read(selftest, path).returncode == 0
+    for change in (
+        lambda m: m.update(kind="dense"),
+        lambda m: m["contract"]["profile"].update(max=128),
+        lambda m: m["nested"]["a"].update(e=4),
+        lambda m: m.update(extra=1),
+    ):
+        edited = json.loads(json.dumps(sealed))
+        change(edited)
+        path.write_text(json.dumps(edited, indent=1))
+        assert "does not match its own hash" in _one_error_line(_read(selftest, path))
+    path.write_text(json.dumps(_engine_manifest()))  # no seal at all: Python refuses it too
+    assert "carries no seal" in _one_error_line(_read(selftest, path))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 200_000,
+        '{"format": "sparse-deploy-engine/1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"a": ' * 50_000 + "1" + "}" * 50_000,
+        '{"format": "sparse-deploy-engine/1", "x": "\\u12',
+        "\x00\xff",
+    ],
+)
+def test_hostile_json_is_one_error_line_not_a_crash(selftest, tmp_path, text):
+    path = tmp_path / "e.trt.json"
+    path.write_bytes(text.encode("latin-1"))
+    line = _one_error_line(_read(selftest, path))
+    assert "not valid JSON" in line or "not a sparse-deploy engine manifest" in line
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda m: m["contract"]["profile"].update(max=10**12), "profile's max"),
+        (lambda m: m["contract"]["profile"].update(min=1.5), "whole number"),
+        (lambda m: m["contract"]["inputs"][0].update(shape=[-1, 1, 1e300, 16]), "whole number"),
+        (lambda m: m["contract"].update(inputs="nope"), "does not describe a denoiser"),
+        (lambda m: m.update(contract=[]), "malformed"),
+    ],
+)
+def test_sealed_but_absurd_manifests_are_refused(selftest, tmp_path, change, expected):
+    manifest = _engine_manifest()
+    change(manifest)
+    path = tmp_path / "e.trt.json"
+    path.write_text(json.dumps(seal(manifest)))
+    assert expected in _one_error_line(_read(selftest, path))
+
+
+@pytest.mark.parametrize("text", ["1,,2", "a", "", "3,", "-1", "99999999999999999999999", "1.5"])
+def test_malformed_label_lists_are_one_error_line(selftest, text):
+    done = subprocess.run([str(selftest), "labels", text], capture_output=True, text=True, timeout=60)
+    assert "--labels takes comma-separated class ids" in _one_error_line(done)
+    ok = subprocess.run([str(selftest), "labels", "0,7,3"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.split() == ["0", "7", "3"]

@@ -12,7 +12,7 @@ from sparse_deploy.measure.engine_latency import engine_info
 from sparse_deploy.measure.methods import draw_samples, fid_sampling_seed
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
-from sparse_deploy.sampling import batch_seed, sample, sample_request, to_uint8
+from sparse_deploy.sampling import image_seed, sample, sample_request, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,25 @@ def tiny_runner(tmp_path_factory):
         yield runner
 
 
-def test_a_request_is_seeded_batch_by_batch_with_one_rule(tiny_runner):
+def test_a_request_is_seeded_image_by_image_with_one_rule(tiny_runner):
     preset = tiny_runner.preset
     drawn = list(sample_request(tiny_runner, preset, num=5, batch=2, seed=7, labels=(1, 3, 5), steps=1))
-    assert [s for s, _, _ in drawn] == [batch_seed(7, start) for start in (0, 2, 4)] == [7, 9, 11]
+    assert [first for first, _, _ in drawn] == [0, 2, 4]
     assert [y.tolist() for _, _, y in drawn] == [[1, 3], [5, 1], [3]]  # labels cycled over the whole request
-    x, _ = sample(tiny_runner, preset, batch=2, steps=1, seed=9, labels=[5, 1])
+    x, _ = sample(tiny_runner, preset, batch=2, steps=1, seed=7, first=2, labels=[5, 1])
     assert torch.equal(drawn[1][1], x)
+    # Image i is the same whatever the batch size: the whole request in one batch draws the same images.
+    whole, _ = sample(tiny_runner, preset, batch=5, steps=1, seed=7, labels=[1, 3, 5, 1, 3])
+    torch.testing.assert_close(torch.cat([x for _, x, _ in drawn]), whole, rtol=1e-5, atol=1e-5)
+    assert len({image_seed(s, i) for s in range(64) for i in range(64)}) == 64 * 64
+
+
+def test_seeds_a_batch_apart_draw_different_images(tiny_runner):
+    """Under the old rule (batch seed = seed + start) seeds 0 and 2 with batch 2 shared images; now none do."""
+    preset = tiny_runner.preset
+    a = torch.cat([x for _, x, _ in sample_request(tiny_runner, preset, num=4, batch=2, seed=0, labels=(1,), steps=1)])
+    b = torch.cat([x for _, x, _ in sample_request(tiny_runner, preset, num=4, batch=2, seed=2, labels=(1,), steps=1)])
+    assert all(not torch.allclose(a[i], b[j]) for i in range(4) for j in range(4))
 
 
 def test_fid_samples_keep_their_seeds(tiny_runner):
@@ -49,7 +61,8 @@ def test_fid_samples_keep_their_seeds(tiny_runner):
             batch=n,
             steps=1,
             scheduler="ddim",
-            seed=1 * 1_000_003 + start,
+            seed=1 * 1_000_003,
+            first=start,
             labels=[(start + j) % preset.num_classes for j in range(n)],
         )
         want.append(to_uint8(x))

@@ -20,7 +20,7 @@ from sparse_deploy.export import ExportConfig
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
 from sparse_deploy.provenance import seal, sha256_file
-from sparse_deploy.sampling import sample
+from sparse_deploy.sampling import SEEDING, sample
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,8 @@ def test_run_writes_n_pngs_a_grid_and_a_record(artifacts, tmp_path, capsys):
     assert (out / "grid.png").is_file()
     record = json.loads((out / "run.json").read_text())
     assert record["backend"] == "onnxruntime" and record["kind"] == "sparse" and record["num"] == 5
-    assert record["labels"] == [1, 7, 1, 7, 1] and record["batch_seeds"] == [0, 2, 4] and record["decode"] == "pixels"
+    assert record["labels"] == [1, 7, 1, 7, 1] and record["seeding"] == SEEDING and record["decode"] == "pixels"
+    assert record["complete"] is True and record["command"].startswith("python -m sparse_deploy.run --engine")
     assert "wrote 5 images" in capsys.readouterr().out
 
 

@@ -23,7 +23,7 @@ from sparse_deploy.contract import IOContract, contract_for
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.export import ExportConfig
 from sparse_deploy.presets import get_preset
-from sparse_deploy.provenance import seal_problem, sha256_file, write_json_atomic
+from sparse_deploy.provenance import seal_problem, sha256_file, write_manifest
 from sparse_deploy.sampling import sample
 from sparse_deploy.triton import pipeline as pl
 from sparse_deploy.triton import repository as repo
@@ -65,9 +65,9 @@ def trt_engine(tmp_path_factory) -> Path:
     plan = folder / "sparse-fp16.trt.plan"
     plan.write_bytes(b"not a real plan: config generation only")
     contract = contract_for(get_preset("tiny-dit"), "fp16")
-    write_json_atomic(
+    write_manifest(
         folder / "sparse-fp16.trt.json",
-        {
+        {  # sealed, as build writes it
             "format": "sparse-deploy-engine/1",
             "backend": "tensorrt",
             "engine": plan.name,
@@ -152,7 +152,20 @@ def test_parse_request_defaults_and_cycling():
         settings,
         {"scheduler": "dpm"},
     )
-    assert (r.num_images, r.labels, r.seed, r.scheduler) == (3, (3, 4), 7, "dpm")
+    assert (r.num_images, r.labels, r.seed, r.scheduler, r.first) == (3, (3, 4), 7, "dpm", 0)
+    assert pl.parse_request({"first_image": np.array([6]), "seed": np.array([7])}, settings).first == 6
+
+
+def test_a_request_draws_the_images_of_its_place_in_a_larger_draw():
+    """first_image: a client splitting a draw over requests gets run's images, whatever its batch."""
+    from sparse_deploy.sampling import sample
+
+    preset = get_preset("tiny-dit")
+    fake = lambda x, t, y: 0.1 * x + 0.01 * (y.float() - 5).view(-1, 1, 1, 1)  # noqa: E731
+    request = pl.PipelineRequest(num_images=2, seed=7, labels=(3, 4), steps=2, guidance=1.0, scheduler="ddim", first=2)
+    got = pl.run_request(request, fake, preset)["samples"]
+    whole, _ = sample(fake, preset, batch=4, steps=2, seed=7, labels=[1, 2, 3, 4])
+    np.testing.assert_allclose(got, whole[2:].numpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -164,6 +177,7 @@ def test_parse_request_defaults_and_cycling():
         ({"num_images": np.array([3]), "guidance": np.array([2.0], np.float32)}, None, "send at most 2 images"),
         ({"seed": np.array([1.5], np.float32)}, None, "'seed' must be INT64"),
         ({"seed": np.array([1, 2])}, None, "exactly one value"),
+        ({"first_image": np.array([-1])}, None, "'first_image' must be at least 0"),
         ({"class_labels": np.array([[1, 2]])}, None, "1-D"),
         ({"guidance": np.array([np.nan], np.float32)}, None, "finite"),
         ({}, {"scheduler": "euler"}, "unknown scheduler 'euler'"),
@@ -320,6 +334,7 @@ def test_pipeline_config_parses_and_describes_the_pipeline(engines, tmp_path):
     assert config.backend == "python" and config.max_batch_size == 0 and config.instance_group[0].count == 2
     assert {t.name: (_dtype(config, t.data_type), list(t.dims), t.optional) for t in config.input} == {
         "seed": ("TYPE_INT64", [1], True),
+        "first_image": ("TYPE_INT64", [1], True),
         "num_images": ("TYPE_INT64", [1], True),
         "class_labels": ("TYPE_INT64", [-1], True),
         "steps": ("TYPE_INT64", [1], True),
@@ -500,7 +515,9 @@ def test_load_test_and_client_cli(served, tmp_path):
         == 0
     )
     record = json.loads((out / "client.json").read_text())
-    assert [r["num"] for r in record["requests"]] == [2, 1] and [r["seed"] for r in record["requests"]] == [0, 2]
+    assert [r["num"] for r in record["requests"]] == [2, 1] and [
+        (r["seed"], r["first_image"]) for r in record["requests"]
+    ] == [(0, 0), (0, 2)]
     assert sorted(p.name for p in out.glob("*.png")) == [
         "grid.png",
         "sample-0000.png",

@@ -23,7 +23,10 @@ TESTS = REPO / "tests"
 
 #: Layers, lowest first: (name, module patterns). docs/ARCHITECTURE.md shows the same table.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "lazy", "settings", "provenance", "cliargs", "guards", "statefile", "timing")),
+    (
+        "base",
+        ("errors", "lazy", "settings", "provenance", "cliargs", "guards", "statefile", "timing", "limits", "outputs"),
+    ),
     (
         "model",
         (

@@ -96,7 +96,7 @@ def test_only_a_mode_that_trains_nothing_accepts_zero_steps():
         (dict(lr=0.0), "--lr must be a finite number > 0"),
         (dict(lr=math.nan), "--lr must be a finite number"),
         (dict(weight_decay=-1.0), "--weight-decay"),
-        (dict(batch_size=0), "--batch-size must be at least 1"),
+        (dict(batch_size=0), "--batch-size must be between 1 and 65536"),
         (dict(ema_decay=1.0), r"--ema must be in \[0, 1\)"),
         (dict(lr_schedule="linear"), "--lr-schedule must be one of constant, cosine"),
         (dict(device="gpu"), "unknown --device 'gpu'"),
