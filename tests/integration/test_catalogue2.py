@@ -152,7 +152,7 @@ def test_shipped_checkpoint_never_replaces_a_runs_checkpoint(capsys, weights, ru
 
 def _stages(tmp: Path, engine: Path, run_dir: Path, weights: Path, fmnist_data: str):
     from sparse_deploy import build as bd
-    from sparse_deploy import export as ex
+    from sparse_deploy.export import cli as ex
     from sparse_deploy.triton import __main__ as triton
 
     return {
@@ -401,7 +401,7 @@ def test_a_json_result_never_overwrites_someones_file(capsys, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sparse_deploy import fid_cli
+    from sparse_deploy.fid import cli as fid_cli
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -450,7 +450,8 @@ def test_temporaries_of_dead_processes_are_removed_by_the_next_run(tmp_path, eng
 def test_a_killed_run_leaves_a_folder_that_readers_refuse_until_it_is_finished(capsys, tmp_path, engine, monkeypatch):
     """Killed in its second batch: the first batch's PNGs are on disk (written batch by batch), the record says
     incomplete, fid (and bench, through fid) refuses the folder, and the same command finishes it."""
-    from sparse_deploy import fid, fid_cli, sampling
+    from sparse_deploy import fid, sampling
+    from sparse_deploy.fid import cli as fid_cli
 
     out = tmp_path / "s"
     argv = ["--engine", str(engine), "--out", str(out), "--num", "6", "--batch", "2", "--steps", "1"]
@@ -536,7 +537,7 @@ def test_the_largest_seed_trains_and_samples(tmp_path, fmnist_data, engine):
 
 
 def test_export_seed_is_range_checked(capsys, tmp_path):
-    from sparse_deploy import export as ex
+    from sparse_deploy.export import cli as ex
 
     line = refused(
         capsys, ex.main, ["--model", "tiny-dit", "--seed", str(2**70), "--out", str(tmp_path / "e")], tmp_path
@@ -603,7 +604,7 @@ def test_fid_refuses_huge_images_before_decoding(capsys, tmp_path, size):
     import numpy as np
     from PIL import Image
 
-    from sparse_deploy import fid_cli
+    from sparse_deploy.fid import cli as fid_cli
 
     folder = tmp_path / "imgs"
     folder.mkdir()
