@@ -19,6 +19,7 @@ from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.inputs import run_preset
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.presets import get_preset
+from sparse_deploy.sampling import image_generators
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
 from sparse_deploy.sources import resolve_source, resolve_vae, source_preset
 
@@ -326,7 +327,7 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
             guidance_scale=1.0,
             num_inference_steps=5,
             output_type="pt",
-            generator=torch.Generator().manual_seed(3),
+            generator=image_generators(3, 0, 2),  # image i's own generator, as sampling.sample seeds it
         ).images
     assert (ours - ref).abs().max() < 1e-4
     assert (x - plain).abs().max() > 1e-2  # the schedule matters: the default linear one gives other samples
@@ -374,12 +375,12 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
         == 0
     )
     assert run_main(["--engine", str(unet_run["sparse"]), "--out", str(tmp_path / "v"), "--vae", str(unet_root)]) == 2
-    # DDPM is stochastic: the same generator drives the noise in both loops.
+    # DDPM is stochastic: the same per-image generators drive the noise in both loops.
     with load_runner(unet_run["sparse"]) as runner:
         x, _ = sample(runner, runner.preset, batch=2, steps=4, scheduler="ddpm", seed=5)
     with torch.no_grad():
         ref = pipe(
-            batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(5)
+            batch_size=2, num_inference_steps=4, output_type="np", generator=image_generators(5, 0, 2)
         ).images
     ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert abs(ours - ref).max() < 1e-4
