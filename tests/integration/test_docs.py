@@ -101,7 +101,7 @@ def test_documented_command_parses(doc, line, whole, monkeypatch):
     real_parse = argparse.ArgumentParser.parse_known_args
 
     def parse_then_stop(self, args=None, namespace=None):
-        result = real_parse(self, args, namespace)
+        real_parse(self, args, namespace)
         raise _Parsed
 
     def refuse(self, message):
