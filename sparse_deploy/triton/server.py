@@ -71,10 +71,25 @@ _WORK_PREFIX = "sparse-deploy-triton-"  # + <pid>-<random>: the work folder name
 _SHM_PREFIX = "sdtriton"  # + <pid><6 hex>_: the Python backend's shared-memory regions
 
 
+def _processes_running_from(folder: Path) -> list[int]:
+    """Processes whose executable lies in ``folder`` (Linux /proc): a killed server's backend stubs outlive it."""
+    found = []
+    root = str(folder.resolve())
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            exe = os.readlink(entry / "exe")
+            if exe == root or exe.startswith(root + os.sep):
+                found.append(int(entry.name))
+    return found
+
+
 def remove_stale_server_files() -> list[Path]:
     """Remove the work folders and shared-memory regions of servers whose wrapper process is gone (killed).
 
-    Each is named after the process that made it, so only those of dead processes are touched.
+    Each is named after the process that made it, so only those of dead processes are touched; the
+    backend stubs still running from such a folder (orphaned when their server died) are stopped first.
     """
     from ..provenance import pid_alive
 
@@ -82,6 +97,9 @@ def remove_stale_server_files() -> list[Path]:
     for work in Path(tempfile.gettempdir()).glob(f"{_WORK_PREFIX}*-*"):
         pid = work.name[len(_WORK_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and work.is_dir() and not work.is_symlink() and not pid_alive(int(pid)):
+            for orphan in _processes_running_from(work):
+                with contextlib.suppress(OSError):
+                    os.kill(orphan, signal.SIGKILL)
             shutil.rmtree(work, ignore_errors=True)
             removed.append(work)
     shm = Path("/dev/shm")

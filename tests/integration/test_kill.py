@@ -286,7 +286,7 @@ def test_kill_of_the_triton_wrapper_leaves_no_work_folder(tmp_path):
     """The wrapper's work folder (2.8 MB: the Python backend and its stub) and shared-memory regions of a killed
     wrapper are removed by the next one; its tritonserver dies with it."""
     from sparse_deploy.errors import SparseDeployError
-    from sparse_deploy.triton.server import find_tritonserver
+    from sparse_deploy.triton.server import _processes_running_from, find_tritonserver
 
     try:
         find_tritonserver()
@@ -315,7 +315,10 @@ def test_kill_of_the_triton_wrapper_leaves_no_work_folder(tmp_path):
     assert [p.name for p in tmp.iterdir()] and all(
         p.name.startswith(f"sparse-deploy-triton-{pid}-") for p in tmp.iterdir()
     )
+    stale = list(tmp.iterdir())
     finish([*args, "--duration", "0.5"], env=env)
     assert not list(tmp.iterdir())  # the killed wrapper's folder went, and the finished one removed its own
+    # Its backend stubs, orphaned when its server died, were stopped before their folder went.
+    assert not [p for w in stale for p in _processes_running_from(w)]
     shm = Path("/dev/shm")
     assert not [p for p in shm.glob(f"sdtriton{pid}*")] if shm.is_dir() else True
