@@ -5,6 +5,7 @@ A shipped model is a plain diffusers model folder, as a user would download one:
     weights/fmnist-dit/
         config.json                          diffusers config (DiTTransformer2DModel)
         diffusion_pytorch_model.safetensors  weights (fp16 to stay under 8 MiB)
+        scheduler_config.json                the DDIM scheduler it is sampled with (``DDIMScheduler.from_pretrained``)
         MANIFEST.json                        how it was made: training command and config, data hash,
                                              steps, file hashes, the FID it scores (with protocol)
         samples.png                          one row per class, from the shipped (fp16) weights
@@ -41,7 +42,7 @@ from .contract import PRECISIONS, float_dtype
 from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
 from .errors import SparseDeployError, cli_entry
 from .measure.methods import draw_samples
-from .models import build_model
+from .models import build_model, cast_
 from .outputs import check_output, claim_output
 from .presets import PRESETS, family_of, get_preset
 from .provenance import (
@@ -56,6 +57,7 @@ from .provenance import (
     write_manifest,
 )
 from .sampling import SEEDING, class_rows, save_grid
+from .schedule import SCHEDULER_CONFIG, sampling_config
 
 __all__ = [
     "MANIFEST",
@@ -145,7 +147,8 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
     with claim_output(out, "weights", "--out"), atomic_dir(out) as tmp:
-        model.net.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
+        cast_(model.net, dtype).save_pretrained(str(tmp), safe_serialization=True)
+        _write_scheduler(tmp, manifest["preset"])
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         info = {
             "format": FORMAT,
@@ -166,6 +169,13 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
         write_manifest(tmp / MANIFEST, info)  # sealed: an edited FID or file list is refused
     log.info("packed %s (%s) into %s", checkpoint, precision, out)
     return Path(out)
+
+
+def _write_scheduler(folder: Path, preset: str) -> Path:
+    """The DDIM scheduler config the model is sampled with, beside its config.json (diffusers reads it from there)."""
+    path = folder / SCHEDULER_CONFIG
+    write_json_atomic(path, sampling_config(get_preset(preset).schedule))
+    return path
 
 
 def _last_loss(metrics: Path) -> float | None:
@@ -266,12 +276,18 @@ def verify_weights(folder: str | Path, *, sealed: bool = True) -> dict[str, Any]
 def seal_weights(folder: str | Path) -> Path:
     """Seal a shipped folder's MANIFEST.json (``make seal-weights``) after checking it against its files and config.
 
-    The weights are never touched, and nothing that does not match the manifest is sealed.
+    The weights are never touched, and nothing that does not match the manifest is sealed. A folder
+    packed before shipped folders carried their scheduler gets its ``scheduler_config.json`` (the one
+    ``pack`` writes), listed in the manifest.
     """
 
     folder = Path(folder)
     with claim_output(folder, "weights", "the weights folder"):
         manifest = verify_weights(folder, sealed=False)
+        if SCHEDULER_CONFIG not in manifest["files"]:
+            path = _write_scheduler(folder, manifest["preset"])
+            manifest["files"] = dict(sorted({**manifest["files"], SCHEDULER_CONFIG: sha256_file(path)}.items()))
+            log.info("added %s (the DDIM schedule it is sampled with) to %s", path, folder)
         write_manifest(folder / MANIFEST, manifest)
     return folder / MANIFEST
 
