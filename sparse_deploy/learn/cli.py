@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..cliargs import comma_floats, comma_list
 from ..errors import SparseDeployError, cli_entry
 from ..inputs import run_preset
+from ..models import build_model
 from ..modes import MODES, get_mode
 from ..presets import DEFAULT_PRESET, PRESETS
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 from ..sources import is_path
-from ..sparsify import MASK_INITS, SparsityConfig
+from ..sparsify import MASK_INITS, SparsityConfig, select_layers
 from .config import LR_SCHEDULES, TrainConfig
 from .distributed import DistEnv
+from .modelopt_masks import modelopt_rules
 from .train import train
 
 _SPARSE = SparsityConfig()  # the flag defaults are the config's
 
-__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "main"]
+__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "modelopt_rules_of", "main"]
 
 DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
 
@@ -43,10 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="none: dense training; " + ", ".join(f"{m.name} ({m.help})" if m.help else m.name for m in MODES.values()),
     )
-    p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
+    p.add_argument(
+        "--init",
+        help="checkpoint folder to start from; also the distillation teacher unless --teacher "
+        "(a sparse checkpoint needs --teacher)",
+    )
     p.add_argument(
         "--weights",
-        help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)",
+        help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the "
+        "layout); weights that are already 2:4 (Model Optimizer's mts.export, our diffusers/ output) keep "
+        "their zeros as the masks",
+    )
+    p.add_argument(
+        "--teacher",
+        help="the dense model to distil from (checkpoint or diffusers folder), e.g. the model a mask made "
+        "elsewhere was pruned from (default: a copy of the start model)",
+    )
+    p.add_argument(
+        "--masks",
+        help="where the masks start, made elsewhere: an mto.save file (NVIDIA Model Optimizer) or an apex ASP "
+        "state dict (.pt/.safetensors with <layer>.__weight_mma_mask buffers)",
+    )
+    p.add_argument(
+        "--print-modelopt-rules",
+        action="store_true",
+        help="print this run's layer selection (--model/--weights, --include/--exclude/--adaln) as an NVIDIA Model "
+        "Optimizer rules dict (JSON, for mts.sparsify on the diffusers model) and exit",
     )
     p.add_argument(
         "--kd-weight",
@@ -228,7 +253,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             modelopt_default_rules=args.modelopt_default_rules,
             decay_ramp=args.decay_ramp,
         )
-    teacher = args.init or weights
+    teacher = args.teacher or args.init or weights
     # sparse fine-tuning from dense weights: the teacher is there, and the mode distils by default
     distil = sparsity is not None and bool(teacher) and get_mode(sparsity.mode).distils_by_default
     kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
@@ -248,6 +273,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         init=args.init,
         weights=weights,
+        teacher=args.teacher,
+        masks=args.masks,
         sparsity=sparsity,
         kd_weight=kd,
         kd_features=kd_features,
@@ -260,10 +287,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def modelopt_rules_of(config: TrainConfig) -> dict:
+    """The layers ``config`` would sparsify, as a Model Optimizer rules dict (``--print-modelopt-rules``).
+
+    Its layer selection only (``--include``/``--exclude``/``--adaln``); the ``--macs-budget`` and
+    ``--latency-profile`` choices, which need data or a profile, are not applied.
+    """
+    preset = config.model_preset()
+    model = build_model(preset, None, announce_random=False)
+    choice = select_layers(model, config.sparsity or SparsityConfig())
+    return modelopt_rules(choice.selected, model)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparse_deploy.train``: the flags onto a :class:`TrainConfig`, then :func:`.train.train`."""
-    ckpt = train(config_from_args(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    if args.print_modelopt_rules:
+        print(json.dumps(modelopt_rules_of(config_from_args(args)), indent=2))
+        return 0
+    ckpt = train(config_from_args(args))
     if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
         print(f"checkpoint: {ckpt}")
     return 0
