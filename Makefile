@@ -116,7 +116,7 @@ triton: setup
 	$(PY) -m sparse_deploy.triton --engine $(ENGINE) --out triton-repo/$(MODEL)
 
 triton-serve: setup
-	$(PY) -m sparse_deploy.triton.server --repository triton-repo/$(MODEL)
+	$(PY) -m sparse_deploy.triton.server --model-repository triton-repo/$(MODEL)
 
 triton-load: setup
 	$(PY) scripts/triton_load_test.py --concurrency 4 --duration 60 --steps 50 --json reports/triton-load-test.json

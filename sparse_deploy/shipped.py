@@ -38,6 +38,7 @@ import torch
 from . import fid
 from .backends import load_runner
 from .checkpoint import load_checkpoint, read_manifest, save_checkpoint
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .contract import PRECISIONS, float_dtype
 from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
 from .errors import SparseDeployError, cli_entry
@@ -354,7 +355,7 @@ def _score(folder, num, steps, reference, ref_num, seed, batch, cache_dir) -> di
         "reference_num": ref.num,
         "preprocessing": fid.PREPROCESSING,
         "measured": timestamp(),
-        "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --steps {steps}",
+        "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --sample-steps {steps}",
     }
     manifest["fid"] = result
     write_manifest(Path(folder) / MANIFEST, manifest)
@@ -478,49 +479,50 @@ def pretrain(model: str, runs: str | Path, out: str | Path, score: bool = True) 
     return packed
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.shipped", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "shipped", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("pack", help="a dense checkpoint -> weights/<preset>/ (diffusers folder + MANIFEST.json)")
-    q.add_argument("--checkpoint", required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--precision", default="fp16", choices=PRECISIONS)
+    q.add_argument("--checkpoint", required=True, help="the dense (complete) checkpoint to ship")
+    q.add_argument("--out", required=True, help="the weights folder to write (weights/<preset>)")
+    q.add_argument("--precision", default="fp16", choices=PRECISIONS, help="stored precision (fp16 stays small)")
     q = sub.add_parser(
         "pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored"
     )
-    q.add_argument("--model", default="fmnist-dit")
+    q.add_argument("--model", default="fmnist-dit", help="preset")
     q.add_argument("--runs", help="run folders (default runs/<model>)")
     q.add_argument("--out", help="weights folder (default weights/<model>)")
     q.add_argument("--no-score", action="store_true", help="skip the FID measurement")
     q = sub.add_parser("score", help="FID of the shipped model, recorded in its manifest (+ samples.png)")
-    q.add_argument("folder")
-    q.add_argument("--num", type=int, default=1000)
-    q.add_argument("--steps", type=int, default=25)
-    q.add_argument("--reference", default="fashion-mnist:test")
-    q.add_argument("--cache-dir", default=".cache/fid")
+    q.add_argument("folder", help="the shipped weights folder")
+    q.add_argument("--num", type=int, default=1000, help="samples scored")
+    q.add_argument("--sample-steps", dest="steps", type=int, default=25, help="DDIM sampling steps")
+    add_alias(q, "--steps", "--sample-steps")
+    q.add_argument("--reference", default="fashion-mnist:test", help="FID reference images")
+    q.add_argument("--cache-dir", default=".cache/fid", help="Inception feature cache")
     q = sub.add_parser(
         "reference", help="Inception features of FID reference images -> weights/fid/ (the demo's summary reads them)"
     )
-    q.add_argument("--source", default="fashion-mnist:test")
-    q.add_argument("--num", type=int, default=1000)
+    q.add_argument("--source", default="fashion-mnist:test", help="reference images")
+    q.add_argument("--num", type=int, default=1000, help="the first N images")
     q.add_argument("--out", help="folder (default weights/fid)")
-    q.add_argument("--cache-dir", default=".cache/fid")
+    q.add_argument("--cache-dir", default=".cache/fid", help="Inception feature cache")
     q = sub.add_parser(
         "seal",
         help="seal a shipped folder's MANIFEST.json after checking it against its files and config (make seal-weights)",
     )
-    q.add_argument("folder")
+    q.add_argument("folder", help="the shipped weights folder")
     q = sub.add_parser(
         "checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)"
     )
-    q.add_argument("folder")
-    q.add_argument("--out", required=True)
-    return p
+    q.add_argument("folder", help="the shipped weights folder")
+    q.add_argument("--out", required=True, help="the checkpoint folder to write")
+    return finish_parser(p)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "pretrain":
         out = pretrain(
             args.model, args.runs or f"runs/{args.model}", args.out or f"weights/{args.model}", score=not args.no_score
@@ -530,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"weights: {pack_weights(args.checkpoint, args.out, args.precision)}")
     elif args.command == "score":
         if args.num < 2 or args.steps < 1:
-            raise SparseDeployError("--num must be at least 2 and --steps at least 1")
+            raise SparseDeployError("--num must be at least 2 and --sample-steps at least 1")
         result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
         print(
             f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs "

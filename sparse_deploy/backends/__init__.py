@@ -50,7 +50,7 @@ def backend_name(name: str, allowed: tuple[str, ...] = BACKENDS) -> str:
     if backend not in allowed:
         aliases = [a for a, b in BACKEND_ALIASES.items() if b in allowed]
         raise SparseDeployError(
-            f"unknown backend '{name}'; choose one of: {', '.join(allowed)}"
+            f"unknown --backend '{name}'; choose one of: {', '.join(allowed)}"
             + (f" (or {', '.join(aliases)})" if aliases else "")
         )
     return backend

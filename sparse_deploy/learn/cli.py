@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from ..cliargs import comma_floats, comma_list
+from ..cliargs import MODULE_PROG, comma_floats, comma_list, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..inputs import run_preset
 from ..models import build_model
@@ -21,7 +22,7 @@ from .train import train
 
 _SPARSE = SparsityConfig()  # the flag defaults are the config's
 
-__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "modelopt_rules_of", "main"]
+__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "modelopt_rules_of", "from_args", "main"]
 
 DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
 
@@ -35,7 +36,7 @@ def _parse_pair(text: str) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "train", description=DESCRIPTION)
     p.add_argument(
         "--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder"
     )
@@ -148,10 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
     p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="training steps (default: the preset's; dense from scratch or sparse fine-tuning); sampling steps "
+        "of the preview are --preview-steps",
+    )
+    p.add_argument("--batch-size", type=int, help="global batch (default: the preset's)")
+    p.add_argument(
+        "--lr", type=float, help="peak learning rate (default: the preset's; its fine-tuning rate when fine-tuning)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        help="linear learning-rate warm-up (default: the preset's from scratch, 5%% of the run when fine-tuning)",
+    )
     p.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
@@ -209,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=_SPARSE.calib_samples,
         help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})",
     )
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default: the preset's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and init (default 0)")
     p.add_argument(
         "--data",
         help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and "
@@ -220,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae",
         help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
     p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
-    return p
+    return finish_parser(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -299,14 +313,24 @@ def modelopt_rules_of(config: TrainConfig) -> dict:
     return modelopt_rules(choice.selected, model)
 
 
+def from_args(args: argparse.Namespace) -> Path | dict:
+    """What ``train`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike).
+
+    Returns the checkpoint folder, or with ``--print-modelopt-rules`` the rules dict.
+    """
+    if args.print_modelopt_rules:
+        return modelopt_rules_of(config_from_args(args))
+    return train(config_from_args(args))
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparse_deploy.train``: the flags onto a :class:`TrainConfig`, then :func:`.train.train`."""
-    args = build_parser().parse_args(argv)
-    if args.print_modelopt_rules:
-        print(json.dumps(modelopt_rules_of(config_from_args(args)), indent=2))
+    result = from_args(build_parser().parse_args(argv))
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2))
         return 0
-    ckpt = train(config_from_args(args))
+    ckpt = result
     if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
         print(f"checkpoint: {ckpt}")
     return 0
