@@ -83,3 +83,11 @@ def test_the_api_is_reexported_lazily():
 def test_modelopt_rules_are_our_selection():
     rules = api.modelopt_rules(model="tiny-dit")
     assert rules["nn.Conv2d"] == {"*": None} and len(rules["nn.Linear"]) == 13  # "*" and our 12 layers
+
+
+def test_docs_api_md_lists_every_function_and_every_stage():
+    text = (REPO / "docs" / "API.md").read_text()
+    for name in sparse_deploy.API:
+        assert f"| `{name}(" in text, name
+    for stage in cli.COMMANDS:
+        assert f"`{stage}`" in text, stage
