@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,20 @@ from sparse_deploy.gpu_check import cli as gpu_cli
 
 REPO = Path(__file__).resolve().parents[2]
 PARSERS = {**{name: command.build_parser for name, command in cli.COMMANDS.items()}, "gpu_check": gpu_cli.build_parser}
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """-q sets the root level and switches progress bars off for the process: undone after each test."""
+    level = logging.getLogger().level
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "DIFFUSERS_VERBOSITY")}
+    yield
+    logging.getLogger().setLevel(level)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _all_parsers():
