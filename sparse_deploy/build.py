@@ -50,8 +50,10 @@ from .artifacts import (
     stale_reason,
     write_artifact_manifest,
 )
+from .backends import BACKEND_ALIASES, backend_name
 from .backends.device import cuda_device, import_tensorrt, tensorrt_unavailable_reason
 from .backends.ort import ort_session
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .contract import BatchProfile, IOContract, contract_for
 from .errors import SparseDeployError, cli_entry
 from .export import (
@@ -94,6 +96,7 @@ __all__ = [
     "parse_inspector",
     "picked_modules",
     "trt_layer_nodes",
+    "from_args",
     "main",
 ]
 
@@ -128,8 +131,7 @@ class BuildConfig:
     opt_batch: int | None = None
 
     def validate(self) -> BuildConfig:
-        if self.backend not in BACKENDS:
-            raise SparseDeployError(f"unknown --backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        self.backend = backend_name(self.backend, BACKENDS)  # trt, ort: the names run takes too
         self.profile.validate()
         self.export.validate()
         return self
@@ -548,7 +550,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
     backend, fallback = _choose_backend(config.backend)
     profile = config.profile
     if config.engine_dir is not None:  # refused before the export's work, not after it
-        check_output(config.engine_dir, "engines", "--engine-dir")
+        check_output(config.engine_dir, "engines", "--out")
     # Graphs exported now record the build's profile; reused ones keep theirs (the batch axis is dynamic).
     exports = export_all(
         dataclasses.replace(config.export, max_batch=profile.max, opt_batch=profile.opt), reuse=not config.force
@@ -556,7 +558,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
     preset = preset_from_manifest(exports[0].manifest)
     engine_dir = Path(config.engine_dir) if config.engine_dir is not None else Path("engines") / preset.name
     report = BuildReport(backend=backend, fallback_reason=fallback, exports=exports)
-    with claim_output(engine_dir, "engines", "--engine-dir"):  # one build at a time per engine folder
+    with claim_output(engine_dir, "engines", "--out"):  # one build at a time per engine folder
         for graph in exports:
             contract = contract_for(preset, graph.precision, profile)
             path = engine_path(engine_dir, graph.kind, graph.precision, backend)
@@ -602,7 +604,7 @@ def build_engines(config: BuildConfig) -> BuildReport:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.build",
+        prog=MODULE_PROG + "build",
         description="Export (reusing up-to-date ONNX graphs) and build dense/sparse engines: TensorRT on "
         "a GPU, "
         "ONNX Runtime otherwise.",
@@ -610,10 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_arguments(parser)
     add_profile_arguments(parser, "the engines")
     parser.add_argument(
-        "--backend", default="auto", choices=BACKENDS, help="auto: TensorRT when usable, else ONNX Runtime"
+        "--backend",
+        default="auto",
+        choices=BACKENDS + tuple(a for a, b in BACKEND_ALIASES.items() if b in BACKENDS),
+        help="auto: TensorRT when usable, else ONNX Runtime (trt, ort: the same names as run's)",
     )
+    parser.add_argument("--out", type=Path, help="where the engines go (default engines/<preset>)")
     parser.add_argument("--export-dir", type=Path, help="where the ONNX graphs go (default export/<preset>)")
-    parser.add_argument("--engine-dir", type=Path, help="where the engines go (default engines/<preset>)")
+    add_alias(parser, "--engine-dir", "--out")
     parser.add_argument("--force", action="store_true", help="re-export and rebuild even when up to date")
     parser.add_argument(
         "--no-tf32",
@@ -621,24 +627,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="TensorRT: keep fp32 GEMMs off TF32 tensor cores (default: TF32 on, recorded in the manifest)",
     )
-    return parser
+    return finish_parser(parser)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def from_args(args: argparse.Namespace) -> BuildReport:
+    """What ``build`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike)."""
     config = BuildConfig(
         export=config_from_args(args, args.export_dir),
         backend=args.backend,
-        engine_dir=args.engine_dir,
+        engine_dir=args.out,
         force=args.force,
         tf32=args.tf32,
         max_batch=args.max_batch,
         opt_batch=args.opt_batch,
     )
-    if args.engine_dir is not None:
-        check_output(args.engine_dir, "engines", "--engine-dir")
-    report = build_engines(config)
+    if args.out is not None:
+        check_output(args.out, "engines", "--out")
+    return build_engines(config)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    report = from_args(build_parser().parse_args(argv))
     if report.fallback_reason:
         print(f"No TensorRT engine was built: {report.fallback_reason}; built ONNX Runtime engines instead")
     for e in report.engines:

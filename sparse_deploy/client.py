@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .errors import SparseDeployError, cli_entry
 from .guards import check_positive
 from .lazy import require
@@ -295,27 +296,28 @@ def load_test(config: LoadTestConfig) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.client",
+        prog=MODULE_PROG + "client",
         description="Get images from the Triton sampling pipeline, or (with --duration) run a bounded "
         "load test on loopback.",
     )
     parser.add_argument("--url", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001, gRPC)")
-    parser.add_argument("--protocol", default="grpc", choices=PROTOCOLS)
+    parser.add_argument("--protocol", default="grpc", choices=PROTOCOLS, help="grpc or http (the --url's port)")
     parser.add_argument("--model", default="pipeline", help="pipeline model name (default pipeline)")
     parser.add_argument(
         "--num", type=int, default=4, help="images in all (default 4); in a load test: images per request"
     )
     parser.add_argument("--batch", type=int, help="images per request (default: --num)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the request: image i is seeded from (seed, i)")
     parser.add_argument("--labels", help="comma-separated class ids, cycled over the images (default random)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the pipeline's)")
+    parser.add_argument("--sample-steps", dest="steps", type=int, help="sampling steps (default: the pipeline's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = off)")
     parser.add_argument("--scheduler", help="ddpm | ddim | dpm (default: the pipeline's, ddim)")
     parser.add_argument("--out", type=Path, required=True, help="folder for PNGs + client.json (or load-test.json)")
     parser.add_argument("--concurrency", type=int, default=1, help="load test: concurrent clients (default 1)")
     parser.add_argument("--duration", type=float, help="load test: seconds to send for (bounded; loopback only)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="load test: cap on requests in all")
-    return parser
+    add_alias(parser, "--steps", "--sample-steps")
+    return finish_parser(parser)
 
 
 @cli_entry

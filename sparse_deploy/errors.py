@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["SparseDeployError", "cli_entry", "os_error_sentence"]
+__all__ = ["SparseDeployError", "cli_entry", "os_error_sentence", "LOG_LEVELS", "log_level", "configure_logging"]
+
+#: ``--log-level`` choices (every command has the flag and ``-q``: ``cliargs.finish_parser``).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class SparseDeployError(Exception):
@@ -32,12 +36,48 @@ def os_error_sentence(exc: OSError) -> str:
     return f"{what}{where}; {hint}"
 
 
+def log_level(argv: Sequence[str]) -> int | None:
+    """The logging level a command line asks for: ``--log-level LEVEL`` (last wins), ``-q``/``--quiet`` = warning.
+
+    None when it asks for none (the default, info).
+    """
+    level = None
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-q", "--quiet"):
+            level = "warning"
+        elif arg == "--log-level" and i + 1 < len(args):
+            level = args[i + 1]
+        elif arg.startswith("--log-level="):
+            level = arg.split("=", 1)[1]
+    return getattr(logging, level.upper()) if level in LOG_LEVELS else None
+
+
+def configure_logging(argv: Sequence[str]) -> int:
+    """Set up logging for a command from its ``--log-level`` / ``-q`` (before its parser runs); returns the level.
+
+    One format for every command. At warning and above, progress bars (tqdm) and diffusers' own
+    notices are off too.
+    """
+    asked = log_level(argv)
+    level = logging.INFO if asked is None else asked
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if asked is not None:  # said on the command line: also when logging was set up before (an embedding program)
+        logging.getLogger().setLevel(level)
+    if level >= logging.WARNING:
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    return level
+
+
 def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a CLI ``main`` so that a SparseDeployError prints ``error: ...`` and exits with status 2."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        configure_logging(sys.argv[1:] if argv is None else argv)
         try:
             return int(main(argv) or 0)
         except SparseDeployError as exc:

@@ -20,7 +20,7 @@ from .errors import SparseDeployError
 from .presets import Preset
 from .sources import diffusers_class, resolve_source
 
-__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "load_pretrained_weights", "example_inputs"]
+__all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "load_pretrained_weights", "example_inputs", "cast_"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ class Denoiser(nn.Module):
         if self.preset.family == "dit":
             return self.net(sample, timestep=timestep, class_labels=class_labels, return_dict=False)[0]
         return self.net(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+
+
+def cast_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast ``module``'s floating-point parameters and buffers to ``dtype`` in place, quietly; returns it.
+
+    ``nn.Module._apply``, as ``.half()`` does: diffusers' own ``ModelMixin.to`` prints a warning about
+    modules to keep in fp32 on every cast (none, for the models here).
+    """
+    return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def _disable_internal_label_dropout(net: nn.Module) -> None:

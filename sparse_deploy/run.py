@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, Runner, load_runner
+from .backends import BACKEND_ALIASES, BACKENDS, Runner, load_runner
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .errors import SparseDeployError, cli_entry
 from .guards import check_finite, check_positive, check_seed
 from .outputs import RUN_RECORD, check_output, claim_output
@@ -53,6 +54,7 @@ __all__ = [
     "decode",
     "generate",
     "run",
+    "from_args",
     "main",
 ]  # decode lives in sampling, load_vae in sources; named here for older callers
 
@@ -94,7 +96,7 @@ class RunConfig:
     backend: str = "auto"
 
     def validate(self) -> RunConfig:
-        for flag, value in (("--num", self.num), ("--batch", self.batch), ("--steps", self.steps)):
+        for flag, value in (("--num", self.num), ("--batch", self.batch), ("--sample-steps", self.steps)):
             if value < 1:
                 raise SparseDeployError(f"{flag} must be at least 1, got {value}")
         check_positive("--num", self.num, 1, MAX_NUM)
@@ -103,7 +105,8 @@ class RunConfig:
         check_finite("--guidance", self.guidance, 0)
         if self.steps > TRAIN_TIMESTEPS:
             raise SparseDeployError(
-                f"--steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), got {self.steps}"
+                f"--sample-steps must be between 1 and {TRAIN_TIMESTEPS} (the training schedule's length), "
+                f"got {self.steps}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SparseDeployError(f"unknown --device '{self.device}'; use auto, cpu or cuda")
@@ -122,7 +125,7 @@ class RunConfig:
             str(self.num),
             "--batch",
             str(self.batch),
-            "--steps",
+            "--sample-steps",
             str(self.steps),
             "--scheduler",
             self.scheduler,
@@ -139,7 +142,7 @@ class RunConfig:
             args += ["--guidance", str(self.guidance)]
         if self.vae is not None:
             args += ["--vae", str(self.vae)]
-        return "python -m sparse_deploy.run " + shlex.join(args)
+        return MODULE_PROG + "run " + shlex.join(args)
 
 
 def generate(
@@ -250,22 +253,24 @@ def _run(config: RunConfig, out: Path) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.run", description="Sample images from an engine or checkpoint."
+        prog=MODULE_PROG + "run", description="Sample images from an engine, a checkpoint or a diffusers model."
     )
     parser.add_argument(
         "--engine",
         type=Path,
         required=True,
-        help="engine file (.ort.onnx/.trt.plan), exported .onnx, or checkpoint folder",
+        help="engine file (.ort.onnx/.trt.plan), exported .onnx, checkpoint folder, or diffusers pipeline/model "
+        "folder (run by PyTorch)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder for PNGs, grid.png and run.json")
     parser.add_argument("--num", type=int, default=16, help="images to draw (default 16)")
     parser.add_argument(
         "--batch", type=int, default=8, help="images per batch (default 8; guidance doubles the engine batch)"
     )
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--sample-steps", dest="steps", type=int, default=50, help="sampling steps (default 50)")
+    add_alias(parser, "--steps", "--sample-steps")
     parser.add_argument("--scheduler", default="ddim", help="ddpm | ddim | dpm (default ddim)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the request: image i is seeded from (seed, i)")
     parser.add_argument("--labels", help="comma-separated class ids, cycled over the images (default random)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--vae", type=Path, help="local diffusers AutoencoderKL folder to decode latents")
@@ -273,16 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=BACKENDS + ("ort", "trt"),
-        help="for a checkpoint folder: torch (default) or torch24",
+        choices=BACKENDS + tuple(BACKEND_ALIASES),
+        help="auto: the engine's own; for a checkpoint or diffusers folder torch (auto) or torch24; aliases ort, "
+        "trt, pytorch",
     )
-    return parser
+    return finish_parser(parser)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    record = run(
+def from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``run`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike): run.json's record."""
+    return run(
         RunConfig(
             engine=args.engine,
             out=args.out,
@@ -298,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
         )
     )
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    record = from_args(args)
     print(
         f"wrote {record['num']} images + grid.png to {args.out} ({record['backend']}, {record['precision']}, "
         f"{record['steps']} {record['scheduler']} steps, {record['sampling_seconds']:.1f} s; decode: "

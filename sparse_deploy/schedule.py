@@ -30,6 +30,9 @@ __all__ = [
     "prediction_type",
     "training_target",
     "schedule_record",
+    "sampling_config",
+    "canonical_schedule",
+    "SCHEDULER_CONFIG",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,40 @@ def sampling_scheduler(name: str, config: dict[str, Any] | None = None):
     if name == "ddim":
         return cls(**common, set_alpha_to_one=False, clip_sample=False)
     return cls(**common)
+
+
+#: The file a diffusers scheduler folder holds (``scheduler/`` of a pipeline, or beside a model's config.json).
+SCHEDULER_CONFIG = "scheduler_config.json"
+
+
+def _public(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def sampling_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The DDIM scheduler config the toolchain samples with, as diffusers writes it (``_class_name`` included).
+
+    What a diffusers folder written by the toolchain carries in ``scheduler/scheduler_config.json``, so that
+    ``DDIMScheduler.from_pretrained(folder, subfolder="scheduler")`` samples as ``run`` does: the model's
+    betas, and for the default schedule ``clip_sample=False`` and ``set_alpha_to_one=False``.
+    """
+    return {"_class_name": SAMPLERS["ddim"], **_public(sampling_scheduler("ddim", config).config)}
+
+
+def canonical_schedule(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``config``, or None when it is exactly the DDIM config the default schedule is sampled with.
+
+    A folder the toolchain wrote for a model without a schedule of its own carries
+    :func:`sampling_config` ``(None)``; reading it back as None keeps that model's preset, run
+    identity and artifacts the same as its source's.
+    """
+    if config is None:
+        return None
+    if config.get("_class_name", SAMPLERS["ddim"]) != SAMPLERS["ddim"]:
+        return config
+    if _public(sampling_scheduler("ddim", config).config) == _public(sampling_config(None)):
+        return None
+    return config
 
 
 def training_target(

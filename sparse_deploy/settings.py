@@ -14,6 +14,8 @@ __all__ = [
     "DEFAULT_OPT_BATCH",
     "DEFAULT_KD_WEIGHT",
     "DEFAULT_KD_FEATURES",
+    "KD_FEATURES_MIN_STEPS",
+    "MAX_WARMUP_SHARE",
 ]
 
 # Graphs and engines: which precisions `export` and `build` make when not told (both; a CPU
@@ -35,3 +37,9 @@ DEFAULT_OPT_BATCH = 8
 # on the shipped model at equal cost per step: docs/RESULTS.md). --kd-features 0 is the paper's recipe.
 DEFAULT_KD_WEIGHT = 0.1
 DEFAULT_KD_FEATURES = 0.5
+# Below this many fine-tuning steps block distillation is warned about (config validation): it hurt at 150 steps and
+# helped at 600 in the budget comparison (docs/RESULTS.md, "Block distillation is a long-budget addition"); where
+# between the two it turns over is not measured, 300 is the midpoint's order of magnitude.
+KD_FEATURES_MIN_STEPS = 300
+# A warm-up longer than this share of the run is warned about: the learning rate peaks late (or never).
+MAX_WARMUP_SHARE = 0.2

@@ -5,6 +5,7 @@ A shipped model is a plain diffusers model folder, as a user would download one:
     weights/fmnist-dit/
         config.json                          diffusers config (DiTTransformer2DModel)
         diffusion_pytorch_model.safetensors  weights (fp16 to stay under 8 MiB)
+        scheduler_config.json                the DDIM scheduler it is sampled with (``DDIMScheduler.from_pretrained``)
         MANIFEST.json                        how it was made: training command and config, data hash,
                                              steps, file hashes, the FID it scores (with protocol)
         samples.png                          one row per class, from the shipped (fp16) weights
@@ -37,11 +38,12 @@ import torch
 from . import fid
 from .backends import load_runner
 from .checkpoint import load_checkpoint, read_manifest, save_checkpoint
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .contract import PRECISIONS, float_dtype
 from .data import FMNIST_FILES, _idx_file, find_fashion_mnist
 from .errors import SparseDeployError, cli_entry
 from .measure.methods import draw_samples
-from .models import build_model
+from .models import build_model, cast_
 from .outputs import check_output, claim_output
 from .presets import PRESETS, family_of, get_preset
 from .provenance import (
@@ -56,6 +58,7 @@ from .provenance import (
     write_manifest,
 )
 from .sampling import SEEDING, class_rows, save_grid
+from .schedule import SCHEDULER_CONFIG, sampling_config
 
 __all__ = [
     "MANIFEST",
@@ -145,7 +148,8 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
     config = manifest.get("train_config") or {}
     metrics = Path(checkpoint).parent / "metrics.jsonl"
     with claim_output(out, "weights", "--out"), atomic_dir(out) as tmp:
-        model.net.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
+        cast_(model.net, dtype).save_pretrained(str(tmp), safe_serialization=True)
+        _write_scheduler(tmp, manifest["preset"])
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         info = {
             "format": FORMAT,
@@ -166,6 +170,13 @@ def pack_weights(checkpoint: str | Path, out: str | Path, precision: str = "fp16
         write_manifest(tmp / MANIFEST, info)  # sealed: an edited FID or file list is refused
     log.info("packed %s (%s) into %s", checkpoint, precision, out)
     return Path(out)
+
+
+def _write_scheduler(folder: Path, preset: str) -> Path:
+    """The DDIM scheduler config the model is sampled with, beside its config.json (diffusers reads it from there)."""
+    path = folder / SCHEDULER_CONFIG
+    write_json_atomic(path, sampling_config(get_preset(preset).schedule))
+    return path
 
 
 def _last_loss(metrics: Path) -> float | None:
@@ -266,12 +277,18 @@ def verify_weights(folder: str | Path, *, sealed: bool = True) -> dict[str, Any]
 def seal_weights(folder: str | Path) -> Path:
     """Seal a shipped folder's MANIFEST.json (``make seal-weights``) after checking it against its files and config.
 
-    The weights are never touched, and nothing that does not match the manifest is sealed.
+    The weights are never touched, and nothing that does not match the manifest is sealed. A folder
+    packed before shipped folders carried their scheduler gets its ``scheduler_config.json`` (the one
+    ``pack`` writes), listed in the manifest.
     """
 
     folder = Path(folder)
     with claim_output(folder, "weights", "the weights folder"):
         manifest = verify_weights(folder, sealed=False)
+        if SCHEDULER_CONFIG not in manifest["files"]:
+            path = _write_scheduler(folder, manifest["preset"])
+            manifest["files"] = dict(sorted({**manifest["files"], SCHEDULER_CONFIG: sha256_file(path)}.items()))
+            log.info("added %s (the DDIM schedule it is sampled with) to %s", path, folder)
         write_manifest(folder / MANIFEST, manifest)
     return folder / MANIFEST
 
@@ -338,7 +355,7 @@ def _score(folder, num, steps, reference, ref_num, seed, batch, cache_dir) -> di
         "reference_num": ref.num,
         "preprocessing": fid.PREPROCESSING,
         "measured": timestamp(),
-        "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --steps {steps}",
+        "command": f"python -m sparse_deploy.shipped score {folder} --num {num} --sample-steps {steps}",
     }
     manifest["fid"] = result
     write_manifest(Path(folder) / MANIFEST, manifest)
@@ -462,49 +479,50 @@ def pretrain(model: str, runs: str | Path, out: str | Path, score: bool = True) 
     return packed
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.shipped", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "shipped", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("pack", help="a dense checkpoint -> weights/<preset>/ (diffusers folder + MANIFEST.json)")
-    q.add_argument("--checkpoint", required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--precision", default="fp16", choices=PRECISIONS)
+    q.add_argument("--checkpoint", required=True, help="the dense (complete) checkpoint to ship")
+    q.add_argument("--out", required=True, help="the weights folder to write (weights/<preset>)")
+    q.add_argument("--precision", default="fp16", choices=PRECISIONS, help="stored precision (fp16 stays small)")
     q = sub.add_parser(
         "pretrain", help="the preset's dense recipe from scratch (resumable), packed into --out and scored"
     )
-    q.add_argument("--model", default="fmnist-dit")
+    q.add_argument("--model", default="fmnist-dit", help="preset")
     q.add_argument("--runs", help="run folders (default runs/<model>)")
     q.add_argument("--out", help="weights folder (default weights/<model>)")
     q.add_argument("--no-score", action="store_true", help="skip the FID measurement")
     q = sub.add_parser("score", help="FID of the shipped model, recorded in its manifest (+ samples.png)")
-    q.add_argument("folder")
-    q.add_argument("--num", type=int, default=1000)
-    q.add_argument("--steps", type=int, default=25)
-    q.add_argument("--reference", default="fashion-mnist:test")
-    q.add_argument("--cache-dir", default=".cache/fid")
+    q.add_argument("folder", help="the shipped weights folder")
+    q.add_argument("--num", type=int, default=1000, help="samples scored")
+    q.add_argument("--sample-steps", dest="steps", type=int, default=25, help="DDIM sampling steps")
+    add_alias(q, "--steps", "--sample-steps")
+    q.add_argument("--reference", default="fashion-mnist:test", help="FID reference images")
+    q.add_argument("--cache-dir", default=".cache/fid", help="Inception feature cache")
     q = sub.add_parser(
         "reference", help="Inception features of FID reference images -> weights/fid/ (the demo's summary reads them)"
     )
-    q.add_argument("--source", default="fashion-mnist:test")
-    q.add_argument("--num", type=int, default=1000)
+    q.add_argument("--source", default="fashion-mnist:test", help="reference images")
+    q.add_argument("--num", type=int, default=1000, help="the first N images")
     q.add_argument("--out", help="folder (default weights/fid)")
-    q.add_argument("--cache-dir", default=".cache/fid")
+    q.add_argument("--cache-dir", default=".cache/fid", help="Inception feature cache")
     q = sub.add_parser(
         "seal",
         help="seal a shipped folder's MANIFEST.json after checking it against its files and config (make seal-weights)",
     )
-    q.add_argument("folder")
+    q.add_argument("folder", help="the shipped weights folder")
     q = sub.add_parser(
         "checkpoint", help="a shipped weights folder -> a dense checkpoint (verified against its manifest)"
     )
-    q.add_argument("folder")
-    q.add_argument("--out", required=True)
-    return p
+    q.add_argument("folder", help="the shipped weights folder")
+    q.add_argument("--out", required=True, help="the checkpoint folder to write")
+    return finish_parser(p)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "pretrain":
         out = pretrain(
             args.model, args.runs or f"runs/{args.model}", args.out or f"weights/{args.model}", score=not args.no_score
@@ -514,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"weights: {pack_weights(args.checkpoint, args.out, args.precision)}")
     elif args.command == "score":
         if args.num < 2 or args.steps < 1:
-            raise SparseDeployError("--num must be at least 2 and --steps at least 1")
+            raise SparseDeployError("--num must be at least 2 and --sample-steps at least 1")
         result = score_weights(args.folder, args.num, args.steps, args.reference, cache_dir=args.cache_dir)
         print(
             f"FID {result['value']:.2f} ({result['samples']} samples, DDIM {result['steps']} vs "

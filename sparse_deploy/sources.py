@@ -30,13 +30,22 @@ from typing import Any
 from .errors import SparseDeployError
 from .lazy import lazy_import
 from .presets import PRESETS, Preset, family_of, get_preset, preset_from_config
-from .schedule import check_schedule
+from .schedule import SCHEDULER_CONFIG, canonical_schedule, check_schedule
 
 diffusers = lazy_import(
     "diffusers", "building and loading diffusers models", "make setup (the pinned diffusers of pyproject.toml)"
 )
 
-__all__ = ["ModelSource", "diffusers_class", "resolve_source", "resolve_vae", "load_vae", "source_preset", "is_path"]
+__all__ = [
+    "ModelSource",
+    "diffusers_class",
+    "resolve_source",
+    "resolve_vae",
+    "load_vae",
+    "source_preset",
+    "is_path",
+    "stored_precision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +129,11 @@ def _components(root: Path, index: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _scheduler(path: Path) -> dict[str, Any] | None:
+    """A scheduler config, checked; None when it is the default schedule's (:func:`schedule.canonical_schedule`)."""
+    return canonical_schedule(check_schedule(_json(path), str(path)))
+
+
 def _pipeline_parts(root: Path) -> tuple[dict[str, Any], str | None, Path | None, dict[str, Any] | None]:
     """``(model_index, denoiser component, vae folder, scheduler config)`` of a pipeline folder."""
     index = _json(root / "model_index.json")
@@ -140,9 +154,7 @@ def _pipeline_parts(root: Path) -> tuple[dict[str, Any], str | None, Path | None
                 f"pipeline '{root}' names a scheduler in model_index.json, but '{root / 'scheduler'}' "
                 "has no scheduler_config.json"
             )
-        scheduler = check_schedule(
-            _json(root / "scheduler" / "scheduler_config.json"), str(root / "scheduler" / "scheduler_config.json")
-        )
+        scheduler = _scheduler(root / "scheduler" / SCHEDULER_CONFIG)
     return index, (denoisers[0] if denoisers else None), (root / vaes[0] if vaes else None), scheduler
 
 
@@ -214,14 +226,44 @@ def resolve_source(path: str | Path) -> ModelSource:
                     vae_dir=vae,
                     scheduler_config=scheduler,
                 )
-        return ModelSource(path, "model", model_dir=path, config=config)
-    if (path / "scheduler_config.json").is_file():
+        beside = path / SCHEDULER_CONFIG  # a model folder may carry its sampling schedule (weights/<model>/ do)
+        schedule = _scheduler(beside) if beside.is_file() else None
+        return ModelSource(path, "model", model_dir=path, config=config, scheduler_config=schedule)
+    if (path / SCHEDULER_CONFIG).is_file():
         raise SparseDeployError(f"'{path}' is a scheduler folder, not a model; pass the pipeline folder")
     raise SparseDeployError(
         f"'{path}' holds neither model_index.json (a diffusers pipeline) nor config.json (a "
         "diffusers model folder); "
         f"found: {_listing(path)}"
     )
+
+
+#: safetensors dtype names of the float precisions weights are stored in.
+_STORED = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+_MAX_HEADER = 100 * 2**20
+
+
+def stored_precision(source: ModelSource) -> str | None:
+    """``fp32`` | ``fp16`` | ``bf16``: how the model's floating-point weights are stored; None when unknown.
+
+    Read from the ``.safetensors`` header (no tensor is loaded); the precision of most float tensors.
+    """
+    weights = source.weights
+    if weights is not None and weights.is_dir():
+        weights = next(iter(sorted(weights.glob("*.safetensors"))), None)
+    if weights is None or not weights.is_file():
+        return None
+    try:
+        with open(weights, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size)) if 0 < size <= _MAX_HEADER else {}
+    except (OSError, ValueError):
+        return None
+    counts: dict[str, int] = {}
+    for key, entry in header.items() if isinstance(header, dict) else ():
+        if key != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") in _STORED:
+            counts[_STORED[entry["dtype"]]] = counts.get(_STORED[entry["dtype"]], 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def resolve_vae(path: str | Path) -> Path:
@@ -307,9 +349,12 @@ def source_preset(source: ModelSource, model: str | None = None) -> Preset:
         return get_preset(model)
     family = family_of(source.class_name)
     builtin = _matching_builtin(family, source.config)
+    # A pipeline says by its VAE; one naming none (`"vae": [null, null]`, as a pixel DiT's written here) or
+    # a lone model says by its layout.
+    vae_named = source.model_index is not None and source.model_index.get("vae") not in (None, [None, None])
     latent = (
         source.vae_dir is not None
-        if source.pipeline_root is not None
+        if source.pipeline_root is not None and (vae_named or family != "dit")
         else (
             builtin.latent
             if builtin is not None

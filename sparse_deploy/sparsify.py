@@ -50,6 +50,8 @@ __all__ = [
     "masked_modules",
     "bake_",
     "coverage_report",
+    "zero_masks",
+    "adopt_masks_",
 ]
 
 log = logging.getLogger(__name__)
@@ -336,6 +338,59 @@ def bake_(model: nn.Module) -> list[str]:
             )
         baked.append(name)
     return baked
+
+
+@torch.no_grad()
+def zero_masks(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The masks of the layers whose weights already hold exact 2:4 zeros: a model that is sparse as it comes.
+
+    A model baked by this toolchain, Model Optimizer's ``mts.export`` + ``save_pretrained``, or any other
+    2:4 model keeps its masks only as zeros. A Linear/Conv2d (not grouped, reduction axis a multiple
+    of 4, not all zeros) whose every group of 4 along the reduction axis holds at most 2 non-zeros
+    gets the mask ``weight != 0``; a group with more than 2 zeros keeps its non-zeros and then the
+    lowest-indexed zeros, so the mask is exact 2:4 and the same for the same weights. A dense model
+    has none (trained weights are not exactly zero).
+
+    Args:
+        model: any module (a Denoiser, its diffusers model).
+        layers: only consider these (diffusers names); None: every layer.
+    """
+    wanted = None if layers is None else set(layers)
+    masks: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, _MaskedMixin):
+            continue
+        short = short_name(name)
+        if wanted is not None and short not in wanted:
+            continue
+        weight = module.weight.detach()
+        if weight.dim() not in (2, 4) or weight.shape[1] % PATTERN_M or getattr(module, "groups", 1) != 1:
+            continue
+        if not bool((weight != 0).any()) or not is_nm_sparse(weight, PATTERN_N, PATTERN_M):
+            continue
+        masks[short] = nm_mask(weight.to("cpu", torch.float32), PATTERN_N, PATTERN_M)
+    return masks
+
+
+@torch.no_grad()
+def adopt_masks_(model: nn.Module, masks: dict[str, torch.Tensor], config: SparsityConfig) -> list[str]:
+    """Mask exactly the layers of ``masks`` with those masks (not recomputed), zeroing what they prune; in place.
+
+    Returns:
+        The masked layers, in ``masks``' order.
+    """
+    layers = sparsify_(model, config, list(masks))
+    modules = masked_modules(model)
+    for name in layers:
+        module = modules[name]
+        mask = masks[name].to(module.weight_mask.device, torch.bool)
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise SparseDeployError(
+                f"the mask of layer '{name}' has shape {tuple(mask.shape)}, its weight {tuple(module.weight.shape)}"
+            )
+        module.weight_mask.copy_(mask)
+        module.weight.mul_(mask.to(module.weight.dtype))
+    return layers
 
 
 def pruned_macs(sparse_layer_macs: int) -> int:

@@ -21,6 +21,7 @@ from . import fid
 from .artifacts import read_engine_manifest
 from .backends import load_runner
 from .checkpoint import read_manifest
+from .cliargs import MODULE_PROG, add_alias, finish_parser
 from .errors import SparseDeployError, cli_entry
 from .measure.methods import draw_samples
 from .outputs import check_output_record
@@ -162,8 +163,8 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.summary", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "summary", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--run", required=True, help="the sparse fine-tuning run folder (holds checkpoint/ and coverage.json)"
     )
@@ -173,17 +174,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num", type=int, default=300, help="samples per engine for FID (default 300)")
     p.add_argument("--ref-num", type=int, default=1000, help="reference images (default the first 1000)")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    p.add_argument("--reference", default="fashion-mnist:test")
+    p.add_argument("--sample-steps", dest="steps", type=int, default=25, help="DDIM sampling steps (default 25)")
+    add_alias(p, "--steps", "--sample-steps")
+    p.add_argument("--reference", default="fashion-mnist:test", help="FID reference images")
     p.add_argument("--json", help="also write the summary here (default <engines>/summary.json)")
-    return p
+    return finish_parser(p)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.num < 2 or args.ref_num < 2 or args.steps < 1:
-        raise SparseDeployError("--num and --ref-num must be at least 2, --steps at least 1")
+        raise SparseDeployError("--num and --ref-num must be at least 2, --sample-steps at least 1")
     out = Path(args.json or Path(args.engines) / "summary.json")
     check_output_record(out, "--json", "fid")  # a new file or an earlier summary, never someone's file
     summary = demo_summary(

@@ -8,8 +8,8 @@ plugs straight into ``sampling.sample(denoise=runner, ...)``.
 =========  ==========================================  =================================
 backend    artifact                                    device
 =========  ==========================================  =================================
-torch      checkpoint folder                           CPU, or CUDA
-torch24    sparse checkpoint folder                    CUDA (8.0+), 2:4 Linear kernels
+torch      checkpoint folder or diffusers weights      CPU, or CUDA
+torch24    sparse checkpoint or 2:4 diffusers weights  CUDA (8.0+), 2:4 Linear kernels
 ort        ``*.ort.onnx`` engine or exported ``.onnx``  CPU; CUDA/TensorRT providers
 trt        ``*.trt.plan`` engine                        CUDA, built on this GPU + TensorRT
 =========  ==========================================  =================================
@@ -28,10 +28,32 @@ from .pytorch import TorchRunner
 from .torch24 import Torch24Runner
 from .trt import TrtRunner
 
-__all__ = ["BACKENDS", "ENGINE_FORMAT", "Runner", "load_runner", "read_engine_manifest"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ALIASES",
+    "ENGINE_FORMAT",
+    "Runner",
+    "backend_name",
+    "load_runner",
+    "read_engine_manifest",
+]
 
 BACKENDS = ("auto", "torch", "torch24", "onnxruntime", "tensorrt")
-_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+#: Other names of the backends, accepted wherever a backend is named (``run``, ``build``, ``bench``).
+BACKEND_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+_ALIASES = BACKEND_ALIASES
+
+
+def backend_name(name: str, allowed: tuple[str, ...] = BACKENDS) -> str:
+    """The backend ``name`` (or an alias of it: :data:`BACKEND_ALIASES`) means, refused unless in ``allowed``."""
+    backend = BACKEND_ALIASES.get(name, name)
+    if backend not in allowed:
+        aliases = [a for a, b in BACKEND_ALIASES.items() if b in allowed]
+        raise SparseDeployError(
+            f"unknown --backend '{name}'; choose one of: {', '.join(allowed)}"
+            + (f" (or {', '.join(aliases)})" if aliases else "")
+        )
+    return backend
 
 
 def load_runner(path: str | Path, device: str = "auto", backend: str = "auto") -> Runner:
@@ -39,23 +61,21 @@ def load_runner(path: str | Path, device: str = "auto", backend: str = "auto") -
 
     Args:
         path: ``engines/<model>/<kind>-<precision>.{ort.onnx,trt.plan}`` (or its ``.json``),
-            ``export/<model>/<kind>-<precision>.onnx``, or a checkpoint folder.
+            ``export/<model>/<kind>-<precision>.onnx``, a checkpoint folder, or diffusers weights (a
+            pipeline or model folder, ``.safetensors``) run by PyTorch.
         device: ``auto`` | ``cpu`` | ``cuda``.
         backend: ``auto`` follows the manifest; for a checkpoint folder ``torch`` (default) or
             ``torch24``; for an engine it must match the manifest's backend.
     """
-    backend = _ALIASES.get(backend, backend)
-    if backend not in BACKENDS:
-        raise SparseDeployError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    backend = backend_name(backend)
     path = Path(path)
-    if path.is_dir():
-        if not (path / "manifest.json").is_file():
-            raise SparseDeployError(f"'{path}' is a folder without manifest.json: neither an engine nor a checkpoint")
+    if path.is_dir() or path.suffix == ".safetensors":  # a checkpoint folder, or diffusers weights (open_model)
         if backend == "torch24":
             return Torch24Runner(path, device)
         if backend not in ("auto", "torch"):
             raise SparseDeployError(
-                f"'{path}' is a checkpoint folder: it runs on the torch or torch24 backend, not {backend}"
+                f"'{path}' is a checkpoint or diffusers model: it runs on the torch or torch24 backend, not {backend} "
+                "(build an engine from it first: python -m sparse_deploy.build)"
             )
 
         return TorchRunner(path, device)

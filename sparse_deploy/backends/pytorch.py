@@ -1,4 +1,4 @@
-"""PyTorch runner: a checkpoint folder run eagerly (CPU, or CUDA when asked and available)."""
+"""PyTorch runner: a checkpoint folder or diffusers weights run eagerly (CPU, or CUDA when asked and available)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
 from ..contract import BatchProfile, contract_for
+from ..inputs import open_model
 from ..settings import DEFAULT_OPT_BATCH
 from ..sparsify import bake_
 from .base import Runner
@@ -23,12 +23,16 @@ TORCH_PROFILE = BatchProfile(min=1, opt=DEFAULT_OPT_BATCH, max=1024)
 
 
 class TorchRunner(Runner):
-    """A checkpoint's model in fp32; sparse checkpoints run with their masks baked into the weights."""
+    """A checkpoint's model in fp32; sparse checkpoints run with their masks baked into the weights.
+
+    A diffusers pipeline or model folder (or ``.safetensors``) runs too (``inputs.open_weights``): weights that
+    are already exact 2:4 make a ``sparse`` runner, as they are.
+    """
 
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        model, manifest = load_checkpoint(path)
+        model, manifest = open_model(path)
         bake_(model)  # masks -> exact zeros in plain Linear/Conv2d (same numbers, no mask multiply)
         self.device = torch_device(device)
         self.model = model.to(self.device).eval()

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.sparse import to_sparse_semi_structured
 
-from ..checkpoint import load_checkpoint
 from ..contract import contract_for
 from ..errors import SparseDeployError
+from ..inputs import open_model
 from ..models import short_name
 from ..sparsify import bake_
 from .base import Runner
@@ -71,7 +71,7 @@ class Torch24Runner(Runner):
             raise SparseDeployError(
                 f"the torch24 backend needs compute capability 8.0+ (sparse tensor cores); this GPU has {major}.{minor}"
             )
-        model, manifest = load_checkpoint(path)
+        model, manifest = open_model(path)  # a sparse checkpoint, or diffusers weights that are already 2:4
         masked = sorted(manifest.get("masked_layers") or [])
         if not masked:
             raise SparseDeployError(

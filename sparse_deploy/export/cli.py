@@ -5,23 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cliargs import comma_list
+from ..cliargs import MODULE_PROG, add_alias, comma_list, finish_parser
 from ..errors import cli_entry
 from ..settings import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, DEFAULT_PRECISIONS
 from .config import ExportConfig
 from .graph import export_all
 
-__all__ = ["add_source_arguments", "add_profile_arguments", "config_from_args", "build_parser", "main"]
+__all__ = ["add_source_arguments", "add_profile_arguments", "config_from_args", "build_parser", "from_args", "main"]
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``export`` and ``build``: which weights, kinds and precisions."""
-    parser.add_argument("--model", help="preset name (default: the checkpoint's preset)")
+    parser.add_argument("--model", help="preset name (default: the checkpoint's or the weights' own)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (dense or sparse)")
     parser.add_argument(
-        "--dense-checkpoint", type=Path, help="dense checkpoint for the dense graph of a sparse checkpoint"
+        "--dense-checkpoint",
+        type=Path,
+        help="the dense model of the dense graph when the input is sparse: a dense checkpoint or diffusers folder "
+        "(default: the one the sparse model names)",
     )
-    parser.add_argument("--weights", type=Path, help="diffusers model folder or .safetensors file (dense)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="diffusers pipeline/model folder or .safetensors; weights that are already 2:4 (our diffusers/ "
+        "output, Model Optimizer's mts.export) are the sparse graph as they are",
+    )
     parser.add_argument(
         "--precision", default=",".join(DEFAULT_PRECISIONS), help="comma-separated: fp32,fp16 (default both)"
     )
@@ -72,7 +80,7 @@ def config_from_args(args: argparse.Namespace, out: Path | None) -> ExportConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.export",
+        prog=MODULE_PROG + "export",
         description="Export dense and 2:4-sparse ONNX graphs (fp32/fp16), each checked for parity with PyTorch "
         "and for 2:4 sparsity before it is kept.",
     )
@@ -81,13 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     # dynamic); engines take theirs from `build --max-batch/--opt-batch`.
     add_profile_arguments(parser, "runners of the bare graph (recorded in its contract; engines: see build)")
     parser.add_argument("--out", type=Path, help="output folder (default export/<preset>)")
-    return parser
+    add_alias(parser, "--export-dir", "--out")  # build's name for the same folder
+    return finish_parser(parser)
+
+
+def from_args(args: argparse.Namespace) -> list:
+    """What ``export`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike): the graphs."""
+    return export_all(config_from_args(args, args.out))
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    results = export_all(config_from_args(args, args.out))
+    results = from_args(build_parser().parse_args(argv))
     for r in results:
         m = r.manifest
         worst = max(b["max_abs_err"] for b in m["parity"]["batches"].values())

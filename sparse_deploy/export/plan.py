@@ -4,7 +4,12 @@
   with its masks baked into the weights; the dense graph comes from the dense checkpoint its
   manifest names (``dense_checkpoint``), from ``--dense-checkpoint``, or from the diffusers
   weights it was fine-tuned from (``dense_weights``).
-* a **dense checkpoint**, ``--weights`` or random init: the dense graph is that model, the sparse
+* **diffusers weights that are already 2:4** (``--weights`` of a folder this toolchain wrote, or of
+  Model Optimizer's ``mts.export`` + ``save_pretrained``): the sparse graph is those weights as they
+  are (their zeros are the masks; nothing is pruned again); the dense graph comes from
+  ``--dense-checkpoint`` (a checkpoint or a dense diffusers folder), else from the dense model the
+  folder's ``sparse_deploy.json`` names.
+* a **dense checkpoint**, dense ``--weights`` or random init: the dense graph is that model, the sparse
   graph a one-shot magnitude 2:4 prune of it with **no fine-tuning** (a baseline, said loudly), or
   an error with ``--require-masks``.
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +33,8 @@ import torch
 from .. import checkpoint as ckpt
 from .. import models
 from ..errors import SparseDeployError
-from ..inputs import run_preset
+from ..inputs import is_checkpoint, open_weights, run_preset, weights_are_sparse, weights_sha256
+from ..masks import PATTERN
 from ..models import Denoiser
 from ..modes import MODES, ONESHOT
 from ..presets import Preset, get_preset, preset_from_manifest
@@ -92,17 +98,6 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _hash_weights_path(path: Path) -> str:
-    """sha256 of a weights file, or of the sorted file hashes of a diffusers folder."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
-    for p in files:
-        digest.update(f"{p.name}:{sha256_file(p)}\n".encode())
-    return digest.hexdigest()
-
-
 def _resolve_relative(value: str, base: Path) -> Path:
     """A path from a manifest: as given, else relative to the folder holding the manifest's folder."""
     p = Path(value)
@@ -131,7 +126,7 @@ def _weights_base(preset: Preset, weights: Path) -> _Base:
     identity = {
         "type": "weights",
         "path": str(weights.resolve()),
-        "weights_sha256": _hash_weights_path(resolve_source(weights).weights),
+        "weights_sha256": weights_sha256(resolve_source(weights).weights),
     }
     return _Base(identity, _Once(lambda: (models.build_model(preset, weights).eval(), [])), f"weights {weights}")
 
@@ -197,6 +192,8 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
             "--kinds sparse"
         )
     dense_path = Path(dense_path)
+    if not is_checkpoint(dense_path) and dense_path.exists():  # dense diffusers weights given as the dense model
+        return _dense_weights_source(preset, dense_path)
     dense_manifest = ckpt.read_manifest(dense_path)
     if dense_manifest.get("preset") != preset.name:
         raise SparseDeployError(
@@ -210,6 +207,80 @@ def _dense_parent(config: ExportConfig, path: Path, manifest: dict[str, Any], pr
         _Once(lambda: _load_dense_checkpoint(dense_path)),
         [f"dense graph: checkpoint {dense_path}"],
     )
+
+
+def _dense_weights_source(preset: Preset, weights: Path) -> GraphSource:
+    """The dense graph from dense diffusers weights; weights that are 2:4 are refused as the dense model."""
+    if weights_are_sparse(weights):
+        raise SparseDeployError(
+            f"'{weights}' is 2:4-sparse, but was given as the dense model; pass the dense model the sparse one "
+            "was made from, or --kinds sparse"
+        )
+    if run_preset(None, weights).model_kwargs != preset.model_kwargs:
+        raise SparseDeployError(f"dense weights '{weights}' are not the layout of the sparse model ('{preset.name}')")
+    base = _weights_base(preset, weights)
+    return GraphSource("dense", base.identity, base.load, [f"dense graph: {base.note}"])
+
+
+def _sparse_weights_sources(config: ExportConfig, weights: Path, preset: Preset) -> dict[str, GraphSource]:
+    """Diffusers weights that are already 2:4: the sparse graph as they are, the dense graph from their dense parent."""
+    identity = {
+        "type": "weights",
+        "path": str(weights.resolve()),
+        "weights_sha256": weights_sha256(resolve_source(weights).weights),
+    }
+
+    def load_sparse() -> tuple[Denoiser, list[str]]:
+        model, record = open_weights(weights)
+        return model.eval(), list(record["masked_layers"])
+
+    sources: dict[str, GraphSource] = {}
+    if "sparse" in config.kinds:
+        sources["sparse"] = GraphSource(
+            "sparse",
+            {**identity, "masks": "weights (already 2:4: kept as they are)", "fine_tuned": None},
+            _Once(load_sparse),
+            [f"sparse graph: the weights {weights} as they are (already {PATTERN}: their zeros are the masks)"],
+        )
+    if "dense" in config.kinds:
+        record = _record(weights)
+        named = config.dense_checkpoint or record.get("dense_checkpoint") or record.get("dense_weights")
+        if named is None:
+            raise SparseDeployError(
+                f"'{weights}' is already {PATTERN}-sparse and names no dense model it was made from, so there is no "
+                "dense graph to export; pass --dense-checkpoint DENSE (a checkpoint or a dense diffusers folder), "
+                "or --kinds sparse"
+            )
+        dense = Path(named)
+        if not dense.exists():
+            raise SparseDeployError(
+                f"'{weights}' was made from '{dense}', which no longer exists; pass --dense-checkpoint DENSE or "
+                "--kinds sparse"
+            )
+        if is_checkpoint(dense):
+            manifest = ckpt.read_manifest(dense)
+            sources["dense"] = GraphSource(
+                "dense",
+                _checkpoint_identity(dense, manifest),
+                _Once(lambda: _load_dense_checkpoint(dense)),
+                [f"dense graph: checkpoint {dense}"],
+            )
+        else:
+            sources["dense"] = _dense_weights_source(preset, dense)
+    return sources
+
+
+def _record(weights: Path) -> dict[str, Any]:
+    """The ``sparse_deploy.json`` of a diffusers folder this toolchain wrote (the folder, or its pipeline root)."""
+    for folder in (weights, weights.parent):
+        path = folder / "sparse_deploy.json"
+        if weights.is_dir() and path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+            return record if isinstance(record, dict) else {}
+    return {}
 
 
 def _fine_tuned(mode: str | None) -> bool:
@@ -316,6 +387,8 @@ def plan_sources(config: ExportConfig) -> tuple[Preset, dict[str, GraphSource]]:
         if not weights.exists():
             raise SparseDeployError(f"weights '{weights}' do not exist; check the path")
         preset = run_preset(config.model, weights)
+        if weights_are_sparse(weights):
+            return preset, _sparse_weights_sources(config, weights, preset)
         base = _weights_base(preset, weights)
     else:
         preset = get_preset(config.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends.device import torch_device
+from ..cliargs import MODULE_PROG, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_dir
 from ..outputs import check_output_record
@@ -23,12 +24,12 @@ from . import (
     reference_stats,
 )
 
-__all__ = ["main"]
+__all__ = ["build_parser", "from_args", "main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.fid",
+        prog=MODULE_PROG + "fid",
         description="FID (and KID) between two image sources with the TF-FID Inception-v3. "
         "A source is a folder of images (PNG, JPEG, BMP, WebP), an .npz of uint8 images, "
         "fashion-mnist:test or fashion-mnist:train.",
@@ -43,18 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache (default .cache/fid)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--device",
         default="auto",
         help="where the Inception network runs: auto (a CUDA GPU when visible), cpu, cuda, cuda:N",
     )
-    return p
+    return finish_parser(p)  # -q: no progress bars either
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def from_args(args: argparse.Namespace) -> dict:
+    """What ``fid`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike): the result."""
     if args.batch < 1 or (args.num is not None and args.num < 2):
         raise SparseDeployError("--batch must be at least 1 and --num at least 2")
     if args.kid and (args.kid_subsets < 1 or args.kid_subset_size < 2):
@@ -84,16 +83,27 @@ def main(argv: list[str] | None = None) -> int:
             "sha256": INCEPTION_SHA256,
         },
     }
-    print(f"FID {fid:.4f}  ({args.a} n={stats[0].num} vs {args.b} n={stats[1].num})")
     if args.kid:
         mean, std = kid_from_features(stats[0].features, stats[1].features, args.kid_subsets, args.kid_subset_size)
         size = min(args.kid_subset_size, stats[0].num, stats[1].num)
         result["kid"] = {"mean": mean, "std": std, "subsets": args.kid_subsets, "subset_size": size}
-        note = "; every subset is the whole set, so no spread" if size == stats[0].num == stats[1].num else ""
-        print(f"KID {mean:.6f} +- {std:.6f}  ({args.kid_subsets} subsets of {size}{note})")
-    print(f"preprocessing: {PREPROCESSING}")
     if args.json:
         result.update(created=timestamp(), versions=library_versions())
         write_json_atomic(args.json, result)
+    return result
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = from_args(args)
+    a, b = result["a"], result["b"]
+    print(f"FID {result['fid']:.4f}  ({args.a} n={a['num']} vs {args.b} n={b['num']})")
+    if "kid" in result:
+        kid = result["kid"]
+        note = "; every subset is the whole set, so no spread" if kid["subset_size"] == a["num"] == b["num"] else ""
+        print(f"KID {kid['mean']:.6f} +- {kid['std']:.6f}  ({kid['subsets']} subsets of {kid['subset_size']}{note})")
+    print(f"preprocessing: {PREPROCESSING}")
+    if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cliargs import comma_list
+from ..cliargs import MODULE_PROG, comma_list, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..lazy import lazy_import
 from ..provenance import timestamp
@@ -103,7 +103,7 @@ def _parts(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "command",
         nargs="?",
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset of the TensorRT part (default dit-s: DiT-XL's export and builds do not fit the budget)",
     )
     p.add_argument("--quick", action="store_true", help="fewer batches and repeats (a smoke run)")
-    return p
+    return finish_parser(p)
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:

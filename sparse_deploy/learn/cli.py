@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from ..cliargs import comma_floats, comma_list
+from ..cliargs import MODULE_PROG, comma_floats, comma_list, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..inputs import run_preset
+from ..models import build_model
 from ..modes import MODES, get_mode
 from ..presets import DEFAULT_PRESET, PRESETS
 from ..settings import DEFAULT_KD_FEATURES, DEFAULT_KD_WEIGHT
 from ..sources import is_path
-from ..sparsify import MASK_INITS, SparsityConfig
+from ..sparsify import MASK_INITS, SparsityConfig, select_layers
 from .config import LR_SCHEDULES, TrainConfig
 from .distributed import DistEnv
+from .modelopt_masks import modelopt_rules
 from .train import train
 
 _SPARSE = SparsityConfig()  # the flag defaults are the config's
 
-__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "main"]
+__all__ = ["DESCRIPTION", "build_parser", "config_from_args", "modelopt_rules_of", "from_args", "main"]
 
 DESCRIPTION = "One training loop for dense pretraining and sparse fine-tuning (the SparseDM recipe)."
 
@@ -37,7 +41,7 @@ PRETRAINED_MASK_INIT = "sparsegpt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_deploy.train", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog=MODULE_PROG + "train", description=DESCRIPTION)
     p.add_argument(
         "--model", help=f"preset ({', '.join(PRESETS)}; default {DEFAULT_PRESET}) or a diffusers pipeline/model folder"
     )
@@ -48,10 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="none: dense training; " + ", ".join(f"{m.name} ({m.help})" if m.help else m.name for m in MODES.values()),
     )
-    p.add_argument("--init", help="dense checkpoint folder to start from; also the distillation teacher")
+    p.add_argument(
+        "--init",
+        help="checkpoint folder to start from; also the distillation teacher unless --teacher "
+        "(a sparse checkpoint needs --teacher)",
+    )
     p.add_argument(
         "--weights",
-        help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the layout)",
+        help="diffusers pipeline folder, model folder or .safetensors to start from (its config sets the "
+        "layout); weights that are already 2:4 (Model Optimizer's mts.export, our diffusers/ output) keep "
+        "their zeros as the masks",
+    )
+    p.add_argument(
+        "--teacher",
+        help="the dense model to distil from (checkpoint or diffusers folder), e.g. the model a mask made "
+        "elsewhere was pruned from (default: a copy of the start model)",
+    )
+    p.add_argument(
+        "--masks",
+        help="where the masks start, made elsewhere: an mto.save file (NVIDIA Model Optimizer) or an apex ASP "
+        "state dict (.pt/.safetensors with <layer>.__weight_mma_mask buffers)",
+    )
+    p.add_argument(
+        "--print-modelopt-rules",
+        action="store_true",
+        help="print this run's layer selection (--model/--weights, --include/--exclude/--adaln) as an NVIDIA Model "
+        "Optimizer rules dict (JSON, for mts.sparsify on the diffusers model) and exit",
     )
     p.add_argument(
         "--kd-weight",
@@ -128,10 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", help="comma-separated module globs to sparsify (default: the preset's)")
     p.add_argument("--exclude", help="comma-separated module globs to keep dense")
     p.add_argument("--adaln", action="store_true", help="also sparsify DiT adaLN modulation layers")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="training steps (default: the preset's; dense from scratch or sparse fine-tuning); sampling steps "
+        "of the preview are --preview-steps",
+    )
+    p.add_argument("--batch-size", type=int, help="global batch (default: the preset's)")
+    p.add_argument(
+        "--lr", type=float, help="peak learning rate (default: the preset's; its fine-tuning rate when fine-tuning)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        help="linear learning-rate warm-up (default: the preset's from scratch, 5%% of the run when fine-tuning)",
+    )
     p.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
@@ -187,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=_SPARSE.calib_samples,
         help=f"calibration inputs of --mask-init wanda/sparsegpt (default {_SPARSE.calib_samples})",
     )
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default: the preset's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and init (default 0)")
     p.add_argument(
         "--data",
         help="image folder, fashion-mnist[:DIR], or synthetic[:N] (random tensors: timing and "
@@ -198,10 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae",
         help="diffusers pipeline or AutoencoderKL folder (latent models; default: the --weights pipeline's VAE)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--preview", type=int, default=8, help="preview images per class (0: none)")
     p.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of the preview grid")
-    return p
+    return finish_parser(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -231,7 +270,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             modelopt_default_rules=args.modelopt_default_rules,
             decay_ramp=args.decay_ramp,
         )
-    teacher = args.init or weights
+    teacher = args.teacher or args.init or weights
     # sparse fine-tuning from dense weights: the teacher is there, and the mode distils by default
     distil = sparsity is not None and bool(teacher) and get_mode(sparsity.mode).distils_by_default
     kd = args.kd_weight if args.kd_weight is not None else (DEFAULT_KD_WEIGHT if distil else 0.0)
@@ -251,6 +290,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         init=args.init,
         weights=weights,
+        teacher=args.teacher,
+        masks=args.masks,
         sparsity=sparsity,
         kd_weight=kd,
         kd_features=kd_features,
@@ -263,10 +304,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def modelopt_rules_of(config: TrainConfig) -> dict:
+    """The layers ``config`` would sparsify, as a Model Optimizer rules dict (``--print-modelopt-rules``).
+
+    Its layer selection only (``--include``/``--exclude``/``--adaln``); the ``--macs-budget`` and
+    ``--latency-profile`` choices, which need data or a profile, are not applied.
+    """
+    preset = config.model_preset()
+    model = build_model(preset, None, announce_random=False)
+    choice = select_layers(model, config.sparsity or SparsityConfig())
+    return modelopt_rules(choice.selected, model)
+
+
+def from_args(args: argparse.Namespace) -> Path | dict:
+    """What ``train`` does with parsed flags (the command line and :mod:`sparse_deploy.api` alike).
+
+    Returns the checkpoint folder, or with ``--print-modelopt-rules`` the rules dict.
+    """
+    if args.print_modelopt_rules:
+        return modelopt_rules_of(config_from_args(args))
+    return train(config_from_args(args))
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparse_deploy.train``: the flags onto a :class:`TrainConfig`, then :func:`.train.train`."""
-    ckpt = train(config_from_args(build_parser().parse_args(argv)))
+    result = from_args(build_parser().parse_args(argv))
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2))
+        return 0
+    ckpt = result
     if DistEnv.from_env().main:  # under torchrun only rank 0 wrote it
         print(f"checkpoint: {ckpt}")
     return 0

@@ -6,6 +6,7 @@ Plain values; ``validate()`` fills in the preset's defaults and checks them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -14,9 +15,12 @@ from ..guards import check_device, check_finite, check_positive, check_seed
 from ..inputs import run_preset
 from ..modes import MODES
 from ..presets import Preset
+from ..settings import KD_FEATURES_MIN_STEPS, MAX_WARMUP_SHARE
 from ..sparsify import SparsityConfig
 
-__all__ = ["TrainConfig", "LR_SCHEDULES", "EMA_HORIZON_SHARE", "finetune_ema_decay"]
+__all__ = ["TrainConfig", "LR_SCHEDULES", "EMA_HORIZON_SHARE", "finetune_ema_decay", "budget_warnings"]
+
+log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -51,8 +55,10 @@ class TrainConfig:
     checkpoint_every: int | None = None
     seed: int = 0
     cfg_drop: float = 0.1
-    init: str | None = None  # dense checkpoint to start from (and to distil from)
-    weights: str | None = None  # or diffusers weights to start from
+    init: str | None = None  # checkpoint to start from (and to distil from, unless teacher); sparse only with teacher
+    weights: str | None = None  # or diffusers weights to start from (already 2:4 weights keep their zeros as masks)
+    teacher: str | None = None  # the dense model distilled from (checkpoint or diffusers); None: a copy of the start
+    masks: str | None = None  # masks made elsewhere: an mto.save file or an apex ASP state dict
     sparsity: SparsityConfig | None = None
     kd_weight: float = 0.0
     kd_features: float = 0.0  # weight of block-output distillation from the teacher
@@ -112,17 +118,27 @@ class TrainConfig:
             raise SparseDeployError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if not 0 <= self.ema_decay < 1:  # also refuses nan
             raise SparseDeployError(f"--ema must be in [0, 1), got {self.ema_decay}")
-        if self.kd_weight and self.init is None and self.weights is None:
+        if self.kd_weight and self.init is None and self.weights is None and self.teacher is None:
             raise SparseDeployError(
-                "distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT"
+                "distillation (--kd-weight > 0) needs a dense teacher: pass --init DENSE_CHECKPOINT or --teacher DENSE"
             )
         if not (0 <= self.kd_weight < math.inf and 0 <= self.kd_features < math.inf):  # also refuses nan
             raise SparseDeployError(
                 f"--kd-weight and --kd-features must be finite and >= 0, got {self.kd_weight}, {self.kd_features}"
             )
-        if self.kd_features and self.init is None and self.weights is None:
+        if self.kd_features and self.init is None and self.weights is None and self.teacher is None:
             raise SparseDeployError(
-                "feature distillation (--kd-features > 0) needs a dense teacher: pass --init or --weights"
+                "feature distillation (--kd-features > 0) needs a dense teacher: pass --init, --weights or --teacher"
+            )
+        if self.teacher is not None and self.sparsity is None:
+            raise SparseDeployError("--teacher is the dense model a sparse run distils from; add --sparsity MODE")
+        if self.teacher is not None and not self.fine_tunes:
+            raise SparseDeployError("--teacher needs a model to fine-tune: pass --weights or --init (the start)")
+        if self.masks is not None and self.sparsity is None:
+            raise SparseDeployError("--masks sets where a sparse run's masks start; add --sparsity MODE")
+        if self.masks is not None and self.sparsity.mask_init != "magnitude":
+            raise SparseDeployError(
+                f"--masks and --mask-init {self.sparsity.mask_init} both say where the masks start; pass one"
             )
         if not 0 <= self.data_weight < math.inf:
             raise SparseDeployError(f"--data-weight must be finite and >= 0, got {self.data_weight}")
@@ -132,9 +148,38 @@ class TrainConfig:
             )
         if self.sparsity is not None:
             self.sparsity.validate()
+        for warning in budget_warnings(self):
+            log.warning(warning)
         return self
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
         return out
+
+
+def budget_warnings(config: TrainConfig) -> list[str]:
+    """Settings known to waste or hurt a run of this length, each a sentence naming the better setting.
+
+    ``config`` must be validated (defaults filled in). Checked: a warm-up longer than
+    :data:`~sparse_deploy.settings.MAX_WARMUP_SHARE` of the run (the learning rate peaks late or never),
+    and block distillation (``--kd-features``) below
+    :data:`~sparse_deploy.settings.KD_FEATURES_MIN_STEPS` steps (it hurt at 150 steps, docs/RESULTS.md).
+    """
+    out = []
+    steps, warmup = config.steps, config.warmup_steps
+    if steps and warmup and warmup > max(1.0, MAX_WARMUP_SHARE * steps):
+        peak = min(1.0, steps / warmup)
+        better = max(1, steps // 20)  # the fine-tuning default: 5% of the run
+        out.append(
+            f"--warmup-steps {warmup} is {warmup / steps:.0%} of the {steps}-step run "
+            + (f"(the learning rate peaks at {peak:.0%} of --lr)" if peak < 1 else "(the learning rate peaks late)")
+            + f"; --warmup-steps {better} (5%, the fine-tuning default) leaves the run at the full rate"
+        )
+    if config.sparsity is not None and config.kd_features and steps < KD_FEATURES_MIN_STEPS:
+        out.append(
+            f"block distillation (--kd-features {config.kd_features:g}) hurt fine-tuning runs this short "
+            f"(150 steps, docs/RESULTS.md); for {steps} steps --kd-features 0 is the better setting "
+            f"(it pays off from about {KD_FEATURES_MIN_STEPS} steps)"
+        )
+    return out

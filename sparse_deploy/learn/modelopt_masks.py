@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import SparseDeployError
 from ..lazy import MissingDependency, lazy_import, load
-from ..masks import PATTERN, PATTERN_M, PATTERN_N, is_nm_sparse, nm_mask, nm_violations, to_groups
+from ..masks import PATTERN, PATTERN_M, PATTERN_N, nm_mask, nm_violations, to_groups
 from ..models import NET_PREFIX, short_name
+from ..sparsify import zero_masks
 
 __all__ = [
     "MODELOPT_MODES",
@@ -57,6 +59,7 @@ __all__ = [
     "masks_from_modelopt_state",
     "masks_from_zeros",
     "masks_from_asp_state_dict",
+    "masks_from_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -437,21 +440,7 @@ def masks_from_zeros(model: nn.Module, layers: Sequence[str] | None = None) -> d
         model: any module (a Denoiser, its diffusers model, an exported Model Optimizer model).
         layers: only consider these (our names); None: every layer.
     """
-    wanted = None if layers is None else set(layers)
-    masks: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
-        short = short_name(name)
-        if wanted is not None and short not in wanted:
-            continue
-        weight = module.weight.detach()
-        if weight.dim() not in (2, 4) or weight.shape[1] % PATTERN_M or getattr(module, "groups", 1) != 1:
-            continue
-        if not bool((weight != 0).any()) or not is_nm_sparse(weight, PATTERN_N, PATTERN_M):
-            continue
-        masks[short] = nm_mask(weight.to("cpu", torch.float32), PATTERN_N, PATTERN_M)
-    return masks
+    return zero_masks(model, layers)
 
 
 def masks_from_asp_state_dict(
@@ -515,3 +504,38 @@ def masks_from_asp_state_dict(
             "save it after ASP.compute_sparse_masks()"
         )
     return masks
+
+
+def masks_from_file(path: str | os.PathLike, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks a file made elsewhere holds, by what it is (``train --masks FILE``).
+
+    * an ``mto.save`` file (``{"modelopt_state", "model_state_dict"}``): :func:`masks_from_modelopt_state`;
+    * an apex ASP state dict (``<layer>.__weight_mma_mask`` buffers; ``.safetensors``, or a torch file
+      holding the state dict itself or under ``"state_dict"`` / ``"model"``): :func:`masks_from_asp_state_dict`.
+
+    Torch files are read with ``weights_only=True`` (tensors and plain containers; nothing is unpickled
+    that could run code).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from_safetensors = True
+        try:
+            data: Any = load_file(str(path))
+        except Exception as exc:
+            raise SparseDeployError(f"'{path}' is not a readable .safetensors file ({exc.__class__.__name__})") from exc
+    else:
+        from_safetensors = False
+        data = _load_checkpoint(path)
+    if isinstance(data, Mapping) and "modelopt_state" in data and not from_safetensors:
+        masks = masks_from_modelopt_state(model, data)
+        log.info("--masks %s: Model Optimizer's masks of %d layers", path, len(masks))
+        return masks
+    for candidate in (data, *(data.get(k) for k in ("state_dict", "model") if isinstance(data, Mapping))):
+        if isinstance(candidate, Mapping) and any(str(k).endswith(ASP_MASK_SUFFIX) for k in candidate):
+            masks = masks_from_asp_state_dict(candidate, model)
+            log.info("--masks %s: apex ASP's masks of %d layers", path, len(masks))
+            return masks
+    raise SparseDeployError(
+        f"'{path}' holds neither an mto.save checkpoint ('modelopt_state' + 'model_state_dict') nor an apex ASP "
+        f"state dict ('<layer>{ASP_MASK_SUFFIX}' buffers)"
+    )

@@ -47,6 +47,7 @@ __all__ = [
     "refit_kept",
     "reconstruct_",
     "init_masks_",
+    "prior_logits_",
     "calibration_summary",
 ]
 
@@ -464,6 +465,13 @@ def init_masks_(
     else:
         layers = sparsify_(model, sparsity, layers)
         errors = reconstruct_(model, init, batches, progress=progress)
+    prior_logits_(model, sparsity)
+    return layers, errors
+
+
+@torch.no_grad()
+def prior_logits_(model: nn.Module, sparsity) -> None:
+    """MaskLLM: point every masked layer's pattern logits at its current mask (``sparsity.mask_prior``); in place."""
     for module in masked_modules(model).values():
         logits = getattr(module, "mask_logits", None)
         if logits is not None:
@@ -472,7 +480,6 @@ def init_masks_(
                 * sparsity.mask_prior
             )
             logits.data.copy_(prior.reshape(logits.shape))
-    return layers, errors
 
 
 def calibration_summary(errors: dict[str, dict[str, float]] | None, sparsity) -> dict | None:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: TrainConfig fields that do not change the trained weights (where and how the run is observed).
 NOT_IDENTITY = frozenset({"out", "device", "preview", "preview_steps", "checkpoint_every"})
-_PATH_FIELDS = ("init", "weights", "vae", "data")
+_PATH_FIELDS = ("init", "weights", "teacher", "masks", "vae", "data")
 
 
 def _normal(value: Any) -> Any:

@@ -38,7 +38,8 @@ from ..checkpoint import (
 )
 from ..errors import SparseDeployError
 from ..guards import check_output_dir
-from ..inputs import run_vae
+from ..inputs import is_checkpoint, open_model, run_vae
+from ..masks import PATTERN
 from ..models import build_model, example_inputs, short_name
 from ..modes import get_mode
 from ..outputs import claim_output
@@ -46,7 +47,16 @@ from ..presets import Preset
 from ..provenance import recover_dir, write_json_atomic
 from ..sampling import sample, save_grid, to_uint8, training_scheduler
 from ..schedule import training_target
-from ..sparsify import CoverageReport, SparsityConfig, coverage_report, select_layers
+from ..sparsify import (
+    CoverageReport,
+    LayerChoice,
+    SparsityConfig,
+    adopt_masks_,
+    bake_,
+    coverage_report,
+    select_layers,
+    zero_masks,
+)
 from .config import TrainConfig
 from .datasets import make_dataset
 from .diffusers_out import write_run_diffusers
@@ -63,7 +73,8 @@ from .masking import (
     set_mask_temperature_,
     train_masks_,
 )
-from .reconstruct import calibration_summary, init_masks_
+from .modelopt_masks import masks_from_file
+from .reconstruct import calibration_summary, init_masks_, prior_logits_
 from .resume import check_resumable, rewrite_metrics, sync_file
 
 __all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train"]
@@ -224,6 +235,7 @@ class TrainingRun:
         default_factory=dict
     )  # per layer: flip shares since the last checkpoint
     calibration: dict | None = None  # the calibrated mask start (reconstruct.calibration_summary), None for magnitude
+    start_sparse: bool = False  # the start model was already 2:4 (sparse --init, 2:4 weights or --masks)
 
     @property
     def learns_masks(self) -> bool:
@@ -236,6 +248,44 @@ class TrainingRun:
         return self.config.steps if (sparsity is None or get_mode(sparsity.mode).trains) else 0
 
 
+def _start_masks(model: torch.nn.Module, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Masks the start already has: ``--masks FILE``, else the exact 2:4 zeros of its weights; and what they are."""
+    if config.masks is not None and config.sparsity is not None:
+        return masks_from_file(config.masks, model), "--masks"
+    masks = zero_masks(model)
+    return masks, ("the start weights' 2:4 zeros" if masks else None)
+
+
+def _load_teacher(path: str, preset: Preset) -> torch.nn.Module:
+    """The dense model to distil from (``--teacher``): a dense checkpoint or dense diffusers weights, same layout."""
+    model, manifest = open_model(path)
+    if manifest.get("masked_layers"):
+        raise SparseDeployError(
+            f"--teacher '{path}' is {PATTERN}-sparse on {len(manifest['masked_layers'])} layers; the teacher is the "
+            "dense model"
+        )
+    if model.preset.model_kwargs != preset.model_kwargs or model.preset.schedule != preset.schedule:
+        raise SparseDeployError(
+            f"--teacher '{path}' is '{model.preset.name}', a different model or schedule than the one fine-tuned "
+            f"('{preset.name}')"
+        )
+    log.info("distilling from the dense teacher %s", path)
+    return model
+
+
+def dense_parent(config: TrainConfig, start_sparse: bool) -> dict[str, str | None]:
+    """The dense model a sparse run's dense engine comes from: ``--teacher``, else a dense start; None if unknown."""
+    if config.teacher is not None:
+        key = "dense_checkpoint" if is_checkpoint(config.teacher) else "dense_weights"
+        return {"dense_checkpoint": None, "dense_weights": None, key: str(Path(config.teacher).resolve())}
+    if start_sparse:
+        return {"dense_checkpoint": None, "dense_weights": None}
+    return {
+        "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
+        "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
+    }
+
+
 def prepare_run(
     config: TrainConfig, device: torch.device, dist: Distributed | None = None, amp: MixedPrecision | None = None
 ) -> TrainingRun:
@@ -245,22 +295,32 @@ def prepare_run(
     ``amp`` defaults to what the device supports (:func:`choose_precision`).
     """
     preset = config.model_preset()
-    # Model: dense start (random, diffusers weights or a dense checkpoint), then masks.
-    teacher = None
+    # Model: the start (random, diffusers weights or a checkpoint), then masks.
     if config.init is not None:
         manifest = read_manifest(config.init)
-        if manifest.get("masked_layers"):
-            raise SparseDeployError(
-                f"--init '{config.init}' is a sparse checkpoint; start fine-tuning from the dense one"
-            )
-        model, _ = load_checkpoint(config.init)
         if manifest["preset"] != preset.name:
             raise SparseDeployError(f"--init checkpoint is preset '{manifest['preset']}', not '{preset.name}'")
+        if manifest.get("masked_layers") and config.teacher is None:
+            raise SparseDeployError(
+                f"--init '{config.init}' is a sparse checkpoint: start fine-tuning from the dense one, or pass "
+                "--teacher DENSE (the dense model to distil from) to fine-tune these masks"
+            )
+        model, _ = load_checkpoint(config.init)
+        bake_(model)  # a sparse checkpoint's masks become its zeros, kept as the masks below
         preset = model.preset  # as recorded: its model config and schedule
     else:
         model = build_model(preset, config.weights)
+    start_masks, start = _start_masks(model, config)
+    teacher = None
     if config.kd_weight:
-        teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+        source = _load_teacher(config.teacher, preset) if config.teacher is not None else model
+        teacher = copy.deepcopy(source).to(device).eval().requires_grad_(False)
+        if config.teacher is None and start_masks:
+            log.warning(
+                "the start model is already %s-sparse and no --teacher is given: distillation teaches it its own "
+                "sparse outputs; pass --teacher DENSE (the dense model its masks were made from)",
+                PATTERN,
+            )
     elif preset.learned_sigma and config.sparsity is not None:
         log.warning(
             "'%s' learns sigma and no teacher is distilled (--kd-weight 0): its variance "
@@ -271,7 +331,40 @@ def prepare_run(
     images, labels = make_dataset(preset, config.data, run_vae(config.vae, config.weights)).tensors
     alphas = training_scheduler(preset.schedule).alphas_cumprod
     coverage = calibration = None
-    if config.sparsity is not None:
+    if config.sparsity is not None and start_masks:
+        choice = select_layers(model, config.sparsity)
+        outside = sorted(set(start_masks) - set(choice.selected))
+        layers = adopt_masks_(model, start_masks, config.sparsity)
+        prior_logits_(model, config.sparsity)
+        ignored = [
+            flag
+            for flag, value in (
+                ("--mask-init", config.sparsity.mask_init != "magnitude"),
+                ("--macs-budget", config.sparsity.macs_budget is not None),
+                ("--latency-profile", bool(config.sparsity.latency_profile)),
+            )
+            if value
+        ]
+        log.info(
+            "masks start from %s: %d layers, kept as they are (no re-pruning)%s%s",
+            start,
+            len(layers),
+            f"; {len(outside)} of them outside this run's selection (kept too): {outside[:4]}" if outside else "",
+            f"; {', '.join(ignored)} not applied" if ignored else "",
+        )
+        skipped = {k: v for k, v in choice.skipped.items() if k not in layers}
+        choice = LayerChoice(selected=list(layers), skipped=skipped)
+        train_masks_(model, config.sparsity)
+        calibration = {
+            "mask_init": start,
+            "kept_as_is": True,
+            "count": len(layers),
+            "outside_selection": outside,
+            "source": config.masks or config.weights or config.init,
+        }
+        coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
+        log.info("coverage: %s", coverage.summary())
+    elif config.sparsity is not None:
         choice = select_layers(model, config.sparsity)
         if config.sparsity.latency_profile:
             choose_by_latency_(model, preset, choice, config.sparsity)
@@ -289,6 +382,13 @@ def prepare_run(
         calibration = calibration_summary(errors, config.sparsity)
         coverage = coverage_report(model, example_inputs(preset, 1), choice.selected, choice.skipped)
         log.info("coverage: %s", coverage.summary())
+    elif start_masks:
+        log.warning(
+            "the start weights are %s-sparse on %d layers and this run is dense (--sparsity none): training "
+            "fills their zeros; pass --sparsity MODE to keep them",
+            PATTERN,
+            len(start_masks),
+        )
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     logits = mask_logit_parameters(model)
@@ -323,6 +423,7 @@ def prepare_run(
         amp,
         amp.scaler(device),
         calibration=calibration,
+        start_sparse=bool(start_masks),
     )
 
 
@@ -535,8 +636,7 @@ def _save(run: TrainingRun, out: Path, ckpt_dir: Path, step: int) -> None:
         "step": step,
         "complete": step >= run.train_steps,
         "train_config": config.to_dict(),
-        "dense_checkpoint": str(Path(config.init).resolve()) if config.init else None,
-        "dense_weights": str(Path(config.weights).resolve()) if config.weights else None,
+        **dense_parent(config, run.start_sparse),
         "coverage": {k: v for k, v in coverage.to_dict().items() if k != "layer_macs"} if coverage else None,
         "mask_start": {k: v for k, v in run.calibration.items() if k != "layers"} if run.calibration else None,
         "mixed_precision": {

@@ -38,7 +38,7 @@ from ..backends import read_engine_manifest
 from ..backends.device import tensorrt_unavailable_reason
 from ..build import BuildConfig, build_engines
 from ..checkpoint import read_manifest
-from ..cliargs import comma_ints, comma_list
+from ..cliargs import MODULE_PROG, add_alias, comma_ints, comma_list, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..export import ExportConfig
 from ..guards import check_device
@@ -61,11 +61,14 @@ __all__ = ["build_parser", "default_engines", "run_all", "main"]
 log = logging.getLogger(__name__)
 
 
+_OUT_HELP = "report folder (default reports/<model>)"
+
+
 def _default_out(model: str | None) -> Path:
     return Path("reports") / (model or "model")
 
 
-def _add_latency_args(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
+def _add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batches", type=comma_ints, default=(1, 2, 4, 8), help="comma-separated batch sizes (default 1,2,4,8)"
     )
@@ -78,7 +81,7 @@ def _add_latency_args(p: argparse.ArgumentParser, steps_flag: str = "--steps") -
         help="timed end-to-end sampling runs per engine and batch (default 5; 0 skips)",
     )
     p.add_argument(
-        steps_flag,
+        "--sample-steps",
         dest="sample_steps",
         type=int,
         default=25,
@@ -91,7 +94,7 @@ def _add_latency_args(p: argparse.ArgumentParser, steps_flag: str = "--steps") -
 
 def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None:
     if not for_all:
-        p.add_argument("--model", default="fmnist-dit")
+        p.add_argument("--model", default="fmnist-dit", help="preset (default fmnist-dit)")
         p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default 25)")
     p.add_argument("--dense-checkpoint", required=not for_all, help="dense checkpoint every method starts from")
     p.add_argument(
@@ -113,11 +116,13 @@ def _add_methods_args(p: argparse.ArgumentParser, for_all: bool = False) -> None
         help="FID reference images: a folder, an .npz, or fashion-mnist:test (default for Fashion-MNIST presets)",
     )
     p.add_argument("--ref-num", type=int, help="reference images from the test set (default all)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the preset's)")
     p.add_argument("--warmup-steps", type=int, help="LR warm-up (default min(preset warm-up, steps/5))")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT)
-    p.add_argument("--sample-batch", type=int, default=100)
+    p.add_argument("--batch-size", type=int, help="training batch (default: the preset's)")
+    p.add_argument(
+        "--kd-weight", type=float, default=DEFAULT_KD_WEIGHT, help="output distillation weight of the kd methods"
+    )
+    p.add_argument("--sample-batch", type=int, default=100, help="images per sampling batch")
     p.add_argument("--work", help="run folder (default runs/<model>/bench-methods/steps<N>-n<S>-ref<R>)")
     p.add_argument("--label", help="free-text label stored with the results, e.g. 'small-budget run'")
     p.add_argument("--data", help="training data (default: the preset's dataset)")
@@ -142,10 +147,11 @@ def _add_measurement_parsers(sub) -> None:
     p = sub.add_parser("latency", help="dense vs sparse engine latency, interleaved")
     p.add_argument("--engines", nargs=2, required=True, metavar=("DENSE", "SPARSE"), help="two engines of one model")
     _add_latency_args(p)
+    add_alias(p, "--steps", "--sample-steps")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
 
     p = sub.add_parser("train-cost", help="seconds per fine-tuning step per method, interleaved")
-    p.add_argument("--model", default="fmnist-dit")
+    p.add_argument("--model", default="fmnist-dit", help="preset")
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
     p.add_argument(
@@ -156,28 +162,29 @@ def _add_measurement_parsers(sub) -> None:
     p.add_argument(
         "--data", help="training data (default: the preset's dataset, else synthetic: random tensors, same cost)"
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help=_OUT_HELP)
 
     p = sub.add_parser("macs", help="per-layer and total MACs, cross-checked against the ONNX graph")
-    p.add_argument("--model")
+    p.add_argument("--model", help="preset (default: the checkpoint's)")
     p.add_argument("--checkpoint", help="checkpoint (its masked layers are the sparse ones)")
     p.add_argument("--onnx", nargs="*", default=(), help="further ONNX graphs to count")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help=_OUT_HELP)
 
     p = sub.add_parser("methods", help="method comparison at an equal fine-tuning budget (FID, KID)")
     _add_methods_args(p)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help=_OUT_HELP)
 
     p = sub.add_parser("grids", help="dense and sparse sample grids from the same seed")
-    p.add_argument("--engines", nargs=2, required=True, metavar=("DENSE", "SPARSE"))
-    p.add_argument("--per-class", type=int, default=8)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--engines", nargs=2, required=True, metavar=("DENSE", "SPARSE"), help="two engines of one model")
+    p.add_argument("--per-class", type=int, default=8, help="images per class row")
+    p.add_argument("--sample-steps", dest="steps", type=int, default=25, help="DDIM sampling steps")
+    add_alias(p, "--steps", "--sample-steps")
+    p.add_argument("--out", type=Path, help=_OUT_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m sparse_deploy.bench`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m sparse_deploy.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=MODULE_PROG + "bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_measurement_parsers(sub)
@@ -210,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("all", help="engines, latency, train-cost, MACs, methods, grids and the report")
-    p.add_argument("--model", default="fmnist-dit")
+    p.add_argument("--model", default="fmnist-dit", help="preset")
     p.add_argument("--checkpoint", help="sparse checkpoint for the engines (default runs/<model>/srste/checkpoint)")
     p.add_argument(
         "--precision",
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="engine precisions to time (default: fp16 where TensorRT engines are built on a GPU, else fp32)",
     )
-    _add_latency_args(p, steps_flag="--sample-steps")
+    _add_latency_args(p)
     p.add_argument("--cost-steps", type=int, default=10, help="timed train-cost steps per method (default 10)")
     p.add_argument(
         "--skip",
@@ -227,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated steps to skip: latency,train-cost,macs,methods,grids",
     )
     _add_methods_args(p, for_all=True)
-    p.add_argument("--out", type=Path)
-    return parser
+    p.add_argument("--out", type=Path, help=_OUT_HELP)
+    return finish_parser(parser)
 
 
 def _methods_config(args: argparse.Namespace) -> MethodsConfig:

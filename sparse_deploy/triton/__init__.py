@@ -10,7 +10,7 @@
   repositories as ``1/model.py``.
 
 ``python -m sparse_deploy.triton --engine engines/fmnist-dit/sparse-fp32.ort.onnx --out triton-repo``
-writes a repository; ``python -m sparse_deploy.triton.server --repository triton-repo`` serves it.
+writes a repository; ``python -m sparse_deploy.triton.server --model-repository triton-repo`` serves it.
 Nothing here imports Triton, tritonclient or a GPU library at import time.
 """
 

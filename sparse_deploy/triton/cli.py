@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cliargs import MODULE_PROG, finish_parser
 from ..errors import cli_entry
 from ..outputs import check_output
 from .repository import (
@@ -19,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.triton",
+        prog=MODULE_PROG + "triton",
         description="Write a Triton model repository (denoiser + sampling pipeline) from an engine and its manifest.",
     )
     parser.add_argument(
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--default-steps", type=int, default=50, help="pipeline steps when a request does not say (default 50)"
     )
-    return parser
+    return finish_parser(parser)
 
 
 @cli_entry
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {report.denoiser} ({report.flavour} flavour, max batch {report.max_batch}) "
         f"and {report.pipeline} "
-        f"to {report.root}; serve it with: python -m sparse_deploy.triton.server --repository "
+        f"to {report.root}; serve it with: python -m sparse_deploy.triton.server --model-repository "
         f"{report.root}"
     )
     return 0

@@ -18,7 +18,7 @@ What it prepares:
 * ``PYTHONPATH``: this package's parent and this environment's site-packages, so Python-backend
   models import sparse_deploy, torch, onnxruntime and diffusers from here.
 
-``python -m sparse_deploy.triton.server --repository DIR`` serves a repository until Ctrl-C.
+``python -m sparse_deploy.triton.server --model-repository DIR`` serves a repository until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cliargs import MODULE_PROG, add_alias, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_file
 
@@ -465,13 +466,18 @@ class TritonServer:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_deploy.triton.server",
+        prog=MODULE_PROG + "triton.server",
         description="Serve a model repository with the tritonserver binary from the nvidia-pytriton "
         "wheel (CPU, Python backend).",
     )
     parser.add_argument(
-        "--repository", type=Path, required=True, help="model repository (python -m sparse_deploy.triton --out ...)"
+        "--model-repository",
+        dest="repository",
+        type=Path,
+        required=True,
+        help="model repository to serve (written by python -m sparse_deploy.triton --out ...; tritonserver's name)",
     )
+    add_alias(parser, "--repository", "--model-repository")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
@@ -480,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--log", type=Path, help="server log file (default: a temporary file, tail shown on errors)")
-    return parser
+    return finish_parser(parser)
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:

@@ -277,8 +277,8 @@ def engines(tmp_path_factory) -> dict[str, Path]:
 BAD_RUN_FLAGS = {
     "--guidance nan": (["--guidance", "nan"], "--guidance"),
     "--guidance -1": (["--guidance", "-1"], "--guidance"),
-    "--steps 5000": (["--steps", "5000"], "--steps"),
-    "--steps 0": (["--steps", "0"], "--steps"),
+    "--sample-steps 5000": (["--sample-steps", "5000"], "--sample-steps"),
+    "--steps 0 (its old spelling)": (["--steps", "0"], "--sample-steps"),
     "--labels ,": (["--labels", ","], "--labels"),
     "--labels 42": (["--labels", "42"], "outside"),
     "--num 0": (["--num", "0"], "--num"),

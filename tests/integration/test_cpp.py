@@ -325,3 +325,13 @@ def test_malformed_label_lists_are_one_error_line(selftest, text):
     assert "--labels takes comma-separated class ids" in _one_error_line(done)
     ok = subprocess.run([str(selftest), "labels", "0,7,3"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.split() == ["0", "7", "3"]
+
+
+def test_the_readme_builds_from_the_checkpoint_make_writes():
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "cpp" / "README.md").read_text()
+    (checkpoint,) = re.findall(r"--checkpoint (\S+)", readme)
+    makefile = (repo / "Makefile").read_text()
+    assert "--out $(RUNS)/srste" in makefile and checkpoint == "runs/fmnist-dit/srste/checkpoint"

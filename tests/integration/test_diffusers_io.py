@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparse_deploy.checkpoint import load_checkpoint
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.inputs import run_preset
 from sparse_deploy.masks import is_nm_sparse
@@ -22,6 +23,7 @@ from sparse_deploy.presets import get_preset
 from sparse_deploy.sampling import image_generators
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
 from sparse_deploy.sources import resolve_source, resolve_vae, source_preset
+from sparse_deploy.sparsify import masked_modules
 
 DIT_SCHEDULE = dict(
     num_train_timesteps=500,
@@ -278,7 +280,7 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
 
     from sparse_deploy.backends import load_runner
     from sparse_deploy.run import main as run_main
-    from sparse_deploy.sampling import sample
+    from sparse_deploy.sampling import image_generators, sample
     from sparse_deploy.sources import load_vae
 
     engine_manifest = json.loads(dit_run["sparse"].with_suffix(".json").read_text())
@@ -329,6 +331,8 @@ def test_dit_engines_sample_like_diffusers(dit_root, dit_run, tmp_path):
             output_type="pt",
             generator=image_generators(3, 0, 2),  # image i's own generator, as sampling.sample seeds it
         ).images
+    if not isinstance(ref, torch.Tensor):  # diffusers before 0.36 returns NHWC numpy whatever output_type says
+        ref = torch.from_numpy(ref).permute(0, 3, 1, 2)
     assert (ours - ref).abs().max() < 1e-4
     assert (x - plain).abs().max() > 1e-2  # the schedule matters: the default linear one gives other samples
 
@@ -348,7 +352,7 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
 
     from sparse_deploy.backends import load_runner
     from sparse_deploy.run import main as run_main
-    from sparse_deploy.sampling import sample
+    from sparse_deploy.sampling import image_generators, sample
 
     manifest = json.loads((unet_run["checkpoint"] / "manifest.json").read_text())
     out = unet_run["diffusers"]
@@ -430,3 +434,94 @@ def test_learned_sigma_channels_stay_close_to_the_teacher(dit_root):
     assert all(r["loss_sigma"] > 0 for r in rows) and all(r["loss_sigma"] == 0 for r in control_rows)
     # Seen here: 0.028 with the variance distilled, 0.093 without (relative mean squared error).
     assert kept < 0.05 and kept < 0.5 * drifted, (kept, drifted)
+
+
+# ------------------------------------------------------------------------------------------------
+# Our own diffusers output, back in: plain diffusers, then export/build, run and train
+
+
+TRAIN_FAST = ("--data", "synthetic:8", "--batch-size", "4", "--preview", "0", "--warmup-steps", "0")
+
+
+@pytest.fixture(scope="module")
+def own_output(tmp_path_factory) -> dict[str, Path]:
+    """tiny-dit: dense run -> shipped-style fp16 weights -> sparse fine-tune -> <run>/diffusers/."""
+    from sparse_deploy import shipped
+    from sparse_deploy.learn.cli import main as train_main
+
+    work = tmp_path_factory.mktemp("own")
+    assert train_main(["--model", "tiny-dit", "--steps", "2", "--out", str(work / "dense"), *TRAIN_FAST]) == 0
+    weights = shipped.pack_weights(work / "dense" / "checkpoint", work / "weights")
+    assert (
+        train_main(
+            [
+                "--weights",
+                str(weights),
+                "--sparsity",
+                "srste",
+                "--steps",
+                "2",
+                "--out",
+                str(work / "sparse"),
+                *TRAIN_FAST,
+            ]
+        )
+        == 0
+    )
+    return {"work": work, "weights": weights, "out": work / "sparse" / "diffusers", "run": work / "sparse"}
+
+
+def test_our_output_samples_with_plain_diffusers(own_output):
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+    from safetensors.torch import load_file
+
+    out = own_output["out"]
+    stored = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}  # fp16 in (the packed weights), fp16 out
+    model = DiTTransformer2DModel.from_pretrained(str(out), subfolder="transformer", torch_dtype=torch.float32)
+    scheduler = DDIMScheduler.from_pretrained(str(out), subfolder="scheduler")
+    assert not scheduler.config.clip_sample and not scheduler.config.set_alpha_to_one
+    scheduler.set_timesteps(4)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = model(x, timestep=t.expand(2), class_labels=torch.tensor([0, 1])).sample
+            x = scheduler.step(eps, t, x).prev_sample
+    assert torch.isfinite(x).all() and x.shape == (2, 1, 16, 16)
+    card = (out / "README.md").read_text()
+    assert card.startswith('---\nlibrary_name: "diffusers"') and "2:4" in card
+
+
+def test_the_toolchain_accepts_its_own_output(own_output, tmp_path):
+    from sparse_deploy.build import main as build_main
+    from sparse_deploy.learn.cli import main as train_main
+    from sparse_deploy.models import build_model
+    from sparse_deploy.run import main as run_main
+    from sparse_deploy.sparsify import zero_masks
+
+    out = own_output["out"]
+    # build --weights <out>: the sparse graph is the folder as it is, the dense one the weights it was tuned from.
+    engines = tmp_path / "engines"
+    argv = ["--weights", str(out), "--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "4"]
+    assert (
+        build_main([*argv, "--require-masks", "--export-dir", str(tmp_path / "x"), "--engine-dir", str(engines)]) == 0
+    )
+    sparse = json.loads((engines / "sparse-fp32.ort.json").read_text())
+    assert sparse["source"]["masks"].startswith("weights") and sparse["source"]["path"] == str(out.resolve())
+    dense = json.loads((engines / "dense-fp32.ort.json").read_text())
+    assert dense["source"]["path"] == str(own_output["weights"].resolve())
+    # run --engine <out>: the PyTorch backend on the folder.
+    assert run_main(["--engine", str(out), "--out", str(tmp_path / "s"), "--num", "2", "--steps", "2"]) == 0
+    record = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert record["backend"] == "torch" and record["kind"] == "sparse"
+    # train --weights <out>: its zeros are the masks (not pruned again), with the dense weights as the teacher.
+    run = tmp_path / "again"
+    argv = ["--weights", str(out), "--teacher", str(own_output["weights"]), "--sparsity", "fixed", "--steps", "2"]
+    assert train_main([*argv, "--out", str(run), *TRAIN_FAST]) == 0
+    coverage = json.loads((run / "coverage.json").read_text())
+    assert coverage["mask_start"]["kept_as_is"] and coverage["mask_start"]["count"] == 12
+    model, manifest = load_checkpoint(run / "checkpoint")
+    start = zero_masks(build_model(get_preset("tiny-dit"), out))
+    masks = {k: m.weight_mask for k, m in masked_modules(model).items()}
+    assert sorted(masks) == sorted(start) and all(torch.equal(masks[k].cpu(), start[k]) for k in start)
+    assert manifest["dense_weights"] == str(own_output["weights"].resolve())  # the teacher: its dense engine

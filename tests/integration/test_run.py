@@ -242,3 +242,17 @@ def test_latent_without_vae_writes_normalised_channels():
     assert images.min() == 0 and images.max() == 255 and "no --vae" in how
     pixels, how = rn.decode(torch.zeros(1, 1, 4, 4), get_preset("tiny-dit"))
     assert pixels.shape == (1, 4, 4, 1) and how == "pixels"
+
+
+def test_make_run_without_an_engine_is_one_line():
+    import shutil as sh
+    import subprocess
+    from pathlib import Path
+
+    if sh.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["make", "-s", "run"], cwd=repo, capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "ENGINE is not set: make run ENGINE=" in lines[0] and "usage:" not in proc.stderr

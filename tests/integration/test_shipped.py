@@ -37,17 +37,19 @@ def packed(tmp_path, dense_ckpt) -> Path:
 
 def test_pack_writes_a_diffusers_folder_with_its_manifest(packed, dense_ckpt):
     names = sorted(p.name for p in packed.iterdir())
-    assert names == ["MANIFEST.json", "config.json", "diffusion_pytorch_model.safetensors"]
+    assert names == ["MANIFEST.json", "config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"]
     manifest = json.loads((packed / "MANIFEST.json").read_text())
     assert manifest["preset"] == "tiny-dit" and manifest["steps"] == 3 and manifest["precision"] == "fp16"
-    assert set(manifest["files"]) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert set(manifest["files"]) == {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"}
     assert manifest["training_command"].startswith("python -m sparse_deploy.train --model tiny-dit --steps 3")
     assert "--lr-schedule cosine" in manifest["training_command"]
     assert manifest["data"]["source"]  # the data it was trained on is named
-    from diffusers import DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
     from safetensors.torch import load_file
 
-    DiTTransformer2DModel.from_pretrained(str(packed))  # plain diffusers loads it
+    DiTTransformer2DModel.from_pretrained(str(packed))  # plain diffusers loads it, with its sampling schedule
+    scheduler = DDIMScheduler.from_pretrained(str(packed))
+    assert not scheduler.config.clip_sample and not scheduler.config.set_alpha_to_one
     stored = load_file(str(packed / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in stored.values()} == {torch.float16}
 

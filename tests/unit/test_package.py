@@ -55,13 +55,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "measure, serve",
         ("measure", "measure.*", "summary", "shipped", "triton", "triton.*", "client", "gpu_check", "gpu_check.*"),
     ),
-    ("commands", ("train", "bench")),
+    ("api", ("api",)),
+    ("commands", ("train", "bench", "cli", "__main__")),
 ]
 #: Modules that may declare lazy imports of the rest of sparse_deploy (and of torch): the GPU kit's parent process
 #: runs before anything but the standard library is known to be installed.
 LAZY_PACKAGE_IMPORTERS = ("gpu_check", "gpu_check.*")
-#: The commands (python -m sparse_deploy.<name>) and the file each runs.
+#: The commands (python -m sparse_deploy.<name>; "" is python -m sparse_deploy, the sparse-deploy command) and the
+#: file each runs.
 ENTRY_POINTS = {
+    "": "__main__.py",
+    "cli": "cli.py",
     "train": "train.py",
     "build": "build.py",
     "run": "run.py",
@@ -155,7 +159,7 @@ def _edges() -> dict[str, set[str]]:
     for module, target, _, _ in imports():
         if target.split(".")[0] == "sparse_deploy":
             resolved = _resolve(module, target)
-            if resolved != module:
+            if resolved not in (module, "sparse_deploy"):  # the package root: its version, no code
                 edges[module].add(resolved)
     return edges
 
@@ -332,9 +336,8 @@ def test_every_command_has_one_entry_point_layout():
         assert text.rstrip().endswith(guard), (
             f"python -m sparse_deploy.{command}: {file} must end with the main() guard"
         )
-        module = __import__(
-            f"sparse_deploy.{command}" + (".__main__" if file.endswith("__main__.py") else ""), fromlist=["main"]
-        )
+        package = f"sparse_deploy.{command}" if command else "sparse_deploy"
+        module = __import__(package + (".__main__" if file.endswith("__main__.py") else ""), fromlist=["main"])
         assert getattr(module.main, "is_cli_entry", False), f"{file}: main must be an errors.cli_entry"
 
 

@@ -9,10 +9,19 @@ from torch.testing import assert_close
 
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.macs import layer_macs
-from sparse_deploy.masks import PATTERN, is_nm_sparse
+from sparse_deploy.masks import PATTERN, is_nm_sparse, nm_mask
 from sparse_deploy.models import build_model, example_inputs
 from sparse_deploy.presets import get_preset
-from sparse_deploy.sparsify import SparsityConfig, bake_, coverage_report, masked_modules, select_layers, sparsify_
+from sparse_deploy.sparsify import (
+    SparsityConfig,
+    adopt_masks_,
+    bake_,
+    coverage_report,
+    masked_modules,
+    select_layers,
+    sparsify_,
+    zero_masks,
+)
 
 DIT_BLOCK_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
 
@@ -209,3 +218,26 @@ def test_new_settings_validate(kwargs, match):
 
     with pytest.raises(SparseDeployError, match=match):
         SparsityConfig(**kwargs).validate()
+
+
+def test_zero_masks_find_a_baked_model_and_adopt_masks_keeps_them(tiny_dit):
+    import copy
+
+    assert zero_masks(tiny_dit) == {}  # trained or random weights are never exact 2:4
+    model = copy.deepcopy(tiny_dit)
+    layers = sparsify_(model, SparsityConfig(mode="oneshot"))
+    masks = {n: m.weight_mask.clone() for n, m in masked_modules(model).items()}
+    bake_(model)
+    found = zero_masks(model)
+    assert sorted(found) == sorted(layers) and all(torch.equal(found[n], masks[n]) for n in layers)
+    # Adopted as they are: a mask that magnitude would not pick stays (no re-pruning).
+    fresh = copy.deepcopy(tiny_dit)
+    name = layers[0]
+    weight = dict(fresh.net.named_modules())[name].weight.detach()
+    odd = {name: nm_mask(-weight.abs())}  # keeps the two smallest of four: never magnitude's choice
+    kept = adopt_masks_(fresh, odd, SparsityConfig(mode="fixed"))
+    module = masked_modules(fresh)[name]
+    assert kept == [name] and torch.equal(module.weight_mask, odd[name])
+    assert torch.equal(module.weight != 0, odd[name])
+    with pytest.raises(SparseDeployError, match="has shape"):
+        adopt_masks_(copy.deepcopy(tiny_dit), {name: odd[name][:, :4]}, SparsityConfig(mode="fixed"))

@@ -9,7 +9,7 @@ import torch
 
 from sparse_deploy.checkpoint import save_checkpoint
 from sparse_deploy.errors import SparseDeployError
-from sparse_deploy.learn.config import EMA_HORIZON_SHARE, TrainConfig, finetune_ema_decay
+from sparse_deploy.learn.config import EMA_HORIZON_SHARE, TrainConfig, budget_warnings, finetune_ema_decay
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
 from sparse_deploy.sparsify import SparsityConfig
@@ -103,6 +103,10 @@ def test_only_a_mode_that_trains_nothing_accepts_zero_steps():
         (dict(kd_weight=1.0), "needs a dense teacher: pass --init"),
         (dict(kd_features=1.0), "feature distillation .* needs a dense teacher"),
         (dict(sparsity=SparsityConfig(mode="magic")), "unknown sparsity mode 'magic'"),
+        (dict(teacher="t"), "--teacher is the dense model a sparse run distils from; add --sparsity"),
+        (dict(teacher="t", sparsity=SparsityConfig()), "--teacher needs a model to fine-tune"),
+        (dict(masks="m.pt"), "--masks sets where a sparse run's masks start; add --sparsity"),
+        (dict(masks="m.pt", sparsity=SparsityConfig(mask_init="wanda")), "--masks and --mask-init wanda"),
         (dict(preset="no-such-preset"), "no-such-preset"),
     ],
 )
@@ -120,3 +124,23 @@ def test_to_dict_carries_the_sparsity_config():
         and data["steps"] == get_preset("tiny-dit").train.sparse_steps
     )
     assert TrainConfig(preset="tiny-dit", out="o").to_dict()["sparsity"] is None
+
+
+def test_budget_warnings_name_the_better_setting(dense_ckpt, caplog):
+    # From scratch: the preset's 200-step warm-up in a 20-step run peaks at 10% of the rate.
+    short = TrainConfig(preset="fmnist-dit", out="o", steps=20).validate()
+    (warning,) = budget_warnings(short)
+    assert "--warmup-steps 200 is 1000% of the 20-step run" in warning and "peaks at 10% of --lr" in warning
+    assert "--warmup-steps 1 " in warning
+    # Fine-tuning with block distillation below the budget where it pays off.
+    sparse = TrainConfig(
+        preset=None, out="o", init=dense_ckpt, steps=150, kd_weight=0.1, kd_features=0.5, sparsity=SparsityConfig()
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        sparse.validate()
+    assert caplog.text.count("WARNING") == 1 and "for 150 steps --kd-features 0 is the better setting" in caplog.text
+    # The defaults at the demo's budget, and a short run without block distillation, are not warned about.
+    assert budget_warnings(TrainConfig(preset="fmnist-dit", out="o").validate()) == []
+    calm = TrainConfig(preset=None, out="o", init=dense_ckpt, steps=150, sparsity=SparsityConfig(), kd_weight=0.1)
+    assert budget_warnings(calm.validate()) == []
