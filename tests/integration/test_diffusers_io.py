@@ -20,7 +20,6 @@ from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.inputs import run_preset
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.presets import get_preset
-from sparse_deploy.sampling import image_generators
 from sparse_deploy.schedule import DEFAULT_SCHEDULE, sampling_scheduler, schedule_record, training_target
 from sparse_deploy.sources import resolve_source, resolve_vae, source_preset
 from sparse_deploy.sparsify import masked_modules
@@ -383,9 +382,7 @@ def test_unet_pipeline_end_to_end(unet_root, unet_run, tmp_path):
     with load_runner(unet_run["sparse"]) as runner:
         x, _ = sample(runner, runner.preset, batch=2, steps=4, scheduler="ddpm", seed=5)
     with torch.no_grad():
-        ref = pipe(
-            batch_size=2, num_inference_steps=4, output_type="np", generator=image_generators(5, 0, 2)
-        ).images
+        ref = pipe(batch_size=2, num_inference_steps=4, output_type="np", generator=image_generators(5, 0, 2)).images
     ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert abs(ours - ref).max() < 1e-4
 
