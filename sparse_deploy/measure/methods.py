@@ -41,6 +41,7 @@ from .recipes import (
     METHOD_RECIPES,
     METHODS,
     START,
+    is_dense_method,
     method_train_config,
     recipe_key,
     trains,
@@ -461,8 +462,8 @@ def summarise(runs: list[dict[str, Any]], order: list[str], macs: dict[str, Any]
         }
     for method in order:
         measured = [r["effective_macs"] for r in runs if r["method"] == method and r.get("effective_macs")]
-        full = macs["dense_macs"] if method == "dense" else macs["effective_sparse_macs"]
-        summary[method]["macs"] = int(np.mean(measured)) if measured and method != "dense" else full
+        full = macs["dense_macs"] if is_dense_method(method) else macs["effective_sparse_macs"]
+        summary[method]["macs"] = int(np.mean(measured)) if measured and not is_dense_method(method) else full
     return summary
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "START",
     "UNTRAINED",
     "trains",
+    "is_dense_method",
     "recipe_key",
     "method_train_config",
 ]
@@ -96,6 +97,11 @@ def recipe_key(method: str) -> list:
     while len(values) > _KEYED_FIELDS and values[-1] == defaults[len(values) - 1]:
         values.pop()
     return values
+
+
+def is_dense_method(method: str) -> bool:
+    """Whether ``method`` leaves the model dense (the starting model, dense training continued)."""
+    return METHOD_RECIPES[method].mode is None
 
 
 def trains(method: str) -> bool:

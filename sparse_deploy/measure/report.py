@@ -31,6 +31,7 @@ from .plots import (
     plot_samples,
     plot_train_cost,
 )
+from .recipes import is_dense_method
 
 __all__ = [
     "RESULT_FILES",
@@ -413,7 +414,7 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
         f"{min(stds.values()):.2f}-{max(stds.values()):.2f} "
         f"(median {float(np.median(list(stds.values()))):.2f}).{caveat}"
     ]
-    sparse = {m: v for m, v in summary.items() if m != "dense" and v["fid"].get("n")}
+    sparse = {m: v for m, v in summary.items() if not is_dense_method(m) and v["fid"].get("n")}
     if not sparse:
         return lines
     best = min(sparse, key=lambda m: sparse[m]["fid"]["mean"])
@@ -445,9 +446,14 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
             )
         return line + "."
 
+    start = summary.get("start")
+    if start and start["fid"].get("n"):  # the model the user started from: the reference that matters
+        lines.append(gap_line(best, "start", "the starting model (the price of 2:4 sparsity at this budget)"))
+        if summary.get("dense", {}).get("fid", {}).get("n"):
+            lines.append(gap_line("dense", "start", "the starting model (what the fine-tuning itself costs)"))
     dense = summary.get("dense")
     if dense and dense["fid"].get("n"):
-        lines.append(gap_line(best, "dense", "the dense model (the price of 2:4 sparsity at this budget)"))
+        lines.append(gap_line(best, "dense", "dense training continued with the same settings"))
     for m, _ in ordered(sparse, methods["settings"].get("methods")):
         if m != best:
             lines.append(gap_line(m, best, f"the best sparse method ({sparse[best]['label']})"))
