@@ -460,6 +460,21 @@ def methods_spread_lines(methods: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: Which sparse recipe's samples the report shows beside the dense ones: the recommended one first.
+SAMPLE_GRID_ORDER = (
+    "fixed+kd+feat-sparsegpt",
+    "fixed+teacher+feat-sparsegpt",
+    "srste+kd+feat-sparsegpt",
+    "srste+kd-sparsegpt",
+    "oneshot-sparsegpt",
+    "srste+kd",
+    "srste",
+    "ste",
+    "fixed",
+    "oneshot",
+)
+
+
 def paired_gap(runs: list[dict[str, Any]], method: str, other: str) -> dict[str, Any] | None:
     """FID of ``method`` minus ``other`` seed by seed (both drew the same noise and labels per seed).
 
@@ -537,10 +552,11 @@ def _grid_pair(results: dict[str, Any], folder: Path) -> tuple[list[tuple[str, P
         ]:
             if r["seed"] == first_seed and r.get("grid") and Path(r["grid"]).is_file():
                 by_source.setdefault(source, {})[r["method"]] = r
-        for sparse in ("srste+kd", "srste", "ste", "fixed", "oneshot"):
-            runs = next((rs for rs in by_source.values() if "dense" in rs and sparse in rs), None)
+        for sparse in SAMPLE_GRID_ORDER:
+            runs = next((rs for rs in by_source.values() if {"start", "dense"} & set(rs) and sparse in rs), None)
             if runs:
-                pairs = [(runs[m]["label"], Path(runs[m]["grid"])) for m in ("dense", sparse)]
+                reference = "start" if "start" in runs else "dense"  # the model the user started from, when drawn
+                pairs = [(runs[m]["label"], Path(runs[m]["grid"])) for m in (reference, sparse)]
                 return (
                     pairs,
                     f"Method-comparison samples of seed {first_seed}, same noise and labels (one column per class).",
