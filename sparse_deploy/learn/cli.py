@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the masks start: magnitude, or calibrated on noised training inputs layer by layer: wanda "
         "(|w|*||x||) or sparsegpt (mask + kept weights reconstructed), or NVIDIA Model Optimizer's own masks "
         "(modelopt:sparse_magnitude, modelopt:sparsegpt; pip install 'sparse-deploy[modelopt]'); the one-shot "
-        f"criterion with --sparsity oneshot (default: {PRETRAINED_MASK_INIT} from --init/--weights, where it "
-        "one-shots to FID 74 against magnitude's 281 on the shipped model; magnitude from random weights)",
+        f"criterion with --sparsity oneshot (default: {PRETRAINED_MASK_INIT} from --init/--weights, which keeps "
+        "far more quality than magnitude, docs/RESULTS.md; magnitude from random weights; --masks FILE starts "
+        "from that file's masks instead)",
     )
     p.add_argument(
         "--decay-ramp",
@@ -248,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     preset = run_preset(args.model, args.weights, args.init)
     model, weights = (None, args.model) if is_path(args.model) else (args.model, args.weights)
     sparsity = None
+    calibrate = bool(args.init or weights) and not args.masks  # a pretrained start, unless --masks brings masks
     if args.sparsity != "none":
         sparsity = SparsityConfig(
             mode=args.sparsity,
@@ -265,7 +267,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             latency_profile=args.latency_profile,
             latency_batch=args.latency_batch,
             latency_dtype=args.latency_dtype,
-            mask_init=args.mask_init or (PRETRAINED_MASK_INIT if (args.init or weights) else "magnitude"),
+            mask_init=args.mask_init or (PRETRAINED_MASK_INIT if calibrate else "magnitude"),
             calib_samples=args.calib_samples,
             modelopt_default_rules=args.modelopt_default_rules,
             decay_ramp=args.decay_ramp,

@@ -692,7 +692,7 @@ def test_method_spread_says_which_gaps_the_seeds_resolve():
     lines = methods_spread_lines(record)
     assert lines[0].startswith("Run-to-run spread: the FID standard deviation over seeds is 0.71-2.83")
     assert (
-        lines[1].startswith("- SparseDM: FID +10.00 against the dense model")
+        lines[1].startswith("- SparseDM: FID +10.00 against dense training continued with the same settings")
         and "larger than 2 standard errors" in lines[1]
     )
     by_label = {line.split(":")[0][2:]: line for line in lines[2:]}

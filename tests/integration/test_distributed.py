@@ -174,7 +174,7 @@ def _solo(out: Path, data: str, init: Path | None = None) -> Path:
             data=data,
             device="cpu",
             init=str(init) if init else None,
-            sparsity=SparsityConfig(mode="srste") if init else None,
+            sparsity=SparsityConfig(mode="srste", mask_init="sparsegpt") if init else None,
             kd_weight=0.1 if init else 0.0,
             kd_features=DEFAULT_KD_FEATURES if init else 0.0,
             **(FINE_TUNE_PINNED if init else {}),
@@ -206,7 +206,7 @@ def test_torchrun_two_ranks_equal_one_process_at_the_same_global_batch(mode, sol
         "--device",
         "cpu",
     ]
-    if mode == "srste":  # fine-tuned from the dense checkpoint, distilled from its output and its blocks (the default)
+    if mode == "srste":  # from the dense checkpoint, masks started by SparseGPT, distilled (the defaults)
         # Block distillation's normaliser is averaged over the ranks, so it too equals one process.
         common += ["--sparsity", "srste", "--init", str(solo_dense), "--warmup-steps", "5", "--ema-warmup"]
         one = _solo(tmp_path / "one", fmnist_data, init=solo_dense)
