@@ -4,10 +4,9 @@
 # Inputs: the methods.json files that these `bench methods` runs wrote (each resumable; re-running one reuses
 # every finished run of its --work folder), all on fmnist-dit, 500 DDIM-25 samples against 1,000 test images,
 # the fine-tuning defaults (lr 3e-5), OMP_NUM_THREADS=1:
-#   600 steps, seed 0, every method:  --steps 600 --seeds 0 --out reports/fmnist-dit-s600
-#   600 steps, 3 seeds, the main ones: --steps 600 --seeds 0,1,2 --out reports/fmnist-dit-s600-seeds
-#   2400 steps:                       --steps 2400 --seeds 0,1[,2] --out reports/fmnist-dit-s2400
-#   9600 steps:                       --steps 9600 --seeds 0 --out reports/fmnist-dit-s9600
+#   600 steps, seed 0:                --steps 600 --seeds 0 --out reports/fmnist-dit-s600 (and -s600-extra)
+#   600 steps, seeds 1 and 2:         --steps 600 --seeds 1 --out reports/fmnist-dit-s600-seed1 (2: -seed2)
+#   1200, 2400 and 9600 steps:        --steps N --seeds 0 --out reports/fmnist-dit-sN
 #   dense control at lr 3e-4:         --steps 600 --lr 3e-4 --seeds 0 --out reports/fmnist-dit-s600-lr3e-4
 # (each with --model fmnist-dit --dense-checkpoint runs/fmnist-dit/dense/checkpoint --num-samples 500
 # --ref-num 1000 and its own --work runs/fmnist-dit/bench-methods/<name>; the commands are in docs/RESULTS.md).
@@ -20,16 +19,44 @@ WHEN=${1:?"say when and where the runs ran, e.g. '2026-12-06, the 2-core CPU mac
 B="$PY -m sparse_deploy.bench -q"
 R=reports/q23
 
-# 600 steps: the 3-seed runs first (they win where a method x seed is in both), then seed 0 of every method.
-$B merge reports/fmnist-dit-s600-seeds/methods.json reports/fmnist-dit-s600/methods.json --out $R-s600
-for f in $R-s600 reports/fmnist-dit-s2400 reports/fmnist-dit-s9600 reports/fmnist-dit-s600-lr3e-4; do
+# 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
+s600=(reports/fmnist-dit-s600/methods.json)
+for f in extra seed1 seed2; do
+    [ -f reports/fmnist-dit-s600-$f/methods.json ] && s600+=(reports/fmnist-dit-s600-$f/methods.json)
+done
+$B merge "${s600[@]}" --out $R-s600
+for f in $R-s600 reports/fmnist-dit-s1200 reports/fmnist-dit-s2400 reports/fmnist-dit-s9600 reports/fmnist-dit-s600-lr3e-4; do
     [ -f $f/methods.json ] && $B report --out $f
 done
 
 # The budget curve: the 600-step file first, so the starting model's band has its 3 seeds.
-budget_files=($R-s600/methods.json reports/fmnist-dit-s2400/methods.json)
-[ -f reports/fmnist-dit-s9600/methods.json ] && budget_files+=(reports/fmnist-dit-s9600/methods.json)
+budget_files=($R-s600/methods.json)
+for n in 1200 2400 9600; do
+    [ -f reports/fmnist-dit-s$n/methods.json ] && budget_files+=(reports/fmnist-dit-s$n/methods.json)
+done
 $B budgets "${budget_files[@]}" --out $R-budgets
+
+# The calibrated start's layer errors (coverage.json of each seed's one-shot SparseGPT run): SparseGPT's
+# relative squared output error per layer on its calibration inputs beside the magnitude mask's on the same inputs.
+$PY - "$R-calibration" runs/fmnist-dit/bench-methods/v2-s600-lr3e-5/oneshot-sparsegpt/seed*/coverage.json <<'PY'
+import json, statistics, sys
+from pathlib import Path
+out, files = Path(sys.argv[1]), sys.argv[2:]
+rows = []
+for f in files:
+    start = json.loads(Path(f).read_text())["mask_start"]
+    errs = start["layers"].values()
+    rows.append({"file": f, "calib_samples": start["calib_samples"], "layers": len(errs),
+                 "sparsegpt_mean_error": statistics.fmean(e["error"] for e in errs),
+                 "magnitude_mean_error": statistics.fmean(e["magnitude_error"] for e in errs)})
+out.mkdir(parents=True, exist_ok=True)
+(out / "calibration.json").write_text(json.dumps(rows, indent=1) + "\n")
+lines = ["# Calibrated start", "", "| run | layers | calibration samples | mean relative output error, SparseGPT + refit "
+         "| the same, magnitude mask |", "| --- | --- | --- | --- | --- |"]
+lines += [f"| `{r['file']}` | {r['layers']} | {r['calib_samples']} | {r['sparsegpt_mean_error']:.4f} "
+          f"| {r['magnitude_mean_error']:.4f} |" for r in rows]
+(out / "calibration.md").write_text("\n".join(lines) + "\n")
+PY
 
 publish() {  # folder, markdown, section title, intro
     $PY scripts/publish_report.py "$1" --markdown "$2" --images "docs/images/$(basename "$1")" \
@@ -39,6 +66,7 @@ INTRO="Measured $WHEN; one torch thread per run, two runs at a time. Written by 
 from the runs' JSON (docs/results/), the tables and plots as \`bench report\`/\`bench budgets\` print them."
 publish $R-budgets budgets.md "Quality at full 2:4: the budget curve (issue 23)" "$INTRO"
 publish $R-s600 report.md "Quality at full 2:4: 600 steps, every method (issue 23)" "$INTRO"
+publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors (issue 23)" "$INTRO"
 publish reports/fmnist-dit-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO"
 [ -f reports/fmnist-dit-s9600/report.md ] &&
     publish reports/fmnist-dit-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO"
