@@ -55,6 +55,17 @@ lines = ["# Calibrated start", "", "| run | layers | calibration samples | mean 
          "| the same, magnitude mask |", "| --- | --- | --- | --- | --- |"]
 lines += [f"| `{r['file']}` | {r['layers']} | {r['calib_samples']} | {r['sparsegpt_mean_error']:.4f} "
           f"| {r['magnitude_mean_error']:.4f} |" for r in rows]
+# Whether learned masks move: SR-STE's flip rate (share of mask entries flipped per refresh, mean over layers
+# and over the run's checkpoint intervals) from each 600-step SR-STE run's mask_flips.jsonl.
+flips = []
+for f in sorted(Path("runs/fmnist-dit/bench-methods/v2-s600-lr3e-5").glob("srste*/seed*/mask_flips.jsonl")):
+    records = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    rates = [statistics.fmean(r["layers"].values()) for r in records if r["layers"]]
+    flips.append({"file": str(f), "mean_flip_rate": statistics.fmean(rates), "last_flip_rate": rates[-1]})
+(out / "mask_flips.json").write_text(json.dumps(flips, indent=1) + "\n")
+lines += ["", "SR-STE's mask flips (share of mask entries flipped per refresh, mean over layers):", "",
+          "| run | mean over the run | last interval |", "| --- | --- | --- |"]
+lines += [f"| `{r['file']}` | {r['mean_flip_rate']:.2e} | {r['last_flip_rate']:.2e} |" for r in flips]
 (out / "calibration.md").write_text("\n".join(lines) + "\n")
 PY
 
@@ -66,7 +77,7 @@ INTRO="Measured $WHEN; one torch thread per run, two runs at a time. Written by 
 from the runs' JSON (docs/results/), the tables and plots as \`bench report\`/\`bench budgets\` print them."
 publish $R-budgets budgets.md "Quality at full 2:4: the budget curve (issue 23)" "$INTRO"
 publish $R-s600 report.md "Quality at full 2:4: 600 steps, every method (issue 23)" "$INTRO"
-publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors (issue 23)" "$INTRO"
+publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors, SR-STE's mask flips (issue 23)" "$INTRO"
 publish reports/fmnist-dit-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO"
 [ -f reports/fmnist-dit-s9600/report.md ] &&
     publish reports/fmnist-dit-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO"

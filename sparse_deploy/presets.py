@@ -195,9 +195,9 @@ _FMNIST_TRAIN = TrainDefaults(
     ema_decay=0.9995,
     checkpoint_every=500,
     lr_schedule="cosine",
-    # Fine-tuning the converged model (dense or sparse): 3e-5, a tenth of the first choice. At 600 steps dense
-    # training continued at 3e-4 / 1e-4 / 3e-5 scored 58.19 / 55.11 / 53.45 against the starting model's 53.94,
-    # and fixed SparseGPT masks with both distillations 59.86 at 1e-4, 60.08 at 3e-5 (docs/RESULTS.md).
+    # Fine-tuning the converged model (dense or sparse): 3e-5, a tenth of the first choice, chosen on the dense
+    # control: continued at 3e-5 it is no worse than the starting model after 600 and 2,400 steps, at 3e-4 it
+    # is (docs/RESULTS.md, "Quality at full 2:4").
     sparse_lr=3e-5,
     refine_steps=18_000,
     refine_lr=4e-4,
