@@ -21,7 +21,7 @@ R=reports/q23
 
 # 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
 s600=(reports/fmnist-dit-s600/methods.json)
-for f in extra seed1 seed2; do
+for f in extra knobs seed1 seed2; do
     [ -f reports/fmnist-dit-s600-$f/methods.json ] && s600+=(reports/fmnist-dit-s600-$f/methods.json)
 done
 $B merge "${s600[@]}" --out $R-s600
