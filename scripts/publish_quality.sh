@@ -18,6 +18,7 @@ PY=${PY:-.venv/bin/python}
 WHEN=${1:?"say when and where the runs ran, e.g. '2026-12-06, the 2-core CPU machine'"}
 B="$PY -m sparse_deploy.bench -q"
 R=reports/q23
+rm -rf $R-s600 $R-budgets $R-calibration  # this script's own derived folders, rebuilt from the runs below
 
 # 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
 s600=(reports/fmnist-dit-s600/methods.json)
@@ -35,6 +36,8 @@ for n in 1200 2400 9600; do
     [ -f reports/fmnist-dit-s$n/methods.json ] && budget_files+=(reports/fmnist-dit-s$n/methods.json)
 done
 $B budgets "${budget_files[@]}" --out $R-budgets
+mkdir -p docs/results/q23-budgets/sources  # the methods.json behind every point of the curve
+for f in "${budget_files[@]}"; do cp "$f" "docs/results/q23-budgets/sources/$(basename "$(dirname "$f")").json"; done
 
 # The calibrated start's layer errors (coverage.json of each seed's one-shot SparseGPT run): SparseGPT's
 # relative squared output error per layer on its calibration inputs beside the magnitude mask's on the same inputs.
@@ -87,6 +90,6 @@ publish reports/fmnist-dit-s2400 report.md "Quality at full 2:4: 2400 steps (iss
 
 # The README's two pictures: the budget curve and the 2400-step samples (starting model beside the recipe).
 cp docs/images/q23-budgets/budgets.png docs/images/readme-budgets.png
-grid=$(ls docs/images/fmnist-dit-s2400/*grid*.png | head -1)
+grid=docs/images/fmnist-dit-s2400/samples_dense_vs_sparse.png
 cp "$grid" docs/images/readme-samples.png
 echo "published; README pictures from docs/images/q23-budgets/budgets.png and $grid"
