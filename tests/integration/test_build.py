@@ -160,40 +160,6 @@ def test_auto_backend_without_tensorrt_says_so_and_builds_ort(tmp_path, capsys):
     assert "--backend tensorrt, but" in capsys.readouterr().err
 
 
-def test_parse_sparsity_log_and_inspector():
-    lines = [
-        "[V] some other line",
-        "[V] [TRT] (Sparsity) Layers eligible for sparse math: /net/a/MatMul, /net/b/MatMul + /net/b/Add, /net/c/Conv",
-        "[V] (Sparsity) TRT inference plan picked sparse implementation for layers: /net/b/MatMul + /net/b/Add",
-    ]
-    eligible, picked = bd.parse_sparsity_log(lines)
-    assert eligible == ["/net/a/MatMul", "/net/b/MatMul + /net/b/Add", "/net/c/Conv"]
-    assert picked == ["/net/b/MatMul + /net/b/Add"]
-    assert bd.parse_sparsity_log(["nothing"]) == (None, None)
-    nodes = {"blocks.0.a": ["/net/a/MatMul"], "blocks.0.b": ["/net/b/MatMul"], "c": ["/net/c/Conv"]}
-    assert bd.picked_modules(picked, nodes) == ["blocks.0.b"]
-    assert bd.picked_modules(eligible, nodes) == ["blocks.0.a", "blocks.0.b", "c"]
-    info = {
-        "Layers": [
-            {"Name": "/net/a/MatMul", "HasSparseWeights": 1, "TacticName": "sm80_xmma_gemm_f16f16_sptensor16x8x32"},
-            {"Name": "/net/b/MatMul", "HasSparseWeights": 0, "TacticName": "sm80_xmma_gemm_f16f16"},
-        ]
-    }
-    parsed = bd.parse_inspector(json.dumps(info))
-    assert parsed == {"layers": 2, "has_sparse_weights": ["/net/a/MatMul"], "sparse_tactics": ["/net/a/MatMul"]}
-    assert bd.parse_inspector({"Layers": ["name only"]})["has_sparse_weights"] == []
-
-
-def test_tensorrt_layer_names_are_matched_exactly():
-    nodes = {"a": ["/net/a/MatMul"], "a1": ["/net/a/MatMul_1"], "b": ["/net/b/Gemm"], "c": ["/net/c/MatMul"]}
-    # A substring test would let "/net/a/MatMul" claim TensorRT's "/net/a/MatMul_1".
-    assert bd.picked_modules(["/net/a/MatMul_1"], nodes) == ["a1"]
-    assert bd.picked_modules(["/net/a/MatMul_1 + /net/b/Gemm"], nodes) == ["a1", "b"]
-    assert bd.picked_modules(["{ForeignNode[/net/c/MatMul.../net/a/MatMul]}"], nodes) == ["a", "c"]
-    assert bd.picked_modules(["/net/a/MatMul_12"], nodes) == [] and bd.picked_modules([], nodes) == []
-    assert bd.trt_layer_nodes("/net/x/MatMul + /net/x/Add") == {"/net/x/MatMul", "/net/x/Add"}
-
-
 def test_execution_providers_are_matched_by_whole_name(built, monkeypatch):
     """The runner decides by the provider's name, whether the entry is a name or (name, options)."""
     from sparse_deploy.backends import ort as ort_backend

@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("runtime", ("backends", "backends.*")),
-    ("stages", ("learn", "learn.*", "export", "export.*", "build", "run", "fid", "fid.*")),
+    ("stages", ("learn", "learn.*", "export", "export.*", "build", "trt_log", "run", "fid", "fid.*")),
     (
         "measure, serve",
         ("measure", "measure.*", "summary", "shipped", "triton", "triton.*", "client", "gpu_check", "gpu_check.*"),
