@@ -38,7 +38,8 @@ from sparse_deploy.measure.recipes import (
     method_train_config,
     trains,
 )
-from sparse_deploy.measure.report import methods_spread_lines, methods_time_line, write_report
+from sparse_deploy.measure.report import write_report
+from sparse_deploy.measure.spread import methods_spread_lines, methods_time_line
 from sparse_deploy.measure.train_cost import run_train_cost
 from sparse_deploy.models import build_model
 from sparse_deploy.presets import get_preset
@@ -915,7 +916,7 @@ def test_dense_reference_fine_tunes_at_the_sparse_methods_rate(tmp_path):
 
 
 def test_paired_gap_resolves_what_the_seeds_share():
-    from sparse_deploy.measure.report import paired_gap
+    from sparse_deploy.measure.spread import paired_gap
 
     # Seed-to-seed spread of 4 that both methods share; the recipe is 1.0 better on every seed.
     base = {0: 40.0, 1: 44.0, 2: 36.0, 3: 42.0}
