@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ..errors import SparseDeployError
 from ..guards import check_output_dir
 from ..inputs import is_checkpoint, open_model, run_vae
 from ..masks import PATTERN
-from ..models import build_model, example_inputs, short_name
+from ..models import build_model, example_inputs
 from ..modes import get_mode
 from ..outputs import claim_output
 from ..presets import Preset
@@ -60,6 +59,10 @@ from ..sparsify import (
 from .config import TrainConfig
 from .datasets import make_dataset
 from .diffusers_out import write_run_diffusers
+from .distill import (  # noqa: F401 (re-exported: the names were here first)
+    _BLOCK_PREFIXES,
+    FeatureTaps,
+)
 from .distributed import DistEnv, Distributed, resolve_device, state_digest
 from .layer_choice import choose_by_latency_, choose_by_macs_budget_
 from .masking import (
@@ -74,75 +77,21 @@ from .masking import (
     train_masks_,
 )
 from .modelopt_masks import masks_from_file
+from .optim import (  # noqa: F401 (re-exported: the names were here first)
+    LR_FLOOR,
+    MixedPrecision,
+    _device_precision,
+    _ema_update_,
+    choose_precision,
+    ema_decay_at,
+    lr_factor,
+)
 from .reconstruct import calibration_summary, init_masks_, prior_logits_
 from .resume import check_resumable, rewrite_metrics, sync_file
 
 __all__ = ["TrainConfig", "TrainingRun", "MixedPrecision", "choose_precision", "prepare_run", "train_step", "train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MixedPrecision:
-    """The autocast dtype of the training forward pass: ``fp32`` (none), ``bf16`` or ``fp16``.
-
-    fp16 gradients underflow without loss scaling, so ``fp16`` comes with a ``GradScaler``;
-    bf16 has fp32's range and needs none.
-    """
-
-    dtype: str = "fp32"
-
-    @property
-    def scaled(self) -> bool:
-        return self.dtype == "fp16"
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
-
-    def scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(device.type) if self.scaled else None
-
-
-def choose_precision(device_type: str, bf16_supported: bool) -> MixedPrecision:
-    """bf16 autocast on a CUDA GPU that supports it, fp16 (with loss scaling) on one that does not, fp32 on the CPU."""
-    if device_type != "cuda":
-        return MixedPrecision("fp32")
-    return MixedPrecision("bf16" if bf16_supported else "fp16")
-
-
-def _device_precision(device: torch.device) -> MixedPrecision:
-    return choose_precision(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
-
-
-def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
-    """EMA decay at ``step``, with the usual from-scratch warm-up ``(1 + step) / (10 + step)`` when ``warmup``.
-
-    Without the warm-up, a from-scratch run's EMA keeps ``decay ** steps`` of the random init
-    (0.999 ** 2000 = 13%), which is enough to turn samples into noise. A fine-tuning run starts its
-    EMA at the pretrained weights, which are worth keeping: there the warm-up would make the EMA
-    follow the first, noisiest steps, and it is off (``TrainConfig.ema_warmup``).
-    """
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
-
-
-@torch.no_grad()
-def _ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
-
-
-LR_FLOOR = 0.01  # cosine decays to this share of the peak learning rate
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant or cosine decay to LR_FLOOR."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step + 1 - warmup) / (total - warmup))
-    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _inference_copy(ema: torch.nn.Module, sparsity: SparsityConfig | None) -> torch.nn.Module:
@@ -162,48 +111,6 @@ def preview_grid(model: torch.nn.Module, path: Path, per_class: int, steps: int,
         model, preset, batch=classes * per_class, steps=steps, scheduler="ddim", seed=seed, labels=labels
     )
     return save_grid(to_uint8(images), path, nrow=per_class)
-
-
-_BLOCK_PREFIXES = ("transformer_blocks.", "down_blocks.", "mid_block", "up_blocks.")
-
-
-class FeatureTaps:
-    """Forward hooks that keep the output of every block (DiT transformer block, UNet down/mid/up block).
-
-    Student and teacher get one each; :meth:`loss` is the mean over blocks of
-    ``||f_S - f_T||^2 / ||f_T||^2`` (normalised so every block counts alike). Under torchrun the
-    normaliser is the global batch's (``reduce`` averages it over ranks), so the gradient DDP averages
-    equals one process's at the same global batch.
-    """
-
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
-        self.outputs: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
-        self.handles = []
-        for role, model in (("student", student), ("teacher", teacher)):
-            for name, module in model.named_modules():
-                short = short_name(name)
-                depth = short.count(".")
-                if any(short.startswith(p) for p in _BLOCK_PREFIXES) and depth == (0 if short == "mid_block" else 1):
-                    self.handles.append(module.register_forward_hook(self._keep(role)))
-        if not self.handles:
-            raise SparseDeployError("--kd-features found no transformer/UNet blocks to distil in this model")
-
-    def _keep(self, role: str):
-        def hook(_module, _inputs, output):
-            self.outputs[role].append(output[0] if isinstance(output, tuple) else output)
-
-        return hook
-
-    def clear(self) -> None:
-        self.outputs = {"student": [], "teacher": []}
-
-    def loss(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        pairs = list(zip(self.outputs["student"], self.outputs["teacher"], strict=True))
-        scale = torch.stack([t.detach().float().pow(2).mean() for _, t in pairs])
-        scale = (reduce(scale) if reduce is not None else scale).clamp_min(1e-8)
-        terms = torch.stack([(s.float() - t.float()).pow(2).mean() for s, t in pairs])
-        self.clear()
-        return (terms / scale).mean()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from sparse_deploy.checkpoint import WEIGHTS, load_checkpoint
+from sparse_deploy.learn import distill, optim
 from sparse_deploy.learn import train as train_mod
 from sparse_deploy.masks import is_nm_sparse
 from sparse_deploy.sparsify import SparsityConfig, bake_, masked_modules, sparsify_
@@ -44,7 +45,7 @@ def test_bake_removes_mask_logits_and_leaves_exact_2_4():
 
 
 def test_cosine_lr_factor():
-    f = train_mod.lr_factor
+    f = optim.lr_factor
     assert f(0, 10, 110, "cosine") == pytest.approx(0.1)
     assert f(9, 10, 110, "cosine") == pytest.approx(1.0)
     assert f(109, 10, 110, "cosine") == pytest.approx(train_mod.LR_FLOOR)
@@ -109,7 +110,7 @@ def test_run_logs_feature_loss_and_per_layer_flips(learned_run):
 def test_feature_distillation_is_zero_for_an_identical_student(dense_ckpt):
     teacher, _ = load_checkpoint(dense_ckpt)
     student, _ = load_checkpoint(dense_ckpt)
-    taps = train_mod.FeatureTaps(student, teacher)
+    taps = distill.FeatureTaps(student, teacher)
     assert len(taps.handles) == 4  # two transformer blocks, in each model
     x = torch.randn(2, 1, 16, 16)
     t = torch.tensor([10, 500])
