@@ -8,15 +8,6 @@ import torch
 
 from ..errors import SparseDeployError
 from ..models import short_name
-from .optim import (  # noqa: F401 (re-exported: the names were here first)
-    LR_FLOOR,
-    MixedPrecision,
-    _device_precision,
-    _ema_update_,
-    choose_precision,
-    ema_decay_at,
-    lr_factor,
-)
 
 _BLOCK_PREFIXES = ("transformer_blocks.", "down_blocks.", "mid_block", "up_blocks.")
 
