@@ -7,6 +7,9 @@
 #   600 steps, seed 0:                --steps 600 --seeds 0 --out reports/fmnist-dit-s600 (and -s600-extra)
 #   600 steps, seeds 1 and 2:         --steps 600 --seeds 1 --out reports/fmnist-dit-s600-seed1 (2: -seed2)
 #   1200, 2400 and 9600 steps:        --steps N --seeds 0 --out reports/fmnist-dit-sN
+#   2400 steps, seeds 1 and 2:        --steps 2400 --seeds 1 --out reports/fmnist-dit-s2400-seed1 (seed 2 in two
+#                                     files, -seed2 and -seed2-srste, so the two queues could run side by side)
+#   9600 steps, seed 1:               --steps 9600 --seeds 1 --out reports/fmnist-dit-s9600-seed1
 #   dense control at lr 3e-4:         --steps 600 --lr 3e-4 --seeds 0 --out reports/fmnist-dit-s600-lr3e-4
 # (each with --model fmnist-dit --dense-checkpoint runs/fmnist-dit/dense/checkpoint --num-samples 500
 # --ref-num 1000 and its own --work runs/fmnist-dit/bench-methods/<name>; the commands are in docs/RESULTS.md).
@@ -18,7 +21,7 @@ PY=${PY:-.venv/bin/python}
 WHEN=${1:?"say when and where the runs ran, e.g. '2026-12-06, the 2-core CPU machine'"}
 B="$PY -m sparse_deploy.bench -q"
 R=reports/q23
-rm -rf $R-s600 $R-budgets $R-calibration  # this script's own derived folders, rebuilt from the runs below
+rm -rf $R-s600 $R-s2400 $R-s9600 $R-budgets $R-calibration  # this script's own derived folders, rebuilt from the runs below
 
 # 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
 s600=(reports/fmnist-dit-s600/methods.json)
@@ -26,17 +29,25 @@ for f in extra knobs seed1 seed2; do
     [ -f reports/fmnist-dit-s600-$f/methods.json ] && s600+=(reports/fmnist-dit-s600-$f/methods.json)
 done
 $B merge "${s600[@]}" --out $R-s600
-for f in $R-s600 reports/fmnist-dit-s1200 reports/fmnist-dit-s2400 reports/fmnist-dit-s9600 reports/fmnist-dit-s600-lr3e-4; do
+# 2400 and 9600 steps: seed 0 beside the later seeds, one methods.json per budget.
+for n in 2400 9600; do
+    files=()
+    for f in reports/fmnist-dit-s$n reports/fmnist-dit-s$n-seed1 reports/fmnist-dit-s$n-seed2 \
+        reports/fmnist-dit-s$n-seed2-srste; do
+        [ -f $f/methods.json ] && files+=($f/methods.json)
+    done
+    if [ ${#files[@]} -gt 1 ]; then $B merge "${files[@]}" --out $R-s$n; else cp -r "$(dirname "${files[0]}")" $R-s$n; fi
+done
+for f in $R-s600 reports/fmnist-dit-s1200 $R-s2400 $R-s9600 reports/fmnist-dit-s600-lr3e-4; do
     [ -f $f/methods.json ] && $B report --out $f
 done
 
 # The budget curve: the 600-step file first, so the starting model's band has its 3 seeds.
 budget_files=($R-s600/methods.json)
-for n in 1200 2400 9600; do
-    [ -f reports/fmnist-dit-s$n/methods.json ] && budget_files+=(reports/fmnist-dit-s$n/methods.json)
-done
+budget_files+=(reports/fmnist-dit-s1200/methods.json $R-s2400/methods.json $R-s9600/methods.json)
 $B budgets "${budget_files[@]}" --out $R-budgets
-mkdir -p docs/results/q23-budgets/sources  # the methods.json behind every point of the curve
+rm -rf docs/results/q23-budgets/sources  # the methods.json behind every point of the curve, copied afresh
+mkdir -p docs/results/q23-budgets/sources
 for f in "${budget_files[@]}"; do cp "$f" "docs/results/q23-budgets/sources/$(basename "$(dirname "$f")").json"; done
 
 # The calibrated start's layer errors (coverage.json of each seed's one-shot SparseGPT run): SparseGPT's
@@ -72,18 +83,18 @@ lines += [f"| `{r['file']}` | {r['mean_flip_rate']:.2e} | {r['last_flip_rate']:.
 (out / "calibration.md").write_text("\n".join(lines) + "\n")
 PY
 
-publish() {  # folder, markdown, section title, intro
-    $PY scripts/publish_report.py "$1" --markdown "$2" --images "docs/images/$(basename "$1")" \
-        --json-dir "docs/results/$(basename "$1")" --title "$3" --intro "$4"
+publish() {  # folder, markdown, section title, intro[, section name: default the folder's name]
+    local name=${5:-$(basename "$1")}
+    $PY scripts/publish_report.py "$1" --markdown "$2" --images "docs/images/$name" \
+        --json-dir "docs/results/$name" --title "$3" --intro "$4" --section "$name"
 }
 INTRO="Measured $WHEN; one torch thread per run, two runs at a time. Written by scripts/publish_quality.sh \
 from the runs' JSON (docs/results/), the tables and plots as \`bench report\`/\`bench budgets\` print them."
 publish $R-budgets budgets.md "Quality at full 2:4: the budget curve (issue 23)" "$INTRO"
 publish $R-s600 report.md "Quality at full 2:4: 600 steps, every method (issue 23)" "$INTRO"
 publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors, SR-STE's mask flips (issue 23)" "$INTRO"
-publish reports/fmnist-dit-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO"
-[ -f reports/fmnist-dit-s9600/report.md ] &&
-    publish reports/fmnist-dit-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO"
+publish $R-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO" fmnist-dit-s2400
+publish $R-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO" fmnist-dit-s9600
 [ -f reports/fmnist-dit-s600-lr3e-4/report.md ] &&
     publish reports/fmnist-dit-s600-lr3e-4 report.md \
         "Fine-tuning that does no harm: the dense control at the old rate 3e-4 (issue 23)" "$INTRO"
