@@ -99,8 +99,9 @@ publish $R-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO"
     publish reports/fmnist-dit-s600-lr3e-4 report.md \
         "Fine-tuning that does no harm: the dense control at the old rate 3e-4 (issue 23)" "$INTRO"
 
-# The README's two pictures: the budget curve and the 2400-step samples (starting model beside the recipe).
+# The README's two pictures and its table: the budget curve and the 2400-step samples (starting model beside the recipe).
 cp docs/images/q23-budgets/budgets.png docs/images/readme-budgets.png
 grid=docs/images/fmnist-dit-s2400/samples_dense_vs_sparse.png
 cp "$grid" docs/images/readme-samples.png
+$PY scripts/readme_quality.py  # the README's table of figures, from the JSON just published
 echo "published; README pictures from docs/images/q23-budgets/budgets.png and $grid"

@@ -136,3 +136,20 @@ def test_documented_command_parses(doc, line, whole, monkeypatch):
         assert exc.code in (0, None), f"{doc}: `{line}` is refused by {module} (exit {exc.code})"
         return
     pytest.fail(f"{doc}: `{line}` ran without parsing its arguments")
+
+
+def test_the_readme_quality_table_is_the_published_json():
+    """The README's figures are written by scripts/readme_quality.py from docs/results: none is retyped or stale."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("readme_quality", REPO / "scripts" / "readme_quality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    budgets = json.loads((REPO / "docs/results/q23-budgets/budgets.json").read_text())
+    demo = json.loads((REPO / "docs/results/demo-summary.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(script.BEGIN, 1)[1].split(script.END, 1)[0]
+    assert block == "\n" + script.table(budgets, demo), (
+        "README.md's quality table differs from docs/results; run .venv/bin/python scripts/readme_quality.py"
+    )
