@@ -6,6 +6,8 @@
 # the fine-tuning defaults (lr 3e-5), OMP_NUM_THREADS=1:
 #   600 steps, seed 0:                --steps 600 --seeds 0 --out reports/fmnist-dit-s600 (and -s600-extra)
 #   600 steps, seeds 1 and 2:         --steps 600 --seeds 1 --out reports/fmnist-dit-s600-seed1 (2: -seed2)
+#   600 steps, the recipe knobs:      --steps 600 --seeds 0 --methods fixed+teacher+feat-sparsegpt --out
+#                                     reports/fmnist-dit-s600-knob-teacher (srste+kd+feat+ramp-sparsegpt: -knob-ramp)
 #   1200, 2400 and 9600 steps:        --steps N --seeds 0 --out reports/fmnist-dit-sN
 #   2400 steps, seeds 1 and 2:        --steps 2400 --seeds 1 --out reports/fmnist-dit-s2400-seed1 (seed 2 in two
 #                                     files, -seed2 and -seed2-srste, so the two queues could run side by side)
@@ -25,7 +27,7 @@ rm -rf $R-s600 $R-s2400 $R-s9600 $R-budgets $R-calibration  # this script's own 
 
 # 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
 s600=(reports/fmnist-dit-s600/methods.json)
-for f in extra knobs seed1 seed2; do
+for f in extra knobs knob-teacher knob-ramp seed1 seed2; do
     [ -f reports/fmnist-dit-s600-$f/methods.json ] && s600+=(reports/fmnist-dit-s600-$f/methods.json)
 done
 $B merge "${s600[@]}" --out $R-s600
@@ -72,7 +74,10 @@ lines += [f"| `{r['file']}` | {r['layers']} | {r['calib_samples']} | {r['sparseg
 # Whether learned masks move: SR-STE's flip rate (share of mask entries flipped per refresh, mean over layers
 # and over the run's checkpoint intervals) from each 600-step SR-STE run's mask_flips.jsonl.
 flips = []
-for f in sorted(Path("runs/fmnist-dit/bench-methods/v2-s600-lr3e-5").glob("srste*/seed*/mask_flips.jsonl")):
+bench = Path("runs/fmnist-dit/bench-methods")
+for f in sorted(bench.glob("v2-s600-lr3e-5/srste*/seed*/mask_flips.jsonl")) + sorted(
+    bench.glob("v2-s2400-lr3e-5/srste*/seed*/mask_flips.jsonl")
+):
     records = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
     rates = [statistics.fmean(r["layers"].values()) for r in records if r["layers"]]
     flips.append({"file": str(f), "mean_flip_rate": statistics.fmean(rates), "last_flip_rate": rates[-1]})
@@ -80,6 +85,27 @@ for f in sorted(Path("runs/fmnist-dit/bench-methods/v2-s600-lr3e-5").glob("srste
 lines += ["", "SR-STE's mask flips (share of mask entries flipped per refresh, mean over layers):", "",
           "| run | mean over the run | last interval |", "| --- | --- | --- |"]
 lines += [f"| `{r['file']}` | {r['mean_flip_rate']:.2e} | {r['last_flip_rate']:.2e} |" for r in flips]
+# How far the learned masks end from where they started: the share of mask entries in which each SR-STE run's
+# final masks differ from the calibrated start of its seed (the one-shot SparseGPT run's masks, which the fixed
+# runs keep), over all 36 layers.
+from safetensors.torch import load_file
+
+moved = []
+for f in sorted(bench.glob("v2-s*-lr3e-5/srste+kd+feat-sparsegpt/seed*/checkpoint/model.safetensors")):
+    seed = f.parent.parent.name
+    start_file = bench / "v2-s600-lr3e-5" / "oneshot-sparsegpt" / seed / "checkpoint" / "model.safetensors"
+    if not start_file.is_file():
+        continue
+    final, start = load_file(f), load_file(start_file)
+    keys = [k for k in start if k.endswith("weight_mask")]
+    changed = sum(int((final[k] != start[k]).sum()) for k in keys)
+    moved.append({"file": str(f.parent.parent), "steps": int(f.parts[-5].split("-")[1][1:]), "layers": len(keys),
+                  "changed_share": changed / sum(start[k].numel() for k in keys)})
+moved.sort(key=lambda r: (r["steps"], r["file"]))
+(out / "masks_moved.json").write_text(json.dumps(moved, indent=1) + "\n")
+lines += ["", "How far SR-STE's masks end from the calibrated start of the same seed (share of mask entries that "
+          "differ, 36 layers):", "", "| run | fine-tuning steps | mask entries changed |", "| --- | --- | --- |"]
+lines += [f"| `{r['file']}` | {r['steps']} | {r['changed_share']:.2%} |" for r in moved]
 (out / "calibration.md").write_text("\n".join(lines) + "\n")
 PY
 
@@ -92,7 +118,7 @@ INTRO="Measured $WHEN; one torch thread per run, two runs at a time. Written by 
 from the runs' JSON (docs/results/), the tables and plots as \`bench report\`/\`bench budgets\` print them."
 publish $R-budgets budgets.md "Quality at full 2:4: the budget curve (issue 23)" "$INTRO"
 publish $R-s600 report.md "Quality at full 2:4: 600 steps, every method (issue 23)" "$INTRO"
-publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors, SR-STE's mask flips (issue 23)" "$INTRO"
+publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors, how far SR-STE's masks move (issue 23)" "$INTRO"
 publish $R-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO" fmnist-dit-s2400
 publish $R-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO" fmnist-dit-s9600
 [ -f reports/fmnist-dit-s600-lr3e-4/report.md ] &&
