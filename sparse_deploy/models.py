@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .errors import SparseDeployError
-from .presets import Preset
+from .limits import check_model_config
+from .presets import PRESETS, Preset
 from .sources import diffusers_class, resolve_source
 
 __all__ = ["Denoiser", "short_name", "NET_PREFIX", "build_model", "load_pretrained_weights", "example_inputs", "cast_"]
@@ -72,8 +73,6 @@ def _disable_internal_label_dropout(net: nn.Module) -> None:
 
 
 def _builtin(preset: Preset) -> bool:
-    from .presets import PRESETS
-
     return PRESETS.get(preset.name) == preset
 
 
@@ -89,8 +88,6 @@ def _read_config(path: Path) -> dict:
 
 def _check_size(kwargs: dict, name: str, cls, trusted: bool = False) -> None:
     """Refuse a config asking for absurd sizes (``limits.check_model_config``) before anything is allocated."""
-    from .limits import check_model_config
-
     check_model_config(dict(kwargs), name, build=None if trusted else (lambda config: cls.from_config(dict(config))))
 
 

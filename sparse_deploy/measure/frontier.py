@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SparseDeployError
+from ..presets import get_preset
 from ..provenance import timestamp, write_json_atomic, write_text_atomic
 from .plots import pyplot, save_figure
 from .recipes import START, trains
@@ -153,8 +154,6 @@ def _paired_excess(point: dict[str, Any], start_by_seed: dict[str, float]) -> di
 
 def pretraining_samples(model: str) -> int | None:
     """Training samples behind the preset's dense model (every cycle of ``make pretrain``), None when unknown."""
-    from ..presets import get_preset
-
     try:
         d = get_preset(model).train
     except SparseDeployError:
@@ -176,8 +175,6 @@ def _budget_headline(
     for f in files:
         settings = json.loads(Path(f).read_text())["settings"]
         batches[int(settings["steps"])] = settings.get("batch_size")
-    from ..presets import get_preset
-
     default_batch = get_preset(model).train.batch_size
     for pt in points:
         batch = batches.get(pt["steps"]) or default_batch

@@ -49,6 +49,7 @@ from pathlib import Path
 from ..cliargs import MODULE_PROG, add_alias, finish_parser
 from ..errors import SparseDeployError, cli_entry
 from ..guards import check_output_file
+from ..provenance import pid_alive
 
 __all__ = [
     "PYTRITON_INSTALL",
@@ -92,8 +93,6 @@ def remove_stale_server_files() -> list[Path]:
     Each is named after the process that made it, so only those of dead processes are touched; the
     backend stubs still running from such a folder (orphaned when their server died) are stopped first.
     """
-    from ..provenance import pid_alive
-
     removed = []
     for work in Path(tempfile.gettempdir()).glob(f"{_WORK_PREFIX}*-*"):
         pid = work.name[len(_WORK_PREFIX) :].split("-", 1)[0]

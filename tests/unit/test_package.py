@@ -224,10 +224,19 @@ def test_no_module_imports_a_layer_above_it():
 
 
 def test_imports_inside_functions_only_of_heavy_packages():
+    """Only heavy or optional packages are imported inside functions; the package itself and torch only by the
+    GPU kit's parent process (lazy.HEAVY says why), so an import loop cannot hide behind a function-level import."""
     inside = [
         f"{_short(m)}:{line} imports {target}"
         for m, target, in_function, line in imports()
-        if in_function and target.split(".")[0] not in HEAVY
+        if in_function
+        and (
+            target.split(".")[0] not in HEAVY
+            or (
+                target.split(".")[0] in ("sparse_deploy", "torch")
+                and not any(fnmatch.fnmatchcase(_short(m), p) for p in LAZY_PACKAGE_IMPORTERS)
+            )
+        )
     ]
     assert inside == []
 
