@@ -13,6 +13,10 @@
 #                                     files, -seed2 and -seed2-srste, so the two queues could run side by side)
 #   9600 steps, seed 1:               --steps 9600 --seeds 1 --out reports/fmnist-dit-s9600-seed1
 #   dense control at lr 3e-4:         --steps 600 --lr 3e-4 --seeds 0 --out reports/fmnist-dit-s600-lr3e-4
+#   the sparse rate at 600 steps:     --steps 600 --lr 1e-4 --seeds 0 --methods start,fixed+kd+feat-sparsegpt
+#                                     --out reports/fmnist-dit-s600-lr1e-4; --lr 3e-4 --methods
+#                                     start,dense,fixed+kd+feat-sparsegpt --out reports/fmnist-dit-s600-lr3e-4-sparse
+#                                     (its --work is the dense control's, so the dense run is reused)
 # (each with --model fmnist-dit --dense-checkpoint runs/fmnist-dit/dense/checkpoint --num-samples 500
 # --ref-num 1000 and its own --work runs/fmnist-dit/bench-methods/<name>; the commands are in docs/RESULTS.md).
 #
@@ -40,7 +44,8 @@ for n in 2400 9600; do
     done
     if [ ${#files[@]} -gt 1 ]; then $B merge "${files[@]}" --out $R-s$n; else cp -r "$(dirname "${files[0]}")" $R-s$n; fi
 done
-for f in $R-s600 reports/fmnist-dit-s1200 $R-s2400 $R-s9600 reports/fmnist-dit-s600-lr3e-4; do
+for f in $R-s600 reports/fmnist-dit-s1200 $R-s2400 $R-s9600 reports/fmnist-dit-s600-lr3e-4 \
+    reports/fmnist-dit-s600-lr3e-4-sparse reports/fmnist-dit-s600-lr1e-4; do
     [ -f $f/methods.json ] && $B report --out $f
 done
 
@@ -121,9 +126,15 @@ publish $R-s600 report.md "Quality at full 2:4: 600 steps, every method (issue 2
 publish $R-calibration calibration.md "Quality at full 2:4: the calibrated start's layer errors, how far SR-STE's masks move (issue 23)" "$INTRO"
 publish $R-s2400 report.md "Quality at full 2:4: 2400 steps (issue 23)" "$INTRO" fmnist-dit-s2400
 publish $R-s9600 report.md "Quality at full 2:4: 9600 steps (issue 23)" "$INTRO" fmnist-dit-s9600
-[ -f reports/fmnist-dit-s600-lr3e-4/report.md ] &&
-    publish reports/fmnist-dit-s600-lr3e-4 report.md \
-        "Fine-tuning that does no harm: the dense control at the old rate 3e-4 (issue 23)" "$INTRO"
+# The rate: the dense control at 3e-4 (the sparse recipe beside it once that run exists, same section), and the
+# sparse recipe at 1e-4.
+lr3=reports/fmnist-dit-s600-lr3e-4
+[ -f $lr3-sparse/report.md ] && lr3=$lr3-sparse
+publish $lr3 report.md "Fine-tuning that does no harm: the rate 3e-4 against the default 3e-5 (issue 23)" "$INTRO" \
+    fmnist-dit-s600-lr3e-4
+[ -f reports/fmnist-dit-s600-lr1e-4/report.md ] &&
+    publish reports/fmnist-dit-s600-lr1e-4 report.md "Quality at full 2:4: the sparse recipe at the rate 1e-4 (issue 23)" \
+        "$INTRO"
 
 # The README's two pictures and its table: the budget curve and the 2400-step samples (starting model beside the recipe).
 cp docs/images/q23-budgets/budgets.png docs/images/readme-budgets.png
