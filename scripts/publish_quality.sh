@@ -7,7 +7,7 @@
 #   600 steps, seed 0:                --steps 600 --seeds 0 --out reports/fmnist-dit-s600 (and -s600-extra)
 #   600 steps, seeds 1 and 2:         --steps 600 --seeds 1 --out reports/fmnist-dit-s600-seed1 (2: -seed2)
 #   600 steps, the recipe knobs:      --steps 600 --seeds 0 --methods fixed+teacher+feat-sparsegpt --out
-#                                     reports/fmnist-dit-s600-knob-teacher (srste+kd+feat+ramp-sparsegpt: -knob-ramp)
+#                                     reports/fmnist-dit-s600-knob-teacher (--seeds 1,2: -knob-teacher-s12; srste+kd+feat+ramp-sparsegpt: -knob-ramp)
 #   1200, 2400 and 9600 steps:        --steps N --seeds 0 --out reports/fmnist-dit-sN
 #   2400 steps, seeds 1 and 2:        --steps 2400 --seeds 1 --out reports/fmnist-dit-s2400-seed1 (seed 2 in two
 #                                     files, -seed2 and -seed2-srste, so the two queues could run side by side)
@@ -31,7 +31,7 @@ rm -rf $R-s600 $R-s2400 $R-s9600 $R-budgets $R-calibration  # this script's own 
 
 # 600 steps: one methods.json from the four runs (one protocol; each method x seed in one of them).
 s600=(reports/fmnist-dit-s600/methods.json)
-for f in extra knobs knob-teacher knob-ramp seed1 seed2; do
+for f in extra knobs knob-teacher knob-teacher-s12 knob-ramp seed1 seed2; do
     [ -f reports/fmnist-dit-s600-$f/methods.json ] && s600+=(reports/fmnist-dit-s600-$f/methods.json)
 done
 $B merge "${s600[@]}" --out $R-s600
