@@ -11,6 +11,8 @@
 #   1200, 2400 and 9600 steps:        --steps N --seeds 0 --out reports/fmnist-dit-sN
 #   2400 steps, seeds 1 and 2:        --steps 2400 --seeds 1 --out reports/fmnist-dit-s2400-seed1 (seed 2 in two
 #                                     files, -seed2 and -seed2-srste, so the two queues could run side by side)
+#   2400 steps, teacher alone:       --steps 2400 --seeds S --methods fixed+teacher+feat-sparsegpt
+#                                     --out reports/fmnist-dit-s2400-teacher-sS
 #   9600 steps, seed 1:               --steps 9600 --seeds 1 --out reports/fmnist-dit-s9600-seed1
 #   dense control at lr 3e-4:         --steps 600 --lr 3e-4 --seeds 0 --out reports/fmnist-dit-s600-lr3e-4
 #   the sparse rate at 600 steps:     --steps 600 --lr 1e-4 --seeds 0 --methods start,fixed+kd+feat-sparsegpt
@@ -39,7 +41,7 @@ $B merge "${s600[@]}" --out $R-s600
 for n in 2400 9600; do
     files=()
     for f in reports/fmnist-dit-s$n reports/fmnist-dit-s$n-seed1 reports/fmnist-dit-s$n-seed2 \
-        reports/fmnist-dit-s$n-seed2-srste; do
+        reports/fmnist-dit-s$n-seed2-srste reports/fmnist-dit-s$n-teacher-s{0,1,2}; do
         [ -f $f/methods.json ] && files+=($f/methods.json)
     done
     if [ ${#files[@]} -gt 1 ]; then $B merge "${files[@]}" --out $R-s$n; else cp -r "$(dirname "${files[0]}")" $R-s$n; fi
