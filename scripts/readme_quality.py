@@ -28,8 +28,10 @@ ROWS = (
     ("fixed+kd+feat", 600, "fixed magnitude masks, output + block distillation"),
     ("fixed+kd+feat-sparsegpt", 600, "**ours: SparseGPT start, fixed masks, output + block distillation**"),
     ("srste+kd+feat-sparsegpt", 600, "the same with learned masks (SR-STE)"),
+    ("fixed+teacher+feat-sparsegpt", 600, "the same, teacher alone (SparseDM's code, no data term)"),
     ("fixed+kd+feat-sparsegpt", 2400, "ours, fixed masks"),
     ("srste+kd+feat-sparsegpt", 2400, "ours, learned masks (SR-STE)"),
+    ("fixed+teacher+feat-sparsegpt", 2400, "ours, teacher alone"),
     ("fixed+kd+feat-sparsegpt", 9600, "ours, fixed masks"),
     ("dense", 2400, "dense, fine-tuned with the same settings (no harm)"),
 )
