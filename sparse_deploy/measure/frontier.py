@@ -31,6 +31,7 @@ from ..presets import get_preset
 from ..provenance import timestamp, write_json_atomic, write_text_atomic
 from .plots import pyplot, save_figure
 from .recipes import START, trains
+from .spread import paired
 
 __all__ = ["frontier", "write_frontier", "AXES"]
 
@@ -137,19 +138,18 @@ def _paired_excess(point: dict[str, Any], start_by_seed: dict[str, float]) -> di
 
     None when the point shares no seed with the starting model (then only the unpaired bound applies).
     """
-    seeds = sorted(set(point.get("fid_by_seed", {})) & set(start_by_seed), key=int)
-    if not seeds:
+    mine = point.get("fid_by_seed", {})
+    pair = paired(mine, start_by_seed)
+    if pair is None:
         return None
-    mine = [point["fid_by_seed"][s] for s in seeds]
-    ref = [start_by_seed[s] for s in seeds]
-    start_mean = sum(ref) / len(ref)
-    diffs = [(a - b) / start_mean for a, b in zip(mine, ref, strict=True)]
-    excess = sum(diffs) / len(diffs)
-    se = None
-    if len(diffs) > 1:
-        var = sum((d - excess) ** 2 for d in diffs) / (len(diffs) - 1)
-        se = (var / len(diffs)) ** 0.5
-    return {"seeds": seeds, "fid": sum(mine) / len(mine), "start_fid": start_mean, "excess": excess, "excess_se": se}
+    start_mean = sum(start_by_seed[s] for s in pair["seeds"]) / pair["n"]
+    return {
+        "seeds": pair["seeds"],
+        "fid": sum(mine[s] for s in pair["seeds"]) / pair["n"],
+        "start_fid": start_mean,
+        "excess": pair["gap"] / start_mean,
+        "excess_se": None if pair["se"] is None else pair["se"] / start_mean,
+    }
 
 
 def pretraining_samples(model: str) -> int | None:

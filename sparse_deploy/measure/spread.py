@@ -110,11 +110,23 @@ def paired_gap(runs: list[dict[str, Any]], method: str, other: str) -> dict[str,
     for r in runs:
         if r.get("method") in fids and "seed" in r and r.get("fid") is not None:
             fids[r["method"]][int(r["seed"])] = float(r["fid"])
-    seeds = sorted(set(fids[method]) & set(fids[other]))
-    if len(seeds) < 2:
+    pair = paired(fids[method], fids[other])
+    if pair is None or pair["n"] < 2:
         return None
-    diff = np.asarray([fids[method][s] - fids[other][s] for s in seeds])
-    return {"n": len(seeds), "gap": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(seeds)))}
+    return {"n": pair["n"], "gap": pair["gap"], "se": pair["se"]}
+
+
+def paired(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any] | None:
+    """``a`` minus ``b`` on their shared seeds (keys): the seeds, mean gap, and its standard error (None for one seed).
+
+    None when they share no seed.
+    """
+    seeds = sorted(set(a) & set(b), key=int)
+    if not seeds:
+        return None
+    diff = np.asarray([a[s] - b[s] for s in seeds])
+    se = float(diff.std(ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1 else None
+    return {"seeds": seeds, "n": len(seeds), "gap": float(diff.mean()), "se": se}
 
 
 def methods_time_line(methods: dict[str, Any]) -> str:
